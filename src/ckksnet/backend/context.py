@@ -1,0 +1,314 @@
+"""Client and server sides of a CKKS context, over OpenFHE.
+
+* :class:`CkksClient` generates and owns the secret key: it encrypts, decrypts and makes the
+  evaluation keys (relinearization, rotations, bootstrapping).
+* :class:`CkksServer` holds the context, the public key and evaluation keys only. It computes
+  on ciphertexts and has no way to decrypt.
+
+Ciphertexts are OpenFHE ``Ciphertext`` objects. Every level figure here is "levels left": how
+many more rescales (multiplications) a ciphertext can take before it must be bootstrapped.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import openfhe as ofhe
+
+from ckksnet.backend.presets import Preset, build_crypto_context, get_preset
+from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, NonFiniteError,
+                            RangeError, ShapeError)
+
+Ciphertext = ofhe.Ciphertext
+
+
+@dataclass
+class KeyInventory:
+    """Which evaluation keys are present in OpenFHE's key store for one key set.
+
+    A client and the in-process server made from it share one inventory, as they share the store.
+    """
+
+    rotations: set[int] = field(default_factory=set)  # rotation indices, taken mod slots
+    bootstrap: bool = False
+    bootstrap_ready: bool = False  # EvalBootstrapSetup done in this process
+
+
+class CkksContext:
+    """What both sides share: the preset, the OpenFHE context and the public key. No secret key."""
+
+    def __init__(self, preset: Preset, cc: "ofhe.CryptoContext", public_key: "ofhe.PublicKey"):
+        self.preset = preset
+        self.cc = cc
+        self.public_key = public_key
+        self.key_tag: str = public_key.GetKeyTag()
+        self.keys = KeyInventory()
+
+    @property
+    def rotations(self) -> set[int]:
+        """Rotation indices (mod ``slots``) whose keys are present."""
+        return self.keys.rotations
+
+    @property
+    def has_bootstrap_keys(self) -> bool:
+        return self.keys.bootstrap
+
+    @property
+    def slots(self) -> int:
+        return self.preset.slots
+
+    @property
+    def context_id(self) -> str:
+        """Identifies this key set: the preset name plus OpenFHE's tag of the secret key."""
+        return hashlib.sha256(f"{self.preset.name}|{self.key_tag}".encode()).hexdigest()
+
+    # ---------------------------------------------------------------- checks
+    def check_vector(self, values: np.ndarray | Sequence[float], length: int | None = None) -> np.ndarray:
+        """Validate a real vector for encoding: 1-D, at most ``slots`` long, finite, |x| <= max_abs."""
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.ndim != 1:
+            raise ShapeError(f"expected a 1-D vector, got shape {arr.shape}")
+        limit = self.slots if length is None else length
+        if arr.size == 0 or arr.size > limit:
+            raise ShapeError(f"vector length {arr.size} must be between 1 and {limit} slots")
+        if not np.all(np.isfinite(arr)):
+            bad = int(np.count_nonzero(~np.isfinite(arr)))
+            raise NonFiniteError(f"vector holds {bad} NaN or infinite value(s)")
+        peak = float(np.max(np.abs(arr)))
+        if peak > self.preset.max_abs:
+            raise RangeError(f"max |value| {peak:.4g} exceeds the preset's safe magnitude "
+                             f"{self.preset.max_abs:g}; scale the input first")
+        return arr
+
+    def check_ciphertext(self, ct: Ciphertext) -> Ciphertext:
+        """Reject ciphertexts made under another key set (they would decrypt to garbage)."""
+        if not isinstance(ct, ofhe.Ciphertext):
+            raise TypeError(f"expected an OpenFHE Ciphertext, got {type(ct).__name__}")
+        if ct.GetKeyTag() != self.key_tag:
+            raise ContextMismatchError("ciphertext was encrypted under another key set "
+                                       f"(key tag {ct.GetKeyTag()[:12]}..., expected {self.key_tag[:12]}...)")
+        return ct
+
+    def levels_left(self, ct: Ciphertext) -> int:
+        """Levels a ciphertext can still spend (an unrescaled product counts as having spent one)."""
+        return self.preset.depth - ct.GetLevel() - (ct.GetNoiseScaleDeg() - 1)
+
+    def require_levels(self, ct: Ciphertext, needed: int, what: str = "operation") -> None:
+        """Raise :class:`LevelError` unless ``ct`` has at least ``needed`` levels left."""
+        have = self.levels_left(ct)
+        if have < needed:
+            raise LevelError(f"{what} needs {needed} level(s); the ciphertext has {have} left "
+                             "(bootstrap it first)")
+
+    # ---------------------------------------------------------------- encoding
+    def encode(self, values: np.ndarray | Sequence[float], levels_left: int | None = None) -> "ofhe.Plaintext":
+        """Encode a real vector as a plaintext with ``levels_left`` levels (default: fresh).
+
+        Only the length and finiteness are checked: plaintext weights may exceed ``max_abs``.
+        """
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.ndim != 1 or not 0 < arr.size <= self.slots:
+            raise ShapeError(f"plaintext must be 1-D with 1..{self.slots} values, got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise NonFiniteError("plaintext holds NaN or infinite values")
+        level = 0 if levels_left is None else self.preset.depth - levels_left
+        return self.cc.MakeCKKSPackedPlaintext(arr, 1, level, None, self.slots)
+
+    def encrypt(self, values: np.ndarray | Sequence[float]) -> Ciphertext:
+        """Encrypt a real vector (public key) into ``slots`` slots, zero-padded; full levels."""
+        arr = self.check_vector(values)
+        return self.cc.Encrypt(self.public_key, self.encode(arr))
+
+
+class CkksServer(CkksContext):
+    """Evaluation on ciphertexts. Holds public and evaluation keys only; cannot decrypt."""
+
+    # ---------------------------------------------------------------- arithmetic
+    def add(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
+        """a + b for a ciphertext, a plaintext vector or a scalar b."""
+        self.check_ciphertext(a)
+        if isinstance(b, ofhe.Ciphertext):
+            return self.cc.EvalAdd(a, self.check_ciphertext(b))
+        if np.isscalar(b):
+            return self.cc.EvalAdd(a, float(b))
+        return self.cc.EvalAdd(a, self.encode(b, self.levels_left(a)))
+
+    def sub(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
+        """a - b for a ciphertext, a plaintext vector or a scalar b."""
+        self.check_ciphertext(a)
+        if isinstance(b, ofhe.Ciphertext):
+            return self.cc.EvalSub(a, self.check_ciphertext(b))
+        if np.isscalar(b):
+            return self.cc.EvalSub(a, float(b))
+        return self.cc.EvalSub(a, self.encode(b, self.levels_left(a)))
+
+    def add_many(self, cts: Sequence[Ciphertext]) -> Ciphertext:
+        """Sum of several ciphertexts (one tree of additions)."""
+        if not cts:
+            raise ShapeError("add_many needs at least one ciphertext")
+        for ct in cts:
+            self.check_ciphertext(ct)
+        return cts[0] if len(cts) == 1 else self.cc.EvalAddMany(list(cts))
+
+    def mul(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
+        """a * b (relinearized; rescaled lazily by OpenFHE); spends one level."""
+        self.check_ciphertext(a)
+        self.require_levels(a, 1, "multiplication")
+        if isinstance(b, ofhe.Ciphertext):
+            self.require_levels(self.check_ciphertext(b), 1, "multiplication")
+            return self.cc.EvalMult(a, b)
+        if np.isscalar(b):
+            return self.cc.EvalMult(a, float(b))
+        return self.cc.EvalMult(a, self.encode(b, self.levels_left(a)))
+
+    def square(self, a: Ciphertext) -> Ciphertext:
+        """a * a; spends one level."""
+        self.require_levels(self.check_ciphertext(a), 1, "squaring")
+        return self.cc.EvalSquare(a)
+
+    # ---------------------------------------------------------------- rotations
+    def _rotation_index(self, k: int) -> int:
+        idx = int(k) % self.slots
+        if idx and idx not in self.rotations:
+            raise MissingKeyError(f"no rotation key for index {int(k)} (mod {self.slots} = {idx}); "
+                                  f"generated: {len(self.rotations)} indices")
+        return idx
+
+    def rotate(self, ct: Ciphertext, k: int) -> Ciphertext:
+        """Rotate left by ``k`` slots: slot i of the result holds slot i+k of ``ct``."""
+        self.check_ciphertext(ct)
+        idx = self._rotation_index(k)
+        return ct if idx == 0 else self.cc.EvalRotate(ct, idx)
+
+    def rotate_many(self, ct: Ciphertext, ks: Iterable[int]) -> dict[int, Ciphertext]:
+        """Hoisted rotations: one key-switch decomposition of ``ct`` shared by all ``ks``.
+
+        Returns {k: rotated ciphertext} for each requested ``k`` (k = 0 maps to ``ct``).
+        """
+        self.check_ciphertext(ct)
+        ks = list(dict.fromkeys(int(k) for k in ks))
+        indices = {k: self._rotation_index(k) for k in ks}
+        out: dict[int, Ciphertext] = {}
+        if any(indices.values()):
+            digits = self.cc.EvalFastRotationPrecompute(ct)
+            m = 2 * self.preset.ring_dim  # cyclotomic order
+            for k, idx in indices.items():
+                if idx:
+                    out[k] = self.cc.EvalFastRotation(ct, idx, m, digits)
+        for k, idx in indices.items():
+            if not idx:
+                out[k] = ct
+        return out
+
+    # ---------------------------------------------------------------- levels and bootstrapping
+    def prepare_bootstrap(self) -> None:
+        """Precompute the bootstrapping transforms (no keys involved; done once per process)."""
+        if not self.preset.bootstrap:
+            raise MissingKeyError(f"preset {self.preset.name!r} has bootstrapping off")
+        if not self.keys.bootstrap_ready:
+            self.cc.EvalBootstrapSetup(list(self.preset.level_budget), [0, 0], self.slots)
+            self.keys.bootstrap_ready = True
+
+    def bootstrap(self, ct: Ciphertext) -> Ciphertext:
+        """Refresh ``ct`` to ``preset.levels_after_bootstrap`` levels. Values must lie in [-1, 1]."""
+        self.check_ciphertext(ct)
+        if not self.has_bootstrap_keys:
+            raise MissingKeyError("bootstrapping keys were not generated or loaded")
+        self.prepare_bootstrap()
+        p = self.preset
+        if p.bootstrap_iterations > 1:
+            return self.cc.EvalBootstrap(ct, p.bootstrap_iterations, p.bootstrap_precision)
+        return self.cc.EvalBootstrap(ct)
+
+    def drop_levels(self, ct: Ciphertext, levels_left: int) -> Ciphertext:
+        """Lower ``ct`` to exactly ``levels_left`` levels (no-op if it has that many already)."""
+        self.check_ciphertext(ct)
+        have = self.levels_left(ct)
+        if levels_left > have:
+            raise LevelError(f"cannot raise a ciphertext from {have} to {levels_left} levels")
+        if ct.GetNoiseScaleDeg() > 1:
+            ct = self.cc.Rescale(ct)
+            have = self.levels_left(ct)
+        return ct if have == levels_left else self.cc.LevelReduce(ct, None, have - levels_left)
+
+
+class CkksClient(CkksContext):
+    """Owns the secret key. Encrypts, decrypts and generates evaluation keys for a server."""
+
+    def __init__(self, preset: str | Preset = "secure"):
+        preset = get_preset(preset)
+        cc = build_crypto_context(preset)
+        keys = cc.KeyGen()
+        super().__init__(preset, cc, keys.publicKey)
+        self._secret_key = keys.secretKey
+        self.rotation_key_maps: list[tuple[tuple[int, ...], "ofhe.EvalKeyMap"]] = []
+        cc.EvalMultKeyGen(self._secret_key)
+
+    # ---------------------------------------------------------------- keys
+    def gen_rotation_keys(self, indices: Iterable[int]) -> list[int]:
+        """Generate rotation keys for ``indices`` (taken mod ``slots``; 0 needs none).
+
+        Returns the indices that were new. Keys land in OpenFHE's key store, which a server
+        in this process shares; use :mod:`ckksnet.backend.serialize` to ship them elsewhere.
+        """
+        new = sorted({int(k) % self.slots for k in indices} - self.rotations - {0})
+        if new:
+            keymap = self._isolated_keygen(self.cc.FindAutomorphismIndices(new))
+            self.rotation_key_maps.append((tuple(new), keymap))
+            self.rotations.update(new)
+        return new
+
+    def _isolated_keygen(self, automorphism_indices: list[int]) -> "ofhe.EvalKeyMap":
+        """Generate automorphism keys into a map of their own, then install them.
+
+        OpenFHE's key generation adds to (and returns) the one map of the key tag, which would
+        make every later serialization carry all keys. Generating into an emptied store gives
+        a map holding exactly these keys; the store is then restored and the keys merged in
+        (shared, not copied). If the store held no map for this key set yet it would adopt the
+        group's map object itself, so it gets a copy instead: generate bootstrapping keys first
+        to avoid that one-off copy.
+        """
+        store = ofhe.CryptoContext
+        saved = store.GetAllEvalAutomorphismKeys()
+        store.ClearEvalAutomorphismKeys()
+        try:
+            keymap = self.cc.EvalAutomorphismKeyGen(self._secret_key, automorphism_indices)
+        finally:
+            store.ClearEvalAutomorphismKeys()
+            for tag, m in saved.items():
+                store.InsertEvalAutomorphismKey(m, tag)
+        if self.key_tag in saved:
+            store.InsertEvalAutomorphismKey(keymap, self.key_tag)  # merged into the existing map
+        else:
+            copy = ofhe.DeserializeEvalKeyMapString(ofhe.Serialize(keymap, ofhe.BINARY), ofhe.BINARY)
+            store.InsertEvalAutomorphismKey(copy, self.key_tag)
+        return keymap
+
+    def gen_bootstrap_keys(self) -> None:
+        """Generate bootstrapping keys (at N = 2^16 this takes tens of seconds and ~9 GB)."""
+        if not self.preset.bootstrap:
+            raise MissingKeyError(f"preset {self.preset.name!r} has bootstrapping off")
+        if not self.keys.bootstrap:
+            CkksServer.prepare_bootstrap(self)  # type: ignore[arg-type]  # same setup, no keys
+            self.cc.EvalBootstrapKeyGen(self._secret_key, self.slots)
+            self.keys.bootstrap = True
+
+    def server(self) -> CkksServer:
+        """A server-side view of this context in the same process: shares the public and
+        evaluation keys, never the secret key."""
+        srv = CkksServer(self.preset, self.cc, self.public_key)
+        srv.keys = self.keys
+        return srv
+
+    # ---------------------------------------------------------------- decryption
+    def decrypt(self, ct: Ciphertext, length: int | None = None) -> np.ndarray:
+        """Decrypt to a float64 vector of ``length`` values (default: all slots)."""
+        self.check_ciphertext(ct)
+        n = self.slots if length is None else int(length)
+        if not 0 < n <= self.slots:
+            raise ShapeError(f"length {n} must be between 1 and {self.slots}")
+        pt = self.cc.Decrypt(self._secret_key, ct)
+        pt.SetLength(n)
+        return np.asarray(pt.GetRealPackedValue(), dtype=np.float64)[:n]

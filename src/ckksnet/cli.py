@@ -1,0 +1,111 @@
+"""The ``ckksnet`` command line. Each sub-command lives in one small function below."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ckksnet.errors import CkksnetError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ckksnet.data import load_cifar10
+    from ckksnet.models import save_checkpoint
+    from ckksnet.training import TrainConfig, calibrate, evaluate, train
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
+                      blocks=args.blocks, widths=tuple(args.widths), threads=args.threads)
+    train_split = load_cifar10("train", args.data)
+    test_split = load_cifar10("test", args.data)
+    model, run = train(cfg, train_split, args.run_dir, test_split if args.eval_each_epoch else None)
+    result = evaluate(model, test_split)
+    calib = calibrate(model, train_split.images[: args.calibration_images])
+    meta = {
+        "architecture": f"ResNet-{6 * cfg.blocks + 2} (CIFAR, option-A shortcut), widths {list(cfg.widths)}",
+        "shortcut": "A: stride-2 identity, channels zero-padded (lowered to a fixed 1x1 conv)",
+        "trained_on": train_split.source,
+        "training": {"command": "ckksnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                     "config": asdict(cfg), "history": run["history"]},
+        "test": result,
+        "calibration": {"images": min(args.calibration_images, len(train_split)),
+                        "split": "train", "relus": calib},
+    }
+    folder = save_checkpoint(model, meta, args.out)
+    print(json.dumps({"checkpoint": str(folder), "test_accuracy": result["accuracy"]}))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ckksnet.data import load_cifar10
+    from ckksnet.models import load_bundled, load_checkpoint
+    from ckksnet.training import evaluate
+
+    model, meta = load_checkpoint(args.checkpoint) if args.checkpoint else load_bundled()
+    split = load_cifar10("test", args.data)
+    if args.limit:
+        split = split.subset(args.limit)
+    result = evaluate(model, split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"accuracy {result['accuracy']:.2f}% on {result['images']} images of {result['source']}")
+        for name, acc in result["per_class"].items():
+            print(f"  {name:>10}: {acc:.2f}%")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a CIFAR ResNet (resumable) and write a checkpoint")
+    p.add_argument("--data", help="CIFAR-10 location (default: $CKKSNET_DATA or ../shared/data)")
+    p.add_argument("--run-dir", default="runs/resnet20", help="resumable state folder")
+    p.add_argument("--out", default="runs/resnet20/checkpoint", help="final checkpoint folder")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blocks", type=int, default=3, help="basic blocks per stage (3 = ResNet-20)")
+    p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64])
+    p.add_argument("--limit", type=int, help="train on the first LIMIT images only")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--calibration-images", type=int, default=10000)
+    p.add_argument("--eval-each-epoch", action="store_true", help="report test accuracy per epoch")
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="plaintext test accuracy of the bundled (or a given) checkpoint")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
+    p.add_argument("--data", help="CIFAR-10 location, or 'foolbox' for the 20 official images")
+    p.add_argument("--limit", type=int, help="first LIMIT test images only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ckksnet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_eval):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", 0) is None:
+        import os
+
+        args.threads = os.cpu_count() or 1
+    try:
+        return args.func(args)
+    except CkksnetError as exc:
+        print(f"ckksnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

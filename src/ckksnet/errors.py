@@ -1,0 +1,63 @@
+"""Every exception ckksnet raises on purpose.
+
+All derive from :class:`CkksnetError`, so ``except ckksnet.CkksnetError``
+catches anything the library reports; the subclasses let callers (and tests)
+tell the cases apart.
+"""
+from __future__ import annotations
+
+
+class CkksnetError(Exception):
+    """Base class of all ckksnet errors."""
+
+
+class InputError(CkksnetError, ValueError):
+    """Input values or shapes that ckksnet refuses to process."""
+
+
+class ShapeError(InputError):
+    """An array has the wrong length or shape."""
+
+
+class NonFiniteError(InputError):
+    """An array contains NaN or infinity."""
+
+
+class RangeError(InputError):
+    """Values exceed the range a preset or an approximation was built for."""
+
+
+class PresetError(CkksnetError, ValueError):
+    """An unknown or inconsistent parameter preset."""
+
+
+class MissingKeyError(CkksnetError):
+    """An operation needs an evaluation key (rotation, bootstrap) that was not generated or loaded."""
+
+
+class LevelError(CkksnetError):
+    """A ciphertext has fewer levels left than an operation needs."""
+
+
+class SerializationError(CkksnetError):
+    """Base class of errors while writing or reading serialized objects."""
+
+
+class WrongFileTypeError(SerializationError):
+    """The data is a ckksnet object of another kind, or not a ckksnet file at all."""
+
+
+class CorruptDataError(SerializationError):
+    """The data is truncated or its checksum does not match."""
+
+
+class ContextMismatchError(SerializationError):
+    """An object was made under another crypto context than the one it is used with."""
+
+
+class DataError(CkksnetError):
+    """A data set is missing or not in the expected format."""
+
+
+class CompileError(CkksnetError):
+    """A model cannot be compiled to an encrypted plan."""

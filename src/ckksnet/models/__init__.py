@@ -1,0 +1,7 @@
+"""Trainable torch models that ckksnet compiles, and the bundled trained checkpoint."""
+from ckksnet.models.resnet import (CIFAR10_MEAN, CIFAR10_STD, BasicBlock, Normalize, PadShortcut,
+                                   ResNetCifar, build, resnet20)
+from ckksnet.models.checkpoint import load_bundled, load_checkpoint, save_checkpoint, BUNDLED_DIR
+
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "BasicBlock", "Normalize", "PadShortcut", "ResNetCifar",
+           "build", "resnet20", "load_bundled", "load_checkpoint", "save_checkpoint", "BUNDLED_DIR"]

@@ -1,0 +1,104 @@
+"""ResNet-20 for CIFAR-10 (He et al. 2016, section 4.2), with batch norm after every convolution.
+
+Downsampling shortcut: **option A** — the identity, subsampled with stride 2 and zero-padded to
+the new channel count. It has no weights, and the compiler lowers it to a fixed 1x1 stride-2
+convolution, so the encrypted network needs no kernel beyond the ones the main path already uses.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Per-channel statistics of the CIFAR-10 training images (RGB, pixel/255).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; the constants are buffers, so they travel with the state dict."""
+
+    def __init__(self, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: keep every ``stride``-th pixel and zero-pad channels to ``out_ch``."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        pad = self.out_ch - self.in_ch
+        return F.pad(x, (0, 0, 0, 0, pad // 2, pad - pad // 2))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut = (PadShortcut(in_ch, out_ch, stride)
+                         if stride != 1 or in_ch != out_ch else nn.Identity())
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs; ``widths`` and ``blocks`` shrink it for tests.
+
+    Input: float images in [0, 1], shape (N, 3, H, W). Output: logits (N, classes).
+    """
+
+    def __init__(self, blocks: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
+                 num_classes: int = 10, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+        super().__init__()
+        self.config = {"blocks": blocks, "widths": list(widths), "num_classes": num_classes,
+                       "mean": list(mean), "std": list(std)}
+        self.normalize = Normalize(mean, std)
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()
+        layers, in_ch = [], widths[0]
+        for stage, width in enumerate(widths):
+            for b in range(blocks):
+                stride = 2 if stage > 0 and b == 0 else 1
+                layers.append(BasicBlock(in_ch, width, stride))
+                in_ch = width
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(in_ch, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(self.normalize(x))))
+        x = self.layers(x)
+        return self.fc(self.flatten(self.pool(x)))
+
+
+def resnet20(num_classes: int = 10) -> ResNetCifar:
+    """Standard ResNet-20: 3 stages x 3 blocks, 16/32/64 channels, about 0.27 M parameters."""
+    return ResNetCifar(3, (16, 32, 64), num_classes)
+
+
+def build(config: dict) -> ResNetCifar:
+    """Rebuild a model from its ``config`` dict (as stored in checkpoint metadata)."""
+    return ResNetCifar(config["blocks"], tuple(config["widths"]), config["num_classes"],
+                       tuple(config["mean"]), tuple(config["std"]))

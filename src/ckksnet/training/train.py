@@ -1,0 +1,154 @@
+"""Train a CIFAR ResNet: SGD + Nesterov momentum, weight decay, warm-up + cosine schedule,
+random crop (padding 4) and horizontal flip. Deterministic for a given seed, resumable per epoch.
+
+The run folder holds ``state.pt`` (model, optimizer, epoch, history), rewritten atomically after
+every epoch, so an interrupted run resumes where it stopped with the same random stream.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ckksnet.data import Split
+from ckksnet.models.resnet import ResNetCifar
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; stored in the run state and the final checkpoint's metadata."""
+
+    epochs: int = 160
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    blocks: int = 3
+    widths: tuple[int, int, int] = (16, 32, 64)
+    limit: int | None = None  # use only the first `limit` training images (tests)
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+def augment(padded: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crops of zero-padded uint8 NHWC images plus random flips -> float NCHW in [0, 1]."""
+    b = len(idx)
+    size = padded.shape[1] - 8
+    oy = torch.randint(0, 9, (b,), generator=gen)
+    ox = torch.randint(0, 9, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    ar = torch.arange(size)
+    rows = (oy[:, None] + ar)[:, :, None]
+    cols = ox[:, None] + ar
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]
+    crops = padded[idx[:, None, None], rows, cols]  # (b, size, size, 3)
+    return crops.permute(0, 3, 1, 2).float().div_(255)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC numpy -> float NCHW tensor in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up over ``warmup_epochs``, then cosine decay to zero at the last step."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> dict:
+    """Plaintext accuracy of ``model`` (eval mode) on ``split``: overall and per class, in %."""
+    model.eval()
+    preds = []
+    for i in range(0, len(split), batch_size):
+        preds.append(model(to_tensor(split.images[i:i + batch_size])).argmax(1))
+    pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    correct = pred == split.labels
+    per_class = {name: round(100.0 * float(correct[split.labels == c].mean()), 2)
+                 for c, name in enumerate(split.classes) if (split.labels == c).any()}
+    return {"accuracy": round(100.0 * float(correct.mean()), 2), "images": int(len(split)),
+            "per_class": per_class, "source": split.source}
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write never leaves a broken state file
+
+
+def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
+          test_split: Split | None = None, progress: bool = True) -> tuple[ResNetCifar, dict]:
+    """Train (or resume) in ``run_dir``; returns the model in eval mode and the run history."""
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "state.pt"
+    torch.manual_seed(cfg.seed)
+    model = ResNetCifar(cfg.blocks, tuple(cfg.widths), len(train_split.classes))
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    history: list[dict] = []
+    start = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["config"] != asdict(cfg) | {"threads": state["config"]["threads"]}:
+            raise ValueError(f"{state_path}: saved run has another configuration: {state['config']}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["epoch"]
+
+    images = train_split.images[: cfg.limit] if cfg.limit else train_split.images
+    labels = torch.from_numpy(train_split.labels[: len(images)])
+    padded = torch.from_numpy(np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0))))
+    n = len(images)
+    steps = math.ceil(n / cfg.batch_size)
+    for epoch in range(start, cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # per epoch: resume is exact
+        order = torch.randperm(n, generator=gen)
+        model.train()
+        t0, seen, loss_sum, hits = time.time(), 0, 0.0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   leave=False)
+        for s in bar:
+            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            x, y = augment(padded, idx, gen), labels[idx]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, epoch * steps + s, steps)
+            out = model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            loss_sum += float(loss) * len(idx)
+            hits += int((out.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * hits / seen:.1f}")
+        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": 100 * hits / seen,
+                  "seconds": time.time() - t0}
+        if test_split is not None:
+            record["test_acc"] = evaluate(model, test_split)["accuracy"]
+        history.append(record)
+        if progress:
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in record.items()))
+        _save_state(state_path, {"config": asdict(cfg), "model": model.state_dict(),
+                                 "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                                 "history": history})
+    return model.eval(), {"history": history, "config": asdict(cfg)}
