@@ -116,10 +116,16 @@ class CkksContext:
         level = 0 if levels_left is None else self.preset.depth - levels_left
         return self.cc.MakeCKKSPackedPlaintext(arr, 1, level, None, self.slots)
 
-    def encrypt(self, values: np.ndarray | Sequence[float]) -> Ciphertext:
-        """Encrypt a real vector (public key) into ``slots`` slots, zero-padded; full levels."""
+    def encrypt(self, values: np.ndarray | Sequence[float], levels_left: int | None = None) -> Ciphertext:
+        """Encrypt a real vector (public key) into ``slots`` slots, zero-padded.
+
+        ``levels_left``: encrypt at a lower level (default: all ``preset.depth`` levels); a
+        ciphertext that needs few levels is smaller and faster to compute on.
+        """
         arr = self.check_vector(values)
-        return self.cc.Encrypt(self.public_key, self.encode(arr))
+        if levels_left is not None and not 0 <= levels_left <= self.preset.depth:
+            raise LevelError(f"levels_left must be within 0..{self.preset.depth}, got {levels_left}")
+        return self.cc.Encrypt(self.public_key, self.encode(arr, levels_left))
 
 
 class CkksServer(CkksContext):
@@ -228,10 +234,10 @@ class CkksServer(CkksContext):
         have = self.levels_left(ct)
         if levels_left > have:
             raise LevelError(f"cannot raise a ciphertext from {have} to {levels_left} levels")
-        if ct.GetNoiseScaleDeg() > 1:
-            ct = self.cc.Rescale(ct)
-            have = self.levels_left(ct)
-        return ct if have == levels_left else self.cc.LevelReduce(ct, None, have - levels_left)
+        # LevelReduce is a no-op under FLEXIBLEAUTO; a product with 1.0 spends exactly one level.
+        for _ in range(have - levels_left):
+            ct = self.cc.EvalMult(ct, 1.0)
+        return ct
 
 
 class CkksClient(CkksContext):

@@ -55,6 +55,7 @@ def unpack(data: bytes, kind: str, context_id: str | None = None) -> tuple[bytes
         header = json.loads(bytes(data[start:start + n]))
         payload = bytes(data[start + n:])
         got_kind, length, digest = header["kind"], header["length"], header["sha256"]
+        got_context = header["context_id"]
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptDataError(f"unreadable ckksnet header ({exc})") from exc
     if header.get("format") != FORMAT:
@@ -65,9 +66,9 @@ def unpack(data: bytes, kind: str, context_id: str | None = None) -> tuple[bytes
         raise CorruptDataError(f"{kind} truncated: {len(payload)} of {length} payload bytes")
     if hashlib.sha256(payload).hexdigest() != digest:
         raise CorruptDataError(f"{kind} is corrupt: checksum mismatch")
-    if context_id is not None and header["context_id"] != context_id:
+    if context_id is not None and got_context != context_id:
         raise ContextMismatchError(f"{kind} belongs to another context "
-                                   f"({header['context_id'][:12]}..., expected {context_id[:12]}...)")
+                                   f"({str(got_context)[:12]}..., expected {context_id[:12]}...)")
     return payload, header
 
 
