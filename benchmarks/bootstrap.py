@@ -11,34 +11,19 @@ date and machine, to ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import psutil
 
+from _results import append_log, machine, peak_rss_gb, today
 from ckksnet.backend import CkksClient, get_preset
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 LOG_HEADER = "## Benchmark log: bootstrap.py (appended automatically)"
 COLUMNS = ("date", "machine", "preset", "N", "slots", "scale/first", "dnum", "depth", "budget",
            "secret", "iter", "keygen s", "peak RSS GB", "bootstrap s", "bits", "levels left",
            "rotate s", "mult s")
-
-
-def machine() -> str:
-    mem = psutil.virtual_memory().total / 2**30
-    return f"{platform.machine()} {os.cpu_count()} cores {mem:.0f} GiB"
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def preset_from_args(args: argparse.Namespace):
@@ -77,16 +62,12 @@ def run(p, repeats: int) -> dict:
 
 
 def append_row(p, r: dict) -> None:
-    row = (datetime.date.today().isoformat(), machine(), p.name, f"2^{p.ring_dim.bit_length() - 1}",
+    row = (today(), machine(), p.name, f"2^{p.ring_dim.bit_length() - 1}",
            f"2^{p.slots.bit_length() - 1}", f"{p.scaling_bits}/{p.first_mod_bits}", p.dnum, p.depth,
            f"[{p.level_budget[0]},{p.level_budget[1]}]", p.secret_dist, p.bootstrap_iterations,
            f"{r['keygen_s']:.1f}", f"{r['peak_rss_gb']:.1f}", f"{r['bootstrap_s']:.1f}", f"{r['bits']:.1f}",
            r["levels_left"], f"{r['rotate_s']:.3f}", f"{r['mult_s']:.3f}")
-    text = RESULTS.read_text() if RESULTS.exists() else "# ckksnet benchmark results\n"
-    if LOG_HEADER not in text:
-        text += (f"\n{LOG_HEADER}\n\n| " + " | ".join(COLUMNS) + " |\n|"
-                 + "---|" * len(COLUMNS) + "\n")
-    RESULTS.write_text(text.rstrip("\n") + "\n| " + " | ".join(str(v) for v in row) + " |\n")
+    append_log(LOG_HEADER, COLUMNS, row)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,13 @@
 Sub-packages: ``backend`` (CKKS context, keys, serialization), ``data`` (CIFAR-10),
 ``models`` (ResNet-20), ``training``, ``approx`` (minimax composite ReLU).
 """
-from ckksnet.errors import (CkksnetError, CompileError, ContextMismatchError, CorruptDataError,
+from ckksnet.errors import (ApproxError, CkksnetError, CompileError, ContextMismatchError, CorruptDataError,
                             DataError, InputError, LevelError, MissingKeyError, NonFiniteError,
                             PresetError, RangeError, SerializationError, ShapeError,
                             WrongFileTypeError)
 
 __version__ = "0.1.0"
 
-__all__ = ["CkksnetError", "CompileError", "ContextMismatchError", "CorruptDataError", "DataError",
+__all__ = ["ApproxError", "CkksnetError", "CompileError", "ContextMismatchError", "CorruptDataError", "DataError",
            "InputError", "LevelError", "MissingKeyError", "NonFiniteError", "PresetError",
            "RangeError", "SerializationError", "ShapeError", "WrongFileTypeError", "__version__"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from dataclasses import asdict
@@ -90,6 +91,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_approx(args: argparse.Namespace) -> int:
+    from ckksnet.approx import ReluApprox, measured_sign_error
+
+    relu = ReluApprox.from_table(args.alpha, 1.0, args.eps_bits)
+    sign = relu.sign
+    sign_err = measured_sign_error(sign, args.points)
+    report = {
+        "alpha": sign.alpha, "eps": sign.eps, "degrees": list(sign.degrees),
+        "sign_depth": sign.depth, "relu_depth": relu.depth(prescaled=True),
+        "relu_depth_unscaled_input": relu.depth(prescaled=False),
+        "ct_ct_products": sign.products + 1,
+        "max_sign_error_on_eps_1": sign_err, "max_sign_error_bits": -math.log2(sign_err),
+        "grid_points": args.points,
+        "max_relu_error_on_-1_1": relu.max_error(args.points),
+        "near_zero_gain_M": relu.near_zero_gain(),
+        "basis": "each component is sum_k c[k] * T_(2k+1)(z), Chebyshev polynomials of the first kind on [-1, 1]",
+        "composition": "sgn(x) ~ comp[K-1](...comp[0](x)); ReLU(x) ~ x * (1 + sgn(x)) / 2 for |x| <= 1",
+        "how_to_check": "numpy.polynomial.chebyshev.chebval(z, full) with full[1::2] = c, applied in order",
+        "components": [list(c) for c in sign.components],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"alpha {args.alpha}, eps 2^-{args.eps_bits}: degrees {report['degrees']}, sign depth "
+              f"{report['sign_depth']}, ReLU depth {report['relu_depth']} (+1 if not prescaled), "
+              f"{report['ct_ct_products']} ct x ct products; sign error 2^-{report['max_sign_error_bits']:.2f}, "
+              f"max ReLU error {report['max_relu_error_on_-1_1']:.3g} on [-1, 1]")
+    return 0
+
+
+def _add_approx(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("approx", help="inspect the shipped minimax composite approximations")
+    p.add_argument("function", choices=["relu"])
+    p.add_argument("--alpha", type=int, default=13, help="sign precision: error <= 2^-alpha on [eps, 1]")
+    p.add_argument("--eps-bits", type=int, default=9, help="eps = 2^-EPS_BITS")
+    p.add_argument("--points", type=int, default=200_000, help="grid points for the measured errors")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_approx)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job: encrypted work at the secure preset")
     p.add_argument("--preset", default="secure", help="parameter preset (default: secure, 128-bit)")
@@ -129,7 +170,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckksnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_eval):
+    for add in (_add_demo, _add_train, _add_eval, _add_approx):
         add(sub)
     return parser
 

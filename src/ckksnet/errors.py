@@ -55,6 +55,10 @@ class ContextMismatchError(SerializationError):
     """An object was made under another crypto context than the one it is used with."""
 
 
+class ApproxError(CkksnetError, ValueError):
+    """An approximation cannot be built or used as asked (no table for alpha, bound <= 0)."""
+
+
 class DataError(CkksnetError):
     """A data set is missing or not in the expected format."""
 

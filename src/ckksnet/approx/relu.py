@@ -1,0 +1,100 @@
+"""ReLU from a composite sign approximation: ReLU_B(x) = B * r(x / B), r(t) = (t + t p(t)) / 2.
+
+Error (p approximates sgn within 2^-alpha on [eps, 1], t = x / B, |t| <= 1):
+
+* |x| >= eps B:  |ReLU_B(x) - ReLU(x)| = |x| |p(t) - sgn(t)| / 2 <= |x| 2^-(alpha+1) <= B 2^-(alpha+1).
+* |x| <  eps B:  |ReLU_B(x) - ReLU(x)| <= |x| (1 + M) / 2 < eps B (1 + M) / 2, with
+  M = max |p| on [-eps, eps] (about 1; :meth:`ReluApprox.near_zero_gain` measures it).
+
+So the error near zero, eps B / 2 or so, dominates: with eps = 2^-9 and B = 20 it is 0.02.
+Inputs with |x| > B are outside the fitted range: the polynomial diverges there. The cleartext
+twin counts them in a :class:`RangeReport`; nothing is clipped.
+
+Levels: the sign spends ``sign.depth``; the product with x one more. The 1/2 is folded into the
+last component. An input already divided by B (the compiler folds 1/B into the layer before)
+saves the level of that scalar product.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ckksnet.approx.composite import DEFAULT_EPS_BITS, CompositeSign, load_table
+from ckksnet.approx.evaluate import Arith, CkksArith, NumpyArith, eval_odd
+from ckksnet.errors import ApproxError
+
+
+@dataclass
+class RangeReport:
+    """Counts of inputs outside [-B, B] seen by the twin (per call site, accumulated)."""
+
+    total: int = 0
+    outside: int = 0
+    max_ratio: float = 0.0  # max |x| / B seen
+
+    def add(self, x: np.ndarray, bound: float) -> None:
+        ratio = np.abs(x) / bound
+        self.total += int(ratio.size)
+        self.outside += int(np.count_nonzero(ratio > 1))
+        if ratio.size:
+            self.max_ratio = max(self.max_ratio, float(ratio.max()))
+
+
+@dataclass(frozen=True)
+class ReluApprox:
+    """A ReLU approximation for inputs in [-bound, bound] (bound is B, in activation units)."""
+
+    sign: CompositeSign
+    bound: float
+    _half: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.bound) or self.bound <= 0:
+            raise ApproxError(f"ReLU bound B must be a positive finite number, got {self.bound}")
+        comps = list(self.sign.components)
+        comps[-1] = tuple(0.5 * c for c in comps[-1])  # fold the 1/2 of (1 + p) / 2
+        object.__setattr__(self, "_half", tuple(comps))
+
+    @classmethod
+    def from_table(cls, alpha: int, bound: float, eps_bits: int = DEFAULT_EPS_BITS) -> "ReluApprox":
+        """Use a shipped sign table; raises :class:`ApproxError` if there is none for alpha."""
+        try:
+            return cls(load_table(alpha, eps_bits), bound)
+        except ValueError as exc:
+            raise ApproxError(str(exc)) from exc
+
+    def depth(self, prescaled: bool = False) -> int:
+        """Levels one evaluation spends (``prescaled``: input already divided by B)."""
+        return self.sign.depth + (1 if prescaled else 2)
+
+    def _ops(self, arith: Arith, x: Any, prescaled: bool) -> Any:
+        t = x if prescaled else arith.scale(x, 1.0 / self.bound)
+        for coeffs in self._half:
+            t = eval_odd(arith, t, coeffs)
+        return arith.mul(x, arith.add_const(t, 0.5))  # x (1 + p) / 2
+
+    def twin(self, x: np.ndarray, report: RangeReport | None = None, prescaled: bool = False) -> np.ndarray:
+        """float64 evaluation, the same operations as :meth:`encrypted`. Out-of-range inputs are
+        counted in ``report`` (if given), never clipped."""
+        x = np.asarray(x, dtype=np.float64)
+        if report is not None:
+            report.add(x, 1.0 if prescaled else self.bound)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned
+            return self._ops(NumpyArith(), x, prescaled)
+
+    def encrypted(self, server, ct, prescaled: bool = False):
+        """Evaluate on a ciphertext; needs :meth:`depth` levels (raises ``LevelError`` otherwise)."""
+        server.require_levels(ct, self.depth(prescaled), "composite ReLU")
+        return self._ops(CkksArith(server), ct, prescaled)
+
+    def near_zero_gain(self, points: int = 20_001) -> float:
+        """M = max |p(t)| for |t| <= eps (see the module's error bound)."""
+        t = np.linspace(-self.sign.eps, self.sign.eps, points)
+        return float(np.max(np.abs(self.sign(t))))
+
+    def max_error(self, points: int = 200_001) -> float:
+        """Max |ReLU_B(x) - ReLU(x)| over a dense grid of [-B, B], in activation units."""
+        x = np.linspace(-self.bound, self.bound, points)
+        return float(np.max(np.abs(self.twin(x) - np.maximum(x, 0))))

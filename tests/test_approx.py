@@ -1,0 +1,151 @@
+"""Composite minimax sign / ReLU: shipped tables meet their bounds; encrypted matches the twin."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ckksnet.approx import (SHIPPED_ALPHAS, SHIPPED_EPS_BITS, CkksArith, NumpyArith, RangeReport,
+                            ReluApprox, count_products, depth_of, design, eval_odd, load_table)
+from ckksnet.approx.remez import odd_minimax_sign
+from ckksnet.cli import main as cli
+from ckksnet.errors import ApproxError, LevelError
+
+SHIPPED = [(a, e) for e in SHIPPED_EPS_BITS for a in SHIPPED_ALPHAS]
+
+
+@pytest.mark.parametrize("alpha, eps_bits", SHIPPED)
+def test_shipped_table_meets_bound(alpha, eps_bits):
+    comp = load_table(alpha, eps_bits)
+    assert comp.alpha == alpha and comp.eps == 2.0 ** -eps_bits
+    bound = 2.0 ** -alpha
+    pos = np.linspace(comp.eps, 1.0, 100_001)
+    pos = np.concatenate([pos, np.geomspace(comp.eps, 1.0, 100_001)])
+    assert np.max(np.abs(comp(pos) - 1)) <= bound
+    assert np.max(np.abs(comp(-pos) + 1)) <= bound
+    assert comp.depth == sum(math.ceil(math.log2(d + 1)) for d in comp.degrees)
+    assert comp.products == sum(count_products(c) for c in comp.components)
+    assert [len(c) for c in comp.components] == [(d + 1) // 2 for d in comp.degrees]
+
+
+def test_paper_degrees_for_alpha_13():
+    """alpha 13 at eps 2^-9: the search finds the paper's 15, 15, 27 (depth 13)."""
+    comp = load_table(13, 9)
+    assert comp.degrees == (15, 15, 27) and comp.depth == 13
+
+
+def test_remez_equioscillates_and_is_deterministic():
+    a, b = 0.05, 1.0
+    r = odd_minimax_sign(7, a, b)
+    assert r == odd_minimax_sign(7, a, b)
+    x = np.linspace(a, b, 200_001)
+    full = np.zeros(8)
+    full[1::2] = r.coeffs
+    err = np.polynomial.chebyshev.chebval(x / r.scale, full) - 1
+    assert abs(np.max(np.abs(err)) - r.error) < 1e-6 * r.error
+    # minimax: 5 (= m + 1) alternating extrema of equal size
+    ext = [i for i in range(1, len(x) - 1) if (err[i] - err[i - 1]) * (err[i + 1] - err[i]) <= 0]
+    peaks = np.abs(err[[0] + ext + [len(x) - 1]])
+    assert np.sum(peaks > 0.999 * r.error) >= 5
+
+
+def test_design_matches_the_measured_reference():
+    # ../shared/approx-notes.md: 15, 15, 27 reaches 2^-13.3 at eps 2^-9 and 2^-7.3 at 2^-10
+    assert -math.log2(design(2.0 ** -9, [15, 15, 27]).error) == pytest.approx(13.3, abs=0.1)
+    assert -math.log2(design(2.0 ** -10, [15, 15, 27]).error) == pytest.approx(7.3, abs=0.1)
+
+
+@pytest.mark.parametrize("degree", [1, 3, 7, 15, 27, 31])
+def test_eval_odd_matches_numpy(degree):
+    coeffs = np.random.default_rng(degree).normal(0, 1, (degree + 1) // 2)
+    x = np.linspace(-1, 1, 1001)
+    full = np.zeros(degree + 1)
+    full[1::2] = coeffs
+    assert np.allclose(eval_odd(NumpyArith(), x, coeffs), np.polynomial.chebyshev.chebval(x, full),
+                       atol=1e-12)
+
+
+@pytest.mark.parametrize("degree", [3, 15, 27])
+def test_encrypted_depth_is_optimal(client, server, degree):
+    coeffs = np.random.default_rng(degree).normal(0, 0.2, (degree + 1) // 2)
+    x = np.linspace(-1, 1, client.slots)
+    ct = client.encrypt(x)
+    arith = CkksArith(server)
+    out = eval_odd(arith, ct, coeffs)
+    assert server.levels_left(ct) - server.levels_left(out) == depth_of(degree)
+    assert arith.products == count_products(coeffs)
+    assert np.max(np.abs(client.decrypt(out) - eval_odd(NumpyArith(), x, coeffs))) < 1e-8
+
+
+# Encrypted vs twin. Fresh encryption noise at the test preset is ~1e-13; the composite's slope
+# near 0 is about 1/eps (2^9) per unit of input, and |x| <= B = 4 here. Measured: 2.6e-13
+# (alpha 13) and 4.8e-12 (alpha 6). 1e-9 leaves a 200x margin and still catches any wrong
+# coefficient, stage order or level mismatch (those give errors of 1e-4 or more).
+@pytest.mark.parametrize("alpha", [6, 13])
+def test_encrypted_relu_matches_twin(client, server, alpha):
+    relu = ReluApprox.from_table(alpha, bound=4.0)
+    x = np.random.default_rng(alpha).uniform(-4, 4, client.slots)
+    x[:64] = np.linspace(-0.02, 0.02, 64)  # the hard region near zero
+    ct = client.encrypt(x / 4.0)  # inputs must be within the preset's safe magnitude
+    ct = server.mul(ct, 4.0)
+    out = relu.encrypted(server, ct)
+    assert server.levels_left(ct) - server.levels_left(out) == relu.depth()
+    got = client.decrypt(out)
+    assert np.max(np.abs(got - relu.twin(x))) < 1e-9
+    assert np.max(np.abs(got - np.maximum(x, 0))) <= relu.max_error(400_001) + 1e-9
+
+
+def test_relu_error_bounds():
+    relu = ReluApprox.from_table(13, bound=20.0)
+    x = np.linspace(-20, 20, 400_001)
+    err = np.abs(relu.twin(x) - np.maximum(x, 0))
+    eps_b = relu.sign.eps * 20.0
+    far = np.abs(x) >= eps_b
+    assert np.all(err[far] <= np.abs(x[far]) * 2.0 ** -14 * (1 + 1e-9))
+    assert np.all(err[~far] <= eps_b * (1 + relu.near_zero_gain()) / 2)
+
+
+def test_prescaled_input_saves_a_level():
+    relu = ReluApprox.from_table(8, bound=3.0)
+    assert relu.depth(prescaled=True) == relu.depth() - 1 == relu.sign.depth + 1
+    x = np.linspace(-3, 3, 1001)
+    assert np.allclose(relu.twin(x / 3.0, prescaled=True) * 3.0, relu.twin(x), atol=1e-12)
+
+
+def test_out_of_range_inputs_are_counted_not_clipped():
+    relu = ReluApprox.from_table(8, bound=1.0)
+    report = RangeReport()
+    x = np.array([0.5, -0.9, 1.5, -2.0])
+    y = relu.twin(x, report)
+    assert (report.total, report.outside, report.max_ratio) == (4, 2, 2.0)
+    # outside [-B, B] the polynomial diverges (here to inf/nan); nothing clips it to ReLU's 0
+    assert not np.isclose(y[3], 0.0, atol=0.1) and not np.isclose(y[2], 1.5, atol=0.1)
+
+
+def test_bad_arguments(client, server):
+    with pytest.raises(ApproxError, match="no shipped sign table"):
+        ReluApprox.from_table(40, 1.0)
+    with pytest.raises(ApproxError, match="positive"):
+        ReluApprox.from_table(8, 0.0)
+    with pytest.raises(ApproxError):
+        ReluApprox.from_table(8, float("nan"))
+    relu = ReluApprox.from_table(13, 1.0)
+    ct = client.encrypt(np.array([0.5]), levels_left=relu.depth() - 1)
+    with pytest.raises(LevelError, match="composite ReLU needs 15"):
+        relu.encrypted(server, ct)
+
+
+def test_cli_report_rechecks_with_numpy_alone(capsys):
+    assert cli(["approx", "relu", "--alpha", "13", "--json", "--points", "100000"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["degrees"] == [15, 15, 27] and rep["sign_depth"] == 13 and rep["relu_depth"] == 14
+    x = np.linspace(rep["eps"], 1, 100_000)
+    y = x
+    for c in rep["components"]:
+        full = np.zeros(2 * len(c))
+        full[1::2] = c
+        y = np.polynomial.chebyshev.chebval(y, full)
+    assert np.max(np.abs(y - 1)) <= 2.0 ** -13
+    assert rep["max_sign_error_on_eps_1"] <= 2.0 ** -13
