@@ -94,9 +94,9 @@ def _bootstrap_depth(level_budget: tuple[int, int], secret_dist: str) -> int:
 
 
 SECURE = Preset(
-    name="secure", ring_dim=1 << 16, slots=1 << 14, scaling_bits=59, first_mod_bits=60, dnum=3,
-    depth=20, level_budget=(3, 3), secret_dist="SPARSE_ENCAPSULATED",
-    notes="128-bit; see benchmarks/RESULTS.md (parameter study)",
+    name="secure", ring_dim=1 << 16, slots=1 << 14, scaling_bits=57, first_mod_bits=60, dnum=4,
+    depth=23, level_budget=(3, 3), secret_dist="SPARSE_ENCAPSULATED",
+    notes="128-bit; 7 levels and 16.4 bits after a bootstrap; see benchmarks/RESULTS.md",
 )
 
 TEST = Preset(
