@@ -1,0 +1,108 @@
+"""Slot layouts: where each activation (channel c, row y, column x) lives in a ciphertext's slots.
+
+A layout is *multiplexed* with a gap g (MPCNN's packing, g = 1 is plain channel-major):
+``g * g`` channels share one grid of ``grid_h x grid_w`` slots, each on its own sub-lattice, so a
+stride-2 convolution needs no compaction — its output simply doubles the gap::
+
+    gap 1 (stage 1, 16 ch x 32 x 32)       gap 2 (stage 2, 32 ch x 16 x 16, 4 ch per grid)
+    block 0: c0 c0 c0 c0 ...               block 0: c0 c1 c0 c1 ...
+             c0 c0 c0 c0 ...                        c2 c3 c2 c3 ...
+    block 1: c1 c1 ...                     block 1: c4 c5 ...
+
+    slot(c, y, x) = b * grid_h * grid_w + (g*y + ry) * grid_w + (g*x + rx),
+    with b = c // g^2, r = c % g^2, ry = r // g, rx = r % g.
+
+Slots not covered by the layout hold zeros.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ckksnet.errors import ShapeError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """channels x height x width activations multiplexed with ``gap`` into ``slots`` slots."""
+
+    channels: int
+    height: int
+    width: int
+    gap: int
+    slots: int
+
+    def __post_init__(self) -> None:
+        if self.used > self.slots:
+            raise ShapeError(f"layout {self.channels}x{self.height}x{self.width} (gap {self.gap}) "
+                             f"needs {self.used} slots; the ciphertext has {self.slots}")
+
+    @property
+    def grid_h(self) -> int:
+        return self.gap * self.height
+
+    @property
+    def grid_w(self) -> int:
+        return self.gap * self.width
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.channels // (self.gap * self.gap))
+
+    @property
+    def used(self) -> int:
+        """Slots spanned by the layout (blocks x grid), including multiplexing holes."""
+        return self.blocks * self.grid_h * self.grid_w
+
+    @cached_property
+    def index(self) -> np.ndarray:
+        """int64 array (channels, height, width) of slot positions."""
+        c = np.arange(self.channels)[:, None, None]
+        y = np.arange(self.height)[None, :, None]
+        x = np.arange(self.width)[None, None, :]
+        g = self.gap
+        b, r = c // (g * g), c % (g * g)
+        return b * self.grid_h * self.grid_w + (g * y + r // g) * self.grid_w + (g * x + r % g)
+
+    def pack(self, chw: np.ndarray) -> np.ndarray:
+        """(channels, height, width) or (batch, channels, height, width) -> (..., slots)."""
+        chw = np.asarray(chw, dtype=np.float64)
+        if chw.shape[-3:] != (self.channels, self.height, self.width):
+            raise ShapeError(f"expected (..., {self.channels}, {self.height}, {self.width}), got {chw.shape}")
+        out = np.zeros(chw.shape[:-3] + (self.slots,))
+        out[..., self.index.ravel()] = chw.reshape(chw.shape[:-3] + (-1,))
+        return out
+
+    def unpack(self, vec: np.ndarray) -> np.ndarray:
+        """(..., slots) -> (..., channels, height, width)."""
+        vec = np.asarray(vec)
+        return vec[..., self.index.ravel()].reshape(vec.shape[:-1] + (self.channels, self.height, self.width))
+
+    def strided(self, channels: int, stride: int) -> "Layout":
+        """The layout of a stride-``stride`` convolution's output with ``channels`` channels."""
+        if self.height % stride or self.width % stride:
+            raise ShapeError(f"{self.height}x{self.width} is not divisible by stride {stride}")
+        return Layout(channels, self.height // stride, self.width // stride, self.gap * stride, self.slots)
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """A flat vector of ``length`` values in slots 0..length-1 (logits)."""
+
+    length: int
+    slots: int
+
+    @cached_property
+    def index(self) -> np.ndarray:
+        return np.arange(self.length)
+
+    def pack(self, v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        out = np.zeros(v.shape[:-1] + (self.slots,))
+        out[..., : self.length] = v
+        return out
+
+    def unpack(self, vec: np.ndarray) -> np.ndarray:
+        return np.asarray(vec)[..., : self.length]
