@@ -1,0 +1,132 @@
+"""Tracing, lowering and scale assignment: ``compile_model(model, calibration, preset)``."""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ckksnet.approx.relu import ReluApprox
+from ckksnet.backend.presets import Preset, get_preset
+from ckksnet.compiler import lowerings  # noqa: F401  (registers the built-in kernels)
+from ckksnet.compiler.plan import Plan
+from ckksnet.compiler.registry import KERNELS, LoweringContext, Value
+from ckksnet.compiler.steps import AddStep, LinearStep, ReluStep
+from ckksnet.errors import CompileError
+from ckksnet.kernels.linear import LinearMap
+from ckksnet.layout import Layout
+from ckksnet.models.resnet import Normalize
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m) in KERNELS or super().is_leaf_module(m, qualname)
+
+
+def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
+                  preset: str | Preset = "secure", image_size: tuple[int, int] = (32, 32),
+                  alpha: int = 13, eps_bits: int = 9, margin: float = 1.25,
+                  relu_alpha: dict[str, int] | None = None) -> Plan:
+    """Compile a trained model (eval mode) into an encrypted-inference plan.
+
+    calibration: uint8 NHWC images (ReLU input ranges are measured on them) or a dict
+    {relu module name: {"max_abs": ...}} as stored in checkpoint metadata. Each ReLU's bound is
+    ``margin`` x max |input|. ``alpha`` / ``eps_bits`` pick the sign table for every ReLU;
+    ``relu_alpha`` overrides alpha per ReLU (module name -> alpha).
+    """
+    model = model.eval()
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    ranges = _ranges(model, calibration)
+    graph = _Tracer().trace(model)
+    modules = dict(model.named_modules())
+    plan = Plan(preset=preset)
+    ctx = LoweringContext(plan, preset.slots, {"alpha": alpha, "eps_bits": eps_bits})
+    env: dict[str, Value] = {}
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            env[node.name] = _input_value(plan, modules, graph, image_size, preset.slots)
+        elif node.op == "call_module":
+            module = modules[node.target]
+            lower = KERNELS.get(type(module))
+            if lower is None:
+                raise CompileError(f"unsupported module {node.target!r} ({type(module).__name__}): "
+                                   "register a kernel for it with ckksnet.compiler.register")
+            args = [env[a.name] for a in node.args if isinstance(a, fx.Node)]
+            env[node.name] = lower(ctx, node, module, args)
+        elif node.op == "call_function" and node.target in (operator.add, torch.add):
+            a, b = (env[x.name] for x in node.args)
+            a, b = lowerings.materialize(ctx, a), lowerings.materialize(ctx, b)
+            if a.layout != b.layout:
+                raise CompileError(f"addition {node.name}: operands have layouts {a.layout} and {b.layout}")
+            env[node.name] = ctx.add_step(AddStep(node.name), [a, b], ctx.new_value(a.layout))
+        elif node.op == "output":
+            out = lowerings.materialize(ctx, env[node.args[0].name])
+            plan.output = out.id
+        else:
+            raise CompileError(f"unsupported operation {node.op} {getattr(node.target, '__name__', node.target)!r} "
+                               f"at {node.name}")
+    _assign_scales(plan, ranges, margin, alpha, eps_bits, relu_alpha or {})
+    return plan
+
+
+def _ranges(model: nn.Module, calibration) -> dict[str, float]:
+    if calibration is None:
+        raise CompileError("calibration data is required: images (uint8 NHWC) or a calibration dict")
+    if isinstance(calibration, dict):
+        return {k: float(v["max_abs"]) for k, v in calibration.items()}
+    from ckksnet.training.calibrate import calibrate
+
+    return {k: v["max_abs"] for k, v in calibrate(model, np.asarray(calibration), q=1.0).items()}
+
+
+def _input_value(plan: Plan, modules: dict, graph: fx.Graph, image_size, slots: int) -> Value:
+    norm = [m for m in modules.values() if isinstance(m, Normalize)]
+    first = next(n for n in graph.nodes if n.op == "call_module")
+    if not norm or not isinstance(modules[first.target], Normalize):
+        raise CompileError("the model must start with a Normalize module (its constants are the "
+                           "client's preprocessing)")
+    mean = norm[0].mean.detach().double().numpy().ravel()
+    std = norm[0].std.detach().double().numpy().ravel()
+    layout = Layout(len(mean), image_size[0], image_size[1], 1, slots)
+    plan.set_input(layout, mean, std)
+    return plan.values[plan.input]
+
+
+def _assign_scales(plan: Plan, ranges: dict[str, float], margin: float, alpha: int, eps_bits: int,
+                   relu_alpha: dict[str, int]) -> None:
+    """Union values that must share a scale (ReLU in/out, addition operands), give each group
+    the largest bound it needs, then fold scales into the linear maps."""
+    parent = list(range(len(plan.values)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for step, ins, out in plan.steps:
+        if step.kind in ("relu", "add"):
+            for i in ins:
+                parent[find(i)] = find(out)
+    need: dict[int, float] = {}
+    for step, ins, out in plan.steps:
+        if step.kind == "relu":
+            if step.name not in ranges:
+                raise CompileError(f"no calibration range for ReLU {step.name!r}")
+            bound = margin * max(ranges[step.name], 1e-6)
+            need[find(out)] = max(need.get(find(out), 0.0), bound)
+    root_in = find(plan.input)
+    need[root_in] = max(need.get(root_in, 0.0), plan.input_bound)
+    for v in plan.values:
+        v.scale = need.get(find(v.id), 1.0)
+    for i, (step, ins, out) in enumerate(plan.steps):
+        if step.kind == "linear":
+            s_in, s_out = plan.values[ins[0]].scale, plan.values[out].scale
+            k = step.kernel
+            step.kernel = LinearMap(k.matrix * (s_in / s_out), k.bias / s_out, k.name)
+        elif step.kind == "relu":
+            a = relu_alpha.get(step.name, alpha)
+            step.relu = ReluApprox.from_table(a, plan.values[out].scale, eps_bits)

@@ -1,0 +1,106 @@
+"""Built-in kernels: how each supported torch module becomes plan steps.
+
+Conv2d and AdaptiveAvgPool2d leave a *pending* value that the next module completes
+(BatchNorm folds into the convolution; Flatten + Linear fuse with the pooling); any other
+consumer materializes the pending convolution as is.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch.nn as nn
+
+from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pool_linear_matrix
+from ckksnet.compiler.registry import LoweringContext, Value, register
+from ckksnet.compiler.steps import LinearStep, ReluStep
+from ckksnet.errors import CompileError
+from ckksnet.kernels.linear import LinearMap
+from ckksnet.layout import Layout, VectorLayout
+from ckksnet.models.resnet import Normalize, PadShortcut
+
+
+def _emit_conv(ctx: LoweringContext, pending: dict, bn: nn.BatchNorm2d | None, name: str) -> Value:
+    conv, src = pending["conv"], pending["input"]
+    w, b = fold_bn(conv, bn)
+    dst = src.layout.strided(conv.out_channels, conv.stride[0])
+    matrix, bias = conv_matrix(w, b, conv.stride[0], conv.padding[0], src.layout, dst)
+    return ctx.add_step(LinearStep(name, LinearMap(matrix, bias, name)), [src], ctx.new_value(dst))
+
+
+def materialize(ctx: LoweringContext, v: Value) -> Value:
+    """A value whose lowering is still pending (a convolution without BN) becomes a step."""
+    if "conv" in v.pending:
+        return _emit_conv(ctx, v.pending, None, v.pending["name"])
+    if "pool" in v.pending:
+        raise CompileError("global average pooling must be followed by Flatten and Linear")
+    return v
+
+
+@register(Normalize)
+def lower_normalize(ctx, node, module, args):
+    return args[0]  # applied by the client before encryption (see Plan.set_input)
+
+
+@register(nn.Identity, nn.Dropout)
+def lower_identity(ctx, node, module, args):
+    return args[0]
+
+
+@register(nn.Conv2d)
+def lower_conv(ctx, node, module: nn.Conv2d, args):
+    src = materialize(ctx, args[0])
+    k, s, p = module.kernel_size, module.stride, module.padding
+    if k[0] != k[1] or s[0] != s[1] or p[0] != p[1] or module.groups != 1 or module.dilation != (1, 1):
+        raise CompileError(f"conv {node.target}: only square, ungrouped, undilated kernels are supported")
+    v = ctx.new_value(src.layout)
+    v.pending = {"conv": module, "input": src, "name": node.target}
+    return v
+
+
+@register(nn.BatchNorm2d)
+def lower_bn(ctx, node, module, args):
+    v = args[0]
+    if "conv" not in v.pending:
+        raise CompileError(f"BatchNorm {node.target} must follow a convolution (it is folded into it)")
+    return _emit_conv(ctx, v.pending, module, v.pending["name"])
+
+
+@register(nn.ReLU)
+def lower_relu(ctx, node, module, args):
+    src = materialize(ctx, args[0])
+    # the approximation is chosen once the bound B is known (graph._assign_scales)
+    return ctx.add_step(ReluStep(node.target, None), [src], ctx.new_value(src.layout))
+
+
+@register(PadShortcut)
+def lower_pad_shortcut(ctx, node, module: PadShortcut, args):
+    src = materialize(ctx, args[0])
+    dst = src.layout.strided(module.out_ch, module.stride)
+    matrix, bias = pad_shortcut_matrix(src.layout, dst, module.stride)
+    return ctx.add_step(LinearStep(node.target, LinearMap(matrix, bias, node.target)), [src], ctx.new_value(dst))
+
+
+@register(nn.AdaptiveAvgPool2d)
+def lower_pool(ctx, node, module, args):
+    src = materialize(ctx, args[0])
+    if module.output_size not in (1, (1, 1)):
+        raise CompileError(f"{node.target}: only global average pooling (output size 1) is supported")
+    v = ctx.new_value(src.layout)
+    v.pending = {"pool": src}
+    return v
+
+
+@register(nn.Flatten)
+def lower_flatten(ctx, node, module, args):
+    if "pool" not in args[0].pending:
+        raise CompileError(f"{node.target}: Flatten is supported after global average pooling only")
+    return args[0]
+
+
+@register(nn.Linear)
+def lower_linear(ctx, node, module: nn.Linear, args):
+    if "pool" not in args[0].pending:
+        raise CompileError(f"{node.target}: Linear is supported after global average pooling only")
+    src = args[0].pending["pool"]
+    dst = VectorLayout(module.out_features, ctx.slots)
+    matrix, bias = pool_linear_matrix(module, src.layout, dst)
+    return ctx.add_step(LinearStep(node.target, LinearMap(matrix, bias, node.target)), [src], ctx.new_value(dst))

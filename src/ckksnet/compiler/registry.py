@@ -1,0 +1,58 @@
+"""The kernel registry: torch module type -> lowering function.
+
+A lowering function ``lower(ctx, node, module, args) -> Value`` receives the already lowered
+inputs (``args``: :class:`Value` objects) and appends steps to the plan through ``ctx``. Every
+step kind implements ``encrypted(server, values, refresh)`` and ``twin(values)``, sharing its
+parameters, so the encrypted run and the cleartext twin cannot drift.
+
+    from ckksnet.compiler import register
+
+    @register(nn.SiLU)
+    def lower_silu(ctx, node, module, args):
+        return ctx.add_step(MyActivationStep(...), args)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ckksnet.layout import Layout, VectorLayout
+
+KERNELS: dict[type, Callable] = {}
+
+
+def register(*module_types: type) -> Callable:
+    """Decorator: use the function to lower modules of these types (later registrations win)."""
+    def deco(fn: Callable) -> Callable:
+        for t in module_types:
+            KERNELS[t] = fn
+        return fn
+    return deco
+
+
+@dataclass
+class Value:
+    """A tensor of the plan: its layout, its scale (stored slot value = true value / scale) and,
+    while compiling, the torch module that produced it (BN folding looks back at it)."""
+
+    id: int
+    layout: Layout | VectorLayout
+    scale: float = 1.0
+    producer: Any = None
+    pending: dict = field(default_factory=dict)  # lowering state, e.g. a pooled tensor
+
+
+@dataclass
+class LoweringContext:
+    """What a lowering function may use: the plan under construction and compile options."""
+
+    plan: Any
+    slots: int
+    options: dict
+
+    def new_value(self, layout, scale: float = 1.0, producer=None) -> Value:
+        return self.plan.new_value(layout, scale, producer)
+
+    def add_step(self, step, inputs: list[Value], output: Value) -> Value:
+        self.plan.add_step(step, [v.id for v in inputs], output.id)
+        return output

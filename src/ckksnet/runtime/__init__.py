@@ -1,0 +1,129 @@
+"""Executing a plan: the client (keys, encryption) and the server (encrypted inference).
+
+    net = ckksnet.compile(model, calibration=train_images, preset="secure")
+    client = ckksnet.Client(net)                       # keys; the secret key stays here
+    server = ckksnet.Server(net, client.evaluation_keys())
+    logits = client.decrypt(server.run(client.encrypt(image), progress=True))
+    server.report.to_dict()                           # per-step time, levels, bootstraps, RSS
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from ckksnet.backend import CkksClient, CkksServer
+from ckksnet.compiler.plan import Plan
+from ckksnet.errors import ContextMismatchError
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+@dataclass
+class StepReport:
+    """One step of an encrypted run. Times in seconds, levels = levels left, memory in GB."""
+
+    name: str
+    kind: str
+    seconds: float
+    level_in: int
+    level_out: int
+    bootstraps: int
+    bootstrap_seconds: float
+    rotations: int
+    peak_rss_gb: float
+
+
+@dataclass
+class RunReport:
+    steps: list[StepReport] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    @property
+    def bootstraps(self) -> int:
+        return sum(s.bootstraps for s in self.steps)
+
+    @property
+    def bootstrap_seconds(self) -> float:
+        return sum(s.bootstrap_seconds for s in self.steps)
+
+    def to_dict(self) -> dict:
+        return {"seconds": self.seconds, "bootstraps": self.bootstraps,
+                "bootstrap_seconds": self.bootstrap_seconds,
+                "peak_rss_gb": max((s.peak_rss_gb for s in self.steps), default=0.0),
+                "steps": [asdict(s) for s in self.steps]}
+
+
+class Client:
+    """Holds the secret key. Generates every key the plan needs, encrypts images, decrypts logits."""
+
+    def __init__(self, net: Plan, bootstrap_keys: bool = True):
+        self.net = net
+        self.ckks = CkksClient(net.preset)
+        if bootstrap_keys and net.preset.bootstrap:
+            self.ckks.gen_bootstrap_keys()  # first: later rotation keys then merge without copies
+        self.ckks.gen_rotation_keys(net.rotations())
+
+    def encrypt(self, image: np.ndarray):
+        """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input."""
+        return self.ckks.encrypt(self.net.preprocess(image))
+
+    def decrypt(self, ct) -> np.ndarray:
+        """The output ciphertext -> logits (float64)."""
+        out = self.net.values[self.net.output]
+        return self.net.output_layout.unpack(self.ckks.decrypt(ct)) * out.scale
+
+    def evaluation_keys(self) -> CkksServer:
+        """The server's view of the keys: public and evaluation keys only (no secret key)."""
+        return self.ckks.server()
+
+
+class Server:
+    """Runs a plan on ciphertexts. Holds no secret key."""
+
+    def __init__(self, net: Plan, keys: CkksServer):
+        if keys.preset != net.preset:
+            raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {net.preset.name!r}")
+        self.net = net
+        self.ckks = keys
+        self.report = RunReport()
+
+    def run(self, ct, progress: bool = False):
+        """Encrypted inference of one ciphertext; fills :attr:`report`."""
+        srv, net = self.ckks, self.net
+        srv.check_ciphertext(ct)
+        self.report = RunReport()
+        vals = {net.input: ct}
+        last = net.last_use()
+        bar = tqdm(net.steps, desc="encrypted inference", disable=not progress, unit="step")
+        for i, (step, ins, out) in enumerate(bar):
+            bar.set_postfix_str(step.name)
+            boot = {"n": 0, "s": 0.0}
+
+            def refresh(c, levels):
+                if srv.levels_left(c) >= levels:
+                    return c
+                t = time.time()
+                c = srv.bootstrap(c)
+                boot["n"] += 1
+                boot["s"] += time.time() - t
+                return c
+
+            level_in = min(srv.levels_left(vals[v]) for v in ins)
+            t0 = time.time()
+            vals[out] = step.encrypted(srv, [vals[v] for v in ins], refresh)
+            self.report.steps.append(StepReport(
+                step.name, step.kind, time.time() - t0, level_in, srv.levels_left(vals[out]),
+                boot["n"], boot["s"], len(step.rotations()), _peak_rss_gb()))
+            for v in ins:
+                if last.get(v) == i:
+                    vals.pop(v, None)  # free ciphertexts no later step reads
+        return vals[net.output]
