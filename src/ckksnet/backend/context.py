@@ -11,6 +11,7 @@ many more rescales (multiplications) a ciphertext can take before it must be boo
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -34,6 +35,38 @@ class KeyInventory:
     rotations: set[int] = field(default_factory=set)  # rotation indices, taken mod slots
     bootstrap: bool = False
     bootstrap_ready: bool = False  # EvalBootstrapSetup done in this process
+
+
+@lru_cache(maxsize=16)
+def _paths(slots: int, keys: frozenset) -> dict[int, tuple[int, int]]:
+    parent: dict[int, tuple[int, int]] = {}
+    seen = {0}
+    frontier = [0]
+    steps = sorted(keys)
+    while frontier:  # breadth-first: fewest key switches first
+        nxt = []
+        for node in frontier:
+            for k in steps:
+                m = (node + k) % slots
+                if m not in seen:
+                    seen.add(m)
+                    parent[m] = (node, k)
+                    nxt.append(m)
+        frontier = nxt
+    return parent
+
+
+def rotation_paths(slots: int, keys: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """Shortest decompositions of every rotation into available ones: {index: (previous, key)},
+    found by breadth-first search over Z_slots with one edge per rotation key."""
+    return _paths(slots, frozenset(int(k) % slots for k in keys if int(k) % slots))
+
+
+def signed_powers_of_two(slots: int) -> list[int]:
+    """Rotation indices +-2^i (mod slots): any rotation is then at most ~log2(slots)/2 key
+    switches, with 2 log2(slots) - 1 keys."""
+    out = {1 << i for i in range(slots.bit_length() - 1)}
+    return sorted(out | {(slots - p) % slots for p in out} - {0})
 
 
 class CkksContext:
@@ -207,6 +240,27 @@ class CkksServer(CkksContext):
             if not idx:
                 out[k] = ct
         return out
+
+    def rotate_composed(self, ct: Ciphertext, ks: Iterable[int]) -> dict[int, Ciphertext]:
+        """Rotations by any ``ks`` using only the keys present: each index is reached along a
+        shortest path of available rotations (see :func:`rotation_paths`), and rotations shared
+        by several paths are computed once. Raises :class:`MissingKeyError` if some index is
+        unreachable with the keys present."""
+        self.check_ciphertext(ct)
+        ks = list(dict.fromkeys(int(k) for k in ks))
+        parent = rotation_paths(self.slots, self.rotations)
+        cache: dict[int, Ciphertext] = {0: ct}
+
+        def reach(idx: int) -> Ciphertext:
+            if idx not in cache:
+                if idx not in parent:
+                    raise MissingKeyError(f"rotation {idx} cannot be composed from the {len(self.rotations)} "
+                                          "rotation keys present")
+                prev, step = parent[idx]
+                cache[idx] = self.cc.EvalRotate(reach(prev), step)
+            return cache[idx]
+
+        return {k: reach(k % self.slots) for k in ks}
 
     # ---------------------------------------------------------------- levels and bootstrapping
     def prepare_bootstrap(self) -> None:

@@ -24,6 +24,7 @@ class Plan:
     output: int = -1
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    rotation_keys: str = "pow2"  # "pow2": keys for +-2^i only, rotations composed; "direct": one per index
 
     # ------------------------------------------------------------ building
     def new_value(self, layout, scale: float = 1.0, producer=None) -> Value:
@@ -55,6 +56,14 @@ class Plan:
     def rotations(self) -> set[int]:
         """Every rotation index the plan's kernels need."""
         return set().union(*(s.rotations() for s, _, _ in self.steps))
+
+    def key_indices(self) -> list[int]:
+        """Rotation keys the client generates for this plan (see ``rotation_keys``)."""
+        from ckksnet.backend.context import signed_powers_of_two
+
+        if self.rotation_keys == "direct":
+            return sorted(self.rotations())
+        return signed_powers_of_two(self.preset.slots)
 
     def last_use(self) -> dict[int, int]:
         """value id -> index of the last step reading it (the runtime frees it after)."""

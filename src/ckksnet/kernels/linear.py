@@ -94,11 +94,16 @@ class LinearMap:
         """Evaluate on a ciphertext through a CkksServer; spends one level."""
         server.require_levels(ct, 1, f"linear map {self.name}")
         babies = sorted({j for group in self.steps.values() for j in group})
-        rotated = server.rotate_many(ct, babies)
+        # hoisted rotations when every index has its own key; otherwise compose from the keys present
+        direct = self.rotations() <= server.rotations
+        rotated = server.rotate_many(ct, babies) if direct else server.rotate_composed(ct, babies)
         partial = []
         for g, group in sorted(self.steps.items()):
             terms = [server.mul(rotated[j], pt) for j, pt in sorted(group.items())]
             inner = server.add_many(terms)
-            partial.append(server.rotate(inner, g * self.baby_size) if g else inner)
+            if g:
+                k = g * self.baby_size
+                inner = server.rotate(inner, k) if direct else server.rotate_composed(inner, [k])[k]
+            partial.append(inner)
         out = server.add_many(partial)
         return server.add(out, self.bias) if np.any(self.bias) else out

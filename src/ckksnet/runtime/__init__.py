@@ -70,7 +70,7 @@ class Client:
         self.ckks = CkksClient(net.preset)
         if bootstrap_keys and net.preset.bootstrap:
             self.ckks.gen_bootstrap_keys()  # first: later rotation keys then merge without copies
-        self.ckks.gen_rotation_keys(net.rotations())
+        self.ckks.gen_rotation_keys(net.key_indices())
 
     def encrypt(self, image: np.ndarray):
         """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input."""

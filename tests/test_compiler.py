@@ -1,0 +1,165 @@
+"""Compiler, kernels and the encrypted runtime at the test preset, on a reduced ResNet built by
+the same code path as ResNet-20 (fewer channels, 8x8 images)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn as nn
+
+from ckksnet.compiler import compile
+from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pool_linear_matrix
+from ckksnet.errors import CompileError, RangeError, ShapeError
+from ckksnet.kernels.linear import LinearMap
+from ckksnet.layout import Layout, VectorLayout
+from ckksnet.models import PadShortcut, ResNetCifar
+from ckksnet.runtime import Client, Server
+from tests.conftest import make_client
+
+SLOTS = 2048  # the test preset's slot count
+
+
+@pytest.fixture(scope="module")
+def kclient():
+    """A client of its own: kernel tests add many rotation keys."""
+    return make_client()
+
+
+@pytest.fixture(scope="module")
+def kserver(kclient):
+    return kclient.server()
+
+
+def _random_bn(bn: nn.BatchNorm2d, gen: torch.Generator) -> nn.BatchNorm2d:
+    bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen) * 0.2)
+    bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+    bn.weight.data.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+    bn.bias.data.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
+    return bn.eval()
+
+
+def _tiny_resnet() -> ResNetCifar:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    model = ResNetCifar(blocks=1, widths=(2, 4, 8))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            _random_bn(m, gen)
+    return model.eval()
+
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- kernels against torch
+@pytest.mark.parametrize("stride, gap, cin, cout", [(1, 1, 4, 4), (2, 1, 4, 8), (1, 2, 8, 8), (2, 2, 8, 16)])
+def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout):
+    gen = torch.Generator().manual_seed(stride * 10 + gap)
+    conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    bn = _random_bn(nn.BatchNorm2d(cout), gen)
+    size = 8 // gap
+    src = Layout(cin, size, size, gap, SLOTS)
+    dst = src.strided(cout, stride)
+    lm = LinearMap(*conv_matrix(*fold_bn(conv, bn), stride, 1, src, dst))
+    x = torch.rand(1, cin, size, size, generator=gen) - 0.5
+    want = bn(conv(x)).detach().double().numpy()[0]
+    packed = src.pack(x.double().numpy()[0])
+    assert np.max(np.abs(dst.unpack(lm.twin(packed)) - want)) < 1e-5
+    assert np.max(np.abs(lm.twin_bsgs(packed) - lm.twin(packed))) < 1e-12
+    kclient.gen_rotation_keys(lm.rotations())
+    got = dst.unpack(kclient.decrypt(lm.encrypted(kserver, kclient.encrypt(packed))))
+    assert np.max(np.abs(got - want)) < 1e-5
+
+
+def test_shortcut_and_pool_linear_match_torch(kclient, kserver):
+    src = Layout(4, 8, 8, 1, SLOTS)
+    dst = src.strided(8, 2)
+    lm = LinearMap(*pad_shortcut_matrix(src, dst, 2))
+    x = torch.rand(1, 4, 8, 8) - 0.5
+    want = PadShortcut(4, 8, 2)(x).double().numpy()[0]
+    kclient.gen_rotation_keys(lm.rotations())
+    got = dst.unpack(kclient.decrypt(lm.encrypted(kserver, kclient.encrypt(src.pack(x.double().numpy()[0])))))
+    assert np.max(np.abs(got - want)) < 1e-9
+    fc = nn.Linear(8, 10)
+    pooled_src = Layout(8, 4, 4, 2, SLOTS)
+    out = VectorLayout(10, SLOTS)
+    lm = LinearMap(*pool_linear_matrix(fc, pooled_src, out))
+    x = torch.rand(8, 4, 4) - 0.5
+    want = fc(x.mean((1, 2))).detach().double().numpy()
+    assert np.max(np.abs(out.unpack(lm.twin(pooled_src.pack(x.double().numpy()))) - want)) < 1e-6
+
+
+def test_bn_folding_is_exact():
+    gen = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(3, 5, 3, 1, 1, bias=True)
+    bn = _random_bn(nn.BatchNorm2d(5), gen)
+    w, b = fold_bn(conv, bn)
+    x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    folded = torch.nn.functional.conv2d(x, torch.from_numpy(w), torch.from_numpy(b), padding=1)
+    ref = bn.double()(conv.double()(x))
+    assert torch.max(torch.abs(folded - ref)) < 1e-12
+
+
+def test_layout_round_trip_and_multiplexing():
+    lay = Layout(8, 4, 4, 2, SLOTS)
+    x = np.random.default_rng(0).normal(size=(8, 4, 4))
+    assert np.array_equal(lay.unpack(lay.pack(x)), x)
+    assert len(np.unique(lay.index)) == 8 * 16 and lay.used == 2 * 64
+    with pytest.raises(ShapeError):
+        Layout(64, 32, 32, 1, SLOTS)
+
+
+# ---------------------------------------------------------------- compiler
+def test_plan_twin_matches_torch():
+    model = _tiny_resnet()
+    plan = compile(model, calibration=IMAGES, preset="test", image_size=(8, 8))
+    kinds = [s.kind for s, _, _ in plan.steps]
+    assert kinds.count("relu") == 7 and kinds.count("add") == 3
+    x = torch.from_numpy(IMAGES[:8]).permute(0, 3, 1, 2).float() / 255
+    want = model(x).detach().numpy()
+    twin = plan.twin(IMAGES[:8])
+    # the only difference is the ReLU approximation (alpha 13): measured 3e-4 on logits ~2
+    assert np.max(np.abs(twin - want)) < 2e-3
+    assert np.array_equal(twin.argmax(1), want.argmax(1))
+    assert all(r["outside"] == 0 for r in plan.relu_reports().values())
+
+
+def test_unsupported_module_is_named():
+    model = _tiny_resnet()
+    model.layers[0].relu1 = nn.GELU()
+    with pytest.raises(CompileError, match=r"layers\.0\.relu1.*GELU"):
+        compile(model, calibration=IMAGES, preset="test", image_size=(8, 8))
+
+
+def test_bad_images_are_rejected():
+    plan = compile(_tiny_resnet(), calibration=IMAGES, preset="test", image_size=(8, 8))
+    with pytest.raises(ShapeError):
+        plan.preprocess(np.zeros((8, 8, 4), dtype=np.uint8))
+    with pytest.raises(RangeError):
+        plan.preprocess(np.full((3, 8, 8), 1.5))
+    with pytest.raises(RangeError):
+        plan.preprocess(np.full((3, 8, 8), np.nan))
+
+
+# ---------------------------------------------------------------- the whole network, encrypted
+def test_encrypted_network_matches_plaintext_and_twin():
+    model = _tiny_resnet()
+    plan = compile(model, calibration=IMAGES, preset="test", image_size=(8, 8))
+    client = Client(plan)
+    server = Server(plan, client.evaluation_keys())
+    assert not hasattr(server.ckks, "decrypt")
+    x = torch.from_numpy(IMAGES[:2]).permute(0, 3, 1, 2).float() / 255
+    want = model(x).detach().double().numpy()
+    twin = plan.twin(IMAGES[:2])
+    for i in range(2):
+        logits = client.decrypt(server.run(client.encrypt(IMAGES[i])))
+        # Encrypted vs twin is CKKS noise only: measured 1e-7 at the test preset (bootstrapping
+        # at 24 bits, ReLU slopes near zero amplify it); 1e-5 is a 70x margin. Against torch the
+        # ReLU approximation adds its own error, bounded by the twin's.
+        assert np.max(np.abs(logits - twin[i])) < 1e-5
+        assert np.max(np.abs(logits - want[i])) <= np.max(np.abs(twin[i] - want[i])) + 1e-5
+        assert logits.argmax() == want[i].argmax()
+        report = server.report.to_dict()
+        assert report["bootstraps"] > 0 and len(report["steps"]) == len(plan.steps)
+        assert all(s["level_out"] >= 0 for s in report["steps"])
