@@ -12,10 +12,14 @@ from pathlib import Path
 from ckksnet.errors import CkksnetError
 
 
+def _command_line() -> str:
+    return "ckksnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from ckksnet.data import load_cifar10
-    from ckksnet.models import save_checkpoint
-    from ckksnet.training import TrainConfig, calibrate, evaluate, train
+    from ckksnet.training import TrainConfig, train
+    from ckksnet.training.export import export_checkpoint
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
@@ -23,20 +27,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
     model, run = train(cfg, train_split, args.run_dir, test_split if args.eval_each_epoch else None)
-    result = evaluate(model, test_split)
-    calib = calibrate(model, train_split.images[: args.calibration_images])
-    meta = {
-        "architecture": f"ResNet-{6 * cfg.blocks + 2} (CIFAR, option-A shortcut), widths {list(cfg.widths)}",
-        "shortcut": "A: stride-2 identity, channels zero-padded (lowered to a fixed 1x1 conv)",
-        "trained_on": train_split.source,
-        "training": {"command": "ckksnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                     "config": asdict(cfg), "history": run["history"]},
-        "test": result,
-        "calibration": {"images": min(args.calibration_images, len(train_split)),
-                        "split": "train", "relus": calib},
-    }
-    folder = save_checkpoint(model, meta, args.out)
+    folder, result = export_checkpoint(model, cfg, run["history"], train_split, test_split, args.out,
+                                       _command_line(), args.calibration_images)
     print(json.dumps({"checkpoint": str(folder), "test_accuracy": result["accuracy"]}))
+    return 0
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    """A checkpoint from a run's latest state (an unfinished run too), labelled as such."""
+    from ckksnet.data import load_cifar10
+    from ckksnet.training.export import export_checkpoint, load_run_state
+
+    model, cfg, history = load_run_state(args.run_dir)
+    note = None if len(history) >= cfg.epochs else (
+        f"interim snapshot after epoch {len(history)} of {cfg.epochs}; training continues")
+    folder, result = export_checkpoint(model, cfg, history, load_cifar10("train", args.data),
+                                       load_cifar10("test", args.data), args.out,
+                                       f"ckksnet train (run {args.run_dir}); snapshot by {_command_line()}",
+                                       args.calibration_images, note)
+    print(json.dumps({"checkpoint": str(folder), "epochs": len(history), "test_accuracy": result["accuracy"],
+                      "note": note}))
     return 0
 
 
@@ -59,7 +69,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_bootstrap(args: argparse.Namespace) -> int:
     """Encrypt a random vector, bootstrap it, decrypt it; print times and precision in bits."""
     import time
 
@@ -131,12 +141,52 @@ def _add_approx(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_approx)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job: encrypted work at the secure preset")
+def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bootstrap", help="encrypt, bootstrap and decrypt a vector: time and precision")
     p.add_argument("--preset", default="secure", help="parameter preset (default: secure, 128-bit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_bootstrap)
+
+
+def _print_image(rec: dict) -> None:
+    mark = "same" if rec["plain_pred"] == rec["enc_pred"] else "DIFFERENT"
+    print(f"image {rec['index']:5d}: label {rec['label']}, plaintext {rec['plain_pred']}, encrypted "
+          f"{rec['enc_pred']} ({mark}), max |logit diff| {rec['max_abs_logit_diff']:.2e}, "
+          f"{rec['seconds']:.1f} s, {rec['bootstraps']} bootstraps", flush=True)
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from ckksnet import inference
+
+    result = inference.run(args.images, args.preset, args.data, args.checkpoint, args.alpha,
+                           args.eps_bits, progress=not args.json,
+                           on_image=None if args.json else _print_image)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the plaintext ones; "
+              f"keys {result['keygen_seconds']:.0f} s ({result['rotation_keys']} rotation keys), "
+              f"peak memory {result['report']['peak_rss_gb']:.1f} GB")
+    return 0
+
+
+def _add_infer(sub: argparse._SubParsersAction, name: str = "infer", images: int = 2) -> None:
+    helptext = ("the main job: encrypted inference of real CIFAR-10 test images with the bundled "
+                "ResNet-20" if name == "demo" else "encrypted inference of K real CIFAR-10 test images")
+    p = sub.add_parser(name, help=helptext)
+    p.add_argument("--images", type=int, default=images, help="number of test images K")
+    p.add_argument("--preset", default="secure", help="secure (128-bit, default) or test")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
+    p.add_argument("--data", help="CIFAR-10 location (default: foolbox's official images for K <= 20)")
+    p.add_argument("--alpha", type=int, default=13, help="ReLU sign precision (shipped tables: 6..13)")
+    p.add_argument("--eps-bits", type=int, default=9)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_infer)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    _add_infer(sub, "demo", images=1)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -158,6 +208,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_snapshot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("snapshot", help="write a checkpoint from a training run's latest state")
+    p.add_argument("--run-dir", default="runs/resnet20")
+    p.add_argument("--out", default="runs/resnet20/checkpoint")
+    p.add_argument("--data")
+    p.add_argument("--calibration-images", type=int, default=10000)
+    p.set_defaults(func=_cmd_snapshot)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="plaintext test accuracy of the bundled (or a given) checkpoint")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
@@ -168,9 +227,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ckksnet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ckksnet", description="Encrypted inference of trained CNNs with RNS-CKKS (OpenFHE).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_eval, _add_approx):
+    for add in (_add_demo, _add_infer, _add_bootstrap, _add_train, _add_snapshot, _add_eval, _add_approx):
         add(sub)
     return parser
 

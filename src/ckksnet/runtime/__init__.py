@@ -20,7 +20,7 @@ from ckksnet.compiler.plan import Plan
 from ckksnet.errors import ContextMismatchError
 
 
-def _peak_rss_gb() -> float:
+def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -122,7 +122,7 @@ class Server:
             vals[out] = step.encrypted(srv, [vals[v] for v in ins], refresh)
             self.report.steps.append(StepReport(
                 step.name, step.kind, time.time() - t0, level_in, srv.levels_left(vals[out]),
-                boot["n"], boot["s"], len(step.rotations()), _peak_rss_gb()))
+                boot["n"], boot["s"], len(step.rotations()), peak_rss_gb()))
             for v in ins:
                 if last.get(v) == i:
                     vals.pop(v, None)  # free ciphertexts no later step reads

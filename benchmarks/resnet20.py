@@ -1,0 +1,77 @@
+"""Full ResNet-20, encrypted, at the secure preset, on real CIFAR-10 test images.
+
+    python benchmarks/resnet20.py [--images 1] [--alpha 13]
+Writes the totals and a per-layer table, with date and machine, to benchmarks/RESULTS.md
+(section "ResNet-20 encrypted inference"), replacing that section's previous run, and the raw
+JSON next to it (benchmarks/resnet20_last.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from _results import RESULTS, machine, today
+from ckksnet import inference
+
+HEADER = "## ResNet-20 encrypted inference (benchmarks/resnet20.py)"
+
+
+def section(res: dict, argv: list[str]) -> str:
+    rep = res["report"]
+    total = rep["seconds"]
+    lines = [HEADER, "",
+             f"{today()}, {machine()}. Command: `python benchmarks/resnet20.py {' '.join(argv)}`.",
+             f"Checkpoint: {res['checkpoint']} ({res['checkpoint_note'] or 'final'}; plaintext accuracy "
+             f"{res['plain_test_accuracy']}% on CIFAR-10 (JPEG copy)). Images: {res['source']}.", "",
+             "| figure | value |", "|---|---|",
+             f"| total time, one image | {total:.0f} s ({total / 60:.1f} min) |",
+             f"| bootstraps | {rep['bootstraps']} ({rep['bootstrap_seconds']:.0f} s, "
+             f"{100 * rep['bootstrap_seconds'] / total:.0f}% of the time) |",
+             f"| key generation | {res['keygen_seconds']:.0f} s |",
+             f"| rotation keys | {res['rotation_keys']} ({res['rotation_key_policy']}) |",
+             f"| peak RSS | {rep['peak_rss_gb']:.1f} GB (after key generation: {res['peak_rss_gb_after_keygen']:.1f} GB) |",
+             f"| ReLU | alpha {res['alpha']}, eps 2^-{res['eps_bits']} |"]
+    for r in res["images"]:
+        lines.append(f"| image {r['index']} (label {r['label']}) | plaintext {r['plain_pred']}, encrypted "
+                     f"{r['enc_pred']}, max abs logit diff {r['max_abs_logit_diff']:.2e}, {r['seconds']:.0f} s |")
+    lines += ["", "| step | kind | s | levels in -> out | bootstraps | bootstrap s | rotations (kernel) |",
+              "|---|---|---|---|---|---|---|"]
+    for s in rep["steps"]:
+        lines.append(f"| {s['name']} | {s['kind']} | {s['seconds']:.1f} | {s['level_in']} -> {s['level_out']} | "
+                     f"{s['bootstraps']} | {s['bootstrap_seconds']:.1f} | {s['rotations']} |")
+    by_kind: dict[str, float] = {}
+    for s in rep["steps"]:
+        by_kind[s["kind"]] = by_kind.get(s["kind"], 0.0) + s["seconds"] - s["bootstrap_seconds"]
+    lines += ["", "Where the time goes: bootstrapping " + f"{rep['bootstrap_seconds']:.0f} s; "
+              + "; ".join(f"{k} (without bootstraps) {v:.0f} s" for k, v in sorted(by_kind.items())) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", type=int, default=1)
+    ap.add_argument("--alpha", type=int, default=13)
+    ap.add_argument("--eps-bits", type=int, default=9)
+    args = ap.parse_args(argv)
+    res = inference.run(args.images, "secure", alpha=args.alpha, eps_bits=args.eps_bits, progress=True,
+                        on_image=lambda r: print(json.dumps(r), flush=True))
+    (Path(__file__).parent / "resnet20_last.json").write_text(json.dumps(res, indent=1) + "\n")
+    text = RESULTS.read_text()
+    new = section(res, argv)
+    if HEADER in text:
+        head, rest = text.split(HEADER, 1)
+        nxt = rest.find("\n## ")
+        text = head + new + (rest[nxt + 1:] if nxt >= 0 else "")
+    else:
+        marker = "## Benchmark log: bootstrap.py"
+        text = text.replace(marker, new + "\n" + marker) if marker in text else text + "\n" + new
+    RESULTS.write_text(text)
+    print(json.dumps({k: v for k, v in res.items() if k != "report"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
