@@ -50,6 +50,15 @@ def test_add_sub_mul_against_numpy(client, server, x):
         assert np.max(np.abs(client.decrypt(ct) - want)) < TOL, name
 
 
+def test_plaintext_ops_on_an_unrescaled_product_at_the_last_level(client, server, x):
+    """A product with no level left still sits at its old RNS level: plaintexts must be encoded
+    there (regression: encoding by levels_left asked OpenFHE for a level past the depth)."""
+    prod = server.mul(client.encrypt(x, levels_left=1), x)
+    assert server.levels_left(prod) == 0
+    assert np.max(np.abs(client.decrypt(server.add(prod, x)) - (x * x + x))) < TOL
+    assert np.max(np.abs(client.decrypt(server.sub(prod, x)) - (x * x - x))) < TOL
+
+
 def test_multiplication_spends_one_level(client, server, x):
     ct = client.encrypt(x)
     prod = server.mul(ct, ct)

@@ -136,18 +136,25 @@ class CkksContext:
                              "(bootstrap it first)")
 
     # ---------------------------------------------------------------- encoding
-    def encode(self, values: np.ndarray | Sequence[float], levels_left: int | None = None) -> "ofhe.Plaintext":
-        """Encode a real vector as a plaintext with ``levels_left`` levels (default: fresh).
-
-        Only the length and finiteness are checked: plaintext weights may exceed ``max_abs``.
-        """
+    def _plain_vector(self, values: np.ndarray | Sequence[float]) -> np.ndarray:
+        """Checks for plaintext vectors: 1-D, 1..slots values, finite (they may exceed max_abs)."""
         arr = np.asarray(values, dtype=np.float64)
         if arr.ndim != 1 or not 0 < arr.size <= self.slots:
             raise ShapeError(f"plaintext must be 1-D with 1..{self.slots} values, got shape {arr.shape}")
         if not np.all(np.isfinite(arr)):
             raise NonFiniteError("plaintext holds NaN or infinite values")
+        return arr
+
+    def encode(self, values: np.ndarray | Sequence[float], levels_left: int | None = None) -> "ofhe.Plaintext":
+        """Encode a real vector as a plaintext with ``levels_left`` levels (default: fresh)."""
         level = 0 if levels_left is None else self.preset.depth - levels_left
-        return self.cc.MakeCKKSPackedPlaintext(arr, 1, level, None, self.slots)
+        return self.cc.MakeCKKSPackedPlaintext(self._plain_vector(values), 1, level, None, self.slots)
+
+    def encode_for(self, values: np.ndarray | Sequence[float], ct: Ciphertext) -> "ofhe.Plaintext":
+        """Encode a plaintext at ``ct``'s RNS level, ready to add to or multiply with it.
+        (OpenFHE matches the scale. An unrescaled product has spent a level but still sits at
+        its old RNS level, so a level derived from levels_left would be one too deep.)"""
+        return self.cc.MakeCKKSPackedPlaintext(self._plain_vector(values), 1, ct.GetLevel(), None, self.slots)
 
     def encrypt(self, values: np.ndarray | Sequence[float], levels_left: int | None = None) -> Ciphertext:
         """Encrypt a real vector (public key) into ``slots`` slots, zero-padded.
@@ -172,7 +179,7 @@ class CkksServer(CkksContext):
             return self.cc.EvalAdd(a, self.check_ciphertext(b))
         if np.isscalar(b):
             return self.cc.EvalAdd(a, float(b))
-        return self.cc.EvalAdd(a, self.encode(b, self.levels_left(a)))
+        return self.cc.EvalAdd(a, self.encode_for(b, a))
 
     def sub(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
         """a - b for a ciphertext, a plaintext vector or a scalar b."""
@@ -181,7 +188,7 @@ class CkksServer(CkksContext):
             return self.cc.EvalSub(a, self.check_ciphertext(b))
         if np.isscalar(b):
             return self.cc.EvalSub(a, float(b))
-        return self.cc.EvalSub(a, self.encode(b, self.levels_left(a)))
+        return self.cc.EvalSub(a, self.encode_for(b, a))
 
     def add_many(self, cts: Sequence[Ciphertext]) -> Ciphertext:
         """Sum of several ciphertexts (one tree of additions)."""
@@ -200,7 +207,7 @@ class CkksServer(CkksContext):
             return self.cc.EvalMult(a, b)
         if np.isscalar(b):
             return self.cc.EvalMult(a, float(b))
-        return self.cc.EvalMult(a, self.encode(b, self.levels_left(a)))
+        return self.cc.EvalMult(a, self.encode_for(b, a))
 
     def square(self, a: Ciphertext) -> Ciphertext:
         """a * a; spends one level."""

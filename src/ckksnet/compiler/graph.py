@@ -9,14 +9,12 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ckksnet.approx.relu import ReluApprox
 from ckksnet.backend.presets import Preset, get_preset
 from ckksnet.compiler import lowerings  # noqa: F401  (registers the built-in kernels)
 from ckksnet.compiler.plan import Plan
-from ckksnet.compiler.registry import KERNELS, LoweringContext, Value
-from ckksnet.compiler.steps import AddStep, LinearStep, ReluStep
+from ckksnet.compiler.registry import ACTIVATION_TYPES, KERNELS, LoweringContext, Value
+from ckksnet.compiler.steps import AddStep
 from ckksnet.errors import CompileError
-from ckksnet.kernels.linear import LinearMap
 from ckksnet.layout import Layout
 from ckksnet.models.resnet import Normalize
 
@@ -73,7 +71,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         else:
             raise CompileError(f"unsupported operation {node.op} {getattr(node.target, '__name__', node.target)!r} "
                                f"at {node.name}")
-    _assign_scales(plan, ranges, margin, alpha, eps_bits, relu_alpha or {})
+    _assign_scales(plan, ranges, margin, {"alpha": alpha, "eps_bits": eps_bits, "relu_alpha": relu_alpha or {}})
     return plan
 
 
@@ -84,7 +82,8 @@ def _ranges(model: nn.Module, calibration) -> dict[str, float]:
         return {k: float(v["max_abs"]) for k, v in calibration.items()}
     from ckksnet.training.calibrate import calibrate
 
-    return {k: v["max_abs"] for k, v in calibrate(model, np.asarray(calibration), q=1.0).items()}
+    types = tuple(t for t in KERNELS if t in ACTIVATION_TYPES)
+    return {k: v["max_abs"] for k, v in calibrate(model, np.asarray(calibration), q=1.0, types=types).items()}
 
 
 def _input_value(plan: Plan, modules: dict, graph: fx.Graph, image_size, slots: int) -> Value:
@@ -100,10 +99,9 @@ def _input_value(plan: Plan, modules: dict, graph: fx.Graph, image_size, slots: 
     return plan.values[plan.input]
 
 
-def _assign_scales(plan: Plan, ranges: dict[str, float], margin: float, alpha: int, eps_bits: int,
-                   relu_alpha: dict[str, int]) -> None:
-    """Union values that must share a scale (ReLU in/out, addition operands), give each group
-    the largest bound it needs, then fold scales into the linear maps."""
+def _assign_scales(plan: Plan, ranges: dict[str, float], margin: float, options: dict) -> None:
+    """Union values that must share a scale (activation in/out, addition operands), give each
+    group the largest bound its steps need, then let every step fold its scales in."""
     parent = list(range(len(plan.values)))
 
     def find(i: int) -> int:
@@ -113,25 +111,15 @@ def _assign_scales(plan: Plan, ranges: dict[str, float], margin: float, alpha: i
         return i
 
     for step, ins, out in plan.steps:
-        if step.kind in ("relu", "add"):
+        if step.shares_scale:
             for i in ins:
                 parent[find(i)] = find(out)
-    need: dict[int, float] = {}
+    need: dict[int, float] = {find(plan.input): plan.input_bound}
     for step, ins, out in plan.steps:
-        if step.kind == "relu":
-            if step.name not in ranges:
-                raise CompileError(f"no calibration range for ReLU {step.name!r}")
-            bound = margin * max(ranges[step.name], 1e-6)
-            need[find(out)] = max(need.get(find(out), 0.0), bound)
-    root_in = find(plan.input)
-    need[root_in] = max(need.get(root_in, 0.0), plan.input_bound)
+        bound = step.input_bound(ranges, margin)
+        if bound is not None:
+            need[find(ins[0])] = max(need.get(find(ins[0]), 0.0), bound)
     for v in plan.values:
         v.scale = need.get(find(v.id), 1.0)
-    for i, (step, ins, out) in enumerate(plan.steps):
-        if step.kind == "linear":
-            s_in, s_out = plan.values[ins[0]].scale, plan.values[out].scale
-            k = step.kernel
-            step.kernel = LinearMap(k.matrix * (s_in / s_out), k.bias / s_out, k.name)
-        elif step.kind == "relu":
-            a = relu_alpha.get(step.name, alpha)
-            step.relu = ReluApprox.from_table(a, plan.values[out].scale, eps_bits)
+    for step, ins, out in plan.steps:
+        step.finalize(plan.values[ins[0]].scale, plan.values[out].scale, options)

@@ -64,11 +64,11 @@ def lower_bn(ctx, node, module, args):
     return _emit_conv(ctx, v.pending, module, v.pending["name"])
 
 
-@register(nn.ReLU)
+@register(nn.ReLU, activation=True)
 def lower_relu(ctx, node, module, args):
     src = materialize(ctx, args[0])
     # the approximation is chosen once the bound B is known (graph._assign_scales)
-    return ctx.add_step(ReluStep(node.target, None), [src], ctx.new_value(src.layout))
+    return ctx.add_step(ReluStep(node.target), [src], ctx.new_value(src.layout))
 
 
 @register(PadShortcut)

@@ -19,13 +19,20 @@ from typing import Any, Callable
 from ckksnet.layout import Layout, VectorLayout
 
 KERNELS: dict[type, Callable] = {}
+ACTIVATION_TYPES: set[type] = set()  # their inputs' ranges are calibrated (bound B per module)
 
 
-def register(*module_types: type) -> Callable:
-    """Decorator: use the function to lower modules of these types (later registrations win)."""
+def register(*module_types: type, activation: bool = False) -> Callable:
+    """Decorator: use the function to lower modules of these types (later registrations win).
+
+    ``activation=True``: calibration records the range of these modules' inputs, which the
+    step's ``input_bound`` receives as ``ranges[module name]``.
+    """
     def deco(fn: Callable) -> Callable:
         for t in module_types:
             KERNELS[t] = fn
+            if activation:
+                ACTIVATION_TYPES.add(t)
         return fn
     return deco
 

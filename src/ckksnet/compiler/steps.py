@@ -1,6 +1,15 @@
 """Plan steps. Each holds its parameters once and evaluates them two ways:
 ``encrypted(server, inputs, refresh)`` on ciphertexts and ``twin(inputs)`` on float64 slot
 arrays of shape (batch, slots). ``refresh(ct, levels)`` is the runtime's bootstrapping policy.
+
+The step protocol (what a new kernel implements; see ``examples/silu_kernel.py``):
+
+* ``name``, ``kind``; ``levels()``; ``rotations()`` (indices its kernel rotates by);
+* ``shares_scale``: True if input(s) and output must carry the same scale (activations, add);
+* ``input_bound(ranges, margin)``: the scale its input needs (an activation's bound B, from the
+  calibration ``ranges`` {module name: max |input|}), or None;
+* ``finalize(scale_in, scale_out, options)``: called once scales are known (fold them in);
+* ``encrypted(server, inputs, refresh)`` and ``twin(inputs)``.
 """
 from __future__ import annotations
 
@@ -19,6 +28,14 @@ class LinearStep:
     name: str
     kernel: LinearMap
     kind: str = "linear"
+    shares_scale = False
+
+    def input_bound(self, ranges, margin):
+        return None
+
+    def finalize(self, scale_in: float, scale_out: float, options: dict) -> None:
+        k = self.kernel  # stored x = true x / scale_in; stored y must be true y / scale_out
+        self.kernel = LinearMap(k.matrix * (scale_in / scale_out), k.bias / scale_out, k.name)
 
     def levels(self) -> int:
         return 1
@@ -38,11 +55,23 @@ class ReluStep:
     """Composite minimax ReLU on an input already divided by its bound B (output: ReLU(x) / B)."""
 
     name: str
-    relu: ReluApprox
+    relu: ReluApprox | None = None
     kind: str = "relu"
+    shares_scale = True
 
     def __post_init__(self) -> None:
         self.report = RangeReport()
+
+    def input_bound(self, ranges: dict, margin: float) -> float:
+        from ckksnet.errors import CompileError
+
+        if self.name not in ranges:
+            raise CompileError(f"no calibration range for ReLU {self.name!r}")
+        return margin * max(ranges[self.name], 1e-6)
+
+    def finalize(self, scale_in: float, scale_out: float, options: dict) -> None:
+        alpha = options.get("relu_alpha", {}).get(self.name, options["alpha"])
+        self.relu = ReluApprox.from_table(alpha, scale_out, options["eps_bits"])
 
     def levels(self) -> int:
         return self.relu.depth(prescaled=True)
@@ -63,6 +92,13 @@ class AddStep:
 
     name: str
     kind: str = "add"
+    shares_scale = True
+
+    def input_bound(self, ranges, margin):
+        return None
+
+    def finalize(self, scale_in, scale_out, options) -> None:
+        pass
 
     def levels(self) -> int:
         return 0
@@ -75,24 +111,3 @@ class AddStep:
 
     def twin(self, inputs):
         return inputs[0] + inputs[1]
-
-
-@dataclass
-class ScaleStep:
-    """Multiply by a constant (to match scales when no linear map can absorb it): one level."""
-
-    name: str
-    factor: float
-    kind: str = "scale"
-
-    def levels(self) -> int:
-        return 1
-
-    def rotations(self) -> set[int]:
-        return set()
-
-    def encrypted(self, server, inputs, refresh):
-        return server.mul(refresh(inputs[0], 1), float(self.factor))
-
-    def twin(self, inputs):
-        return inputs[0] * self.factor

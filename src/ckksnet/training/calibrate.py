@@ -31,14 +31,15 @@ class _TopK:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, images: np.ndarray, q: float = 0.9999,
-              batch_size: int = 250) -> dict[str, dict]:
-    """Per ReLU module name: ``{"max_abs", "percentile", "q", "count"}`` of its input over ``images``.
+def calibrate(model: nn.Module, images: np.ndarray, q: float = 0.9999, batch_size: int = 250,
+              types: tuple[type, ...] = (nn.ReLU,)) -> dict[str, dict]:
+    """Per activation module name (modules of ``types``): ``{"max_abs", "percentile", "q",
+    "count"}`` of its input over ``images``.
 
     ``images``: uint8 NHWC. The percentile is the ``q`` quantile of |x| (nearest-rank, upper).
     """
     model.eval()
-    relus = {name: m for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    relus = {name: m for name, m in model.named_modules() if isinstance(m, types)}
     shapes: dict[str, tuple] = {}
 
     def record_shape(name: str):
