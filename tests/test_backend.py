@@ -96,6 +96,8 @@ def test_level_error_when_spent(client, server, x):
     ct = client.encrypt(x, levels_left=0)
     with pytest.raises(LevelError, match="needs 1 level"):
         server.mul(ct, ct)
+    with pytest.raises(LevelError, match="bootstrapping needs 1 level"):
+        server.bootstrap(ct)
     with pytest.raises(LevelError):
         server.drop_levels(client.encrypt(x, levels_left=2), 3)
     assert server.levels_left(server.drop_levels(client.encrypt(x), 4)) == 4

@@ -12,6 +12,12 @@ from pathlib import Path
 from ckksnet.errors import CkksnetError
 
 
+def _emit(args: argparse.Namespace, report: dict, text: str) -> int:
+    """Print ``report`` as JSON with --json, else the one-line ``text``."""
+    print(json.dumps(report, indent=2) if args.json else text)
+    return 0
+
+
 def _command_line() -> str:
     return "ckksnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -60,13 +66,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.limit:
         split = split.subset(args.limit)
     result = evaluate(model, split)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"accuracy {result['accuracy']:.2f}% on {result['images']} images of {result['source']}")
-        for name, acc in result["per_class"].items():
-            print(f"  {name:>10}: {acc:.2f}%")
-    return 0
+    per_class = "".join(f"\n  {name:>10}: {acc:.2f}%" for name, acc in result["per_class"].items())
+    return _emit(args, result, f"accuracy {result['accuracy']:.2f}% on {result['images']} images of "
+                 f"{result['source']}{per_class}")
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -92,13 +94,9 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
               "keygen_seconds": round(keygen, 2), "bootstrap_seconds": round(boot, 2),
               "levels_left_after_bootstrap": server.levels_left(out),
               "max_abs_error": err, "precision_bits": round(-float(np.log2(err)), 2)}
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"preset {report['preset']} (N={report['ring_dim']}, {report['slots']} slots): "
-              f"keys {keygen:.1f} s, bootstrap {boot:.1f} s, {report['levels_left_after_bootstrap']} "
-              f"levels left, precision {report['precision_bits']:.1f} bits (max error {err:.2e})")
-    return 0
+    return _emit(args, report, f"preset {report['preset']} (N={report['ring_dim']}, {report['slots']} slots): "
+                 f"keys {keygen:.1f} s, bootstrap {boot:.1f} s, {report['levels_left_after_bootstrap']} "
+                 f"levels left, precision {report['precision_bits']:.1f} bits (max error {err:.2e})")
 
 
 def _cmd_approx(args: argparse.Namespace) -> int:
@@ -121,14 +119,10 @@ def _cmd_approx(args: argparse.Namespace) -> int:
         "how_to_check": "numpy.polynomial.chebyshev.chebval(z, full) with full[1::2] = c, applied in order",
         "components": [list(c) for c in sign.components],
     }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"alpha {args.alpha}, eps 2^-{args.eps_bits}: degrees {report['degrees']}, sign depth "
-              f"{report['sign_depth']}, ReLU depth {report['relu_depth']} (+1 if not prescaled), "
-              f"{report['ct_ct_products']} ct x ct products; sign error 2^-{report['max_sign_error_bits']:.2f}, "
-              f"max ReLU error {report['max_relu_error_on_-1_1']:.3g} on [-1, 1]")
-    return 0
+    return _emit(args, report, f"alpha {args.alpha}, eps 2^-{args.eps_bits}: degrees {report['degrees']}, "
+                 f"sign depth {report['sign_depth']}, ReLU depth {report['relu_depth']} (+1 if not prescaled), "
+                 f"{report['ct_ct_products']} ct x ct products; sign error 2^-{report['max_sign_error_bits']:.2f}, "
+                 f"max ReLU error {report['max_relu_error_on_-1_1']:.3g} on [-1, 1]")
 
 
 def _add_approx(sub: argparse._SubParsersAction) -> None:
@@ -162,13 +156,9 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     result = inference.run(args.images, args.preset, args.data, args.checkpoint, args.alpha,
                            args.eps_bits, progress=not args.json,
                            on_image=None if args.json else _print_image)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the plaintext ones; "
-              f"keys {result['keygen_seconds']:.0f} s ({result['rotation_keys']} rotation keys), "
-              f"peak memory {result['report']['peak_rss_gb']:.1f} GB")
-    return 0
+    return _emit(args, result, f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the "
+                 f"plaintext ones; keys {result['keygen_seconds']:.0f} s ({result['rotation_keys']} rotation "
+                 f"keys), peak memory {result['report']['peak_rss_gb']:.1f} GB")
 
 
 def _add_infer(sub: argparse._SubParsersAction, name: str = "infer", images: int = 2) -> None:

@@ -68,5 +68,6 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             "alpha": alpha, "eps_bits": eps_bits, "compile_seconds": round(compile_s, 2),
             "keygen_seconds": round(keygen_s, 2), "rotation_keys": len(net.key_indices()),
             "rotation_key_policy": net.rotation_keys, "peak_rss_gb_after_keygen": round(keygen_rss, 2),
+            "key_memory_gb": client.key_memory_gb,
             "images": records, "agreement": float(np.mean([r["plain_pred"] == r["enc_pred"] for r in records])),
             "report": first_report}

@@ -172,23 +172,21 @@ class CkksServer(CkksContext):
     """Evaluation on ciphertexts. Holds public and evaluation keys only; cannot decrypt."""
 
     # ---------------------------------------------------------------- arithmetic
-    def add(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
-        """a + b for a ciphertext, a plaintext vector or a scalar b."""
+    def _combine(self, op, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
         self.check_ciphertext(a)
         if isinstance(b, ofhe.Ciphertext):
-            return self.cc.EvalAdd(a, self.check_ciphertext(b))
+            return op(a, self.check_ciphertext(b))
         if np.isscalar(b):
-            return self.cc.EvalAdd(a, float(b))
-        return self.cc.EvalAdd(a, self.encode_for(b, a))
+            return op(a, float(b))
+        return op(a, self.encode_for(b, a))
+
+    def add(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
+        """a + b for a ciphertext, a plaintext vector or a scalar b."""
+        return self._combine(self.cc.EvalAdd, a, b)
 
     def sub(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
         """a - b for a ciphertext, a plaintext vector or a scalar b."""
-        self.check_ciphertext(a)
-        if isinstance(b, ofhe.Ciphertext):
-            return self.cc.EvalSub(a, self.check_ciphertext(b))
-        if np.isscalar(b):
-            return self.cc.EvalSub(a, float(b))
-        return self.cc.EvalSub(a, self.encode_for(b, a))
+        return self._combine(self.cc.EvalSub, a, b)
 
     def add_many(self, cts: Sequence[Ciphertext]) -> Ciphertext:
         """Sum of several ciphertexts (one tree of additions)."""
@@ -279,10 +277,14 @@ class CkksServer(CkksContext):
             self.keys.bootstrap_ready = True
 
     def bootstrap(self, ct: Ciphertext) -> Ciphertext:
-        """Refresh ``ct`` to ``preset.levels_after_bootstrap`` levels. Values must lie in [-1, 1]."""
+        """Refresh ``ct`` to ``preset.levels_after_bootstrap`` levels. Values must lie in [-1, 1],
+        and ``ct`` must have at least one level left (so a computation that will be bootstrapped
+        can spend ``levels_after_bootstrap - 1`` levels)."""
         self.check_ciphertext(ct)
         if not self.has_bootstrap_keys:
             raise MissingKeyError("bootstrapping keys were not generated or loaded")
+        # OpenFHE drops to the last modulus itself and fails on a ciphertext already there
+        self.require_levels(ct, 1, "bootstrapping")
         self.prepare_bootstrap()
         p = self.preset
         if p.bootstrap_iterations > 1:

@@ -67,7 +67,8 @@ class Preset:
 
     @property
     def levels_after_bootstrap(self) -> int:
-        """Levels a ciphertext has left right after a bootstrap: the levels kernels can spend."""
+        """Levels a ciphertext has left right after a bootstrap. A computation that is to be
+        bootstrapped again can spend one less: OpenFHE cannot bootstrap a spent ciphertext."""
         return self.depth - self.bootstrap_depth if self.bootstrap else self.depth
 
     def describe(self) -> dict:

@@ -58,12 +58,20 @@ class Plan:
         return set().union(*(s.rotations() for s, _, _ in self.steps))
 
     def key_indices(self) -> list[int]:
-        """Rotation keys the client generates for this plan (see ``rotation_keys``)."""
-        from ckksnet.backend.context import signed_powers_of_two
+        """Rotation keys the client generates for this plan (see ``rotation_keys``): for "pow2",
+        the signed powers of two that lie on the shortest paths of the rotations the plan uses."""
+        from ckksnet.backend.context import rotation_paths, signed_powers_of_two
 
+        needed = {k % self.preset.slots for k in self.rotations()} - {0}
         if self.rotation_keys == "direct":
-            return sorted(self.rotations())
-        return signed_powers_of_two(self.preset.slots)
+            return sorted(needed)
+        parent = rotation_paths(self.preset.slots, signed_powers_of_two(self.preset.slots))
+        used = set()
+        for k in needed:
+            while k:
+                k, key = parent[k]
+                used.add(key)
+        return sorted(used)
 
     def last_use(self) -> dict[int, int]:
         """value id -> index of the last step reading it (the runtime frees it after)."""

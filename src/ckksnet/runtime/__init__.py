@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import psutil
 from tqdm import tqdm
 
 from ckksnet.backend import CkksClient, CkksServer
@@ -67,10 +68,16 @@ class Client:
 
     def __init__(self, net: Plan, bootstrap_keys: bool = True):
         self.net = net
+        rss = lambda: psutil.Process().memory_info().rss / 2**30  # noqa: E731
+        start = rss()
         self.ckks = CkksClient(net.preset)
         if bootstrap_keys and net.preset.bootstrap:
             self.ckks.gen_bootstrap_keys()  # first: later rotation keys then merge without copies
+        mid = rss()
         self.ckks.gen_rotation_keys(net.key_indices())
+        #: resident memory added by key generation, GB (bootstrapping includes its precomputations)
+        self.key_memory_gb = {"bootstrap_and_relinearization": round(mid - start, 2),
+                              "rotation": round(rss() - mid, 2), "rotation_keys": len(net.key_indices())}
 
     def encrypt(self, image: np.ndarray):
         """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input."""
@@ -109,7 +116,8 @@ class Server:
             boot = {"n": 0, "s": 0.0}
 
             def refresh(c, levels):
-                if srv.levels_left(c) >= levels:
+                # keep one level in reserve: OpenFHE cannot bootstrap a ciphertext with none left
+                if srv.levels_left(c) >= levels + 1:
                     return c
                 t = time.time()
                 c = srv.bootstrap(c)
