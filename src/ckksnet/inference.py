@@ -42,7 +42,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     images, labels, indices, source = pick_images(k, data)
     t = time.time()
     net = compile(model, calibration=meta["calibration"]["relus"], preset=preset, alpha=alpha,
-                  eps_bits=eps_bits)
+                  eps_bits=eps_bits, image_size=images.shape[1:3])
     compile_s = time.time() - t
     t = time.time()
     client = Client(net)

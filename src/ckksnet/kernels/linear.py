@@ -32,15 +32,23 @@ class LinearMap:
         return self.matrix.shape[0]
 
     @cached_property
+    def offsets(self) -> np.ndarray:
+        """Sorted indices d of the non-zero generalized diagonals (cheap: no dense vectors)."""
+        coo = self.matrix.tocoo()
+        return np.unique((coo.col - coo.row) % self.slots)
+
     def diagonals(self) -> dict[int, np.ndarray]:
-        """Non-zero generalized diagonals {d: diag_d} of the matrix."""
+        """{d: diag_d} as dense vectors. Built on demand and not kept: for ResNet-20 they take
+        gigabytes, and the twin never needs them."""
         coo = self.matrix.tocoo()
         d = (coo.col - coo.row) % self.slots
+        order = np.argsort(d, kind="stable")
+        d, rows, data = d[order], coo.row[order], coo.data[order]
+        bounds = np.searchsorted(d, self.offsets, side="left").tolist() + [len(d)]
         out: dict[int, np.ndarray] = {}
-        for k in np.unique(d):
-            sel = d == k
+        for i, k in enumerate(self.offsets):
             vec = np.zeros(self.slots)
-            np.add.at(vec, coo.row[sel], coo.data[sel])
+            np.add.at(vec, rows[bounds[i]:bounds[i + 1]], data[bounds[i]:bounds[i + 1]])
             if np.any(vec):
                 out[int(k)] = vec
         return out
@@ -48,7 +56,7 @@ class LinearMap:
     @cached_property
     def baby_size(self) -> int:
         """n1 minimizing the number of rotations |{d mod n1}| + |{d // n1}|."""
-        ds = np.array(sorted(self.diagonals), dtype=np.int64)
+        ds = self.offsets.astype(np.int64)
         if len(ds) == 0:
             return 1
         limit = int(4 * np.sqrt(self.slots)) + 1
@@ -56,12 +64,11 @@ class LinearMap:
         cost = lambda n1: len(np.unique(ds % n1)) + len(np.unique(ds // n1))  # noqa: E731
         return min(candidates, key=lambda n1: (cost(n1), n1))
 
-    @cached_property
     def steps(self) -> dict[int, dict[int, np.ndarray]]:
-        """{giant g: {baby j: plaintext rot(diag_(g*n1+j), -g*n1)}}."""
+        """{giant g: {baby j: plaintext rot(diag_(g*n1+j), -g*n1)}}, built on demand."""
         n1 = self.baby_size
         plan: dict[int, dict[int, np.ndarray]] = {}
-        for d, vec in self.diagonals.items():
+        for d, vec in self.diagonals().items():
             g, j = divmod(d, n1)
             plan.setdefault(g, {})[j] = np.roll(vec, g * n1)
         return plan
@@ -69,8 +76,8 @@ class LinearMap:
     def rotations(self) -> set[int]:
         """Rotation indices (keys) this map needs."""
         n1 = self.baby_size
-        babies = {j for group in self.steps.values() for j in group}
-        return ({j for j in babies if j} | {g * n1 for g in self.steps if g})
+        ds = self.offsets.astype(np.int64)
+        return {int(j) for j in np.unique(ds % n1) if j} | {int(g) * n1 for g in np.unique(ds // n1) if g}
 
     def rotation_count(self) -> int:
         return len(self.rotations())
@@ -85,7 +92,7 @@ class LinearMap:
         """The encrypted algorithm on one float64 vector (numpy rotations); used to test it."""
         rot = lambda v, k: np.roll(v, -k)  # noqa: E731  rot(v, k)[i] = v[i + k]
         out = np.zeros(self.slots)
-        for g, group in self.steps.items():
+        for g, group in self.steps().items():
             inner = sum(pt * rot(x, j) for j, pt in group.items())
             out += rot(inner, g * self.baby_size)
         return out + self.bias
@@ -93,12 +100,13 @@ class LinearMap:
     def encrypted(self, server, ct):
         """Evaluate on a ciphertext through a CkksServer; spends one level."""
         server.require_levels(ct, 1, f"linear map {self.name}")
-        babies = sorted({j for group in self.steps.values() for j in group})
+        steps = self.steps()
+        babies = sorted({j for group in steps.values() for j in group})
         # hoisted rotations when every index has its own key; otherwise compose from the keys present
         direct = self.rotations() <= server.rotations
         rotated = server.rotate_many(ct, babies) if direct else server.rotate_composed(ct, babies)
         partial = []
-        for g, group in sorted(self.steps.items()):
+        for g, group in sorted(steps.items()):
             terms = [server.mul(rotated[j], pt) for j, pt in sorted(group.items())]
             inner = server.add_many(terms)
             if g:
