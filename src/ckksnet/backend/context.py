@@ -97,6 +97,14 @@ class CkksContext:
         """Identifies this key set: the preset name plus OpenFHE's tag of the secret key."""
         return hashlib.sha256(f"{self.preset.name}|{self.key_tag}".encode()).hexdigest()
 
+    def prepare_bootstrap(self) -> None:
+        """Precompute the bootstrapping transforms (no keys involved; done once per process)."""
+        if not self.preset.bootstrap:
+            raise MissingKeyError(f"preset {self.preset.name!r} has bootstrapping off")
+        if not self.keys.bootstrap_ready:
+            self.cc.EvalBootstrapSetup(list(self.preset.level_budget), [0, 0], self.slots)
+            self.keys.bootstrap_ready = True
+
     # ---------------------------------------------------------------- checks
     def check_vector(self, values: np.ndarray | Sequence[float], length: int | None = None) -> np.ndarray:
         """Validate a real vector for encoding: 1-D, at most ``slots`` long, finite, |x| <= max_abs."""
@@ -268,14 +276,6 @@ class CkksServer(CkksContext):
         return {k: reach(k % self.slots) for k in ks}
 
     # ---------------------------------------------------------------- levels and bootstrapping
-    def prepare_bootstrap(self) -> None:
-        """Precompute the bootstrapping transforms (no keys involved; done once per process)."""
-        if not self.preset.bootstrap:
-            raise MissingKeyError(f"preset {self.preset.name!r} has bootstrapping off")
-        if not self.keys.bootstrap_ready:
-            self.cc.EvalBootstrapSetup(list(self.preset.level_budget), [0, 0], self.slots)
-            self.keys.bootstrap_ready = True
-
     def bootstrap(self, ct: Ciphertext) -> Ciphertext:
         """Refresh ``ct`` to ``preset.levels_after_bootstrap`` levels. Values must lie in [-1, 1],
         and ``ct`` must have at least one level left (so a computation that will be bootstrapped
@@ -360,7 +360,7 @@ class CkksClient(CkksContext):
         if not self.preset.bootstrap:
             raise MissingKeyError(f"preset {self.preset.name!r} has bootstrapping off")
         if not self.keys.bootstrap:
-            CkksServer.prepare_bootstrap(self)  # type: ignore[arg-type]  # same setup, no keys
+            self.prepare_bootstrap()
             self.cc.EvalBootstrapKeyGen(self._secret_key, self.slots)
             self.keys.bootstrap = True
 

@@ -27,8 +27,8 @@ class Plan:
     rotation_keys: str = "pow2"  # "pow2": keys for +-2^i only, rotations composed; "direct": one per index
 
     # ------------------------------------------------------------ building
-    def new_value(self, layout, scale: float = 1.0, producer=None) -> Value:
-        v = Value(len(self.values), layout, scale, producer)
+    def new_value(self, layout, scale: float = 1.0) -> Value:
+        v = Value(len(self.values), layout, scale)
         self.values.append(v)
         return v
 

@@ -39,14 +39,14 @@ def register(*module_types: type, activation: bool = False) -> Callable:
 
 @dataclass
 class Value:
-    """A tensor of the plan: its layout, its scale (stored slot value = true value / scale) and,
-    while compiling, the torch module that produced it (BN folding looks back at it)."""
+    """A tensor of the plan: its layout and its scale (stored slot value = true value / scale).
+    ``pending`` holds lowering state while compiling: a convolution waiting for its BatchNorm,
+    a pooled tensor waiting for its Linear."""
 
     id: int
     layout: Layout | VectorLayout
     scale: float = 1.0
-    producer: Any = None
-    pending: dict = field(default_factory=dict)  # lowering state, e.g. a pooled tensor
+    pending: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -57,8 +57,8 @@ class LoweringContext:
     slots: int
     options: dict
 
-    def new_value(self, layout, scale: float = 1.0, producer=None) -> Value:
-        return self.plan.new_value(layout, scale, producer)
+    def new_value(self, layout, scale: float = 1.0) -> Value:
+        return self.plan.new_value(layout, scale)
 
     def add_step(self, step, inputs: list[Value], output: Value) -> Value:
         self.plan.add_step(step, [v.id for v in inputs], output.id)
