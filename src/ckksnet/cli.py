@@ -6,8 +6,6 @@ import json
 import math
 import shlex
 import sys
-from dataclasses import asdict
-from pathlib import Path
 
 from ckksnet.errors import CkksnetError
 

@@ -6,7 +6,6 @@ consumer materializes the pending convolution as is.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch.nn as nn
 
 from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pool_linear_matrix
@@ -14,7 +13,7 @@ from ckksnet.compiler.registry import LoweringContext, Value, register
 from ckksnet.compiler.steps import LinearStep, ReluStep
 from ckksnet.errors import CompileError
 from ckksnet.kernels.linear import LinearMap
-from ckksnet.layout import Layout, VectorLayout
+from ckksnet.layout import VectorLayout
 from ckksnet.models.resnet import Normalize, PadShortcut
 
 

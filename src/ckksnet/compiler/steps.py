@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from ckksnet.approx.relu import RangeReport, ReluApprox
 from ckksnet.kernels.linear import LinearMap
 

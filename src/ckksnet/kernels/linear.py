@@ -11,7 +11,7 @@ n1 chosen to minimize that count. The cleartext twin multiplies by the same spar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -25,7 +25,6 @@ class LinearMap:
     matrix: sp.csr_matrix
     bias: np.ndarray
     name: str = "linear"
-    _plan: dict = field(default=None, repr=False)
 
     @property
     def slots(self) -> int:
@@ -78,9 +77,6 @@ class LinearMap:
         n1 = self.baby_size
         ds = self.offsets.astype(np.int64)
         return {int(j) for j in np.unique(ds % n1) if j} | {int(g) * n1 for g in np.unique(ds // n1) if g}
-
-    def rotation_count(self) -> int:
-        return len(self.rotations())
 
     # ---------------------------------------------------------------- evaluation
     def twin(self, x: np.ndarray) -> np.ndarray:
