@@ -27,10 +27,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
-                      blocks=args.blocks, widths=tuple(args.widths), threads=args.threads)
+                      blocks=args.blocks, widths=tuple(args.widths), threads=args.threads,
+                      device=args.device, cutout=args.cutout, label_smoothing=args.label_smoothing)
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
-    model, run = train(cfg, train_split, args.run_dir, test_split if args.eval_each_epoch else None)
+    model, run = train(cfg, train_split, args.run_dir, test_split if args.eval_each_epoch else None,
+                       progress=args.progress)
     folder, result = export_checkpoint(model, cfg, run["history"], train_split, test_split, args.out,
                                        _command_line(), args.calibration_images)
     print(json.dumps({"checkpoint": str(folder), "test_accuracy": result["accuracy"]}))
@@ -191,6 +193,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64])
     p.add_argument("--limit", type=int, help="train on the first LIMIT images only")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cutout", type=int, default=0, help="cutout square side in pixels (0 = off)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--device", default="cpu",
+                   help="torch device for the model, e.g. cuda (a resumed run may switch devices)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="epoch lines only, no bars")
     p.add_argument("--calibration-images", type=int, default=10000)
     p.add_argument("--eval-each-epoch", action="store_true", help="report test accuracy per epoch")
     p.set_defaults(func=_cmd_train)

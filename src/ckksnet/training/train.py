@@ -33,11 +33,24 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.0
+    cutout: int = 0  # side of a random square zeroed in each training image (0 = off)
     seed: int = 0
     blocks: int = 3
     widths: tuple[int, int, int] = (16, 32, 64)
     limit: int | None = None  # use only the first `limit` training images (tests)
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    device: str = "cpu"  # "cuda" trains on a GPU; augmentation stays on the CPU (same random stream)
+
+
+# Settings that may differ between the sessions of one resumed run (they change speed, not the run).
+_MACHINE_KEYS = ("threads", "device")
+
+
+def same_run(saved: dict, cfg: TrainConfig) -> bool:
+    """Whether a saved run's config matches ``cfg`` up to machine settings (threads, device)."""
+    strip = lambda c: {k: v for k, v in c.items() if k not in _MACHINE_KEYS}  # noqa: E731
+    saved = {**asdict(TrainConfig()), **saved}  # fields added since that run take their defaults
+    return strip(saved) == strip(asdict(cfg))
 
 
 def augment(padded: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -53,6 +66,18 @@ def augment(padded: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> to
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]
     crops = padded[idx[:, None, None], rows, cols]  # (b, size, size, 3)
     return crops.permute(0, 3, 1, 2).float().div_(255)
+
+
+def cut_out(x: torch.Tensor, side: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero one random ``side`` x ``side`` square per image (DeVries & Taylor 2017); the square's
+    centre is uniform over the image, so it may be clipped at the border."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b, 1, 1), generator=gen)
+    cx = torch.randint(0, w, (b, 1, 1), generator=gen)
+    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    hole = ((ys - cy).abs() <= side // 2 - (1 - side % 2) * (ys >= cy)) & \
+        ((xs - cx).abs() <= side // 2 - (1 - side % 2) * (xs >= cx))
+    return x.masked_fill_(hole[:, None], 0.0)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -73,9 +98,10 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> dict:
     """Plaintext accuracy of ``model`` (eval mode) on ``split``: overall and per class, in %."""
     model.eval()
+    device = next(model.parameters()).device
     preds = []
     for i in range(0, len(split), batch_size):
-        preds.append(model(to_tensor(split.images[i:i + batch_size])).argmax(1))
+        preds.append(model(to_tensor(split.images[i:i + batch_size]).to(device)).argmax(1).cpu())
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
     correct = pred == split.labels
     per_class = {name: round(100.0 * float(correct[split.labels == c].mean()), 2)
@@ -94,6 +120,8 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
           test_split: Split | None = None, progress: bool = True) -> tuple[ResNetCifar, dict]:
     """Train (or resume) in ``run_dir``; returns the model in eval mode and the run history."""
     torch.set_num_threads(cfg.threads)
+    if cfg.device != "cpu":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.pt"
@@ -108,11 +136,16 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
     start = 0
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(cfg) | {"threads": state["config"]["threads"]}:
+        if not same_run(state["config"], cfg):
             raise ValueError(f"{state_path}: saved run has another configuration: {state['config']}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"]
+    model.to(cfg.device)
+    for group in opt.state.values():  # momentum buffers follow the model
+        for k, v in group.items():
+            if torch.is_tensor(v):
+                group[k] = v.to(cfg.device)
 
     images = train_split.images[: cfg.limit] if cfg.limit else train_split.images
     labels = torch.from_numpy(train_split.labels[: len(images)])
@@ -128,7 +161,11 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
                    leave=False)
         for s in bar:
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            x, y = augment(padded, idx, gen), labels[idx]
+            x = augment(padded, idx, gen)
+            if cfg.cutout:
+                x = cut_out(x, cfg.cutout, gen)
+            x = x.to(cfg.device, non_blocking=True)
+            y = labels[idx].to(cfg.device, non_blocking=True)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, epoch * steps + s, steps)
             out = model(x)
@@ -141,14 +178,24 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
             hits += int((out.argmax(1) == y).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * hits / seen:.1f}")
         record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": 100 * hits / seen,
-                  "seconds": time.time() - t0}
+                  "seconds": time.time() - t0, "device": cfg.device}
         if test_split is not None:
             record["test_acc"] = evaluate(model, test_split)["accuracy"]
         history.append(record)
-        if progress:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in record.items()))
-        _save_state(state_path, {"config": asdict(cfg), "model": model.state_dict(),
+        line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        tqdm.write(line) if progress else print(line, flush=True)
+        _save_state(state_path, {"config": asdict(cfg), "model": _cpu(model.state_dict()),
                                  "optimizer": opt.state_dict(), "epoch": epoch + 1,
                                  "history": history})
-    return model.eval(), {"history": history, "config": asdict(cfg)}
+    return model.cpu().eval(), {"history": history, "config": asdict(cfg)}
+
+
+def _cpu(tree):
+    """State dicts saved on the CPU, so a run moves freely between machines."""
+    if torch.is_tensor(tree):
+        return tree.cpu()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_cpu(v) for v in tree]
+    return tree
