@@ -37,7 +37,8 @@ def main() -> None:
     t = time.time()
     client = ckksnet.Client(net)
     server = ckksnet.Server(net, client.evaluation_keys())
-    print(f"keys: {time.time() - t:.0f} s, {len(net.key_indices())} rotation keys")
+    print(f"keys: {time.time() - t:.0f} s, {client.key_memory_gb['rotation_keys']} rotation keys of its own, "
+          f"{client.key_memory_gb['bootstrap_rotation_keys_reused']} reused from bootstrapping")
 
     with torch.no_grad():
         plain = model(to_tensor(test.images)).numpy()

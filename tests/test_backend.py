@@ -77,10 +77,24 @@ def test_rotate_and_hoisted_rotations(client, server, x):
 
 def test_missing_rotation_key(client, server, x):
     ct = client.encrypt(x)
-    with pytest.raises(MissingKeyError, match="index 3"):
-        server.rotate(ct, 3)
+    k = min(set(range(1, client.slots)) - client.rotations)  # bootstrapping brought 1..16 and more
+    with pytest.raises(MissingKeyError, match=f"index {k}"):
+        server.rotate(ct, k)
     with pytest.raises(MissingKeyError):
-        server.rotate_many(ct, [1, 3])
+        server.rotate_many(ct, [1, k])
+
+
+def test_bootstrap_rotation_keys_are_reused(client, server, x):
+    # OpenFHE's bootstrapping keys include rotations; the inventory lists them so kernels chain
+    # rotations from them instead of generating keys of their own
+    assert {3, 4, 8, 16} <= client.rotations
+    ct = client.encrypt(x)
+    for k in (3, 16):
+        assert np.max(np.abs(client.decrypt(server.rotate(ct, k)) - np.roll(x, -k))) < TOL
+    k = min(set(range(1, client.slots)) - client.rotations)
+    out = server.rotate_composed(ct, [k, 37, -3])  # chains of keys present, first hops hoisted
+    for j, c in out.items():
+        assert np.max(np.abs(client.decrypt(c) - np.roll(x, -j))) < TOL
 
 
 def test_bootstrap_precision_and_levels(client, server, x):

@@ -8,10 +8,11 @@ import torch
 import torch.nn as nn
 
 from ckksnet.compiler import compile
-from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pool_linear_matrix
+from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
+from ckksnet.compiler.steps import SumPoolStep
 from ckksnet.errors import CompileError, RangeError, ShapeError
 from ckksnet.kernels.linear import LinearMap
-from ckksnet.layout import Layout, VectorLayout
+from ckksnet.layout import Layout, PooledLayout, VectorLayout
 from ckksnet.models import PadShortcut, ResNetCifar
 from ckksnet.runtime import Client, Server
 from tests.conftest import make_client
@@ -80,13 +81,20 @@ def test_shortcut_and_pool_linear_match_torch(kclient, kserver):
     kclient.gen_rotation_keys(lm.rotations())
     got = dst.unpack(kclient.decrypt(lm.encrypted(kserver, kclient.encrypt(src.pack(x.double().numpy()[0])))))
     assert np.max(np.abs(got - want)) < 1e-9
+    # rotate-and-sum pooling (gap-2 layout), then the dense layer on the channel sums
     fc = nn.Linear(8, 10)
-    pooled_src = Layout(8, 4, 4, 2, SLOTS)
+    src = Layout(8, 4, 4, 2, SLOTS)
+    pool = SumPoolStep("pool", src)
     out = VectorLayout(10, SLOTS)
-    lm = LinearMap(*pool_linear_matrix(fc, pooled_src, out))
+    lm = LinearMap(*pooled_linear_matrix(fc, PooledLayout(src), out, 16))
     x = torch.rand(8, 4, 4) - 0.5
     want = fc(x.mean((1, 2))).detach().double().numpy()
-    assert np.max(np.abs(out.unpack(lm.twin(pooled_src.pack(x.double().numpy()))) - want)) < 1e-6
+    packed = src.pack(x.double().numpy())
+    assert np.max(np.abs(out.unpack(lm.twin(pool.twin([packed]))) - want)) < 1e-6  # torch is float32
+    assert len(pool.rotations()) == 4 and pool.levels() == 0
+    kclient.gen_rotation_keys(pool.rotations() | lm.rotations())
+    enc = lm.encrypted(kserver, pool.encrypted(kserver, [kclient.encrypt(packed)], None))
+    assert np.max(np.abs(out.unpack(kclient.decrypt(enc)) - want)) < 1e-5
 
 
 def test_bn_folding_is_exact():

@@ -66,7 +66,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     return {"preset": net.preset.name, "source": source, "checkpoint": checkpoint or "bundled",
             "checkpoint_note": meta.get("note", ""), "plain_test_accuracy": meta.get("test", {}).get("accuracy"),
             "alpha": alpha, "eps_bits": eps_bits, "compile_seconds": round(compile_s, 2),
-            "keygen_seconds": round(keygen_s, 2), "rotation_keys": len(net.key_indices()),
+            "keygen_seconds": round(keygen_s, 2), "rotation_keys": client.key_memory_gb["rotation_keys"],
             "rotation_key_policy": net.rotation_keys, "peak_rss_gb_after_keygen": round(keygen_rss, 2),
             "key_memory_gb": client.key_memory_gb,
             "images": records, "agreement": float(np.mean([r["plain_pred"] == r["enc_pred"] for r in records])),

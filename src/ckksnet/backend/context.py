@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import openfhe as ofhe
 
+from ckksnet.backend.memory import tune_allocator
 from ckksnet.backend.presets import Preset, build_crypto_context, get_preset
 from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, NonFiniteError,
                             RangeError, ShapeError)
@@ -33,6 +34,9 @@ class KeyInventory:
     """
 
     rotations: set[int] = field(default_factory=set)  # rotation indices, taken mod slots
+    # index mod slots -> the amount OpenFHE's key is for, where they differ (bootstrapping's keys
+    # are made for amounts up to N/2; with sparse slots, k and k + slots rotate alike)
+    raw: dict[int, int] = field(default_factory=dict)
     bootstrap: bool = False
     bootstrap_ready: bool = False  # EvalBootstrapSetup done in this process
 
@@ -73,6 +77,7 @@ class CkksContext:
     """What both sides share: the preset, the OpenFHE context and the public key. No secret key."""
 
     def __init__(self, preset: Preset, cc: "ofhe.CryptoContext", public_key: "ofhe.PublicKey"):
+        tune_allocator()
         self.preset = preset
         self.cc = cc
         self.public_key = public_key
@@ -96,6 +101,21 @@ class CkksContext:
     def context_id(self) -> str:
         """Identifies this key set: the preset name plus OpenFHE's tag of the secret key."""
         return hashlib.sha256(f"{self.preset.name}|{self.key_tag}".encode()).hexdigest()
+
+    def adopt_bootstrap_rotations(self) -> int:
+        """Register the rotation keys that bootstrapping brought (OpenFHE makes ~60 of them at
+        2^14 slots), so kernels reuse them instead of generating their own. Returns how many."""
+        present = set(self.cc.GetExistingEvalAutomorphismKeyIndices(self.key_tag))
+        m, g, found = 2 * self.preset.ring_dim, 1, 0
+        for r in range(self.preset.ring_dim // 2):  # automorphism of rotation r is 5^r mod 2N
+            idx = r % self.slots
+            if g in present and idx and idx not in self.rotations:
+                self.rotations.add(idx)
+                if r != idx:
+                    self.keys.raw[idx] = r
+                found += 1
+            g = g * 5 % m
+        return found
 
     def prepare_bootstrap(self) -> None:
         """Precompute the bootstrapping transforms (no keys involved; done once per process)."""
@@ -222,11 +242,12 @@ class CkksServer(CkksContext):
 
     # ---------------------------------------------------------------- rotations
     def _rotation_index(self, k: int) -> int:
+        """The amount to hand OpenFHE for a rotation by ``k`` (0: none needed)."""
         idx = int(k) % self.slots
         if idx and idx not in self.rotations:
             raise MissingKeyError(f"no rotation key for index {int(k)} (mod {self.slots} = {idx}); "
                                   f"generated: {len(self.rotations)} indices")
-        return idx
+        return self.keys.raw.get(idx, idx)
 
     def rotate(self, ct: Ciphertext, k: int) -> Ciphertext:
         """Rotate left by ``k`` slots: slot i of the result holds slot i+k of ``ct``."""
@@ -262,15 +283,23 @@ class CkksServer(CkksContext):
         self.check_ciphertext(ct)
         ks = list(dict.fromkeys(int(k) for k in ks))
         parent = rotation_paths(self.slots, self.rotations)
-        cache: dict[int, Ciphertext] = {0: ct}
+        first: set[int] = set()  # first hops from ct: computed together, hoisted
+        for k in ks:
+            idx = k % self.slots
+            while idx:
+                if idx not in parent:
+                    raise MissingKeyError(f"rotation {k} cannot be composed from the {len(self.rotations)} "
+                                          "rotation keys present")
+                prev, _ = parent[idx]
+                if prev == 0:
+                    first.add(idx)
+                idx = prev
+        cache: dict[int, Ciphertext] = {0: ct, **self.rotate_many(ct, sorted(first))}
 
         def reach(idx: int) -> Ciphertext:
             if idx not in cache:
-                if idx not in parent:
-                    raise MissingKeyError(f"rotation {idx} cannot be composed from the {len(self.rotations)} "
-                                          "rotation keys present")
                 prev, step = parent[idx]
-                cache[idx] = self.cc.EvalRotate(reach(prev), step)
+                cache[idx] = self.cc.EvalRotate(reach(prev), self._rotation_index(step))
             return cache[idx]
 
         return {k: reach(k % self.slots) for k in ks}
@@ -363,6 +392,7 @@ class CkksClient(CkksContext):
             self.prepare_bootstrap()
             self.cc.EvalBootstrapKeyGen(self._secret_key, self.slots)
             self.keys.bootstrap = True
+            self.adopt_bootstrap_rotations()
 
     def server(self) -> CkksServer:
         """A server-side view of this context in the same process: shares the public and

@@ -196,6 +196,7 @@ def load_bootstrap_keys(ctx: CkksContext, data: bytes) -> None:
     if ok is False:
         raise CorruptDataError("OpenFHE could not read the bootstrapping keys")
     ctx.keys.bootstrap = True
+    ctx.adopt_bootstrap_rotations()
 
 
 # ---------------------------------------------------------------- files

@@ -26,19 +26,20 @@ class _Tracer(fx.Tracer):
 def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
                   preset: str | Preset = "secure", image_size: tuple[int, int] = (32, 32),
                   alpha: int = 13, eps_bits: int = 9, margin: float = 1.25,
-                  relu_alpha: dict[str, int] | None = None, rotation_keys: str = "pow2") -> Plan:
+                  relu_alpha: dict[str, int] | None = None, rotation_keys: str = "reuse") -> Plan:
     """Compile a trained model (eval mode) into an encrypted-inference plan.
 
     calibration: uint8 NHWC images (ReLU input ranges are measured on them) or a dict
     {relu module name: {"max_abs": ...}} as stored in checkpoint metadata. Each ReLU's bound is
     ``margin`` x max |input|. ``alpha`` / ``eps_bits`` pick the sign table for every ReLU;
-    ``relu_alpha`` overrides alpha per ReLU (module name -> alpha). ``rotation_keys``: "pow2"
-    generates keys for +-2^i only (2 log2(slots) - 1 keys, about 3.4 GB at the secure preset)
-    and composes other rotations from them; "direct" makes one key per rotation index the
-    kernels use (fewer key switches, but about 200 keys for ResNet-20: too much memory at N = 2^16).
+    ``relu_alpha`` overrides alpha per ReLU (module name -> alpha). ``rotation_keys``: "reuse"
+    (default) chains every rotation from the ~60 rotation keys bootstrapping generates anyway
+    (at most 4 key switches at the secure preset, no extra key memory); "pow2" adds keys for
+    +-2^i (up to 27 keys, ~3 GB at the secure preset); "direct" one key per rotation index the
+    kernels use (fewest key switches, but ~200 keys for ResNet-20: too much memory at N = 2^16).
     """
-    if rotation_keys not in ("pow2", "direct"):
-        raise CompileError(f"rotation_keys must be 'pow2' or 'direct', not {rotation_keys!r}")
+    if rotation_keys not in ("reuse", "pow2", "direct"):
+        raise CompileError(f"rotation_keys must be 'reuse', 'pow2' or 'direct', not {rotation_keys!r}")
     model = model.eval()
     preset = get_preset(preset) if isinstance(preset, str) else preset
     ranges = _ranges(model, calibration)

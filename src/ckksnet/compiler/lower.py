@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch.nn as nn
 
 from ckksnet.errors import CompileError
-from ckksnet.layout import Layout, VectorLayout
+from ckksnet.layout import Layout, PooledLayout, VectorLayout
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[np.ndarray, np.ndarray]:
@@ -74,16 +74,16 @@ def pad_shortcut_matrix(src: Layout, dst: Layout, stride: int) -> tuple[sp.csr_m
     return matrix, np.zeros(src.slots)
 
 
-def pool_linear_matrix(fc: nn.Linear, src: Layout, dst: VectorLayout) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Global average pooling followed by a dense layer, as one map."""
+def pooled_linear_matrix(fc: nn.Linear, src: PooledLayout, dst: VectorLayout,
+                         pixels: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """A dense layer reading per-channel sums (rotate-and-sum pooling of ``pixels`` pixels):
+    the average's 1 / pixels is folded into the weights."""
     w = fc.weight.detach().double().numpy()  # (classes, channels)
     if w.shape[1] != src.channels:
         raise CompileError(f"linear layer expects {w.shape[1]} features, pooling gives {src.channels}")
     n_out = w.shape[0]
-    hw = src.height * src.width
-    rows = np.repeat(np.arange(n_out), src.channels * hw)
-    cols = np.tile(src.index.ravel(), n_out)
-    vals = np.repeat(w, hw, axis=1).ravel() / hw
-    matrix = sp.csr_matrix((vals, (rows, cols)), shape=(src.slots, src.slots))
+    rows = np.repeat(np.arange(n_out), src.channels)
+    cols = np.tile(src.index, n_out)
+    matrix = sp.csr_matrix((w.ravel() / pixels, (rows, cols)), shape=(src.slots, src.slots))
     bias = dst.pack(fc.bias.detach().double().numpy() if fc.bias is not None else np.zeros(n_out))
     return matrix, bias

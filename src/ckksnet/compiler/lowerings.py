@@ -1,19 +1,19 @@
 """Built-in kernels: how each supported torch module becomes plan steps.
 
-Conv2d and AdaptiveAvgPool2d leave a *pending* value that the next module completes
-(BatchNorm folds into the convolution; Flatten + Linear fuse with the pooling); any other
-consumer materializes the pending convolution as is.
+Conv2d leaves a *pending* value that the next module completes (BatchNorm folds into the
+convolution); any other consumer materializes the pending convolution as is. Global average
+pooling sums by rotations and leaves per-channel sums that only Flatten / Linear may read.
 """
 from __future__ import annotations
 
 import torch.nn as nn
 
-from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pool_linear_matrix
+from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
 from ckksnet.compiler.registry import LoweringContext, Value, register
-from ckksnet.compiler.steps import LinearStep, ReluStep
+from ckksnet.compiler.steps import LinearStep, ReluStep, SumPoolStep
 from ckksnet.errors import CompileError
 from ckksnet.kernels.linear import LinearMap
-from ckksnet.layout import VectorLayout
+from ckksnet.layout import PooledLayout, VectorLayout
 from ckksnet.models.resnet import Normalize, PadShortcut
 
 
@@ -83,9 +83,9 @@ def lower_pool(ctx, node, module, args):
     src = materialize(ctx, args[0])
     if module.output_size not in (1, (1, 1)):
         raise CompileError(f"{node.target}: only global average pooling (output size 1) is supported")
-    v = ctx.new_value(src.layout)
-    v.pending = {"pool": src}
-    return v
+    out = ctx.add_step(SumPoolStep(node.target, src.layout), [src], ctx.new_value(PooledLayout(src.layout)))
+    out.pending = {"pool": src.layout.height * src.layout.width}  # sums: the Linear divides
+    return out
 
 
 @register(nn.Flatten)
@@ -97,9 +97,9 @@ def lower_flatten(ctx, node, module, args):
 
 @register(nn.Linear)
 def lower_linear(ctx, node, module: nn.Linear, args):
-    if "pool" not in args[0].pending:
+    src = args[0]
+    if "pool" not in src.pending:
         raise CompileError(f"{node.target}: Linear is supported after global average pooling only")
-    src = args[0].pending["pool"]
     dst = VectorLayout(module.out_features, ctx.slots)
-    matrix, bias = pool_linear_matrix(module, src.layout, dst)
+    matrix, bias = pooled_linear_matrix(module, src.layout, dst, src.pending["pool"])
     return ctx.add_step(LinearStep(node.target, LinearMap(matrix, bias, node.target)), [src], ctx.new_value(dst))

@@ -24,7 +24,10 @@ class Plan:
     output: int = -1
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
-    rotation_keys: str = "pow2"  # "pow2": keys for +-2^i only, rotations composed; "direct": one per index
+    # which rotation keys the client makes beyond those bootstrapping brings (see key_indices):
+    # "reuse": none unless a rotation cannot be chained from the keys present; "pow2": +-2^i;
+    # "direct": one key per rotation index (fastest, most memory)
+    rotation_keys: str = "reuse"
 
     # ------------------------------------------------------------ building
     def new_value(self, layout, scale: float = 1.0) -> Value:
@@ -57,21 +60,26 @@ class Plan:
         """Every rotation index the plan's kernels need."""
         return set().union(*(s.rotations() for s, _, _ in self.steps))
 
-    def key_indices(self) -> list[int]:
-        """Rotation keys the client generates for this plan (see ``rotation_keys``): for "pow2",
-        the signed powers of two that lie on the shortest paths of the rotations the plan uses."""
+    def key_indices(self, available: set[int] | frozenset = frozenset()) -> list[int]:
+        """Rotation keys (indices mod slots) the client must add to the ``available`` ones
+        (bootstrapping's), following :attr:`rotation_keys`."""
         from ckksnet.backend.context import rotation_paths, signed_powers_of_two
 
-        needed = {k % self.preset.slots for k in self.rotations()} - {0}
+        slots = self.preset.slots
+        have = {k % slots for k in available}
+        needed = {k % slots for k in self.rotations()} - {0} - have
         if self.rotation_keys == "direct":
             return sorted(needed)
-        parent = rotation_paths(self.preset.slots, signed_powers_of_two(self.preset.slots))
+        if self.rotation_keys == "reuse" and have:
+            reachable = rotation_paths(slots, have)
+            needed = {k for k in needed if k not in reachable}
+        parent = rotation_paths(slots, set(signed_powers_of_two(slots)) | have)
         used = set()
         for k in needed:
             while k:
                 k, key = parent[k]
                 used.add(key)
-        return sorted(used)
+        return sorted(used - have)
 
     def last_use(self) -> dict[int, int]:
         """value id -> index of the last step reading it (the runtime frees it after)."""

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ckksnet.approx.relu import RangeReport, ReluApprox
 from ckksnet.kernels.linear import LinearMap
+from ckksnet.layout import Layout
 
 
 @dataclass
@@ -109,3 +112,55 @@ class AddStep:
 
     def twin(self, inputs):
         return inputs[0] + inputs[1]
+
+
+def sum_rounds(n: int, stride: int) -> list[list[int]]:
+    """Rotations that sum ``n`` values ``stride`` slots apart into the first one. Each round is
+    acc += sum(rot(acc, k) for k in round): log2(n) rounds of one rotation when n is a power of
+    two, else one round of n - 1 (hoisted) rotations."""
+    if n & (n - 1) == 0:
+        return [[stride * (n >> k)] for k in range(1, n.bit_length())]
+    return [[stride * i for i in range(1, n)]]
+
+
+@dataclass
+class SumPoolStep:
+    """Global pooling by rotate-and-sum: each channel's sum lands in its pixel (0, 0) slot.
+
+    No level; about log2(H) + log2(W) rotations. The output carries sums, not means, with the
+    input's scale: the dense layer after it divides by H * W in its plaintext weights.
+    """
+
+    name: str
+    layout: Layout
+    kind: str = "pool"
+    shares_scale = True
+
+    @property
+    def rounds(self) -> list[list[int]]:
+        lay = self.layout
+        return sum_rounds(lay.width, lay.gap) + sum_rounds(lay.height, lay.gap * lay.grid_w)
+
+    def input_bound(self, ranges, margin):
+        return None
+
+    def finalize(self, scale_in, scale_out, options) -> None:
+        pass
+
+    def levels(self) -> int:
+        return 0
+
+    def rotations(self) -> set[int]:
+        return {k for r in self.rounds for k in r}
+
+    def encrypted(self, server, inputs, refresh):
+        acc = inputs[0]
+        for ks in self.rounds:
+            acc = server.add_many([acc, *server.rotate_composed(acc, ks).values()])
+        return acc
+
+    def twin(self, inputs):
+        acc = inputs[0]
+        for ks in self.rounds:
+            acc = acc + sum(np.roll(acc, -k, axis=-1) for k in ks)  # rot(v, k)[i] = v[i + k]
+        return acc

@@ -5,7 +5,8 @@ For the generalized diagonals diag_d[i] = M[i, (i + d) mod S] and d = g*n1 + j:
 
     y = sum_g rot( sum_j rot(diag_(g*n1+j), -g*n1) * rot(x, j), g*n1 ) + b
 
-The baby rotations rot(x, j) are hoisted (one key-switch decomposition of x shared by all j);
+The baby rotations rot(x, j) are hoisted (one key-switch decomposition of x shared by all j
+that have keys; the others are chained from those);
 the pre-rotated diagonals are plaintexts. One level. Rotations: |{j}| + |{g}| - (zeros), with
 n1 chosen to minimize that count. The cleartext twin multiplies by the same sparse matrix.
 """
@@ -98,16 +99,16 @@ class LinearMap:
         server.require_levels(ct, 1, f"linear map {self.name}")
         steps = self.steps()
         babies = sorted({j for group in steps.values() for j in group})
-        # hoisted rotations when every index has its own key; otherwise compose from the keys present
-        direct = self.rotations() <= server.rotations
-        rotated = server.rotate_many(ct, babies) if direct else server.rotate_composed(ct, babies)
+        # each rotation goes directly when its key exists, else along a shortest chain of keys
+        # present; the first hops from ct share one hoisted decomposition
+        rotated = server.rotate_composed(ct, babies)
         partial = []
         for g, group in sorted(steps.items()):
             terms = [server.mul(rotated[j], pt) for j, pt in sorted(group.items())]
             inner = server.add_many(terms)
             if g:
                 k = g * self.baby_size
-                inner = server.rotate(inner, k) if direct else server.rotate_composed(inner, [k])[k]
+                inner = server.rotate_composed(inner, [k])[k]
             partial.append(inner)
         out = server.add_many(partial)
         return server.add(out, self.bias) if np.any(self.bias) else out

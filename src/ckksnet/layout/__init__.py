@@ -106,3 +106,26 @@ class VectorLayout:
 
     def unpack(self, vec: np.ndarray) -> np.ndarray:
         return np.asarray(vec)[..., : self.length]
+
+
+@dataclass(frozen=True)
+class PooledLayout:
+    """One value per channel, at the slot where the channel's pixel (0, 0) lived in ``source``:
+    what rotate-and-sum pooling leaves (other slots hold partial sums, which nothing reads)."""
+
+    source: Layout
+
+    @property
+    def channels(self) -> int:
+        return self.source.channels
+
+    @property
+    def slots(self) -> int:
+        return self.source.slots
+
+    @cached_property
+    def index(self) -> np.ndarray:
+        return self.source.index[:, 0, 0]
+
+    def unpack(self, vec: np.ndarray) -> np.ndarray:
+        return np.asarray(vec)[..., self.index]

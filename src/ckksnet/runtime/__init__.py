@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,12 +16,9 @@ import psutil
 from tqdm import tqdm
 
 from ckksnet.backend import CkksClient, CkksServer
+from ckksnet.backend.memory import peak_rss_gb, trim
 from ckksnet.compiler.plan import Plan
 from ckksnet.errors import ContextMismatchError
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 @dataclass
@@ -74,10 +70,13 @@ class Client:
         if bootstrap_keys and net.preset.bootstrap:
             self.ckks.gen_bootstrap_keys()  # first: later rotation keys then merge without copies
         mid = rss()
-        self.ckks.gen_rotation_keys(net.key_indices())
+        reused = len(self.ckks.rotations)  # bootstrapping's rotation keys, shared by the kernels
+        extra = net.key_indices(self.ckks.rotations)
+        self.ckks.gen_rotation_keys(extra)
         #: resident memory added by key generation, GB (bootstrapping includes its precomputations)
         self.key_memory_gb = {"bootstrap_and_relinearization": round(mid - start, 2),
-                              "rotation": round(rss() - mid, 2), "rotation_keys": len(net.key_indices())}
+                              "rotation": round(rss() - mid, 2), "rotation_keys": len(extra),
+                              "bootstrap_rotation_keys_reused": reused}
 
     def encrypt(self, image: np.ndarray):
         """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input."""
@@ -134,4 +133,5 @@ class Server:
             for v in ins:
                 if last.get(v) == i:
                     vals.pop(v, None)  # free ciphertexts no later step reads
+            trim()
         return vals[net.output]

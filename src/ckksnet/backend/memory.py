@@ -1,0 +1,49 @@
+"""Process memory: peak resident set size, and keeping glibc's allocator from hoarding.
+
+At N = 2^16 every ciphertext limb is a 512 KiB array. glibc raises its mmap threshold after the
+first such array is freed, so later ones come from heap arenas (one per thread) that fragment
+and are rarely returned: a long encrypted run then grows by gigabytes it no longer uses.
+:func:`tune_allocator` pins the threshold below that size (limbs are mmapped and unmapped on
+free) and caps the arenas; :func:`trim` hands free heap pages back after each layer.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import resource
+from functools import lru_cache
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+@lru_cache(maxsize=1)
+def tune_allocator(mmap_threshold: int = 256 * 1024, arenas: int = 2) -> bool:
+    """Apply the settings above once per process. Returns False where glibc is absent."""
+    lib = _libc()
+    if lib is None:
+        return False
+    lib.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+    lib.mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
+    lib.mallopt(_M_ARENA_MAX, arenas)
+    return True
+
+
+def trim() -> None:
+    """Return free heap memory to the system (cheap: milliseconds)."""
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set size so far, GiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
