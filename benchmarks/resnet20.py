@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from _results import RESULTS, machine, today
-from ckksnet import inference
+from ckksnet import fidelity, inference
+from ckksnet.fidelity import NoiseModel
 
 HEADER = "## ResNet-20 encrypted inference (benchmarks/resnet20.py)"
 
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps-bits", type=int, default=9)
     args = ap.parse_args(argv)
     res = inference.run(args.images, "secure", alpha=args.alpha, eps_bits=args.eps_bits, progress=True,
-                        on_image=lambda r: print(json.dumps(r), flush=True))
+                        on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=True)
+    # the per-step CKKS error of this run is the twin's noise model for the secure preset
+    NoiseModel(**res["noise_model"]).save(Path(fidelity.__file__).parent / "noise_secure.json")
     (Path(__file__).parent / "resnet20_last.json").write_text(json.dumps(res, indent=1) + "\n")
     text = RESULTS.read_text()
     new = section(res, argv)

@@ -33,10 +33,13 @@ def pick_images(k: int, data: str | None = None):
 
 
 def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint: str | None = None,
-        alpha: int = 13, eps_bits: int = 9, progress: bool = True, on_image=None) -> dict:
+        alpha: int = 13, eps_bits: int = 9, progress: bool = True, on_image=None,
+        calibrate_noise: bool = False) -> dict:
     """Compile, make keys, and run K images encrypted; returns a JSON-ready report.
 
     ``on_image(record)`` is called after each image (for printing as results come in).
+    ``calibrate_noise``: also measure every step's CKKS error on the first image (decrypting
+    each step's output with the client's key) and return it as ``noise_model``.
     """
     model, meta = load_checkpoint(checkpoint) if checkpoint else load_bundled()
     images, labels, indices, source = pick_images(k, data)
@@ -51,10 +54,17 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     server = Server(net, client.evaluation_keys())
     with torch.no_grad():
         plain = model(to_tensor(images)).double().numpy()
-    records, first_report = [], None
+    records, first_report, probe = [], None, None
+    if calibrate_noise:
+        from ckksnet.fidelity import NoiseProbe
+
+        probe = NoiseProbe(net, client)
     for i in range(k):
         t = time.time()
-        logits = client.decrypt(server.run(client.encrypt(images[i]), progress=progress))
+        ct = client.encrypt(images[i])
+        logits = client.decrypt(server.run(ct, progress=progress, probe=probe if i == 0 else None))
+        if probe is not None and i == 0:
+            input_sd = float(np.std(client.ckks.decrypt(ct) - net.preprocess(images[i])))
         rec = {"index": int(indices[i]), "label": int(labels[i]), "plain_pred": int(plain[i].argmax()),
                "enc_pred": int(logits.argmax()), "max_abs_logit_diff": float(np.max(np.abs(logits - plain[i]))),
                "seconds": round(time.time() - t, 2), "bootstraps": server.report.bootstraps,
@@ -70,4 +80,6 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             "rotation_key_policy": net.rotation_keys, "peak_rss_gb_after_keygen": round(keygen_rss, 2),
             "key_memory_gb": client.key_memory_gb,
             "images": records, "agreement": float(np.mean([r["plain_pred"] == r["enc_pred"] for r in records])),
-            "report": first_report}
+            "report": first_report,
+            "noise_model": probe and vars(probe.model(net.preset.name, f"measured on image {indices[0]} "
+                                                   f"({source}), alpha {alpha}", input_sd))}

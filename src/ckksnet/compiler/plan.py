@@ -119,21 +119,36 @@ class Plan:
         packed = lay.pack(x / self.values[self.input].scale)
         return packed[0] if single else packed
 
-    def twin(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits of the cleartext twin for a batch of images: (N, classes)."""
+    def twin(self, images: np.ndarray, batch_size: int = 256, noise=None, seed: int = 0) -> np.ndarray:
+        """Logits of the cleartext twin for a batch of images: (N, classes).
+
+        ``noise``: a :class:`ckksnet.fidelity.NoiseModel` (CKKS error of the measured size added
+        after each step, seeded by ``seed``) or None for the exact twin.
+        """
         packed = np.atleast_2d(self.preprocess(images))
-        out = [self.twin_packed(packed[i:i + batch_size]) for i in range(0, len(packed), batch_size)]
+        rng = np.random.default_rng(seed)
+        out = [self.twin_packed(packed[i:i + batch_size], noise, rng) for i in range(0, len(packed), batch_size)]
         return np.concatenate(out)
 
-    def twin_packed(self, packed: np.ndarray) -> np.ndarray:
+    def twin_packed(self, packed: np.ndarray, noise=None, rng: np.random.Generator | None = None) -> np.ndarray:
         vals = {self.input: packed}
+        if noise is not None:
+            vals[self.input] = noise.perturb("input", packed, rng)
         last = self.last_use()
         for i, (step, ins, out) in enumerate(self.steps):
             vals[out] = step.twin([vals[v] for v in ins])
+            if noise is not None:
+                vals[out] = noise.perturb(step.name, vals[out], rng)
             for v in ins:
                 if last.get(v) == i and v != self.output:
                     vals.pop(v, None)
         return self.output_layout.unpack(vals[self.output] * self.values[self.output].scale)
+
+    def reset_reports(self) -> None:
+        """Zero the ReLU range counters (before a twin run whose counts are wanted alone)."""
+        for s, _, _ in self.steps:
+            if s.kind == "relu":
+                s.report.__init__()
 
     def relu_reports(self) -> dict[str, dict]:
         """Per ReLU: inputs seen by the twin and how many fell outside [-B, B]."""

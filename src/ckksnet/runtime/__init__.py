@@ -102,8 +102,12 @@ class Server:
         self.ckks = keys
         self.report = RunReport()
 
-    def run(self, ct, progress: bool = False):
-        """Encrypted inference of one ciphertext; fills :attr:`report`."""
+    def run(self, ct, progress: bool = False, probe=None):
+        """Encrypted inference of one ciphertext; fills :attr:`report`.
+
+        ``probe(index, step, inputs, output)``, if given, sees every step's ciphertexts (the
+        noise calibration decrypts them with the client's key; a real server never would).
+        """
         srv, net = self.ckks, self.net
         srv.check_ciphertext(ct)
         self.report = RunReport()
@@ -130,6 +134,8 @@ class Server:
             self.report.steps.append(StepReport(
                 step.name, step.kind, time.time() - t0, level_in, srv.levels_left(vals[out]),
                 boot["n"], boot["s"], len(step.rotations()), peak_rss_gb()))
+            if probe is not None:
+                probe(i, step, [vals[v] for v in ins], vals[out])
             for v in ins:
                 if last.get(v) == i:
                     vals.pop(v, None)  # free ciphertexts no later step reads

@@ -1,0 +1,214 @@
+"""Fidelity: how far encrypted inference strays from the plaintext model.
+
+Three runs of the same images are compared: the plaintext torch model, the cleartext twin of the
+plan (exact, or with a CKKS noise model), and real encrypted runs.
+
+* :class:`NoiseModel` adds, after each step of the twin, Gaussian noise of the size that step
+  adds when encrypted. :class:`NoiseProbe` measures those sizes on an encrypted run (it
+  decrypts every step's output, so it is a calibration tool: it needs the client's key).
+* :func:`evaluate` runs the comparison with a resumable record of encrypted images;
+  :func:`summarize` turns logits into the figures (identical top-1 %, accuracies, logit errors).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from ckksnet.errors import DataError
+
+_BUNDLED = Path(__file__).parent
+
+
+@dataclass
+class NoiseModel:
+    """Per-step standard deviation of the error CKKS adds, in stored (scaled) slot units."""
+
+    preset: str
+    steps: dict[str, float] = field(default_factory=dict)
+    input: float = 0.0  # encryption and encoding
+    source: str = ""  # how it was measured
+
+    def perturb(self, name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        sd = self.input if name == "input" else self.steps.get(name, 0.0)
+        return x + rng.normal(0.0, sd, x.shape) if sd > 0 else x
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NoiseModel":
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(f"{path}: not a ckksnet noise model ({exc})") from exc
+
+
+def bundled_noise(preset: str) -> NoiseModel | None:
+    """The noise model measured for ``preset`` and shipped with the package, if any."""
+    path = _BUNDLED / f"noise_{preset}.json"
+    return NoiseModel.load(path) if path.exists() else None
+
+
+class NoiseProbe:
+    """Runtime probe (``Server.run(..., probe=...)``): the local error of every step, i.e. the
+    decrypted output minus the step's twin applied to the decrypted inputs, on the slots the
+    output layout uses. Uses the client's secret key: for calibration runs only."""
+
+    def __init__(self, plan, client):
+        self.plan, self.client = plan, client
+        self.errors: dict[str, list[float]] = {}  # step name -> [std, max abs] per run
+
+    def __call__(self, index: int, step, inputs, output) -> None:
+        dec = self.client.ckks.decrypt
+        out_id = self.plan.steps[index][2]
+        used = np.asarray(self.plan.values[out_id].layout.index).ravel()
+        want = step.twin([dec(c)[None] for c in inputs])[0]
+        err = (dec(output) - want)[used]
+        self.errors.setdefault(step.name, []).append((float(err.std()), float(np.abs(err).max())))
+
+    def model(self, preset: str, source: str, input_sd: float = 0.0) -> NoiseModel:
+        """The mean measured std per step as a :class:`NoiseModel`."""
+        steps = {k: float(np.mean([s for s, _ in v])) for k, v in self.errors.items()}
+        return NoiseModel(preset, steps, input_sd, source)
+
+
+# ---------------------------------------------------------------- figures
+def summarize(plain: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
+    """Figures for ``other`` logits (twin or encrypted) against the plaintext ``plain`` ones."""
+    plain, other, labels = np.asarray(plain), np.asarray(other), np.asarray(labels)
+    if plain.shape != other.shape or len(labels) != len(plain):
+        raise ValueError(f"logits {plain.shape} vs {other.shape}, labels {labels.shape}")
+    if len(plain) == 0:
+        return {"images": 0}
+    err = np.abs(other - plain).max(axis=1)
+    return {"images": int(len(plain)),
+            "accuracy": round(100.0 * float(np.mean(other.argmax(1) == labels)), 3),
+            "plain_accuracy": round(100.0 * float(np.mean(plain.argmax(1) == labels)), 3),
+            "identical_top1": round(100.0 * float(np.mean(other.argmax(1) == plain.argmax(1))), 3),
+            "max_logit_error": float(err.max()),
+            "p50_logit_error": float(np.percentile(err, 50)),
+            "p99_logit_error": float(np.percentile(err, 99))}
+
+
+# ---------------------------------------------------------------- resumable encrypted runs
+class EncryptedLog:
+    """One JSON line per finished encrypted image, so an interrupted run loses nothing done.
+    The first line records what the run is (plan settings); a different run refuses the file."""
+
+    def __init__(self, path: str | os.PathLike | None, identity: dict):
+        self.path = Path(path) if path else None
+        self.identity = identity
+        self.records: dict[int, dict] = {}
+        if self.path and self.path.exists():
+            lines = [json.loads(s) for s in self.path.read_text().splitlines() if s.strip()]
+            if not lines or lines[0].get("identity") != identity:
+                raise DataError(f"{self.path} records another run ({lines[0] if lines else 'empty'}); "
+                                "use a new --state file")
+            self.records = {r["index"]: r for r in lines[1:]}
+        elif self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"identity": identity}) + "\n")
+
+    def add(self, record: dict) -> None:
+        self.records[record["index"]] = record
+        if self.path:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def run_encrypted(plan, images: np.ndarray, indices: list[int], log: EncryptedLog,
+                  progress: bool = True, client_factory: Callable | None = None,
+                  on_image: Callable | None = None) -> list[dict]:
+    """Encrypt, run and decrypt every image whose index ``log`` lacks; returns all records
+    for ``indices``. Keys are made only if some image is left to run."""
+    todo = [(i, img) for i, img in zip(indices, images) if i not in log.records]
+    if todo:
+        from ckksnet.runtime import Client, Server
+
+        client = (client_factory or Client)(plan)
+        server = Server(plan, client.evaluation_keys())
+        for i, img in tqdm(todo, desc="encrypted images", disable=not progress, unit="image"):
+            t = time.time()
+            logits = client.decrypt(server.run(client.encrypt(img)))
+            rep = server.report.to_dict()
+            log.add({"index": int(i), "logits": [float(v) for v in logits], "seconds": round(time.time() - t, 2),
+                     "bootstraps": rep["bootstraps"], "bootstrap_seconds": round(rep["bootstrap_seconds"], 2),
+                     "peak_rss_gb": round(rep["peak_rss_gb"], 2), "report": rep if not log.records else None})
+            if on_image:
+                on_image(log.records[int(i)])
+    return [log.records[int(i)] for i in indices]
+
+
+def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, encrypted: int,
+             state: str | os.PathLike | None = None, noise: NoiseModel | None = None,
+             progress: bool = True, client_factory: Callable | None = None,
+             batch_size: int = 256) -> dict:
+    """The fidelity report for the first ``twin`` images (twin) and first ``encrypted`` images
+    (encrypted) of ``images`` (uint8 NHWC) with their ``labels``.
+
+    ``state``: the resumable record of encrypted images (JSON lines); ``noise``: the twin's
+    noise model (None: exact twin).
+    """
+    import torch
+
+    from ckksnet.training.train import to_tensor
+
+    n = max(twin, encrypted)
+    if n > len(images):
+        raise DataError(f"asked for {n} images, the data set has {len(images)}")
+    with torch.no_grad():
+        plain = np.concatenate([model(to_tensor(images[i:min(i + 500, n)])).double().numpy()
+                                for i in range(0, n, 500)]) if n else np.zeros((0, 10))
+    plan.reset_reports()
+    twin_logits = np.concatenate([
+        plan.twin(images[i:min(i + batch_size, twin)], noise=noise, seed=i)
+        for i in tqdm(range(0, twin, batch_size), desc="twin", disable=not progress, unit="batch")
+    ]) if twin else np.zeros((0, plain.shape[1]))
+    relus = plan.relu_reports()
+    identity = {"preset": plan.preset.name, "steps": len(plan.steps),
+                "relu": [[s.name, s.relu.sign.alpha, s.relu.sign.eps, s.relu.bound]
+                         for s, _, _ in plan.steps if s.kind == "relu"]}
+    identity = json.loads(json.dumps(identity))
+    log = EncryptedLog(state, identity)
+    records = run_encrypted(plan, images[:encrypted], list(range(encrypted)), log, progress, client_factory)
+    enc_logits = np.array([r["logits"] for r in records]).reshape(len(records), -1)
+    return {
+        "preset": plan.preset.name,
+        "noise_model": (noise.source or "measured") if noise else "off",
+        "plain": {"images": n, "accuracy": round(100.0 * float(np.mean(plain.argmax(1) == labels[:n])), 3)
+                  if n else None},
+        "twin": summarize(plain[:twin], twin_logits, labels[:twin]),
+        "encrypted": summarize(plain[:encrypted], enc_logits, labels[:encrypted])
+        | {"seconds_per_image": round(float(np.mean([r["seconds"] for r in records])), 1) if records else None},
+        "twin_on_encrypted_images": summarize(plain[:min(twin, encrypted)], twin_logits[:encrypted],
+                                              labels[:min(twin, encrypted)]),
+        "relu_inputs_outside_bound": {"total": sum(r["outside"] for r in relus.values()),
+                                      "values": sum(r["total"] for r in relus.values()),
+                                      "per_relu": {k: r["outside"] for k, r in relus.items() if r["outside"]}},
+        "logit_errors": {"twin": (twin_logits - plain[:twin]).ravel().tolist() if twin <= 2000 else
+                         (twin_logits[:2000] - plain[:2000]).ravel().tolist(),
+                         "encrypted": (enc_logits - plain[:encrypted]).ravel().tolist()},
+        "profile": profile(next((r["report"] for r in records if r.get("report")), None)),
+    }
+
+
+def profile(report: dict | None) -> dict | None:
+    """Time by kernel kind (bootstrapping apart) and by layer, from a run report."""
+    if not report:
+        return None
+    by_kind = {"bootstrap": report["bootstrap_seconds"]}
+    for s in report["steps"]:
+        by_kind[s["kind"]] = by_kind.get(s["kind"], 0.0) + s["seconds"] - s["bootstrap_seconds"]
+    return {"seconds": report["seconds"], "bootstraps": report["bootstraps"], "peak_rss_gb": report["peak_rss_gb"],
+            "by_kind": {k: round(v, 2) for k, v in by_kind.items()},
+            "by_layer": [{"name": s["name"], "kind": s["kind"], "seconds": round(s["seconds"], 2),
+                          "bootstrap_seconds": round(s["bootstrap_seconds"], 2)} for s in report["steps"]]}

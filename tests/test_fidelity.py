@@ -1,0 +1,103 @@
+"""The fidelity report's arithmetic, its resume, and the noise model, on a tiny network at the
+insecure test preset."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ckksnet.backend import InsecurePresetWarning
+from ckksnet.compiler import compile
+from ckksnet.errors import DataError
+from ckksnet.fidelity import EncryptedLog, NoiseModel, NoiseProbe, evaluate, summarize
+from ckksnet.runtime import Client, Server
+from tests.test_compiler import IMAGES, _tiny_resnet
+
+LABELS = np.random.default_rng(5).integers(0, 10, len(IMAGES))
+
+
+def test_summarize_counts_by_hand():
+    plain = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    other = np.array([[0.9, 0.0], [0.6, 0.5], [1.0, 0.1], [0.0, 1.2]])
+    labels = np.array([0, 1, 1, 1])
+    s = summarize(plain, other, labels)
+    assert s["identical_top1"] == 75.0  # image 1 flips
+    assert s["accuracy"] == 50.0 and s["plain_accuracy"] == 75.0
+    assert s["max_logit_error"] == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        summarize(plain, other[:3], labels)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = _tiny_resnet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecurePresetWarning)
+        plan = compile(model, calibration=IMAGES, preset="test", image_size=(8, 8))
+        client = Client(plan)
+    return model, plan, client
+
+
+def test_fidelity_report_and_resume(tiny, tmp_path):
+    model, plan, client = tiny
+    made = []
+
+    def factory(p):  # reuse the module's keys; count how often keys would be made
+        made.append(1)
+        return client
+
+    state = tmp_path / "enc.jsonl"
+    first = evaluate(plan, model, IMAGES, LABELS, twin=40, encrypted=1, state=state, progress=False,
+                     client_factory=factory)
+    with torch.no_grad():
+        x = torch.from_numpy(IMAGES[:40]).permute(0, 3, 1, 2).float() / 255
+        plain = model(x).double().numpy()
+    twin = plan.twin(IMAGES[:40])
+    assert first["twin"]["identical_top1"] == pytest.approx(100 * np.mean(twin.argmax(1) == plain.argmax(1)))
+    assert first["plain"]["accuracy"] == pytest.approx(100 * np.mean(plain.argmax(1) == LABELS[:40]), abs=1e-3)
+    assert first["twin"]["accuracy"] == pytest.approx(100 * np.mean(twin.argmax(1) == LABELS[:40]), abs=1e-3)
+    assert first["encrypted"]["images"] == 1 and len(made) == 1
+    # encrypted logits are twin logits plus CKKS noise, so identical predictions here
+    assert first["encrypted"]["identical_top1"] == 100.0
+    assert first["encrypted"]["max_logit_error"] <= first["twin_on_encrypted_images"]["max_logit_error"] + 1e-5
+    lines = state.read_text().splitlines()
+    assert len(lines) == 2 and "identity" in json.loads(lines[0])
+
+    # resume: the finished image is not run again, one more is
+    second = evaluate(plan, model, IMAGES, LABELS, twin=0, encrypted=2, state=state, progress=False,
+                      client_factory=factory)
+    assert second["encrypted"]["images"] == 2 and len(made) == 2
+    assert len(state.read_text().splitlines()) == 3
+    assert second["encrypted"]["identical_top1"] == 100.0
+    again = evaluate(plan, model, IMAGES, LABELS, twin=0, encrypted=2, state=state, progress=False,
+                     client_factory=factory)
+    assert len(made) == 2 and again["encrypted"] == second["encrypted"]  # nothing left: no keys made
+
+
+def test_state_of_another_run_is_refused(tmp_path):
+    path = tmp_path / "s.jsonl"
+    EncryptedLog(path, {"preset": "test", "steps": 3})
+    with pytest.raises(DataError, match="another run"):
+        EncryptedLog(path, {"preset": "test", "steps": 4})
+
+
+def test_noise_probe_and_noisy_twin(tiny, tmp_path):
+    model, plan, client = tiny
+    server = Server(plan, client.evaluation_keys())
+    probe = NoiseProbe(plan, client)
+    logits = client.decrypt(server.run(client.encrypt(IMAGES[0]), probe=probe))
+    noise = probe.model("test", "unit test")
+    assert set(noise.steps) == {s.name for s, _, _ in plan.steps}
+    assert all(0 <= v < 1e-4 for v in noise.steps.values())
+    assert max(noise.steps.values()) > 0  # bootstrapping and rescaling leave some error
+    # the noisy twin strays from the exact twin by about what the encrypted run does
+    exact = plan.twin(IMAGES[:1])[0]
+    enc_err = np.max(np.abs(logits - exact))
+    noisy = NoiseModel.load(noise.save(tmp_path / "n.json"))
+    twin_err = np.max(np.abs(plan.twin(IMAGES[:1], noise=noisy, seed=1)[0] - exact))
+    assert 0 < twin_err and 0.05 < twin_err / enc_err < 20
+    with pytest.raises(DataError):
+        NoiseModel.load(tmp_path / "missing.json")
