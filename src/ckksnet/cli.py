@@ -135,6 +135,42 @@ def _add_approx(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_approx)
 
 
+def _cmd_fidelity(args: argparse.Namespace) -> int:
+    from ckksnet.fidelity.report import fidelity_report
+
+    res = fidelity_report(args.twin, args.encrypted, args.preset, args.data, args.checkpoint, args.alpha,
+                          args.eps_bits, args.state, not args.no_noise, args.plots,
+                          [int(a) for a in args.alpha_sweep.split(",")] if args.alpha_sweep else None,
+                          args.sweep_images, progress=not args.json)
+    t, e = res["twin"], res["encrypted"]
+    text = (f"plaintext accuracy {res['plain']['accuracy']}% ({res['plain']['images']} images, {res['source']})\n"
+            f"twin ({res['noise_model']}): {t.get('identical_top1')}% identical top-1, accuracy "
+            f"{t.get('accuracy')}%, max logit error {t.get('max_logit_error', 0):.3g} ({t['images']} images)\n"
+            f"encrypted: {e.get('identical_top1')}% identical, accuracy {e.get('accuracy')}%, max logit "
+            f"error {e.get('max_logit_error', 0):.3g} ({e['images']} images)\n"
+            f"ReLU inputs outside their bound: {res['relu_inputs_outside_bound']['total']}")
+    return _emit(args, res, text)
+
+
+def _add_fidelity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fidelity", help="plaintext vs twin vs encrypted on the CIFAR-10 test split")
+    p.add_argument("--twin", type=int, default=10_000, help="images for the cleartext twin")
+    p.add_argument("--encrypted", type=int, default=0, help="images run encrypted (the first K)")
+    p.add_argument("--state", default="runs/fidelity/encrypted.jsonl",
+                   help="resumable record of encrypted images (finished ones are never rerun)")
+    p.add_argument("--preset", default="secure")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
+    p.add_argument("--data", help="CIFAR-10 location (default: $CKKSNET_DATA or ../shared/data)")
+    p.add_argument("--alpha", type=int, default=13)
+    p.add_argument("--eps-bits", type=int, default=9)
+    p.add_argument("--no-noise", action="store_true", help="exact twin (no CKKS noise model)")
+    p.add_argument("--plots", help="folder for the PNG plots (e.g. benchmarks)")
+    p.add_argument("--alpha-sweep", help="comma-separated alphas for the fidelity-vs-alpha plot")
+    p.add_argument("--sweep-images", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_fidelity)
+
+
 def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="encrypt, bootstrap and decrypt a vector: time and precision")
     p.add_argument("--preset", default="secure", help="parameter preset (default: secure, 128-bit)")
@@ -224,7 +260,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckksnet", description="Encrypted inference of trained CNNs with RNS-CKKS (OpenFHE).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_infer, _add_bootstrap, _add_train, _add_snapshot, _add_eval, _add_approx):
+    for add in (_add_demo, _add_infer, _add_fidelity, _add_bootstrap, _add_train, _add_snapshot, _add_eval,
+                _add_approx):
         add(sub)
     return parser
 

@@ -180,7 +180,7 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
     identity = json.loads(json.dumps(identity))
     log = EncryptedLog(state, identity)
     records = run_encrypted(plan, images[:encrypted], list(range(encrypted)), log, progress, client_factory)
-    enc_logits = np.array([r["logits"] for r in records]).reshape(len(records), -1)
+    enc_logits = np.array([r["logits"] for r in records]).reshape(len(records), plain.shape[1])
     return {
         "preset": plan.preset.name,
         "noise_model": (noise.source or "measured") if noise else "off",
