@@ -22,17 +22,28 @@ from ckksnet.kernels.linear import LinearMap
 from ckksnet.layout import Layout
 
 
+class StepDefaults:
+    """What most steps share: no activation bound, nothing to fold, no rotations."""
+
+    shares_scale = False
+
+    def input_bound(self, ranges, margin):
+        return None
+
+    def finalize(self, scale_in, scale_out, options) -> None:
+        pass
+
+    def rotations(self) -> set[int]:
+        return set()
+
+
 @dataclass
-class LinearStep:
+class LinearStep(StepDefaults):
     """y = M x + b (convolution, shortcut, pooling + dense): one level."""
 
     name: str
     kernel: LinearMap
     kind: str = "linear"
-    shares_scale = False
-
-    def input_bound(self, ranges, margin):
-        return None
 
     def finalize(self, scale_in: float, scale_out: float, options: dict) -> None:
         k = self.kernel  # stored x = true x / scale_in; stored y must be true y / scale_out
@@ -88,24 +99,15 @@ class ReluStep:
 
 
 @dataclass
-class AddStep:
+class AddStep(StepDefaults):
     """Residual addition of two values with the same layout and scale: no level."""
 
     name: str
     kind: str = "add"
     shares_scale = True
 
-    def input_bound(self, ranges, margin):
-        return None
-
-    def finalize(self, scale_in, scale_out, options) -> None:
-        pass
-
     def levels(self) -> int:
         return 0
-
-    def rotations(self) -> set[int]:
-        return set()
 
     def encrypted(self, server, inputs, refresh):
         return server.add(inputs[0], inputs[1])
@@ -124,7 +126,7 @@ def sum_rounds(n: int, stride: int) -> list[list[int]]:
 
 
 @dataclass
-class SumPoolStep:
+class SumPoolStep(StepDefaults):
     """Global pooling by rotate-and-sum: each channel's sum lands in its pixel (0, 0) slot.
 
     No level; about log2(H) + log2(W) rotations. The output carries sums, not means, with the
@@ -140,12 +142,6 @@ class SumPoolStep:
     def rounds(self) -> list[list[int]]:
         lay = self.layout
         return sum_rounds(lay.width, lay.gap) + sum_rounds(lay.height, lay.gap * lay.grid_w)
-
-    def input_bound(self, ranges, margin):
-        return None
-
-    def finalize(self, scale_in, scale_out, options) -> None:
-        pass
 
     def levels(self) -> int:
         return 0
