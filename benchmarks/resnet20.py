@@ -31,8 +31,11 @@ def section(res: dict, argv: list[str]) -> str:
              f"| bootstraps | {rep['bootstraps']} ({rep['bootstrap_seconds']:.0f} s, "
              f"{100 * rep['bootstrap_seconds'] / total:.0f}% of the time) |",
              f"| key generation | {res['keygen_seconds']:.0f} s |",
-             f"| rotation keys | {res['rotation_keys']} ({res['rotation_key_policy']}) |",
-             f"| peak RSS | {rep['peak_rss_gb']:.1f} GB (after key generation: {res['peak_rss_gb_after_keygen']:.1f} GB) |",
+             f"| rotation keys | {res['rotation_keys']} generated, "
+             f"{res['key_memory_gb'].get('bootstrap_rotation_keys_reused', 0)} reused from bootstrapping "
+             f"(policy {res['rotation_key_policy']}) |",
+             f"| peak RSS | {rep['peak_rss_gb']:.1f} GiB = {rep['peak_rss_gb'] * 1.073741824:.1f} GB (after key "
+             f"generation: {res['peak_rss_gb_after_keygen']:.1f} GiB) |",
              f"| ReLU | alpha {res['alpha']}, eps 2^-{res['eps_bits']} |"]
     for r in res["images"]:
         lines.append(f"| image {r['index']} (label {r['label']}) | plaintext {r['plain_pred']}, encrypted "

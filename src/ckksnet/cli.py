@@ -141,7 +141,7 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     res = fidelity_report(args.twin, args.encrypted, args.preset, args.data, args.checkpoint, args.alpha,
                           args.eps_bits, args.state, not args.no_noise, args.plots,
                           [int(a) for a in args.alpha_sweep.split(",")] if args.alpha_sweep else None,
-                          args.sweep_images, progress=not args.json)
+                          args.sweep_images, progress=not args.json, profile_from=args.profile_from)
     t, e = res["twin"], res["encrypted"]
     text = (f"plaintext accuracy {res['plain']['accuracy']}% ({res['plain']['images']} images, {res['source']})\n"
             f"twin ({res['noise_model']}): {t.get('identical_top1')}% identical top-1, accuracy "
@@ -167,6 +167,8 @@ def _add_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", help="folder for the PNG plots (e.g. benchmarks)")
     p.add_argument("--alpha-sweep", help="comma-separated alphas for the fidelity-vs-alpha plot")
     p.add_argument("--sweep-images", type=int, default=1000)
+    p.add_argument("--profile-from", help="a saved run report (JSON with a 'report') for the profile "
+                   "when no image runs encrypted, e.g. benchmarks/resnet20_last.json")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_fidelity)
 

@@ -14,9 +14,11 @@ def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secur
                     checkpoint: str | None = None, alpha: int = 13, eps_bits: int = 9,
                     state: str | os.PathLike | None = None, noise: bool = True,
                     plots: str | os.PathLike | None = None, alphas: list[int] | None = None,
-                    sweep_images: int = 1000, progress: bool = True) -> dict:
+                    sweep_images: int = 1000, progress: bool = True,
+                    profile_from: str | os.PathLike | None = None) -> dict:
     """Run the comparison; ``alphas``: also the twin's fidelity for each ReLU alpha (first
-    ``sweep_images`` images); ``plots``: a folder for the PNG figures."""
+    ``sweep_images`` images); ``plots``: a folder for the PNG figures; ``profile_from``: a saved
+    run report (e.g. benchmarks/resnet20_last.json) for the profile when no image runs encrypted."""
     from ckksnet.compiler import compile
     from ckksnet.data import load_cifar10
     from ckksnet.models import load_bundled, load_checkpoint
@@ -29,6 +31,13 @@ def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secur
     res = evaluate(net, model, split.images, split.labels, twin, encrypted, state, noise_model, progress)
     res.update(source=split.source, checkpoint=checkpoint or "bundled", alpha=alpha, eps_bits=eps_bits,
                noise_model=res["noise_model"] if noise_model or not noise else f"none shipped for {preset}: exact twin")
+    if res["profile"] is None and profile_from:  # no encrypted image ran now: a saved run report
+        import json
+
+        from ckksnet.fidelity import profile
+
+        res["profile"] = profile(json.loads(Path(profile_from).read_text())["report"])
+        res["profile"]["from"] = str(profile_from)
     if alphas:
         res["alpha_sweep"] = alpha_sweep(model, calib, split, preset, alphas, eps_bits, sweep_images,
                                          noise_model, progress)
