@@ -2,8 +2,8 @@
 
     .venv/bin/python examples/encrypted_cifar.py [--images 1] [--preset secure]
 
-At the secure preset (128-bit, N = 2^16) one image takes about 26 minutes on 2 cores and
-21 GB of peak memory (measured; benchmarks/RESULTS.md).
+At the secure preset (128-bit, N = 2^16) one image takes about 25 minutes on 2 cores and
+17.8 GB (16.6 GiB) of peak memory (measured; benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
