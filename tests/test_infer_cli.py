@@ -34,4 +34,4 @@ def test_infer_json_reports_each_image(tmp_path, capsys):
         assert rec["max_abs_logit_diff"] < 1e-2  # alpha-13 ReLU approximation + CKKS noise
         assert set(rec) >= {"label", "plain_pred", "enc_pred", "max_abs_logit_diff", "seconds"}
     assert out["agreement"] == 1.0 and out["report"]["bootstraps"] > 0
-    assert {s["kind"] for s in out["report"]["steps"]} == {"linear", "relu", "add"}
+    assert {s["kind"] for s in out["report"]["steps"]} == {"linear", "relu", "add", "pool"}
