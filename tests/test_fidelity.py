@@ -26,7 +26,11 @@ def test_summarize_counts_by_hand():
     s = summarize(plain, other, labels)
     assert s["identical_top1"] == 75.0  # image 1 flips
     assert s["accuracy"] == 50.0 and s["plain_accuracy"] == 75.0
-    assert s["max_logit_error"] == pytest.approx(0.6)
+    assert s["max_logit_error"] == pytest.approx(0.6) and s["diverged_images"] == 0
+    other[3, 1] = np.inf  # a diverged polynomial: counted apart, the max stays over finite logits
+    s = summarize(plain, other, labels)
+    assert s["diverged_images"] == 1 and s["max_logit_error"] == pytest.approx(0.6)
+    assert s["identical_top1"] == 75.0
     with pytest.raises(ValueError):
         summarize(plain, other[:3], labels)
 

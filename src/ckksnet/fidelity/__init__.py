@@ -90,11 +90,12 @@ def summarize(plain: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
     if len(plain) == 0:
         return {"images": 0}
     err = np.abs(other - plain).max(axis=1)
-    return {"images": int(len(plain)),
+    finite = np.isfinite(err)  # a ReLU input far outside its bound makes the polynomial diverge
+    return {"images": int(len(plain)), "diverged_images": int(np.count_nonzero(~finite)),
             "accuracy": round(100.0 * float(np.mean(other.argmax(1) == labels)), 3),
             "plain_accuracy": round(100.0 * float(np.mean(plain.argmax(1) == labels)), 3),
             "identical_top1": round(100.0 * float(np.mean(other.argmax(1) == plain.argmax(1))), 3),
-            "max_logit_error": float(err.max()),
+            "max_logit_error": float(err[finite].max()) if finite.any() else None,  # over finite ones
             "p50_logit_error": float(np.percentile(err, 50)),
             "p99_logit_error": float(np.percentile(err, 99))}
 
