@@ -23,7 +23,8 @@ from ckksnet.errors import ContextMismatchError
 
 @dataclass
 class StepReport:
-    """One step of an encrypted run. Times in seconds, levels = levels left, memory in GB."""
+    """One step of an encrypted run. Times in seconds, levels = levels left, memory in GiB
+    (``peak_rss_gb``: the process high-water mark so far)."""
 
     name: str
     kind: str
