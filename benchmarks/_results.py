@@ -44,3 +44,17 @@ def append_log(header: str, columns: tuple[str, ...], row: tuple) -> None:
         lines.insert(end, line)
         text = head + header + "\n".join(lines)
     RESULTS.write_text(text)
+
+
+def replace_section(header: str, section: str) -> None:
+    """Put ``section`` (starting with ``header``) in RESULTS.md in place of the previous one,
+    or, the first time, before the automatic benchmark logs."""
+    text = RESULTS.read_text()
+    if header in text:
+        head, rest = text.split(header, 1)
+        nxt = rest.find("\n## ")
+        text = head + section + (rest[nxt + 1:] if nxt >= 0 else "")
+    else:
+        marker = "## Benchmark log: bootstrap.py"
+        text = text.replace(marker, section + "\n" + marker) if marker in text else text + "\n" + section
+    RESULTS.write_text(text)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import RESULTS, machine, today
+from _results import machine, replace_section, today
 from ckksnet.compiler import compile
 from ckksnet.data import load_cifar10
 from ckksnet.fidelity import bundled_noise
@@ -60,15 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['index']} | {r['encrypted']:.2e} | {r['twin_median']:.2e} ({r['twin_p10']:.2e}-"
                      f"{r['twin_p90']:.2e}) | {r['ratio']:.2f} | {'yes' if r['within'] else 'NO'} |")
     section = "\n".join(lines) + "\n"
-    text = RESULTS.read_text()
-    if HEADER in text:
-        head, rest = text.split(HEADER, 1)
-        nxt = rest.find("\n## ")
-        text = head + section + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        marker = "## Benchmark log: bootstrap.py"
-        text = text.replace(marker, section + "\n" + marker) if marker in text else text + "\n" + section
-    RESULTS.write_text(text)
+    replace_section(HEADER, section)
     print(json.dumps(rows, indent=1))
     return 0 if all(r["within"] for r in rows) else 1
 

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from _results import RESULTS, machine, today
+from _results import machine, replace_section, today
 from ckksnet import fidelity, inference
 from ckksnet.fidelity import NoiseModel
 
@@ -65,16 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     # the per-step CKKS error of this run is the twin's noise model for the secure preset
     NoiseModel(**res["noise_model"]).save(Path(fidelity.__file__).parent / "noise_secure.json")
     (Path(__file__).parent / "resnet20_last.json").write_text(json.dumps(res, indent=1) + "\n")
-    text = RESULTS.read_text()
-    new = section(res, argv)
-    if HEADER in text:
-        head, rest = text.split(HEADER, 1)
-        nxt = rest.find("\n## ")
-        text = head + new + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        marker = "## Benchmark log: bootstrap.py"
-        text = text.replace(marker, new + "\n" + marker) if marker in text else text + "\n" + new
-    RESULTS.write_text(text)
+    replace_section(HEADER, section(res, argv))
     print(json.dumps({k: v for k, v in res.items() if k != "report"}, indent=1))
     return 0
 
