@@ -53,15 +53,20 @@ IMAGES = np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8
 
 
 # ---------------------------------------------------------------- kernels against torch
-@pytest.mark.parametrize("stride, gap, cin, cout", [(1, 1, 4, 4), (2, 1, 4, 8), (1, 2, 8, 8), (2, 2, 8, 16)])
-def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout):
+@pytest.mark.parametrize("stride, gap, cin, cout, fold", [(1, 1, 4, 4, False), (2, 1, 4, 8, False), (1, 2, 8, 8, False),
+                                                         (2, 2, 8, 16, False), (1, 1, 4, 4, True), (2, 2, 8, 16, True)])
+def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout, fold):
     gen = torch.Generator().manual_seed(stride * 10 + gap)
     conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
     bn = _random_bn(nn.BatchNorm2d(cout), gen)
     size = 8 // gap
     src = Layout(cin, size, size, gap, SLOTS)
     dst = src.strided(cout, stride)
-    lm = LinearMap(*conv_matrix(*fold_bn(conv, bn), stride, 1, src, dst))
+    lm = LinearMap(*conv_matrix(*fold_bn(conv, bn), stride, 1, src, dst), input_span=src.span if fold else None)
+    if fold:  # the input fills 1/8 of the slots: replicated, the map needs fewer diagonals
+        unfolded = LinearMap(lm.matrix, lm.bias)
+        assert lm.period < SLOTS and len(lm.offsets) < len(unfolded.offsets)
+        assert unfolded.period == SLOTS
     x = torch.rand(1, cin, size, size, generator=gen) - 0.5
     want = bn(conv(x)).detach().double().numpy()[0]
     packed = src.pack(x.double().numpy()[0])
@@ -95,6 +100,21 @@ def test_shortcut_and_pool_linear_match_torch(kclient, kserver):
     kclient.gen_rotation_keys(pool.rotations() | lm.rotations())
     enc = lm.encrypted(kserver, pool.encrypted(kserver, [kclient.encrypt(packed)], None))
     assert np.max(np.abs(out.unpack(kclient.decrypt(enc)) - want)) < 1e-5
+
+
+def test_folding_needs_zeros_outside_the_span():
+    """The folded map reads copies of the input: it equals the plain map only when the input is
+    zero outside its span, which is what layouts guarantee (and the twin reproduces otherwise)."""
+    src = Layout(4, 8, 8, 1, SLOTS)
+    conv = nn.Conv2d(4, 4, 3, 1, 1, bias=False)
+    matrix, bias = conv_matrix(*fold_bn(conv, None), 1, 1, src, src)
+    lm = LinearMap(matrix, bias, input_span=src.span)
+    assert lm.period == 256 and {SLOTS - 256, SLOTS - 512, SLOTS - 1024} <= lm.rotations()
+    x = src.pack(np.random.default_rng(1).uniform(-1, 1, (4, 8, 8)))
+    assert np.max(np.abs(lm.twin(x) - (matrix @ x + bias))) < 1e-12
+    x[SLOTS - 1] = 1.0  # a stray value outside the span reaches the output through a copy
+    assert np.max(np.abs(lm.twin(x) - (matrix @ x + bias))) > 1e-3
+    assert np.max(np.abs(lm.twin_bsgs(x) - lm.twin(x))) < 1e-12
 
 
 def test_bn_folding_is_exact():

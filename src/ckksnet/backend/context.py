@@ -235,6 +235,22 @@ class CkksServer(CkksContext):
             return self.cc.EvalMult(a, float(b))
         return self.cc.EvalMult(a, self.encode_for(b, a))
 
+    def add_inplace(self, acc: Ciphertext, b: Ciphertext) -> Ciphertext:
+        """acc += b without a new ciphertext; only for an ``acc`` the caller made and owns."""
+        self.cc.EvalAddInPlace(self.check_ciphertext(acc), self.check_ciphertext(b))
+        return acc
+
+    def dot(self, pairs: Iterable[tuple[Ciphertext, np.ndarray]]) -> Ciphertext:
+        """sum_i ct_i * v_i for plaintext vectors v_i (one level), accumulated in place: holds
+        one product at a time, not all of them."""
+        acc = None
+        for ct, vec in pairs:
+            term = self.mul(ct, vec)
+            acc = term if acc is None else self.add_inplace(acc, term)
+        if acc is None:
+            raise ShapeError("dot needs at least one (ciphertext, vector) pair")
+        return acc
+
     def square(self, a: Ciphertext) -> Ciphertext:
         """a * a; spends one level."""
         self.require_levels(self.check_ciphertext(a), 1, "squaring")

@@ -47,7 +47,7 @@ class LinearStep(StepDefaults):
 
     def finalize(self, scale_in: float, scale_out: float, options: dict) -> None:
         k = self.kernel  # stored x = true x / scale_in; stored y must be true y / scale_out
-        self.kernel = LinearMap(k.matrix * (scale_in / scale_out), k.bias / scale_out, k.name)
+        self.kernel = k.scaled(scale_in / scale_out, scale_out)
 
     def levels(self) -> int:
         return 1

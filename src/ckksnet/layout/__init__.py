@@ -56,6 +56,11 @@ class Layout:
         """Slots spanned by the layout (blocks x grid), including multiplexing holes."""
         return self.blocks * self.grid_h * self.grid_w
 
+    @property
+    def span(self) -> int:
+        """Slots [0, span) hold every non-zero value; the rest are zero (kernels may fold)."""
+        return self.used
+
     @cached_property
     def index(self) -> np.ndarray:
         """int64 array (channels, height, width) of slot positions."""
@@ -94,6 +99,10 @@ class VectorLayout:
     length: int
     slots: int
 
+    @property
+    def span(self) -> int:
+        return self.length
+
     @cached_property
     def index(self) -> np.ndarray:
         return np.arange(self.length)
@@ -121,6 +130,11 @@ class PooledLayout:
 
     @property
     def slots(self) -> int:
+        return self.source.slots
+
+    @property
+    def span(self) -> int:
+        """Partial sums may wrap around to any slot (pooling rotates left)."""
         return self.source.slots
 
     @cached_property
