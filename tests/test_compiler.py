@@ -62,11 +62,12 @@ def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout, 
     size = 8 // gap
     src = Layout(cin, size, size, gap, SLOTS)
     dst = src.strided(cout, stride)
-    lm = LinearMap(*conv_matrix(*fold_bn(conv, bn), stride, 1, src, dst), input_span=src.span if fold else None)
+    matrix, bias = conv_matrix(*fold_bn(conv, bn), stride, 1, src, dst)
+    lm = LinearMap.fold(matrix, bias, input_span=src.span) if fold else LinearMap(matrix, bias)
     if fold:  # the input fills 1/8 of the slots: replicated, the map needs fewer diagonals
-        unfolded = LinearMap(lm.matrix, lm.bias)
+        unfolded = LinearMap(matrix, bias)
         assert lm.period < SLOTS and len(lm.offsets) < len(unfolded.offsets)
-        assert unfolded.period == SLOTS
+        assert unfolded.period == SLOTS and LinearMap.fold(matrix, bias).period == SLOTS
     x = torch.rand(1, cin, size, size, generator=gen) - 0.5
     want = bn(conv(x)).detach().double().numpy()[0]
     packed = src.pack(x.double().numpy()[0])
@@ -108,7 +109,7 @@ def test_folding_needs_zeros_outside_the_span():
     src = Layout(4, 8, 8, 1, SLOTS)
     conv = nn.Conv2d(4, 4, 3, 1, 1, bias=False)
     matrix, bias = conv_matrix(*fold_bn(conv, None), 1, 1, src, src)
-    lm = LinearMap(matrix, bias, input_span=src.span)
+    lm = LinearMap.fold(matrix, bias, input_span=src.span)
     assert lm.period == 256 and {SLOTS - 256, SLOTS - 512, SLOTS - 1024} <= lm.rotations()
     x = src.pack(np.random.default_rng(1).uniform(-1, 1, (4, 8, 8)))
     assert np.max(np.abs(lm.twin(x) - (matrix @ x + bias))) < 1e-12

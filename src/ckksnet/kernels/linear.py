@@ -34,16 +34,41 @@ import scipy.sparse as sp
 
 @dataclass
 class LinearMap:
-    """y = matrix @ x + bias over ``slots`` slots; ``matrix`` is (slots, slots) sparse.
+    """y = matrix @ replicate(x) + bias over ``slots`` slots; ``matrix`` is (slots, slots)
+    sparse, already folded when ``period`` < slots (build folded maps with :meth:`fold`).
 
-    ``input_span``: the input is zero outside slots [0, input_span) (None: may fill every slot);
-    a span of at most half the slots lets the map fold its diagonals (see the module doc).
+    ``period``: the input is replicated with this period first (None: no replication).
     """
 
     matrix: sp.csr_matrix
     bias: np.ndarray
     name: str = "linear"
-    input_span: int | None = None
+    period: int | None = None
+
+    def __post_init__(self) -> None:
+        self.period = self.period or self.slots
+
+    @classmethod
+    def fold(cls, matrix: sp.spmatrix, bias: np.ndarray, name: str = "linear",
+             input_span: int | None = None) -> "LinearMap":
+        """The map y = matrix @ x + bias for inputs that are zero outside slots
+        [0, input_span), folded with the replication period that needs the fewest diagonals:
+        the smallest power of two P >= input_span that divides the slots, if it saves any.
+        Entry (r, c) moves to column r + ((c - r) mod P), the copy of c on a diagonal below P."""
+        coo = sp.coo_matrix(matrix)
+        s = coo.shape[0]
+        span = input_span or s
+        if coo.nnz and span <= s and not s & (s - 1) and coo.col.max() < span:
+            best, count = s, len(np.unique((coo.col - coo.row) % s))
+            p = s // 2
+            while p >= span:
+                c = len(np.unique((coo.col - coo.row) % p))
+                best, count = (p, c) if c < count else (best, count)
+                p //= 2
+            if best < s:
+                cols = (coo.row + (coo.col - coo.row) % best) % s
+                return cls(sp.csr_matrix((coo.data, (coo.row, cols)), shape=coo.shape), bias, name, best)
+        return cls(sp.csr_matrix(matrix), bias, name)
 
     @property
     def slots(self) -> int:
@@ -51,38 +76,9 @@ class LinearMap:
 
     def scaled(self, factor: float, bias_divisor: float) -> "LinearMap":
         """The same map with matrix * factor and bias / bias_divisor (scale folding)."""
-        return LinearMap(self.matrix * factor, self.bias / bias_divisor, self.name, self.input_span)
+        return LinearMap(self.matrix * factor, self.bias / bias_divisor, self.name, self.period)
 
-    # ---------------------------------------------------------------- folding
-    @cached_property
-    def period(self) -> int:
-        """Replication period P (slots: none). The smallest power of two that holds the input
-        span and divides the slots, if it reduces the diagonal count."""
-        span, s = self.input_span or self.slots, self.slots
-        coo = self.matrix.tocoo()
-        if span > s or coo.nnz == 0 or s & (s - 1):
-            return s
-        best, count = s, len(np.unique((coo.col - coo.row) % s))
-        p = s // 2
-        while p >= span and p >= 1:
-            if coo.col.max() >= p:
-                break
-            c = len(np.unique((coo.col - coo.row) % p))
-            if c < count:
-                best, count = p, c
-            p //= 2
-        return best
-
-    @cached_property
-    def folded(self) -> sp.coo_matrix:
-        """The matrix the ciphertext sees: entry (r, c) moved to column r + ((c - r) mod P), the
-        copy of c whose diagonal index is below P (identical to ``matrix`` when P = slots)."""
-        coo = self.matrix.tocoo()
-        if self.period == self.slots:
-            return coo
-        cols = (coo.row + (coo.col - coo.row) % self.period) % self.slots
-        return sp.coo_matrix((coo.data, (coo.row, cols)), shape=coo.shape)
-
+    # ---------------------------------------------------------------- replication
     def replicate_twin(self, x: np.ndarray) -> np.ndarray:
         """x'[i] = sum_k x[i - kP] on float64 slots (what the encrypted replication computes)."""
         span = self.period
@@ -101,36 +97,33 @@ class LinearMap:
 
     # ---------------------------------------------------------------- diagonals
     @cached_property
-    def _by_diagonal(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(offsets, bounds, rows, data): the folded entries sorted by diagonal index."""
-        coo = self.folded
+    def offsets(self) -> np.ndarray:
+        """Sorted indices d of the non-zero generalized diagonals (cheap: no dense vectors)."""
+        coo = self.matrix.tocoo()
+        return np.unique((coo.col - coo.row) % self.slots)
+
+    def _sorted_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bounds, rows, data): entries sorted by diagonal; diagonal offsets[i] holds
+        rows[bounds[i]:bounds[i + 1]]. Built per use, not kept: 50-100 MB for a stage-3 layer."""
+        coo = self.matrix.tocoo()
         d = (coo.col - coo.row) % self.slots
         order = np.argsort(d, kind="stable")
         d, rows, data = d[order], coo.row[order], coo.data[order]
-        offsets = np.unique(d)
-        bounds = np.searchsorted(d, offsets, side="left").tolist() + [len(d)]
-        return offsets, np.asarray(bounds), rows, data
+        bounds = np.searchsorted(d, self.offsets, side="left").tolist() + [len(d)]
+        return np.asarray(bounds), rows, data
 
-    @property
-    def offsets(self) -> np.ndarray:
-        """Sorted indices d of the non-zero generalized diagonals of the folded matrix."""
-        return self._by_diagonal[0]
-
-    def _diagonal(self, i: int) -> np.ndarray:
-        _, bounds, rows, data = self._by_diagonal
-        vec = np.zeros(self.slots)
-        np.add.at(vec, rows[bounds[i]:bounds[i + 1]], data[bounds[i]:bounds[i + 1]])
-        return vec
+    def _vectors(self, which: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(i, dense diag_offsets[i]) for the diagonal numbers ``which``."""
+        bounds, rows, data = self._sorted_entries()
+        for i in which:
+            vec = np.zeros(self.slots)
+            np.add.at(vec, rows[bounds[i]:bounds[i + 1]], data[bounds[i]:bounds[i + 1]])
+            yield int(i), vec
 
     def diagonals(self) -> dict[int, np.ndarray]:
         """{d: diag_d} as dense vectors, built on demand and not kept (ResNet-20's take
         gigabytes; the twin never needs them)."""
-        out = {}
-        for i, k in enumerate(self.offsets):
-            vec = self._diagonal(i)
-            if np.any(vec):
-                out[int(k)] = vec
-        return out
+        return {int(self.offsets[i]): v for i, v in self._vectors(np.arange(len(self.offsets))) if np.any(v)}
 
     @cached_property
     def baby_size(self) -> int:
@@ -149,14 +142,16 @@ class LinearMap:
         n1 = self.baby_size
         offsets = self.offsets
         giants = offsets // n1
-        for g in np.unique(giants):
-            group = {}
-            for i in np.nonzero(giants == g)[0]:
-                vec = self._diagonal(int(i))
-                if np.any(vec):
-                    group[int(offsets[i] - g * n1)] = np.roll(vec, int(g) * n1)
-            if group:
-                yield int(g), group
+        g, group = None, {}
+        for i, vec in self._vectors(np.argsort(giants, kind="stable")):
+            if giants[i] != g:
+                if group:
+                    yield int(g), group
+                g, group = giants[i], {}
+            if np.any(vec):
+                group[int(offsets[i] - g * n1)] = np.roll(vec, int(g) * n1)
+        if group:
+            yield int(g), group
 
     def steps(self) -> dict[int, dict[int, np.ndarray]]:
         """{giant g: {baby j: plaintext}} for every group at once (for tests and inspection)."""
@@ -175,10 +170,10 @@ class LinearMap:
 
     # ---------------------------------------------------------------- evaluation
     def twin(self, x: np.ndarray) -> np.ndarray:
-        """(batch, slots) or (slots,) float64 -> same shape: the folded map on the replicated
-        input, which is the exact linear map wherever the input is zero outside its span."""
+        """(batch, slots) or (slots,) float64 -> same shape: the (folded) matrix on the replicated
+        input, which is the exact layer wherever the input is zero outside its span."""
         x = self.replicate_twin(np.asarray(x, dtype=np.float64))
-        return (self.folded.tocsr() @ x.T).T + self.bias
+        return (self.matrix @ x.T).T + self.bias
 
     def twin_bsgs(self, x: np.ndarray) -> np.ndarray:
         """The encrypted algorithm on one float64 vector (numpy rotations); used to test it."""
