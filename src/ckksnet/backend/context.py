@@ -311,14 +311,17 @@ class CkksServer(CkksContext):
                     first.add(idx)
                 idx = prev
         cache: dict[int, Ciphertext] = {0: ct, **self.rotate_many(ct, sorted(first))}
-
-        def reach(idx: int) -> Ciphertext:
-            if idx not in cache:
+        # iterative on purpose: a recursive closure is a reference cycle that would keep every
+        # rotated ciphertext in ``cache`` alive until Python's cycle collector happens to run
+        for k in ks:
+            chain, idx = [], k % self.slots
+            while idx not in cache:
+                chain.append(idx)
+                idx = parent[idx][0]
+            for idx in reversed(chain):
                 prev, step = parent[idx]
-                cache[idx] = self.cc.EvalRotate(reach(prev), self._rotation_index(step))
-            return cache[idx]
-
-        return {k: reach(k % self.slots) for k in ks}
+                cache[idx] = self.cc.EvalRotate(cache[prev], self._rotation_index(step))
+        return {k: cache[k % self.slots] for k in ks}
 
     # ---------------------------------------------------------------- levels and bootstrapping
     def bootstrap(self, ct: Ciphertext) -> Ciphertext:

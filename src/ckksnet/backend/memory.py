@@ -47,3 +47,12 @@ def trim() -> None:
 def peak_rss_gb() -> float:
     """This process's peak resident set size so far, GiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def rss_gb() -> float:
+    """This process's resident set size now, GiB (Linux; 0.0 where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**30
+    except OSError:
+        return 0.0

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -16,7 +17,7 @@ import psutil
 from tqdm import tqdm
 
 from ckksnet.backend import CkksClient, CkksServer
-from ckksnet.backend.memory import peak_rss_gb, trim
+from ckksnet.backend.memory import peak_rss_gb, rss_gb, trim
 from ckksnet.compiler.plan import Plan
 from ckksnet.errors import ContextMismatchError
 
@@ -24,7 +25,8 @@ from ckksnet.errors import ContextMismatchError
 @dataclass
 class StepReport:
     """One step of an encrypted run. Times in seconds, levels = levels left, memory in GiB
-    (``peak_rss_gb``: the process high-water mark so far)."""
+    (``peak_rss_gb``: the process high-water mark so far; ``rss_gb``: resident after the step,
+    once its dead ciphertexts are freed)."""
 
     name: str
     kind: str
@@ -35,6 +37,7 @@ class StepReport:
     bootstrap_seconds: float
     rotations: int
     peak_rss_gb: float
+    rss_gb: float = 0.0
 
 
 @dataclass
@@ -143,5 +146,7 @@ class Server:
             for v in ins:
                 if last.get(v) == i:
                     vals.pop(v, None)  # free ciphertexts no later step reads
+            gc.collect()  # a cycle anywhere (a kernel's closure) would keep ciphertexts alive
             trim()
+            self.report.steps[-1].rss_gb = rss_gb()
         return vals[net.output]
