@@ -79,20 +79,25 @@ class LinearMap:
         return LinearMap(self.matrix * factor, self.bias / bias_divisor, self.name, self.period)
 
     # ---------------------------------------------------------------- replication
+    @property
+    def shifts(self) -> list[int]:
+        """Replication doubles the copies: shifts P, 2P, ... below the slot count."""
+        out, span = [], self.period
+        while span < self.slots:
+            out.append(span)
+            span *= 2
+        return out
+
     def replicate_twin(self, x: np.ndarray) -> np.ndarray:
         """x'[i] = sum_k x[i - kP] on float64 slots (what the encrypted replication computes)."""
-        span = self.period
-        while span < self.slots:
+        for span in self.shifts:
             x = x + np.roll(x, span, axis=-1)
-            span *= 2
         return x
 
     def replicate(self, server, ct):
         """x' = x + rot(x, -P) + ...: log2(S / P) rotations, no level."""
-        span = self.period
-        while span < self.slots:
+        for span in self.shifts:
             ct = server.add(ct, server.rotate_composed(ct, [-span])[-span])
-            span *= 2
         return ct
 
     # ---------------------------------------------------------------- diagonals
@@ -119,11 +124,6 @@ class LinearMap:
             vec = np.zeros(self.slots)
             np.add.at(vec, rows[bounds[i]:bounds[i + 1]], data[bounds[i]:bounds[i + 1]])
             yield int(i), vec
-
-    def diagonals(self) -> dict[int, np.ndarray]:
-        """{d: diag_d} as dense vectors, built on demand and not kept (ResNet-20's take
-        gigabytes; the twin never needs them)."""
-        return {int(self.offsets[i]): v for i, v in self._vectors(np.arange(len(self.offsets))) if np.any(v)}
 
     @cached_property
     def baby_size(self) -> int:
@@ -153,20 +153,12 @@ class LinearMap:
         if group:
             yield int(g), group
 
-    def steps(self) -> dict[int, dict[int, np.ndarray]]:
-        """{giant g: {baby j: plaintext}} for every group at once (for tests and inspection)."""
-        return dict(self.groups())
-
     def rotations(self) -> set[int]:
         """Rotation indices this map needs (replication included)."""
         n1 = self.baby_size
         ds = self.offsets.astype(np.int64)
         out = {int(j) for j in np.unique(ds % n1) if j} | {int(g) * n1 for g in np.unique(ds // n1) if g}
-        span = self.period
-        while span < self.slots:
-            out.add(self.slots - span)
-            span *= 2
-        return out
+        return out | {self.slots - span for span in self.shifts}
 
     # ---------------------------------------------------------------- evaluation
     def twin(self, x: np.ndarray) -> np.ndarray:
