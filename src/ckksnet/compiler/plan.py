@@ -132,13 +132,14 @@ class Plan:
 
     def twin_packed(self, packed: np.ndarray, noise=None, rng: np.random.Generator | None = None) -> np.ndarray:
         vals = {self.input: packed}
+        used = lambda v: np.asarray(self.values[v].layout.index).ravel()  # noqa: E731
         if noise is not None:
-            vals[self.input] = noise.perturb("input", packed, rng)
+            vals[self.input] = noise.perturb("input", packed, rng, used(self.input))
         last = self.last_use()
         for i, (step, ins, out) in enumerate(self.steps):
             vals[out] = step.twin([vals[v] for v in ins])
             if noise is not None:
-                vals[out] = noise.perturb(step.name, vals[out], rng)
+                vals[out] = noise.perturb(step.name, vals[out], rng, used(out))
             for v in ins:
                 if last.get(v) == i and v != self.output:
                     vals.pop(v, None)

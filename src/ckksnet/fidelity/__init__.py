@@ -28,16 +28,31 @@ _BUNDLED = Path(__file__).parent
 
 @dataclass
 class NoiseModel:
-    """Per-step standard deviation of the error CKKS adds, in stored (scaled) slot units."""
+    """Per-step standard deviation of the error CKKS adds, in stored (scaled) slot units.
+
+    ``factor`` scales every deviation: it is fitted so that the twin's logit deviations match
+    encrypted runs (``benchmarks/noise_check.py --fit``); the per-step figures are measured.
+    """
 
     preset: str
     steps: dict[str, float] = field(default_factory=dict)
     input: float = 0.0  # encryption and encoding
     source: str = ""  # how it was measured
+    factor: float = 1.0
+    fit: str = ""  # how the factor was fitted
 
-    def perturb(self, name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        sd = self.input if name == "input" else self.steps.get(name, 0.0)
-        return x + rng.normal(0.0, sd, x.shape) if sd > 0 else x
+    def perturb(self, name: str, x: np.ndarray, rng: np.random.Generator,
+                used: np.ndarray | None = None) -> np.ndarray:
+        """``x`` (batch, slots) plus Gaussian error on the ``used`` slots (all if None): the
+        probe measures the error there, and slots a layout leaves empty stay as they were."""
+        sd = self.factor * (self.input if name == "input" else self.steps.get(name, 0.0))
+        if sd <= 0:
+            return x
+        if used is None:
+            return x + rng.normal(0.0, sd, x.shape)
+        out = x.copy()
+        out[..., used] += rng.normal(0.0, sd, x.shape[:-1] + (len(used),))
+        return out
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -101,6 +116,15 @@ def summarize(plain: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------- resumable encrypted runs
+def plan_identity(plan) -> dict:
+    """What makes two encrypted runs comparable: preset, step count, and every ReLU's alpha,
+    eps and bound B (the margin and the calibration show up in B). JSON-normalized."""
+    identity = {"preset": plan.preset.name, "steps": len(plan.steps),
+                "relu": [[s.name, s.relu.sign.alpha, s.relu.sign.eps, s.relu.bound]
+                         for s, _, _ in plan.steps if s.kind == "relu"]}
+    return json.loads(json.dumps(identity))
+
+
 class EncryptedLog:
     """One JSON line per finished encrypted image, so an interrupted run loses nothing done.
     The first line records what the run is (plan settings); a different run refuses the file."""
@@ -175,11 +199,7 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
         for i in tqdm(range(0, twin, batch_size), desc="twin", disable=not progress, unit="batch")
     ]) if twin else np.zeros((0, plain.shape[1]))
     relus = plan.relu_reports()
-    identity = {"preset": plan.preset.name, "steps": len(plan.steps),
-                "relu": [[s.name, s.relu.sign.alpha, s.relu.sign.eps, s.relu.bound]
-                         for s, _, _ in plan.steps if s.kind == "relu"]}
-    identity = json.loads(json.dumps(identity))
-    log = EncryptedLog(state, identity)
+    log = EncryptedLog(state, plan_identity(plan))
     records = run_encrypted(plan, images[:encrypted], list(range(encrypted)), log, progress, client_factory)
     enc_logits = np.array([r["logits"] for r in records]).reshape(len(records), plain.shape[1])
     return {
