@@ -105,3 +105,15 @@ def test_noise_probe_and_noisy_twin(tiny, tmp_path):
     assert 0 < twin_err and 0.05 < twin_err / enc_err < 20
     with pytest.raises(DataError):
         NoiseModel.load(tmp_path / "missing.json")
+
+
+def test_noise_model_perturbs_only_used_slots_and_scales_by_its_factor():
+    x = np.zeros((2000, 8))
+    used = np.array([1, 4, 6])
+    model = NoiseModel("test", {"step": 0.5})
+    out = model.perturb("step", x, np.random.default_rng(0), used)
+    assert np.all(out[:, [0, 2, 3, 5, 7]] == 0)  # empty slots stay as the layout left them
+    assert out[:, used].std() == pytest.approx(0.5, rel=0.05)
+    model.factor = 0.1
+    assert model.perturb("step", x, np.random.default_rng(0), used)[:, used].std() == pytest.approx(0.05, rel=0.05)
+    assert np.all(model.perturb("other", x, np.random.default_rng(0), used) == 0)  # unmeasured step: exact
