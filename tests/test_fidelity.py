@@ -12,7 +12,7 @@ import torch
 from ckksnet.backend import InsecurePresetWarning
 from ckksnet.compiler import compile
 from ckksnet.errors import DataError
-from ckksnet.fidelity import EncryptedLog, NoiseModel, NoiseProbe, evaluate, summarize
+from ckksnet.fidelity import EncryptedLog, NoiseModel, NoiseProbe, encrypted_sample, evaluate, summarize
 from ckksnet.runtime import Client, Server
 from tests.test_compiler import IMAGES, _tiny_resnet
 
@@ -74,6 +74,7 @@ def test_fidelity_report_and_resume(tiny, tmp_path):
     second = evaluate(plan, model, IMAGES, LABELS, twin=0, encrypted=2, state=state, progress=False,
                       client_factory=factory)
     assert second["encrypted"]["images"] == 2 and len(made) == 2
+    assert second["encrypted"]["indices"][:1] == first["encrypted"]["indices"]  # the sample grows by a prefix
     assert len(state.read_text().splitlines()) == 3
     assert second["encrypted"]["identical_top1"] == 100.0
     again = evaluate(plan, model, IMAGES, LABELS, twin=0, encrypted=2, state=state, progress=False,
@@ -117,3 +118,9 @@ def test_noise_model_perturbs_only_used_slots_and_scales_by_its_factor():
     model.factor = 0.1
     assert model.perturb("step", x, np.random.default_rng(0), used)[:, used].std() == pytest.approx(0.05, rel=0.05)
     assert np.all(model.perturb("other", x, np.random.default_rng(0), used) == 0)  # unmeasured step: exact
+
+
+def test_encrypted_sample_is_a_stable_spread_prefix():
+    small, large = encrypted_sample(10_000, 5), encrypted_sample(10_000, 20)
+    assert large[:5] == small and len(set(large)) == 20
+    assert max(large) // 1000 != min(large) // 1000  # not one class of a class-ordered split

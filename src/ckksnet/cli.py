@@ -155,7 +155,7 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
 def _add_fidelity(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fidelity", help="plaintext vs twin vs encrypted on the CIFAR-10 test split")
     p.add_argument("--twin", type=int, default=10_000, help="images for the cleartext twin")
-    p.add_argument("--encrypted", type=int, default=0, help="images run encrypted (the first K)")
+    p.add_argument("--encrypted", type=int, default=0, help="images run encrypted (the first K of a fixed permutation of the test split)")
     p.add_argument("--state", default="runs/fidelity/encrypted.jsonl",
                    help="resumable record of encrypted images (finished ones are never rerun)")
     p.add_argument("--preset", default="secure")

@@ -167,18 +167,25 @@ def run_encrypted(plan, images: np.ndarray, indices: list[int], log: EncryptedLo
             rep = server.report.to_dict()
             log.add({"index": int(i), "logits": [float(v) for v in logits], "seconds": round(time.time() - t, 2),
                      "bootstraps": rep["bootstraps"], "bootstrap_seconds": round(rep["bootstrap_seconds"], 2),
-                     "peak_rss_gb": round(rep["peak_rss_gb"], 2), "report": rep if not log.records else None})
+                     "peak_rss_gb": round(rep["peak_rss_gb"], 2), "report": rep})
             if on_image:
                 on_image(log.records[int(i)])
     return [log.records[int(i)] for i in indices]
+
+
+def encrypted_sample(n_images: int, k: int) -> list[int]:
+    """Indices of the images run encrypted: the first ``k`` of a fixed permutation of the split,
+    so the sample spans every class (test splits are often stored class by class) and a resumed
+    run with a larger ``k`` extends it rather than starting over."""
+    return [int(i) for i in np.random.default_rng(0).permutation(n_images)[:k]]
 
 
 def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, encrypted: int,
              state: str | os.PathLike | None = None, noise: NoiseModel | None = None,
              progress: bool = True, client_factory: Callable | None = None,
              batch_size: int = 256) -> dict:
-    """The fidelity report for the first ``twin`` images (twin) and first ``encrypted`` images
-    (encrypted) of ``images`` (uint8 NHWC) with their ``labels``.
+    """The fidelity report for the first ``twin`` images (twin) and a sample of ``encrypted``
+    images (:func:`encrypted_sample`) of ``images`` (uint8 NHWC) with their ``labels``.
 
     ``state``: the resumable record of encrypted images (JSON lines); ``noise``: the twin's
     noise model (None: exact twin).
@@ -187,37 +194,42 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
 
     from ckksnet.training.train import to_tensor
 
-    n = max(twin, encrypted)
-    if n > len(images):
-        raise DataError(f"asked for {n} images, the data set has {len(images)}")
-    with torch.no_grad():
-        plain = np.concatenate([model(to_tensor(images[i:min(i + 500, n)])).double().numpy()
-                                for i in range(0, n, 500)]) if n else np.zeros((0, 10))
+    if max(twin, encrypted) > len(images):
+        raise DataError(f"asked for {max(twin, encrypted)} images, the data set has {len(images)}")
+    idx = encrypted_sample(len(images), encrypted)
+
+    def plain_logits(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([model(to_tensor(x[i:i + 500])).double().numpy()
+                                   for i in range(0, len(x), 500)]) if len(x) else np.zeros((0, 10))
+
+    plain, plain_enc = plain_logits(images[:twin]), plain_logits(images[idx])
     plan.reset_reports()
     twin_logits = np.concatenate([
         plan.twin(images[i:min(i + batch_size, twin)], noise=noise, seed=i)
         for i in tqdm(range(0, twin, batch_size), desc="twin", disable=not progress, unit="batch")
     ]) if twin else np.zeros((0, plain.shape[1]))
     relus = plan.relu_reports()
+    twin_enc = plan.twin(images[idx], noise=noise, seed=len(images)) if idx else np.zeros((0, plain.shape[1]))
     log = EncryptedLog(state, plan_identity(plan))
-    records = run_encrypted(plan, images[:encrypted], list(range(encrypted)), log, progress, client_factory)
+    records = run_encrypted(plan, images[idx], idx, log, progress, client_factory)
     enc_logits = np.array([r["logits"] for r in records]).reshape(len(records), plain.shape[1])
+    plain_set, plain_lab = (plain, labels[:twin]) if twin else (plain_enc, labels[idx])
     return {
         "preset": plan.preset.name,
         "noise_model": (noise.source or "measured") if noise else "off",
-        "plain": {"images": n, "accuracy": round(100.0 * float(np.mean(plain.argmax(1) == labels[:n])), 3)
-                  if n else None},
-        "twin": summarize(plain[:twin], twin_logits, labels[:twin]),
-        "encrypted": summarize(plain[:encrypted], enc_logits, labels[:encrypted])
-        | {"seconds_per_image": round(float(np.mean([r["seconds"] for r in records])), 1) if records else None},
-        "twin_on_encrypted_images": summarize(plain[:min(twin, encrypted)], twin_logits[:encrypted],
-                                              labels[:min(twin, encrypted)]),
+        "plain": {"images": len(plain_set), "accuracy": round(100.0 * float(np.mean(
+            plain_set.argmax(1) == plain_lab)), 3) if len(plain_set) else None},
+        "twin": summarize(plain, twin_logits, labels[:twin]),
+        "encrypted": summarize(plain_enc, enc_logits, labels[idx])
+        | {"indices": idx,
+           "seconds_per_image": round(float(np.mean([r["seconds"] for r in records])), 1) if records else None},
+        "twin_on_encrypted_images": summarize(plain_enc, twin_enc, labels[idx]),
         "relu_inputs_outside_bound": {"total": sum(r["outside"] for r in relus.values()),
                                       "values": sum(r["total"] for r in relus.values()),
                                       "per_relu": {k: r["outside"] for k, r in relus.items() if r["outside"]}},
-        "logit_errors": {"twin": (twin_logits - plain[:twin]).ravel().tolist() if twin <= 2000 else
-                         (twin_logits[:2000] - plain[:2000]).ravel().tolist(),
-                         "encrypted": (enc_logits - plain[:encrypted]).ravel().tolist()},
+        "logit_errors": {"twin": (twin_logits[:2000] - plain[:2000]).ravel().tolist(),
+                         "encrypted": (enc_logits - plain_enc).ravel().tolist()},
         "profile": profile(next((r["report"] for r in records if r.get("report")), None)),
     }
 
