@@ -4,8 +4,8 @@
 
 Encrypted logits come from two places: benchmarks/resnet20_last.json (written by resnet20.py,
 which also measured the noise model; official test images from foolbox) and the resumable
-record of ``ckksnet fidelity --encrypted K`` (CIFAR-10 JPEG copy test images 0..K-1), when it
-exists and matches the compiled plan. For every image, the encrypted deviation from the exact
+record of ``ckksnet fidelity --encrypted K`` (CIFAR-10 JPEG copy test images, every one on
+record), when it exists and matches the compiled plan. For every image, the encrypted deviation from the exact
 twin, max |logit - exact twin|, is compared with the noisy twin's (one draw per seed).
 
 Stated tolerance: every image's encrypted deviation lies within a factor 3 of the noisy twin's
@@ -25,8 +25,7 @@ import numpy as np
 from _results import machine, replace_section, today
 from ckksnet.compiler import compile
 from ckksnet.data import load_cifar10
-from ckksnet import fidelity
-from ckksnet.fidelity import EncryptedLog, NoiseModel, bundled_noise, plan_identity
+from ckksnet.fidelity import EncryptedLog, NoiseModel, bundled_noise, bundled_noise_path, plan_identity
 from ckksnet.models import load_bundled
 
 HEADER = "## Noise model check (benchmarks/noise_check.py)"
@@ -81,7 +80,7 @@ def fit_factor(net, noise: NoiseModel, records: list[dict], seeds: int) -> None:
     noise.factor = round(ratio, 3)
     names = ", ".join(f"{r['source']} {r['index']}" for r in records)
     noise.fit = f"fitted {today()} on {len(records)} encrypted images ({names}) by benchmarks/noise_check.py --fit"
-    noise.save(Path(fidelity.__file__).parent / f"noise_{noise.preset}.json")
+    noise.save(bundled_noise_path(noise.preset))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     if noise is None:
         raise SystemExit(f"no noise model shipped for {run['preset']}: run benchmarks/resnet20.py first")
     records = encrypted_records(run, net, Path(args.state) if args.state else None, args.data)
+    n_fit = max(1, len(records) // 2) if args.fit else len(records)
     if args.fit:
-        fit_factor(net, noise, records[: max(1, len(records) // 2)], args.seeds)
+        fit_factor(net, noise, records[:n_fit], args.seeds)
     rows = [check(net, noise, rec, args.seeds) for rec in records]
     pooled = pool(rows)
-    held = rows[max(1, len(rows) // 2):] if noise.fit else []
+    held = rows[n_fit:]  # images this run's fit did not see (none without --fit)
     if held:
         pooled["held_out"] = pool(held)
     replace_section(HEADER, render(rows, pooled, noise, args, argv))

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from _results import machine, replace_section, today
-from ckksnet import fidelity, inference
-from ckksnet.fidelity import NoiseModel
+from ckksnet import inference
+from ckksnet.fidelity import NoiseModel, bundled_noise_path
 
 HEADER = "## ResNet-20 encrypted inference (benchmarks/resnet20.py)"
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     res = inference.run(args.images, "secure", alpha=args.alpha, eps_bits=args.eps_bits, progress=True,
                         on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=True)
     # the per-step CKKS error of this run is the twin's noise model for the secure preset
-    NoiseModel(**res["noise_model"]).save(Path(fidelity.__file__).parent / "noise_secure.json")
+    NoiseModel(**res["noise_model"]).save(bundled_noise_path("secure"))
     (Path(__file__).parent / "resnet20_last.json").write_text(json.dumps(res, indent=1) + "\n")
     replace_section(HEADER, section(res, argv))
     print(json.dumps({k: v for k, v in res.items() if k != "report"}, indent=1))

@@ -67,9 +67,14 @@ class NoiseModel:
             raise DataError(f"{path}: not a ckksnet noise model ({exc})") from exc
 
 
+def bundled_noise_path(preset: str) -> Path:
+    """Where the package ships the noise model of ``preset`` (written by the benchmarks)."""
+    return _BUNDLED / f"noise_{preset}.json"
+
+
 def bundled_noise(preset: str) -> NoiseModel | None:
     """The noise model measured for ``preset`` and shipped with the package, if any."""
-    path = _BUNDLED / f"noise_{preset}.json"
+    path = bundled_noise_path(preset)
     return NoiseModel.load(path) if path.exists() else None
 
 
