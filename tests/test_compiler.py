@@ -54,7 +54,8 @@ IMAGES = np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8
 
 # ---------------------------------------------------------------- kernels against torch
 @pytest.mark.parametrize("stride, gap, cin, cout, fold", [(1, 1, 4, 4, False), (2, 1, 4, 8, False), (1, 2, 8, 8, False),
-                                                         (2, 2, 8, 16, False), (1, 1, 4, 4, True), (2, 2, 8, 16, True)])
+                                                         (2, 2, 8, 16, False), (1, 1, 4, 4, True), (2, 2, 8, 16, True),
+                                                         (1, 1, 4, 4, "lanes"), (2, 2, 8, 16, "lanes")])
 def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout, fold):
     gen = torch.Generator().manual_seed(stride * 10 + gap)
     conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -63,11 +64,15 @@ def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout, 
     src = Layout(cin, size, size, gap, SLOTS)
     dst = src.strided(cout, stride)
     matrix, bias = conv_matrix(*fold_bn(conv, bn), stride, 1, src, dst)
-    lm = LinearMap.fold(matrix, bias, input_span=src.span) if fold else LinearMap(matrix, bias)
+    lm = LinearMap.fold(matrix, bias, input_span=src.span, lanes=fold == "lanes") if fold else LinearMap(matrix, bias)
     if fold:  # the input fills 1/8 of the slots: replicated, the map needs fewer diagonals
         unfolded = LinearMap(matrix, bias)
         assert lm.period < SLOTS and len(lm.offsets) < len(unfolded.offsets)
         assert unfolded.period == SLOTS and LinearMap.fold(matrix, bias).period == SLOTS
+    if fold == "lanes":  # 8 lanes: each product serves up to 8 diagonals, for one more level
+        folded = LinearMap.fold(matrix, bias, input_span=src.span, lanes=False)
+        assert lm.lanes == SLOTS // lm.period > 1 and lm.levels() == 2 and folded.levels() == 1
+        assert len(lm.offsets) * 2 < len(folded.offsets)
     x = torch.rand(1, cin, size, size, generator=gen) - 0.5
     want = bn(conv(x)).detach().double().numpy()[0]
     packed = src.pack(x.double().numpy()[0])
@@ -171,9 +176,12 @@ def test_bad_images_are_rejected():
 
 
 # ---------------------------------------------------------------- the whole network, encrypted
-def test_encrypted_network_matches_plaintext_and_twin():
+@pytest.mark.parametrize("lanes", [None, True])
+def test_encrypted_network_matches_plaintext_and_twin(lanes):
     model = _tiny_resnet()
-    plan = compile(model, calibration=IMAGES, preset="test", image_size=(8, 8))
+    plan = compile(model, calibration=IMAGES, preset="test", image_size=(8, 8), lanes=lanes)
+    laned = [s.kernel.lanes for s, _, _ in plan.steps if s.kind == "linear" and s.kernel.lanes > 1]
+    assert bool(laned) == bool(lanes)  # the cost model keeps this small net out of lanes
     client = Client(plan)
     server = Server(plan, client.evaluation_keys())
     assert not hasattr(server.ckks, "decrypt")

@@ -26,7 +26,8 @@ class _Tracer(fx.Tracer):
 def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
                   preset: str | Preset = "secure", image_size: tuple[int, int] = (32, 32),
                   alpha: int = 13, eps_bits: int = 9, margin: float = 1.5,
-                  relu_alpha: dict[str, int] | None = None, rotation_keys: str = "reuse") -> Plan:
+                  relu_alpha: dict[str, int] | None = None, rotation_keys: str = "reuse",
+                  lanes: bool | None = None) -> Plan:
     """Compile a trained model (eval mode) into an encrypted-inference plan.
 
     calibration: uint8 NHWC images (ReLU input ranges are measured on them) or a dict
@@ -39,6 +40,9 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     (at most 4 key switches at the secure preset, no extra key memory); "pow2" adds keys for
     +-2^i (up to 27 keys, ~3 GB at the secure preset); "direct" one key per rotation index the
     kernels use (fewest key switches, but ~200 keys for ResNet-20: too much memory at N = 2^16).
+    ``lanes``: evaluate folded linear maps in lanes (2 levels instead of 1, a quarter of the
+    products for ResNet-20's stage 3; see :mod:`ckksnet.kernels.linear`): None where the cost
+    model says it pays, True wherever possible, False never.
     """
     if rotation_keys not in ("reuse", "pow2", "direct"):
         raise CompileError(f"rotation_keys must be 'reuse', 'pow2' or 'direct', not {rotation_keys!r}")
@@ -48,7 +52,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     plan = Plan(preset=preset, rotation_keys=rotation_keys)
-    ctx = LoweringContext(plan, preset.slots, {"alpha": alpha, "eps_bits": eps_bits})
+    ctx = LoweringContext(plan, preset.slots, {"alpha": alpha, "eps_bits": eps_bits, "lanes": lanes})
     env: dict[str, Value] = {}
     for node in graph.nodes:
         if node.op == "placeholder":

@@ -17,12 +17,18 @@ from ckksnet.layout import PooledLayout, VectorLayout
 from ckksnet.models.resnet import Normalize, PadShortcut
 
 
+def _linear(ctx: LoweringContext, name: str, matrix, bias, src: Value, dst) -> Value:
+    """A linear step from src to a new value with layout dst, folded (and in lanes) as it pays."""
+    kernel = LinearMap.fold(matrix, bias, name, src.layout.span, ctx.options.get("lanes"))
+    return ctx.add_step(LinearStep(name, kernel), [src], ctx.new_value(dst))
+
+
 def _emit_conv(ctx: LoweringContext, pending: dict, bn: nn.BatchNorm2d | None, name: str) -> Value:
     conv, src = pending["conv"], pending["input"]
     w, b = fold_bn(conv, bn)
     dst = src.layout.strided(conv.out_channels, conv.stride[0])
     matrix, bias = conv_matrix(w, b, conv.stride[0], conv.padding[0], src.layout, dst)
-    return ctx.add_step(LinearStep(name, LinearMap.fold(matrix, bias, name, src.layout.span)), [src], ctx.new_value(dst))
+    return _linear(ctx, name, matrix, bias, src, dst)
 
 
 def materialize(ctx: LoweringContext, v: Value) -> Value:
@@ -75,7 +81,7 @@ def lower_pad_shortcut(ctx, node, module: PadShortcut, args):
     src = materialize(ctx, args[0])
     dst = src.layout.strided(module.out_ch, module.stride)
     matrix, bias = pad_shortcut_matrix(src.layout, dst, module.stride)
-    return ctx.add_step(LinearStep(node.target, LinearMap.fold(matrix, bias, node.target, src.layout.span)), [src], ctx.new_value(dst))
+    return _linear(ctx, node.target, matrix, bias, src, dst)
 
 
 @register(nn.AdaptiveAvgPool2d)
@@ -102,4 +108,4 @@ def lower_linear(ctx, node, module: nn.Linear, args):
         raise CompileError(f"{node.target}: Linear is supported after global average pooling only")
     dst = VectorLayout(module.out_features, ctx.slots)
     matrix, bias = pooled_linear_matrix(module, src.layout, dst, src.pending["pool"])
-    return ctx.add_step(LinearStep(node.target, LinearMap.fold(matrix, bias, node.target, src.layout.span)), [src], ctx.new_value(dst))
+    return _linear(ctx, node.target, matrix, bias, src, dst)

@@ -39,7 +39,7 @@ class StepDefaults:
 
 @dataclass
 class LinearStep(StepDefaults):
-    """y = M x + b (convolution, shortcut, pooling + dense): one level."""
+    """y = M x + b (convolution, shortcut, pooling + dense): one level, two in lanes."""
 
     name: str
     kernel: LinearMap
@@ -50,13 +50,13 @@ class LinearStep(StepDefaults):
         self.kernel = k.scaled(scale_in / scale_out, scale_out)
 
     def levels(self) -> int:
-        return 1
+        return self.kernel.levels()
 
     def rotations(self) -> set[int]:
         return self.kernel.rotations()
 
     def encrypted(self, server, inputs, refresh):
-        return self.kernel.encrypted(server, refresh(inputs[0], 1))
+        return self.kernel.encrypted(server, refresh(inputs[0], self.levels()))
 
     def twin(self, inputs):
         return self.kernel.twin(inputs[0])

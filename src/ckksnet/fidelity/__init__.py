@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -172,10 +173,22 @@ def run_encrypted(plan, images: np.ndarray, indices: list[int], log: EncryptedLo
             rep = server.report.to_dict()
             log.add({"index": int(i), "logits": [float(v) for v in logits], "seconds": round(time.time() - t, 2),
                      "bootstraps": rep["bootstraps"], "bootstrap_seconds": round(rep["bootstrap_seconds"], 2),
-                     "peak_rss_gb": round(rep["peak_rss_gb"], 2), "report": rep})
+                     "peak_rss_gb": round(rep["peak_rss_gb"], 2), "code": code_version(plan), "report": rep})
             if on_image:
                 on_image(log.records[int(i)])
     return [log.records[int(i)] for i in indices]
+
+
+def code_version(plan) -> dict:
+    """What code made a record (records outlive commits): the git commit when run from a
+    checkout, and how many linear maps run in lanes (see ckksnet.kernels.linear)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    lanes = sum(1 for s, _, _ in plan.steps if s.kind == "linear" and getattr(s.kernel, "lanes", 1) > 1)
+    return {"commit": commit, "laned_linear_steps": lanes}
 
 
 def encrypted_sample(n_images: int, k: int) -> list[int]:

@@ -21,6 +21,17 @@ ciphertext sees::
 
     x:  [ a b c d | 0 0 0 0 | 0 0 0 0 | 0 0 0 0 ]      span 4, S 16
     x': [ a b c d | a b c d | a b c d | a b c d ]      P = 4: 2 rotations
+
+**Lanes (multiplexed diagonals).** A folded product still carries weights in only the P slots
+of the output, a quarter of each product for stage 3. With ``lanes`` q = S / P, lane k (slots
+[kP, (k+1)P)) computes the output rows cyclically shifted by v_k = k P / q and so reads
+diagonal e + v_k where lane 0 reads e: one product serves q diagonals, and the map needs only
+the diagonals e < P / q (stage 3: 225 products instead of 900). A second level puts the lanes
+back: y = sum_k mask ⊙ rot(z, kP + v_k) + mask' ⊙ rot(z, (k-1)P + v_k), 2(q - 1) rotations
+and 2q - 1 masked products. :meth:`fold` picks lanes when its cost model says they pay::
+
+    z (q = 2, P = 4):  [ y0 y1 y2 y3 | y2'' y3'' y0'' y1'' ]   lane 1 rows shifted by v_1 = 2
+    y:                 [ y0+y0'' y1+y1'' ... | 0 0 0 0 ]       1 level, 2 rotations, 3 masks
 """
 from __future__ import annotations
 
@@ -32,29 +43,41 @@ import numpy as np
 import scipy.sparse as sp
 
 
+#: Cost of one key switch (rotation) in plaintext products, measured at N = 2^16 (about 0.2 s
+#: against 0.02 s for encoding a diagonal and multiplying by it): :meth:`LinearMap.fold`'s model.
+ROTATION_COST = 10
+
+
 @dataclass
 class LinearMap:
     """y = matrix @ replicate(x) + bias over ``slots`` slots; ``matrix`` is (slots, slots)
     sparse, already folded when ``period`` < slots (build folded maps with :meth:`fold`).
 
     ``period``: the input is replicated with this period first (None: no replication).
+    ``lanes``: 1, or slots // period to evaluate the folded map in lanes (two levels).
     """
 
     matrix: sp.csr_matrix
     bias: np.ndarray
     name: str = "linear"
     period: int | None = None
+    lanes: int = 1
 
     def __post_init__(self) -> None:
         self.period = self.period or self.slots
+        if self.lanes != 1 and (self.lanes * self.period != self.slots or self.period % self.lanes):
+            raise ValueError(f"lanes must be 1 or slots / period = {self.slots // self.period}, got {self.lanes}")
 
     @classmethod
     def fold(cls, matrix: sp.spmatrix, bias: np.ndarray, name: str = "linear",
-             input_span: int | None = None) -> "LinearMap":
+             input_span: int | None = None, lanes: bool | None = None) -> "LinearMap":
         """The map y = matrix @ x + bias for inputs that are zero outside slots
         [0, input_span), folded with the replication period that needs the fewest diagonals:
         the smallest power of two P >= input_span that divides the slots, if it saves any.
-        Entry (r, c) moves to column r + ((c - r) mod P), the copy of c on a diagonal below P."""
+        Entry (r, c) moves to column r + ((c - r) mod P), the copy of c on a diagonal below P.
+
+        ``lanes``: evaluate the folded map in slots / P lanes (one more level, far fewer
+        products): True when possible, False never, None when :meth:`cost` says it pays."""
         coo = sp.coo_matrix(matrix)
         s = coo.shape[0]
         span = input_span or s
@@ -67,16 +90,29 @@ class LinearMap:
                 p //= 2
             if best < s:
                 cols = (coo.row + (coo.col - coo.row) % best) % s
-                return cls(sp.csr_matrix((coo.data, (coo.row, cols)), shape=coo.shape), bias, name, best)
+                folded = cls(sp.csr_matrix((coo.data, (coo.row, cols)), shape=coo.shape), bias, name, best)
+                if lanes is False or coo.row.max() >= best:  # lanes need every output row below P
+                    return folded
+                laned = cls(folded.matrix, bias, name, best, s // best)
+                return laned if lanes or laned.cost() < folded.cost() else folded
         return cls(sp.csr_matrix(matrix), bias, name)
 
     @property
     def slots(self) -> int:
         return self.matrix.shape[0]
 
+    def levels(self) -> int:
+        """Levels the map spends: 1, or 2 in lanes (the lane masks)."""
+        return 1 if self.lanes == 1 else 2
+
+    def cost(self) -> int:
+        """Estimated work in plaintext products: products + ROTATION_COST x rotations."""
+        products = len(self.offsets) + (2 * self.lanes - 1 if self.lanes > 1 else 0)
+        return products + ROTATION_COST * len(self.rotations())
+
     def scaled(self, factor: float, bias_divisor: float) -> "LinearMap":
         """The same map with matrix * factor and bias / bias_divisor (scale folding)."""
-        return LinearMap(self.matrix * factor, self.bias / bias_divisor, self.name, self.period)
+        return LinearMap(self.matrix * factor, self.bias / bias_divisor, self.name, self.period, self.lanes)
 
     # ---------------------------------------------------------------- replication
     @property
@@ -100,17 +136,49 @@ class LinearMap:
             ct = server.add(ct, server.rotate_composed(ct, [-span])[-span])
         return ct
 
+    # ---------------------------------------------------------------- lanes
+    @property
+    def lane_shift(self) -> int:
+        """v_1: lane k holds the output rows shifted cyclically by k * lane_shift (slots)."""
+        return self.period // self.lanes
+
+    def _product_coo(self) -> sp.coo_matrix:
+        """The matrix whose generalized diagonals are the plaintexts: the folded matrix, or in
+        lanes each entry (r, r + d) moved to lane k = d // v_1, slot kP + (r + k v_1) mod P, on
+        diagonal d mod v_1 (the copy of x there reads the same input value)."""
+        coo = self.matrix.tocoo()
+        if self.lanes == 1:
+            return coo
+        p, v = self.period, self.lane_shift
+        d = (coo.col - coo.row) % p
+        k = d // v
+        rows = k * p + (coo.row + k * v) % p
+        cols = (rows + d % v) % self.slots
+        return sp.coo_matrix((coo.data, (rows, cols)), shape=coo.shape)
+
+    def _lane_terms(self) -> list[tuple[int, np.ndarray]]:
+        """(rotation, 0/1 mask): y = sum mask * rot(z, rotation) gathers the lanes into [0, P)."""
+        p, v, terms = self.period, self.lane_shift, []
+        for k in range(self.lanes):
+            split = p - k * v  # lane k's rows [0, split) sit at kP + k v ..., the rest wrapped
+            lo, hi = np.zeros(self.slots), np.zeros(self.slots)
+            lo[:split], hi[split:p] = 1.0, 1.0
+            terms.append(((k * p + k * v) % self.slots, lo))
+            if k:
+                terms.append((((k - 1) * p + k * v) % self.slots, hi))
+        return terms
+
     # ---------------------------------------------------------------- diagonals
     @cached_property
     def offsets(self) -> np.ndarray:
         """Sorted indices d of the non-zero generalized diagonals (cheap: no dense vectors)."""
-        coo = self.matrix.tocoo()
+        coo = self._product_coo()
         return np.unique((coo.col - coo.row) % self.slots)
 
     def _sorted_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(bounds, rows, data): entries sorted by diagonal; diagonal offsets[i] holds
         rows[bounds[i]:bounds[i + 1]]. Built per use, not kept: 50-100 MB for a stage-3 layer."""
-        coo = self.matrix.tocoo()
+        coo = self._product_coo()
         d = (coo.col - coo.row) % self.slots
         order = np.argsort(d, kind="stable")
         d, rows, data = d[order], coo.row[order], coo.data[order]
@@ -158,7 +226,8 @@ class LinearMap:
         n1 = self.baby_size
         ds = self.offsets.astype(np.int64)
         out = {int(j) for j in np.unique(ds % n1) if j} | {int(g) * n1 for g in np.unique(ds // n1) if g}
-        return out | {self.slots - span for span in self.shifts}
+        lanes = {k for k, _ in self._lane_terms() if k} if self.lanes > 1 else set()
+        return out | lanes | {self.slots - span for span in self.shifts}
 
     # ---------------------------------------------------------------- evaluation
     def twin(self, x: np.ndarray) -> np.ndarray:
@@ -175,12 +244,14 @@ class LinearMap:
         for g, group in self.groups():
             inner = sum(pt * rot(x, j) for j, pt in group.items())
             out += rot(inner, g * self.baby_size)
+        if self.lanes > 1:
+            out = sum(mask * rot(out, k) for k, mask in self._lane_terms())
         return out + self.bias
 
     def encrypted(self, server, ct):
-        """Evaluate on a ciphertext through a CkksServer; spends one level. Products are summed
-        as they are made, so a giant step holds one partial sum, not all its products."""
-        server.require_levels(ct, 1, f"linear map {self.name}")
+        """Evaluate on a ciphertext through a CkksServer; spends :meth:`levels` levels. Products
+        are summed as they are made, so a giant step holds one partial sum, not all its products."""
+        server.require_levels(ct, self.levels(), f"linear map {self.name}")
         ct = self.replicate(server, ct)
         n1 = self.baby_size
         babies = sorted({int(d % n1) for d in self.offsets})
@@ -195,4 +266,17 @@ class LinearMap:
             out = inner if out is None else server.add_inplace(out, inner)
         if out is None:  # an all-zero matrix: zeros, still one level spent like any map
             out = server.mul(ct, 0.0)
+        if self.lanes > 1:
+            out = self._gather_lanes(server, out)
         return server.add(out, self.bias) if np.any(self.bias) else out
+
+    def _gather_lanes(self, server, z):
+        """sum_k mask_k * rot(z, r_k): the lanes' partial sums into slots [0, P); one level.
+        The rotations of z share one hoisted decomposition."""
+        terms = self._lane_terms()
+        rotated = server.rotate_composed(z, [k for k, _ in terms])
+        out = None
+        for k, mask in terms:
+            term = server.mul(rotated[k], mask)
+            out = term if out is None else server.add_inplace(out, term)
+        return out
