@@ -41,10 +41,10 @@ def section(res: dict, argv: list[str]) -> str:
         lines.append(f"| image {r['index']} (label {r['label']}) | plaintext {r['plain_pred']}, encrypted "
                      f"{r['enc_pred']}, max abs logit diff {r['max_abs_logit_diff']:.2e}, {r['seconds']:.0f} s |")
     lines += ["", "| step | kind | s | levels in -> out | bootstraps | bootstrap s | rotations (kernel) "
-              "| RSS after, GiB | peak so far, GiB |", "|---|---|---|---|---|---|---|---|---|"]
+              "| key switches (kernel) | RSS after, GiB | peak so far, GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in rep["steps"]:
         lines.append(f"| {s['name']} | {s['kind']} | {s['seconds']:.1f} | {s['level_in']} -> {s['level_out']} | "
-                     f"{s['bootstraps']} | {s['bootstrap_seconds']:.1f} | {s['rotations']} | "
+                     f"{s['bootstraps']} | {s['bootstrap_seconds']:.1f} | {s['rotations']} | {s.get('key_switches', '-')} | "
                      f"{s.get('rss_gb', 0.0):.2f} | {s['peak_rss_gb']:.2f} |")
     by_kind: dict[str, float] = {}
     for s in rep["steps"]:

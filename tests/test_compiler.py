@@ -199,3 +199,7 @@ def test_encrypted_network_matches_plaintext_and_twin(lanes):
         report = server.report.to_dict()
         assert report["bootstraps"] > 0 and len(report["steps"]) == len(plan.steps)
         assert all(s["level_out"] >= 0 for s in report["steps"])
+        # every ReLU relinearizes, every linear map here rotates; the keys present are listed
+        assert all(s["key_switches"] > 0 for s in report["steps"] if s["kind"] in ("linear", "relu"))
+        assert report["key_switches"] == sum(s["key_switches"] for s in report["steps"])
+        assert set(report["rotation_keys"]) == server.ckks.rotations

@@ -83,6 +83,9 @@ class CkksContext:
         self.public_key = public_key
         self.key_tag: str = public_key.GetKeyTag()
         self.keys = KeyInventory()
+        #: key switches done by our kernels (bootstrapping's own are not counted): "rotations"
+        #: (hoisted or chained) and "relinearizations" (ciphertext products); for profiles
+        self.key_switches = {"rotations": 0, "relinearizations": 0}
 
     @property
     def rotations(self) -> set[int]:
@@ -230,6 +233,7 @@ class CkksServer(CkksContext):
         self.require_levels(a, 1, "multiplication")
         if isinstance(b, ofhe.Ciphertext):
             self.require_levels(self.check_ciphertext(b), 1, "multiplication")
+            self.key_switches["relinearizations"] += 1
             return self.cc.EvalMult(a, b)
         if np.isscalar(b):
             return self.cc.EvalMult(a, float(b))
@@ -254,6 +258,7 @@ class CkksServer(CkksContext):
     def square(self, a: Ciphertext) -> Ciphertext:
         """a * a; spends one level."""
         self.require_levels(self.check_ciphertext(a), 1, "squaring")
+        self.key_switches["relinearizations"] += 1
         return self.cc.EvalSquare(a)
 
     # ---------------------------------------------------------------- rotations
@@ -269,7 +274,10 @@ class CkksServer(CkksContext):
         """Rotate left by ``k`` slots: slot i of the result holds slot i+k of ``ct``."""
         self.check_ciphertext(ct)
         idx = self._rotation_index(k)
-        return ct if idx == 0 else self.cc.EvalRotate(ct, idx)
+        if idx == 0:
+            return ct
+        self.key_switches["rotations"] += 1
+        return self.cc.EvalRotate(ct, idx)
 
     def rotate_many(self, ct: Ciphertext, ks: Iterable[int]) -> dict[int, Ciphertext]:
         """Hoisted rotations: one key-switch decomposition of ``ct`` shared by all ``ks``.
@@ -285,6 +293,7 @@ class CkksServer(CkksContext):
             m = 2 * self.preset.ring_dim  # cyclotomic order
             for k, idx in indices.items():
                 if idx:
+                    self.key_switches["rotations"] += 1
                     out[k] = self.cc.EvalFastRotation(ct, idx, m, digits)
         for k, idx in indices.items():
             if not idx:
@@ -320,6 +329,7 @@ class CkksServer(CkksContext):
                 idx = parent[idx][0]
             for idx in reversed(chain):
                 prev, step = parent[idx]
+                self.key_switches["rotations"] += 1
                 cache[idx] = self.cc.EvalRotate(cache[prev], self._rotation_index(step))
         return {k: cache[k % self.slots] for k in ks}
 

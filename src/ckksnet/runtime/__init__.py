@@ -38,11 +38,13 @@ class StepReport:
     rotations: int
     peak_rss_gb: float
     rss_gb: float = 0.0
+    key_switches: int = 0  # rotations and relinearizations the step's kernel did (not bootstrapping's)
 
 
 @dataclass
 class RunReport:
     steps: list[StepReport] = field(default_factory=list)
+    rotation_keys: list[int] = field(default_factory=list)  # indices (mod slots) of the keys present
 
     @property
     def seconds(self) -> float:
@@ -60,7 +62,8 @@ class RunReport:
         return {"seconds": self.seconds, "bootstraps": self.bootstraps,
                 "bootstrap_seconds": self.bootstrap_seconds,
                 "peak_rss_gb": max((s.peak_rss_gb for s in self.steps), default=0.0),
-                "steps": [asdict(s) for s in self.steps]}
+                "key_switches": sum(s.key_switches for s in self.steps),
+                "rotation_keys": self.rotation_keys, "steps": [asdict(s) for s in self.steps]}
 
 
 class Client:
@@ -114,7 +117,7 @@ class Server:
         """
         srv, net = self.ckks, self.net
         srv.check_ciphertext(ct)
-        self.report = RunReport()
+        self.report = RunReport(rotation_keys=sorted(srv.rotations))
         vals = {net.input: ct}
         last = net.last_use()
         bar = tqdm(net.steps, desc="encrypted inference", disable=not progress, unit="step")
@@ -136,11 +139,13 @@ class Server:
                 return fresh
 
             level_in = min(srv.levels_left(vals[v]) for v in ins)
+            switches = sum(srv.key_switches.values())
             t0 = time.time()
             vals[out] = step.encrypted(srv, [vals[v] for v in ins], refresh)
             self.report.steps.append(StepReport(
                 step.name, step.kind, time.time() - t0, level_in, srv.levels_left(vals[out]),
-                boot["n"], boot["s"], len(step.rotations()), peak_rss_gb()))
+                boot["n"], boot["s"], len(step.rotations()), peak_rss_gb(),
+                key_switches=sum(srv.key_switches.values()) - switches))
             if probe is not None:
                 probe(i, step, [vals[v] for v in ins], vals[out])
             for v in ins:
