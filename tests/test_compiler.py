@@ -11,7 +11,8 @@ from ckksnet.compiler import compile
 from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
 from ckksnet.compiler.steps import SumPoolStep
 from ckksnet.errors import CompileError, RangeError, ShapeError
-from ckksnet.kernels.linear import LinearMap
+from ckksnet.backend.context import signed_powers_of_two
+from ckksnet.kernels.linear import KeySwitchCounter, LinearMap, giant_steps
 from ckksnet.layout import Layout, PooledLayout, VectorLayout
 from ckksnet.models import PadShortcut, ResNetCifar
 from ckksnet.runtime import Client, Server
@@ -73,6 +74,7 @@ def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout, 
         folded = LinearMap.fold(matrix, bias, input_span=src.span, lanes=False)
         assert lm.lanes == SLOTS // lm.period > 1 and lm.levels() == 2 and folded.levels() == 1
         assert len(lm.offsets) * 2 < len(folded.offsets)
+        lm.__dict__["giant_plan"] = (lm.baby_size, False)  # giant sums rotated one by one, not Horner
     x = torch.rand(1, cin, size, size, generator=gen) - 0.5
     want = bn(conv(x)).detach().double().numpy()[0]
     packed = src.pack(x.double().numpy()[0])
@@ -81,6 +83,26 @@ def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout, 
     kclient.gen_rotation_keys(lm.rotations())
     got = dst.unpack(kclient.decrypt(lm.encrypted(kserver, kclient.encrypt(packed))))
     assert np.max(np.abs(got - want)) < 1e-5
+
+
+def test_baby_step_is_tuned_for_the_keys_present():
+    """With the keys a server holds, n1 minimizes key switches (chained rotations), not indices."""
+    src = Layout(8, 4, 4, 2, SLOTS)
+    conv = nn.Conv2d(8, 8, 3, 1, 1, bias=False)
+    lm = LinearMap.fold(*conv_matrix(*fold_bn(conv, None), 1, 1, src, src), input_span=src.span)
+    keys = frozenset(signed_powers_of_two(SLOTS))
+    count = KeySwitchCounter(SLOTS, keys)
+    cost = lambda n1, horner: count(np.unique(lm.offsets % n1), giant_steps(np.unique(lm.offsets // n1), n1, horner))  # noqa: E731
+    x = src.pack(np.random.default_rng(0).standard_normal((8, 4, 4)))
+    for horner in (True, False):  # both ways of summing the giant steps compute the map
+        lm.__dict__["giant_plan"] = (lm.baby_size, horner)
+        assert np.max(np.abs(lm.twin_bsgs(x) - lm.twin(x))) < 1e-12
+    default = lm._best_plan(None)
+    tuned = lm.tune_for_keys(keys)
+    assert lm.giant_plan == tuned and cost(*tuned) <= cost(*default) < float("inf")
+    assert np.max(np.abs(lm.twin_bsgs(x) - lm.twin(x))) < 1e-12
+    assert KeySwitchCounter(SLOTS, frozenset({2}))([1], []) == float("inf")  # odd: unreachable
+    assert count([1], [8]) == 2 and count([1, 2], [8, 8]) == 4  # giants rotate separate sums
 
 
 def test_shortcut_and_pool_linear_match_torch(kclient, kserver):

@@ -81,6 +81,14 @@ class Plan:
                 used.add(key)
         return sorted(used - have)
 
+    def tune_for_keys(self, keys: set[int]) -> None:
+        """Pick every linear map's baby step for the rotation keys present (fewest key
+        switches); the results do not change. The server calls this once it has its keys."""
+        for step, _, _ in self.steps:
+            tune = getattr(getattr(step, "kernel", None), "tune_for_keys", None)
+            if tune is not None:
+                tune(keys)
+
     def last_use(self) -> dict[int, int]:
         """value id -> index of the last step reading it (the runtime frees it after)."""
         last = {}

@@ -6,9 +6,11 @@ For the generalized diagonals diag_d[i] = M[i, (i + d) mod S] and d = g*n1 + j:
     y = sum_g rot( sum_j rot(diag_(g*n1+j), -g*n1) * rot(x, j), g*n1 ) + b
 
 The baby rotations rot(x, j) are hoisted (one key-switch decomposition of x shared by all j
-that have keys; the others are chained from those);
-the pre-rotated diagonals are plaintexts. One level. Rotations: |{j}| + |{g}| - (zeros), with
-n1 chosen to minimize that count. The cleartext twin multiplies by the same sparse matrix.
+that have keys; the others are chained from those); the pre-rotated diagonals are plaintexts.
+The giant sum runs Horner-style from the largest g down, out = rot(out, (g - g') n1) + inner_g',
+so each giant rotation is a short step (often one key) instead of a chain to g n1. One level.
+n1 minimizes the rotation indices, or, once a server knows its keys (:meth:`tune_for_keys`),
+the key switches. The cleartext twin multiplies by the same sparse matrix.
 
 **Folding by replication.** When the input occupies only slots [0, span) (a deep ResNet stage
 uses 4,096 of 16,384 slots), the input is first replicated with a period P >= span that divides
@@ -37,10 +39,58 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
+
+
+class KeySwitchCounter:
+    """Key switches a baby-step giant-step pass makes with a given set of rotation keys: baby
+    rotations of one ciphertext share the hops of their key chains (rotate_composed), each
+    giant rotation (of its own partial sum) pays its whole chain. Unreachable: infinite."""
+
+    def __init__(self, slots: int, keys: frozenset):
+        from ckksnet.backend.context import rotation_paths
+
+        self.slots, self.parent = slots, rotation_paths(slots, keys)
+        self._chains: dict[int, list[int] | None] = {}
+
+    def chain(self, k: int) -> list[int] | None:
+        """The nodes a rotation by k passes through (k included, 0 excluded); None: unreachable."""
+        idx = int(k) % self.slots
+        if idx not in self._chains:
+            out = []
+            while idx and idx in self.parent:
+                out.append(idx)
+                idx = self.parent[idx][0]
+            self._chains[int(k) % self.slots] = None if idx else out
+        return self._chains[int(k) % self.slots]
+
+    def __call__(self, babies: Iterable[int], giants: Iterable[int]) -> float:
+        nodes: set[int] = set()
+        total = 0
+        for k in babies:
+            c = self.chain(k)
+            if c is None:
+                return float("inf")
+            nodes.update(c)
+        for k in giants:
+            c = self.chain(k)
+            if c is None:
+                return float("inf")
+            total += len(c)
+        return total + len(nodes)
+
+
+def giant_steps(giants: np.ndarray, n1: int, horner: bool = True) -> list[int]:
+    """The rotations of the giant sum over the giant steps ``giants`` (sorted). Horner: from
+    the largest down, (g - g_next) * n1 each, then g_min * n1; else g * n1 for each g > 0."""
+    gs = [int(g) for g in giants][::-1]
+    if not horner:
+        return [g * n1 for g in gs if g]
+    steps = [(a - b) * n1 for a, b in zip(gs, gs[1:])]
+    return steps + ([gs[-1] * n1] if gs and gs[-1] else [])
 
 
 #: Cost of one key switch (rotation) in plaintext products, measured at N = 2^16 (about 0.2 s
@@ -194,24 +244,47 @@ class LinearMap:
             yield int(i), vec
 
     @cached_property
+    def giant_plan(self) -> tuple[int, bool]:
+        """(n1, horner) of the baby-step giant-step split: fewest key switches for the keys given
+        to :meth:`tune_for_keys`, else fewest rotations with one key per index."""
+        return self._best_plan(None)
+
+    @property
     def baby_size(self) -> int:
-        """n1 minimizing the number of rotations |{d mod n1}| + |{d // n1}|."""
+        return self.giant_plan[0]
+
+    def tune_for_keys(self, keys: Iterable[int]) -> tuple[int, bool]:
+        """Choose (n1, horner) for the rotation keys present (indices mod slots). Only how the
+        rotations are made changes (each is chained from keys, see rotate_composed), not the result."""
+        self.__dict__["giant_plan"] = plan = self._best_plan(frozenset(int(k) % self.slots for k in keys))
+        return plan
+
+    def _best_plan(self, keys: frozenset | None) -> tuple[int, bool]:
         ds = self.offsets.astype(np.int64)
         if len(ds) == 0:
-            return 1
+            return 1, True
         limit = int(4 * np.sqrt(self.slots)) + 1
         candidates = sorted(set(range(1, min(limit, self.slots) + 1)) | {1 << k for k in range(self.slots.bit_length())})
-        cost = lambda n1: len(np.unique(ds % n1)) + len(np.unique(ds // n1))  # noqa: E731
-        return min(candidates, key=lambda n1: (cost(n1), n1))
+        count = KeySwitchCounter(self.slots, keys) if keys is not None else None
+
+        def cost(plan: tuple[int, bool]) -> float:
+            n1, horner = plan
+            babies, giants = np.unique(ds % n1), giant_steps(np.unique(ds // n1), n1, horner)
+            if count is None:  # one key per index: each rotation is one key switch
+                return int(np.count_nonzero(babies)) + len(giants)
+            return count(babies, giants)
+
+        return min(((n1, h) for n1 in candidates for h in (True, False)),
+                   key=lambda plan: (cost(plan), plan[0], not plan[1]))
 
     def groups(self) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
-        """(giant g, {baby j: plaintext rot(diag_(g*n1+j), -g*n1)}) in order of g, one group
-        at a time, so that at most one group's dense vectors exist at once."""
+        """(giant g, {baby j: plaintext rot(diag_(g*n1+j), -g*n1)}) in decreasing order of g
+        (Horner), one group at a time, so that at most one group's dense vectors exist at once."""
         n1 = self.baby_size
         offsets = self.offsets
         giants = offsets // n1
         g, group = None, {}
-        for i, vec in self._vectors(np.argsort(giants, kind="stable")):
+        for i, vec in self._vectors(np.argsort(-giants, kind="stable")):
             if giants[i] != g:
                 if group:
                     yield int(g), group
@@ -225,7 +298,7 @@ class LinearMap:
         """Rotation indices this map needs (replication included)."""
         n1 = self.baby_size
         ds = self.offsets.astype(np.int64)
-        out = {int(j) for j in np.unique(ds % n1) if j} | {int(g) * n1 for g in np.unique(ds // n1) if g}
+        out = {int(j) for j in np.unique(ds % n1) if j} | set(giant_steps(np.unique(ds // n1), *self.giant_plan))
         lanes = {k for k, _ in self._lane_terms() if k} if self.lanes > 1 else set()
         return out | lanes | {self.slots - span for span in self.shifts}
 
@@ -240,10 +313,19 @@ class LinearMap:
         """The encrypted algorithm on one float64 vector (numpy rotations); used to test it."""
         rot = lambda v, k: np.roll(v, -k)  # noqa: E731  rot(v, k)[i] = v[i + k]
         x = self.replicate_twin(np.asarray(x, dtype=np.float64))
-        out = np.zeros(self.slots)
-        for g, group in self.groups():
+        n1, horner = self.giant_plan
+        out, last = None, None
+        for g, group in self.groups():  # decreasing g, as in encrypted()
             inner = sum(pt * rot(x, j) for j, pt in group.items())
-            out += rot(inner, g * self.baby_size)
+            if not horner:
+                out = rot(inner, g * n1) if out is None else out + rot(inner, g * n1)
+            else:
+                out = inner if out is None else rot(out, (last - g) * n1) + inner
+            last = g
+        if out is None:
+            out = np.zeros(self.slots)
+        elif horner:
+            out = rot(out, last * n1)
         if self.lanes > 1:
             out = sum(mask * rot(out, k) for k, mask in self._lane_terms())
         return out + self.bias
@@ -258,17 +340,27 @@ class LinearMap:
         # each rotation goes directly when its key exists, else along a shortest chain of keys
         # present; the first hops from ct share one hoisted decomposition
         rotated = server.rotate_composed(ct, babies)
-        out = None
-        for g, group in self.groups():
+        horner = self.giant_plan[1]
+        out, last = None, None
+        for g, group in self.groups():  # decreasing g
             inner = server.dot(((rotated[j], pt) for j, pt in sorted(group.items())))
-            if g:
-                inner = server.rotate_composed(inner, [g * n1])[g * n1]
-            out = inner if out is None else server.add_inplace(out, inner)
+            if not horner:  # each partial sum to its place: rot(inner, g n1)
+                inner = self._rotate(server, inner, g * n1)
+                out = inner if out is None else server.add_inplace(out, inner)
+            else:  # Horner: out = rot(out, (last - g) n1) + inner, one short step each
+                out = inner if out is None else server.add_inplace(self._rotate(server, out, (last - g) * n1), inner)
+            last = g
+        if horner and last:
+            out = self._rotate(server, out, last * n1)
         if out is None:  # an all-zero matrix: zeros, still one level spent like any map
             out = server.mul(ct, 0.0)
         if self.lanes > 1:
             out = self._gather_lanes(server, out)
         return server.add(out, self.bias) if np.any(self.bias) else out
+
+    @staticmethod
+    def _rotate(server, ct, k: int):
+        return server.rotate_composed(ct, [k])[k] if k else ct
 
     def _gather_lanes(self, server, z):
         """sum_k mask_k * rot(z, r_k): the lanes' partial sums into slots [0, P); one level.

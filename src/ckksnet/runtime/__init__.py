@@ -108,6 +108,7 @@ class Server:
         self.net = net
         self.ckks = keys
         self.report = RunReport()
+        net.tune_for_keys(keys.rotations)  # rotations chained from the keys this server holds
 
     def run(self, ct, progress: bool = False, probe=None):
         """Encrypted inference of one ciphertext; fills :attr:`report`.
