@@ -179,16 +179,24 @@ def run_encrypted(plan, images: np.ndarray, indices: list[int], log: EncryptedLo
     return [log.records[int(i)] for i in indices]
 
 
-def code_version(plan) -> dict:
-    """What code made a record (records outlive commits): the git commit when run from a
-    checkout, and how many linear maps run in lanes (see ckksnet.kernels.linear)."""
+def _git_commit() -> str | None:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        return None
+
+
+#: the checkout's commit when this process imported ckksnet (later edits do not run here)
+_COMMIT = _git_commit()
+
+
+def code_version(plan) -> dict:
+    """What code made a record (records outlive commits): the git commit the process started
+    from, when run from a checkout, and how many linear maps run in lanes."""
     lanes = sum(1 for s, _, _ in plan.steps if s.kind == "linear" and getattr(s.kernel, "lanes", 1) > 1)
-    return {"commit": commit, "laned_linear_steps": lanes}
+    return {"commit": _COMMIT, "laned_linear_steps": lanes}
 
 
 def encrypted_sample(n_images: int, k: int) -> list[int]:
