@@ -66,6 +66,18 @@ def rotation_paths(slots: int, keys: Iterable[int]) -> dict[int, tuple[int, int]
     return _paths(slots, frozenset(int(k) % slots for k in keys if int(k) % slots))
 
 
+def rotation_chain(parent: dict[int, tuple[int, int]], idx: int) -> list[int] | None:
+    """The indices a rotation by ``idx`` passes through along ``parent`` (from
+    :func:`rotation_paths`): idx first, its first hop from 0 last; None if unreachable."""
+    out = []
+    while idx:
+        if idx not in parent:
+            return None
+        out.append(idx)
+        idx = parent[idx][0]
+    return out
+
+
 def signed_powers_of_two(slots: int) -> list[int]:
     """Rotation indices +-2^i (mod slots): any rotation is then at most ~log2(slots)/2 key
     switches, with 2 log2(slots) - 1 keys."""
@@ -310,15 +322,11 @@ class CkksServer(CkksContext):
         parent = rotation_paths(self.slots, self.rotations)
         first: set[int] = set()  # first hops from ct: computed together, hoisted
         for k in ks:
-            idx = k % self.slots
-            while idx:
-                if idx not in parent:
-                    raise MissingKeyError(f"rotation {k} cannot be composed from the {len(self.rotations)} "
-                                          "rotation keys present")
-                prev, _ = parent[idx]
-                if prev == 0:
-                    first.add(idx)
-                idx = prev
+            chain = rotation_chain(parent, k % self.slots)
+            if chain is None:
+                raise MissingKeyError(f"rotation {k} cannot be composed from the {len(self.rotations)} "
+                                      "rotation keys present")
+            first.update(chain[-1:])
         cache: dict[int, Ciphertext] = {0: ct, **self.rotate_many(ct, sorted(first))}
         # iterative on purpose: a recursive closure is a reference cycle that would keep every
         # rotated ciphertext in ``cache`` alive until Python's cycle collector happens to run

@@ -51,21 +51,17 @@ class KeySwitchCounter:
     giant rotation (of its own partial sum) pays its whole chain. Unreachable: infinite."""
 
     def __init__(self, slots: int, keys: frozenset):
-        from ckksnet.backend.context import rotation_paths
+        from ckksnet.backend.context import rotation_chain, rotation_paths
 
-        self.slots, self.parent = slots, rotation_paths(slots, keys)
+        self.slots, self.parent, self._walk = slots, rotation_paths(slots, keys), rotation_chain
         self._chains: dict[int, list[int] | None] = {}
 
     def chain(self, k: int) -> list[int] | None:
         """The nodes a rotation by k passes through (k included, 0 excluded); None: unreachable."""
         idx = int(k) % self.slots
         if idx not in self._chains:
-            out = []
-            while idx and idx in self.parent:
-                out.append(idx)
-                idx = self.parent[idx][0]
-            self._chains[int(k) % self.slots] = None if idx else out
-        return self._chains[int(k) % self.slots]
+            self._chains[idx] = self._walk(self.parent, idx)
+        return self._chains[idx]
 
     def __call__(self, babies: Iterable[int], giants: Iterable[int]) -> float:
         nodes: set[int] = set()
@@ -183,7 +179,7 @@ class LinearMap:
     def replicate(self, server, ct):
         """x' = x + rot(x, -P) + ...: log2(S / P) rotations, no level."""
         for span in self.shifts:
-            ct = server.add(ct, server.rotate_composed(ct, [-span])[-span])
+            ct = server.add(ct, self._rotate(server, ct, -span))
         return ct
 
     # ---------------------------------------------------------------- lanes
@@ -266,16 +262,16 @@ class LinearMap:
         limit = int(4 * np.sqrt(self.slots)) + 1
         candidates = sorted(set(range(1, min(limit, self.slots) + 1)) | {1 << k for k in range(self.slots.bit_length())})
         count = KeySwitchCounter(self.slots, keys) if keys is not None else None
-
-        def cost(plan: tuple[int, bool]) -> float:
-            n1, horner = plan
-            babies, giants = np.unique(ds % n1), giant_steps(np.unique(ds // n1), n1, horner)
-            if count is None:  # one key per index: each rotation is one key switch
-                return int(np.count_nonzero(babies)) + len(giants)
-            return count(babies, giants)
-
-        return min(((n1, h) for n1 in candidates for h in (True, False)),
-                   key=lambda plan: (cost(plan), plan[0], not plan[1]))
+        best = None
+        for n1 in candidates:
+            babies, giants = np.unique(ds % n1), np.unique(ds // n1)  # shared by both giant modes
+            for horner in (True, False):
+                steps = giant_steps(giants, n1, horner)
+                # no keys known: one key per index, each rotation one key switch
+                cost = int(np.count_nonzero(babies)) + len(steps) if count is None else count(babies, steps)
+                if best is None or cost < best[0]:  # ties: smaller n1, then Horner
+                    best = (cost, n1, horner)
+        return best[1], best[2]
 
     def groups(self) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
         """(giant g, {baby j: plaintext rot(diag_(g*n1+j), -g*n1)}) in decreasing order of g
