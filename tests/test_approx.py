@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ckksnet.approx import (SHIPPED_ALPHAS, SHIPPED_EPS_BITS, CkksArith, NumpyArith, RangeReport,
-                            ReluApprox, count_products, depth_of, design, eval_odd, load_table)
+                            ReluApprox, count_products, count_relinearizations, depth_of, design,
+                            eval_odd, load_table)
 from ckksnet.approx.remez import odd_minimax_sign
 from ckksnet.cli import main as cli
 from ckksnet.errors import ApproxError, LevelError
@@ -73,9 +74,16 @@ def test_encrypted_depth_is_optimal(client, server, degree):
     x = np.linspace(-1, 1, client.slots)
     ct = client.encrypt(x)
     arith = CkksArith(server)
+    before = server.key_switches["relinearizations"]
     out = eval_odd(arith, ct, coeffs)
     assert server.levels_left(ct) - server.levels_left(out) == depth_of(degree)
     assert arith.products == count_products(coeffs)
+    # lazy relinearization: one key switch per chain of products, and a 2-element result
+    relins = server.key_switches["relinearizations"] - before
+    assert relins == count_relinearizations(coeffs)
+    assert out.NumberCiphertextElements() == 2
+    if degree >= 15:
+        assert relins < arith.products
     assert np.max(np.abs(client.decrypt(out) - eval_odd(NumpyArith(), x, coeffs))) < 1e-8
 
 
@@ -90,7 +98,10 @@ def test_encrypted_relu_matches_twin(client, server, alpha):
     x[:64] = np.linspace(-0.02, 0.02, 64)  # the hard region near zero
     ct = client.encrypt(x / 4.0)  # inputs must be within the preset's safe magnitude
     ct = server.mul(ct, 4.0)
+    before = server.key_switches["relinearizations"]
     out = relu.encrypted(server, ct)
+    # one key switch per chain of products (lazy), plus the final x * (1 + p) / 2
+    assert server.key_switches["relinearizations"] - before == relu.sign.relinearizations + 1
     assert server.levels_left(ct) - server.levels_left(out) == relu.depth()
     got = client.decrypt(out)
     assert np.max(np.abs(got - relu.twin(x))) < 1e-9

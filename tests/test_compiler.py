@@ -13,6 +13,7 @@ from ckksnet.compiler.steps import SumPoolStep
 from ckksnet.errors import CompileError, RangeError, ShapeError
 from ckksnet.backend.context import signed_powers_of_two
 from ckksnet.kernels.linear import KeySwitchCounter, LinearMap, giant_steps
+from ckksnet.kernels.pooled_dense import PooledDense, box_offsets, disjoint_shifts
 from ckksnet.layout import Layout, PooledLayout, VectorLayout
 from ckksnet.models import PadShortcut, ResNetCifar
 from ckksnet.runtime import Client, Server
@@ -128,6 +129,38 @@ def test_shortcut_and_pool_linear_match_torch(kclient, kserver):
     kclient.gen_rotation_keys(pool.rotations() | lm.rotations())
     enc = lm.encrypted(kserver, pool.encrypted(kserver, [kclient.encrypt(packed)], None))
     assert np.max(np.abs(out.unpack(kclient.decrypt(enc)) - want)) < 1e-5
+    # the same layer as masks and one box sum: 10 products, outputs in disjoint windows
+    pooled = PooledLayout(src)
+    dense = PooledDense(fc.weight.detach().double().numpy() / 16, fc.bias.detach().double().numpy(),
+                        pooled.index, pooled.box, SLOTS, "fc")
+    out2 = VectorLayout(10, SLOTS, tuple(int(p) for p in dense.outputs))
+    garbage = pool.twin([packed])  # partial sums in the other slots must not leak into outputs
+    assert np.max(np.abs(out2.unpack(dense.twin(garbage)) - want)) < 1e-6
+    kclient.gen_rotation_keys(dense.rotations())
+    before = dict(kserver.key_switches)
+    enc = dense.encrypted(kserver, pool.encrypted(kserver, [kclient.encrypt(packed)], None))
+    assert np.max(np.abs(out2.unpack(kclient.decrypt(enc)) - want)) < 1e-5
+    # one key switch per rotation (every index has its key): pooling, 9 shifts, the box sum
+    switches = kserver.key_switches["rotations"] - before["rotations"]
+    assert switches == len(pool.rotations()) + len(dense.rotations()) == 4 + 9 + 3
+
+
+def test_pooled_dense_windows_are_disjoint():
+    box = ((1, 4), (32, 4), (1024, 4))  # ResNet-20 stage 3: 64 channel sums, gap 4
+    shifts = disjoint_shifts(10, box, 1 << 14)
+    windows = [set(((box_offsets(box) - r) % (1 << 14)).tolist()) for r in shifts]
+    assert all(not (a & b) for i, a in enumerate(windows) for b in windows[i + 1:])
+    assert shifts[:8] == [0, 4, 8, 12, 16, 20, 24, 28]
+    # for ResNet-20's 64 -> 10 layer it beats the diagonal method by far (for 8 channels it does not)
+    pooled = PooledLayout(Layout(64, 8, 8, 4, 1 << 14))
+    fc = nn.Linear(64, 10)
+    dense = PooledDense(fc.weight.detach().double().numpy(), np.zeros(10), pooled.index, pooled.box, 1 << 14)
+    generic = LinearMap.fold(*pooled_linear_matrix(fc, pooled, VectorLayout(10, 1 << 14), 64), "fc", 1 << 14)
+    assert dense.cost() * 2 < generic.cost()
+    with pytest.raises(ValueError, match="do not fit"):
+        disjoint_shifts(5, ((1, 64),), 256)
+    with pytest.raises(ValueError, match="offset of the box"):
+        PooledDense(np.ones((2, 2)), np.zeros(2), [0, 3], ((1, 2),), 64)
 
 
 def test_folding_needs_zeros_outside_the_span():
@@ -198,12 +231,15 @@ def test_bad_images_are_rejected():
 
 
 # ---------------------------------------------------------------- the whole network, encrypted
-@pytest.mark.parametrize("lanes", [None, True])
-def test_encrypted_network_matches_plaintext_and_twin(lanes):
+@pytest.mark.parametrize("lanes, pooled_dense", [(None, None), (True, True)])
+def test_encrypted_network_matches_plaintext_and_twin(lanes, pooled_dense):
     model = _tiny_resnet()
-    plan = compile(model, calibration=IMAGES, preset="test", image_size=(8, 8), lanes=lanes)
-    laned = [s.kernel.lanes for s, _, _ in plan.steps if s.kind == "linear" and s.kernel.lanes > 1]
+    plan = compile(model, calibration=IMAGES, preset="test", image_size=(8, 8), lanes=lanes,
+                   pooled_dense=pooled_dense)
+    laned = [s for s, _, _ in plan.steps if s.kind == "linear" and getattr(s.kernel, "lanes", 1) > 1]
     assert bool(laned) == bool(lanes)  # the cost model keeps this small net out of lanes
+    dense = [s for s, _, _ in plan.steps if isinstance(getattr(s, "kernel", None), PooledDense)]
+    assert len(dense) == (1 if pooled_dense else 0)  # ... and its 8-channel fc in the diagonal method
     client = Client(plan)
     server = Server(plan, client.evaluation_keys())
     assert not hasattr(server.ckks, "decrypt")

@@ -110,6 +110,7 @@ def _cmd_approx(args: argparse.Namespace) -> int:
         "sign_depth": sign.depth, "relu_depth": relu.depth(prescaled=True),
         "relu_depth_unscaled_input": relu.depth(prescaled=False),
         "ct_ct_products": sign.products + 1,
+        "relinearizations": sign.relinearizations + 1,
         "max_sign_error_on_eps_1": sign_err, "max_sign_error_bits": -math.log2(sign_err),
         "grid_points": args.points,
         "max_relu_error_on_-1_1": relu.max_error(args.points),
@@ -121,7 +122,7 @@ def _cmd_approx(args: argparse.Namespace) -> int:
     }
     return _emit(args, report, f"alpha {args.alpha}, eps 2^-{args.eps_bits}: degrees {report['degrees']}, "
                  f"sign depth {report['sign_depth']}, ReLU depth {report['relu_depth']} (+1 if not prescaled), "
-                 f"{report['ct_ct_products']} ct x ct products; sign error 2^-{report['max_sign_error_bits']:.2f}, "
+                 f"{report['ct_ct_products']} ct x ct products ({report['relinearizations']} relinearizations); sign error 2^-{report['max_sign_error_bits']:.2f}, "
                  f"max ReLU error {report['max_relu_error_on_-1_1']:.3g} on [-1, 1]")
 
 

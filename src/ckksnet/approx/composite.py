@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckksnet.approx.evaluate import NumpyArith, count_products, depth_of, eval_odd
+from ckksnet.approx.evaluate import NumpyArith, count_products, count_relinearizations, depth_of, eval_odd
 from ckksnet.approx.remez import odd_minimax_sign
 
 TABLE_DIR = Path(__file__).resolve().parent / "tables"
@@ -55,6 +55,11 @@ class CompositeSign:
     def products(self) -> int:
         """Ciphertext x ciphertext products of the sign approximation."""
         return sum(count_products(c) for c in self.components)
+
+    @property
+    def relinearizations(self) -> int:
+        """Key switches those products need (lazy relinearization, see approx.evaluate)."""
+        return sum(count_relinearizations(c) for c in self.components)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The composite in float64 (the cleartext twin's order of operations)."""

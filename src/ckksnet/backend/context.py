@@ -251,6 +251,23 @@ class CkksServer(CkksContext):
             return self.cc.EvalMult(a, float(b))
         return self.cc.EvalMult(a, self.encode_for(b, a))
 
+    def mul_lazy(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        """a * b for two ciphertexts, *not* relinearized: a 3-element ciphertext that may only be
+        added to others (any level, any element count) until :meth:`relinearize`. Spends one
+        level. Summing several products first pays one key switch for all of them."""
+        for ct in (a, b):
+            if self.check_ciphertext(ct).NumberCiphertextElements() != 2:
+                raise ValueError("mul_lazy needs relinearized operands (relinearize the sum first)")
+            self.require_levels(ct, 1, "multiplication")
+        return self.cc.EvalMultNoRelin(a, b)
+
+    def relinearize(self, ct: Ciphertext) -> Ciphertext:
+        """A 2-element ciphertext again (one key switch); 2-element input is returned as is."""
+        if self.check_ciphertext(ct).NumberCiphertextElements() == 2:
+            return ct
+        self.key_switches["relinearizations"] += 1
+        return self.cc.Relinearize(ct)
+
     def add_inplace(self, acc: Ciphertext, b: Ciphertext) -> Ciphertext:
         """acc += b without a new ciphertext; only for an ``acc`` the caller made and owns."""
         self.cc.EvalAddInPlace(self.check_ciphertext(acc), self.check_ciphertext(b))

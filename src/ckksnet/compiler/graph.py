@@ -27,7 +27,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
                   preset: str | Preset = "secure", image_size: tuple[int, int] = (32, 32),
                   alpha: int = 13, eps_bits: int = 9, margin: float = 1.5,
                   relu_alpha: dict[str, int] | None = None, rotation_keys: str = "reuse",
-                  lanes: bool | None = None) -> Plan:
+                  lanes: bool | None = None, pooled_dense: bool | None = None) -> Plan:
     """Compile a trained model (eval mode) into an encrypted-inference plan.
 
     calibration: uint8 NHWC images (ReLU input ranges are measured on them) or a dict
@@ -42,7 +42,10 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     kernels use (fewest key switches, but ~200 keys for ResNet-20: too much memory at N = 2^16).
     ``lanes``: evaluate folded linear maps in lanes (2 levels instead of 1, a quarter of the
     products for ResNet-20's stage 3; see :mod:`ckksnet.kernels.linear`): None where the cost
-    model says it pays, True wherever possible, False never.
+    model says it pays, True wherever possible, False never. ``pooled_dense``: a Linear after
+    global pooling as masks and one box sum (:mod:`ckksnet.kernels.pooled_dense`; ResNet-20's
+    fc: 10 products, not 208): None where the cost model says it pays, True wherever its
+    output windows fit, False never (the diagonal method).
     """
     if rotation_keys not in ("reuse", "pow2", "direct"):
         raise CompileError(f"rotation_keys must be 'reuse', 'pow2' or 'direct', not {rotation_keys!r}")
@@ -52,7 +55,8 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     plan = Plan(preset=preset, rotation_keys=rotation_keys)
-    ctx = LoweringContext(plan, preset.slots, {"alpha": alpha, "eps_bits": eps_bits, "lanes": lanes})
+    ctx = LoweringContext(plan, preset.slots, {"alpha": alpha, "eps_bits": eps_bits, "lanes": lanes,
+                                                  "pooled_dense": pooled_dense})
     env: dict[str, Value] = {}
     for node in graph.nodes:
         if node.op == "placeholder":

@@ -2,10 +2,12 @@
 
 Conv2d leaves a *pending* value that the next module completes (BatchNorm folds into the
 convolution); any other consumer materializes the pending convolution as is. Global average
-pooling sums by rotations and leaves per-channel sums that only Flatten / Linear may read.
+pooling sums by rotations and leaves per-channel sums that only Flatten / Linear may read; the
+Linear is a :class:`PooledDense` (masks and one box sum) whenever its output windows fit.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch.nn as nn
 
 from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
@@ -13,6 +15,7 @@ from ckksnet.compiler.registry import LoweringContext, Value, register
 from ckksnet.compiler.steps import LinearStep, ReluStep, SumPoolStep
 from ckksnet.errors import CompileError
 from ckksnet.kernels.linear import LinearMap
+from ckksnet.kernels.pooled_dense import PooledDense
 from ckksnet.layout import PooledLayout, VectorLayout
 from ckksnet.models.resnet import Normalize, PadShortcut
 
@@ -106,6 +109,21 @@ def lower_linear(ctx, node, module: nn.Linear, args):
     src = args[0]
     if "pool" not in src.pending:
         raise CompileError(f"{node.target}: Linear is supported after global average pooling only")
+    pixels = src.pending["pool"]
+    w = module.weight.detach().double().numpy()
+    if w.shape[1] != src.layout.channels:
+        raise CompileError(f"{node.target}: expects {w.shape[1]} features, pooling gives {src.layout.channels}")
+    b = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(w.shape[0])
     dst = VectorLayout(module.out_features, ctx.slots)
-    matrix, bias = pooled_linear_matrix(module, src.layout, dst, src.pending["pool"])
-    return _linear(ctx, node.target, matrix, bias, src, dst)
+    matrix, bias = pooled_linear_matrix(module, src.layout, dst, pixels)
+    generic = LinearMap.fold(matrix, bias, node.target, src.layout.span, ctx.options.get("lanes"))
+    choice = ctx.options.get("pooled_dense")
+    try:  # masks and one box sum, when its output windows fit (and it is cheaper, unless forced)
+        kernel = None if choice is False else PooledDense(w / pixels, b, src.layout.index, src.layout.box,
+                                                          ctx.slots, node.target)
+    except ValueError:
+        kernel = None
+    if kernel is None or (choice is None and kernel.cost() >= generic.cost()):
+        return ctx.add_step(LinearStep(node.target, generic), [src], ctx.new_value(dst))
+    dst = VectorLayout(module.out_features, ctx.slots, tuple(int(p) for p in kernel.outputs))
+    return ctx.add_step(LinearStep(node.target, kernel), [src], ctx.new_value(dst))

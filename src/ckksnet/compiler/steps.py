@@ -19,6 +19,7 @@ import numpy as np
 
 from ckksnet.approx.relu import RangeReport, ReluApprox
 from ckksnet.kernels.linear import LinearMap
+from ckksnet.kernels.pooled_dense import PooledDense, sum_rounds
 from ckksnet.layout import Layout
 
 
@@ -39,10 +40,11 @@ class StepDefaults:
 
 @dataclass
 class LinearStep(StepDefaults):
-    """y = M x + b (convolution, shortcut, pooling + dense): one level, two in lanes."""
+    """y = M x + b (convolution, shortcut, dense after pooling): one level, two in lanes.
+    The kernel is a :class:`LinearMap` or, for a dense layer on pooled sums, a :class:`PooledDense`."""
 
     name: str
-    kernel: LinearMap
+    kernel: LinearMap | PooledDense
     kind: str = "linear"
 
     def finalize(self, scale_in: float, scale_out: float, options: dict) -> None:
@@ -114,15 +116,6 @@ class AddStep(StepDefaults):
 
     def twin(self, inputs):
         return inputs[0] + inputs[1]
-
-
-def sum_rounds(n: int, stride: int) -> list[list[int]]:
-    """Rotations that sum ``n`` values ``stride`` slots apart into the first one. Each round is
-    acc += sum(rot(acc, k) for k in round): log2(n) rounds of one rotation when n is a power of
-    two, else one round of n - 1 (hoisted) rotations."""
-    if n & (n - 1) == 0:
-        return [[stride * (n >> k)] for k in range(1, n.bit_length())]
-    return [[stride * i for i in range(1, n)]]
 
 
 @dataclass

@@ -94,27 +94,33 @@ class Layout:
 
 @dataclass(frozen=True)
 class VectorLayout:
-    """A flat vector of ``length`` values in slots 0..length-1 (logits)."""
+    """A flat vector of ``length`` values (logits): in slots 0..length-1, or at ``positions``."""
 
     length: int
     slots: int
+    positions: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.positions is not None and (len(self.positions) != self.length or len(set(self.positions)) != self.length
+                                           or not all(0 <= p < self.slots for p in self.positions)):
+            raise ShapeError(f"positions must be {self.length} distinct slots below {self.slots}")
 
     @property
     def span(self) -> int:
-        return self.length
+        return self.length if self.positions is None else max(self.positions) + 1
 
     @cached_property
     def index(self) -> np.ndarray:
-        return np.arange(self.length)
+        return np.arange(self.length) if self.positions is None else np.array(self.positions, dtype=np.int64)
 
     def pack(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64)
         out = np.zeros(v.shape[:-1] + (self.slots,))
-        out[..., : self.length] = v
+        out[..., self.index] = v
         return out
 
     def unpack(self, vec: np.ndarray) -> np.ndarray:
-        return np.asarray(vec)[..., : self.length]
+        return np.asarray(vec)[..., self.index]
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,15 @@ class PooledLayout:
     @cached_property
     def index(self) -> np.ndarray:
         return self.source.index[:, 0, 0]
+
+    @property
+    def box(self) -> tuple[tuple[int, int], ...]:
+        """((stride, count), ...) whose offsets include every channel's slot: the position in
+        the gap x gap sub-lattice (columns, rows), then the block."""
+        src = self.source
+        g = min(src.gap, src.channels)
+        return ((1, g), (src.grid_w, -(-min(src.channels, src.gap * src.gap) // src.gap)),
+                (src.grid_h * src.grid_w, src.blocks))
 
     def unpack(self, vec: np.ndarray) -> np.ndarray:
         return np.asarray(vec)[..., self.index]
