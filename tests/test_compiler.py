@@ -16,7 +16,8 @@ from ckksnet.kernels.linear import KeySwitchCounter, LinearMap, giant_steps
 from ckksnet.kernels.pooled_dense import PooledDense, box_offsets, disjoint_shifts
 from ckksnet.layout import Layout, PooledLayout, VectorLayout
 from ckksnet.models import PadShortcut, ResNetCifar
-from ckksnet.runtime import Client, Server
+from ckksnet.runtime import Client, RunReport, Server, execute, level_schedule
+from ckksnet.runtime.levels import LevelTracer, Refresh
 from tests.conftest import make_client
 
 SLOTS = 2048  # the test preset's slot count
@@ -261,3 +262,29 @@ def test_encrypted_network_matches_plaintext_and_twin(lanes, pooled_dense):
         assert all(s["key_switches"] > 0 for s in report["steps"] if s["kind"] in ("linear", "relu"))
         assert report["key_switches"] == sum(s["key_switches"] for s in report["steps"])
         assert set(report["rotation_keys"]) == server.ckks.rotations
+    if lanes is None:
+        _check_level_schedule(plan, client, server)
+
+
+def _check_level_schedule(plan, client, server):
+    """The dry run predicts every level of a real run, and the drops it allows change no
+    bootstrap: the run with them (server.run) makes the same bootstraps in the same steps,
+    at equal or fewer levels, and its logits still match the twin."""
+    schedule = level_schedule(plan)
+    assert schedule.bootstraps > 0 and any(schedule.drops) and schedule.input_slack >= 0
+    tracer = LevelTracer(plan.preset)
+    traced = RunReport()
+    execute(plan, tracer, tracer.fresh(plan.preset.depth), Refresh(tracer), traced, free_memory=False)
+    plain = RunReport()  # a real run without the schedule: fresh input, no drops
+    ct = client.ckks.encrypt(plan.preprocess(IMAGES[0]))
+    logits = client.decrypt(execute(plan, server.ckks, ct, Refresh(server.ckks), plain))
+    levels = lambda r: [(s.level_in, s.level_out, s.bootstraps) for s in r.steps]  # noqa: E731
+    assert levels(traced) == levels(plain)
+    dropped = client.encrypt(IMAGES[0])
+    assert server.ckks.levels_left(dropped) == plan.preset.depth - schedule.input_slack
+    out = client.decrypt(server.run(dropped))
+    lowered = levels(server.report)
+    assert [b for _, _, b in lowered] == [b for _, _, b in levels(plain)]
+    assert all(a[1] <= b[1] for a, b in zip(lowered, levels(plain)))
+    assert sum(a[1] < b[1] for a, b in zip(lowered, levels(plain))) > 0
+    assert np.max(np.abs(out - logits)) < 1e-5 and np.max(np.abs(out - plan.twin(IMAGES[:1])[0])) < 1e-5

@@ -20,6 +20,7 @@ from ckksnet.backend import CkksClient, CkksServer
 from ckksnet.backend.memory import peak_rss_gb, rss_gb, trim
 from ckksnet.compiler.plan import Plan
 from ckksnet.errors import ContextMismatchError
+from ckksnet.runtime.levels import LevelSchedule, Refresh, trace_levels
 
 
 @dataclass
@@ -86,8 +87,11 @@ class Client:
                               "bootstrap_rotation_keys_reused": reused}
 
     def encrypt(self, image: np.ndarray):
-        """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input."""
-        return self.ckks.encrypt(self.net.preprocess(image))
+        """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input,
+        encrypted at the levels the plan uses before its first bootstrap (the level schedule's
+        input slack below the preset's depth: a smaller ciphertext, cheaper first layers)."""
+        levels = self.net.preset.depth - level_schedule(self.net).input_slack
+        return self.ckks.encrypt(self.net.preprocess(image), levels_left=levels)
 
     def decrypt(self, ct) -> np.ndarray:
         """The output ciphertext -> logits (float64)."""
@@ -116,43 +120,55 @@ class Server:
         ``probe(index, step, inputs, output)``, if given, sees every step's ciphertexts (the
         noise calibration decrypts them with the client's key; a real server never would).
         """
-        srv, net = self.ckks, self.net
-        srv.check_ciphertext(ct)
-        self.report = RunReport(rotation_keys=sorted(srv.rotations))
-        vals = {net.input: ct}
-        last = net.last_use()
-        bar = tqdm(net.steps, desc="encrypted inference", disable=not progress, unit="step")
-        for i, (step, ins, out) in enumerate(bar):
-            bar.set_postfix_str(step.name)
-            boot = {"n": 0, "s": 0.0}
+        self.ckks.check_ciphertext(ct)
+        self.report = RunReport(rotation_keys=sorted(self.ckks.rotations))
+        refresh = Refresh(self.ckks, level_schedule(self.net))
+        return execute(self.net, self.ckks, ct, refresh, self.report, progress, probe)
 
-            def refresh(c, levels):
-                # keep one level in reserve: OpenFHE cannot bootstrap a ciphertext with none left
-                if srv.levels_left(c) >= levels + 1:
-                    return c
-                t = time.time()
-                fresh = srv.bootstrap(c)
-                boot["n"] += 1
-                boot["s"] += time.time() - t
+
+def level_schedule(net: Plan) -> LevelSchedule:
+    """The plan's level schedule (a dry run, once per plan; see :mod:`ckksnet.runtime.levels`)."""
+    if getattr(net, "_level_schedule", None) is None:
+        net._level_schedule = trace_levels(net)
+    return net._level_schedule
+
+
+def execute(net: Plan, srv, ct, refresh: Refresh, report: RunReport | None = None,
+            progress: bool = False, probe=None, free_memory: bool = True):
+    """Run the plan's steps on ``ct`` through ``srv`` (a CkksServer, or the dry run's tracer),
+    bootstrapping by ``refresh``; one StepReport per step into ``report``. ``free_memory``:
+    collect and trim after each step (ciphertexts are large; the tracer's are not)."""
+    report = report if report is not None else RunReport()
+    vals = {net.input: ct}
+    last = net.last_use()
+    bar = tqdm(net.steps, desc="encrypted inference", disable=not progress, unit="step")
+    for i, (step, ins, out) in enumerate(bar):
+        bar.set_postfix_str(step.name)
+        boots, boot_s = refresh.count, refresh.seconds
+
+        def step_refresh(c, levels):
+            fresh = refresh(c, levels)
+            if fresh is not c:
                 for v in ins:  # later readers of this value (a shortcut, a residual add) get the
                     if vals.get(v) is c:  # refreshed copy too: no second bootstrap, more levels
                         vals[v] = fresh
-                return fresh
+            return fresh
 
-            level_in = min(srv.levels_left(vals[v]) for v in ins)
-            switches = sum(srv.key_switches.values())
-            t0 = time.time()
-            vals[out] = step.encrypted(srv, [vals[v] for v in ins], refresh)
-            self.report.steps.append(StepReport(
-                step.name, step.kind, time.time() - t0, level_in, srv.levels_left(vals[out]),
-                boot["n"], boot["s"], len(step.rotations()), peak_rss_gb(),
-                key_switches=sum(srv.key_switches.values()) - switches))
-            if probe is not None:
-                probe(i, step, [vals[v] for v in ins], vals[out])
-            for v in ins:
-                if last.get(v) == i:
-                    vals.pop(v, None)  # free ciphertexts no later step reads
+        level_in = min(srv.levels_left(vals[v]) for v in ins)
+        switches = sum(srv.key_switches.values())
+        t0 = time.time()
+        vals[out] = step.encrypted(srv, [vals[v] for v in ins], step_refresh)
+        report.steps.append(StepReport(
+            step.name, step.kind, time.time() - t0, level_in, srv.levels_left(vals[out]),
+            refresh.count - boots, refresh.seconds - boot_s, len(step.rotations()), peak_rss_gb(),
+            key_switches=sum(srv.key_switches.values()) - switches))
+        if probe is not None:
+            probe(i, step, [vals[v] for v in ins], vals[out])
+        for v in ins:
+            if last.get(v) == i:
+                vals.pop(v, None)  # free ciphertexts no later step reads
+        if free_memory:
             gc.collect()  # a cycle anywhere (a kernel's closure) would keep ciphertexts alive
             trim()
-            self.report.steps[-1].rss_gb = rss_gb()
-        return vals[net.output]
+        report.steps[-1].rss_gb = rss_gb()
+    return vals[net.output]
