@@ -226,7 +226,8 @@ class LinearMap:
         rows[bounds[i]:bounds[i + 1]]. Built per use, not kept: 50-100 MB for a stage-3 layer."""
         coo = self._product_coo()
         d = (coo.col - coo.row) % self.slots
-        order = np.argsort(d, kind="stable")
+        # a radix sort on 16-bit keys: ~6x faster than on int64 for millions of entries
+        order = np.argsort(d.astype(np.uint16) if self.slots <= 1 << 16 else d, kind="stable")
         d, rows, data = d[order], coo.row[order], coo.data[order]
         bounds = np.searchsorted(d, self.offsets, side="left").tolist() + [len(d)]
         return np.asarray(bounds), rows, data
@@ -235,9 +236,8 @@ class LinearMap:
         """(i, dense diag_offsets[i]) for the diagonal numbers ``which``."""
         bounds, rows, data = self._sorted_entries()
         for i in which:
-            vec = np.zeros(self.slots)
-            np.add.at(vec, rows[bounds[i]:bounds[i + 1]], data[bounds[i]:bounds[i + 1]])
-            yield int(i), vec
+            lo, hi = bounds[i], bounds[i + 1]
+            yield int(i), np.bincount(rows[lo:hi], weights=data[lo:hi], minlength=self.slots)
 
     @cached_property
     def giant_plan(self) -> tuple[int, bool]:
