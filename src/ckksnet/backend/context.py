@@ -244,9 +244,7 @@ class CkksServer(CkksContext):
         self.check_ciphertext(a)
         self.require_levels(a, 1, "multiplication")
         if isinstance(b, ofhe.Ciphertext):
-            self.require_levels(self.check_ciphertext(b), 1, "multiplication")
-            self.key_switches["relinearizations"] += 1
-            return self.cc.EvalMult(a, b)
+            return self.relinearize(self.mul_lazy(a, b))
         if np.isscalar(b):
             return self.cc.EvalMult(a, float(b))
         return self.cc.EvalMult(a, self.encode_for(b, a))
@@ -262,11 +260,20 @@ class CkksServer(CkksContext):
         return self.cc.EvalMultNoRelin(a, b)
 
     def relinearize(self, ct: Ciphertext) -> Ciphertext:
-        """A 2-element ciphertext again (one key switch); 2-element input is returned as is."""
+        """A 2-element ciphertext again (one key switch, after rescaling: one RNS limb fewer to
+        switch); 2-element input is returned as is."""
         if self.check_ciphertext(ct).NumberCiphertextElements() == 2:
             return ct
         self.key_switches["relinearizations"] += 1
-        return self.cc.Relinearize(ct)
+        return self.cc.Relinearize(self.rescale(ct))
+
+    def rescale(self, ct: Ciphertext) -> Ciphertext:
+        """Rescale an unrescaled product now (OpenFHE's FLEXIBLEAUTO would wait for the next
+        product), so that rotations and relinearization key-switch one RNS limb fewer. Levels
+        left are unchanged; a rescaled ciphertext is returned as is."""
+        if self.check_ciphertext(ct).GetNoiseScaleDeg() < 2:
+            return ct
+        return self.cc.Compress(ct, self.levels_left(ct) + 1)  # rescales, keeps every level left
 
     def add_inplace(self, acc: Ciphertext, b: Ciphertext) -> Ciphertext:
         """acc += b without a new ciphertext; only for an ``acc`` the caller made and owns."""
@@ -286,9 +293,7 @@ class CkksServer(CkksContext):
 
     def square(self, a: Ciphertext) -> Ciphertext:
         """a * a; spends one level."""
-        self.require_levels(self.check_ciphertext(a), 1, "squaring")
-        self.key_switches["relinearizations"] += 1
-        return self.cc.EvalSquare(a)
+        return self.mul(a, a)
 
     # ---------------------------------------------------------------- rotations
     def _rotation_index(self, k: int) -> int:
@@ -380,9 +385,9 @@ class CkksServer(CkksContext):
         have = self.levels_left(ct)
         if levels_left > have:
             raise LevelError(f"cannot raise a ciphertext from {have} to {levels_left} levels")
-        # LevelReduce is a no-op under FLEXIBLEAUTO; a product with 1.0 spends exactly one level.
-        for _ in range(have - levels_left):
-            ct = self.cc.EvalMult(ct, 1.0)
+        # LevelReduce is a no-op under FLEXIBLEAUTO; Compress rescales and drops RNS limbs.
+        if levels_left < have:
+            ct = self.cc.Compress(ct, levels_left + 1)
         return ct
 
 

@@ -339,7 +339,8 @@ class LinearMap:
         horner = self.giant_plan[1]
         out, last = None, None
         for g, group in self.groups():  # decreasing g
-            inner = server.dot(((rotated[j], pt) for j, pt in sorted(group.items())))
+            # rescaled now, not at the next product: its rotations key-switch one limb fewer
+            inner = server.rescale(server.dot(((rotated[j], pt) for j, pt in sorted(group.items()))))
             if not horner:  # each partial sum to its place: rot(inner, g n1)
                 inner = self._rotate(server, inner, g * n1)
                 out = inner if out is None else server.add_inplace(out, inner)

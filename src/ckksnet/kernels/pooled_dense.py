@@ -137,7 +137,7 @@ class PooledDense:
         server.require_levels(ct, 1, f"dense layer {self.name}")
         masks = self.masks()
         rotated = server.rotate_composed(ct, [r for r, _ in masks])  # first hops hoisted
-        z = server.dot((rotated[r], mask) for r, mask in masks)
+        z = server.rescale(server.dot((rotated[r], mask) for r, mask in masks))  # one limb fewer to rotate
         for ks in self.rounds:
             z = server.add_many([z, *server.rotate_composed(z, ks).values()])
         return server.add(z, self.bias_vector())
