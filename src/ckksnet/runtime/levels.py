@@ -15,11 +15,12 @@ path alone would leave; the tracer carries L_o per origin. Each check a real run
 kernel's required levels, a stage passing the bootstrapping policy without a bootstrap, a
 bootstrap's one level in reserve, no level below zero) bounds drop_o <= L_o - needed for every
 origin, so lowering each fresh ciphertext by its slack keeps every decision of the real run,
-bootstraps included, and no more than that.
+bootstraps included.
 """
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -175,10 +176,8 @@ class Refresh:
     OpenFHE cannot bootstrap a ciphertext with none left); a fresh ciphertext is then lowered by
     its drop in ``schedule``. Counts bootstraps and their seconds."""
 
-    def __init__(self, srv, schedule: LevelSchedule | None = None, clock=None):
-        import time
-
-        self.srv, self.schedule, self.clock = srv, schedule, clock or time.time
+    def __init__(self, srv, schedule: LevelSchedule | None = None):
+        self.srv, self.schedule = srv, schedule
         self.count, self.seconds = 0, 0.0
 
     def __call__(self, ct, levels: int):
@@ -186,12 +185,12 @@ class Refresh:
         if srv.levels_left(ct) >= levels + 1:
             srv.require_levels(ct, levels + 1, "a stage")  # the dry run records this margin
             return ct
-        t = self.clock()
+        t = time.time()
         fresh = srv.bootstrap(ct)
         if self.schedule is not None and self.count < len(self.schedule.drops):
             fresh = srv.drop_levels(fresh, srv.levels_left(fresh) - self.schedule.drops[self.count])
         self.count += 1
-        self.seconds += self.clock() - t
+        self.seconds += time.time() - t
         return fresh
 
 
