@@ -9,7 +9,8 @@ The step protocol (what a new kernel implements; see ``examples/silu_kernel.py``
 * ``input_bound(ranges, margin)``: the scale its input needs (an activation's bound B, from the
   calibration ``ranges`` {module name: max |input|}), or None;
 * ``finalize(scale_in, scale_out, options)``: called once scales are known (fold them in);
-* ``encrypted(server, inputs, refresh)`` and ``twin(inputs)``.
+* ``encrypted(server, inputs, refresh)`` and ``twin(inputs)``; ``encrypted`` uses only the
+  server's methods (the level schedule replays it on level-only ciphertexts, runtime/levels.py).
 """
 from __future__ import annotations
 
