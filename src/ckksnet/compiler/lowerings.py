@@ -111,11 +111,9 @@ def lower_linear(ctx, node, module: nn.Linear, args):
         raise CompileError(f"{node.target}: Linear is supported after global average pooling only")
     pixels = src.pending["pool"]
     w = module.weight.detach().double().numpy()
-    if w.shape[1] != src.layout.channels:
-        raise CompileError(f"{node.target}: expects {w.shape[1]} features, pooling gives {src.layout.channels}")
     b = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(w.shape[0])
     dst = VectorLayout(module.out_features, ctx.slots)
-    matrix, bias = pooled_linear_matrix(module, src.layout, dst, pixels)
+    matrix, bias = pooled_linear_matrix(module, src.layout, dst, pixels)  # checks the feature count
     generic = LinearMap.fold(matrix, bias, node.target, src.layout.span, ctx.options.get("lanes"))
     choice = ctx.options.get("pooled_dense")
     try:  # masks and one box sum, when its output windows fit (and it is cheaper, unless forced)
