@@ -256,18 +256,30 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
                                       "per_relu": {k: r["outside"] for k, r in relus.items() if r["outside"]}},
         "logit_errors": {"twin": (twin_logits[:2000] - plain[:2000]).ravel().tolist(),
                          "encrypted": (enc_logits - plain_enc).ravel().tolist()},
-        "profile": profile(next((r["report"] for r in records if r.get("report")), None)),
+        "profile": profile(*_latest_report(records, log)),
     }
 
 
-def profile(report: dict | None) -> dict | None:
-    """Time by kernel kind (bootstrapping apart) and by layer, from a run report."""
+def _latest_report(records: list[dict], log: EncryptedLog) -> tuple[dict | None, dict]:
+    """The run report of the sample image recorded last (the newest code), and where it is from."""
+    order = {i: n for n, i in enumerate(log.records)}
+    done = [r for r in records if r.get("report")]
+    if not done:
+        return None, {}
+    r = max(done, key=lambda r: order[r["index"]])
+    return r["report"], {"image": r["index"], "code": r.get("code")}
+
+
+def profile(report: dict | None, source: dict | None = None) -> dict | None:
+    """Time by kernel kind (bootstrapping apart) and by layer, from a run report; ``source``
+    (which image, which code) is kept with it."""
     if not report:
         return None
     by_kind = {"bootstrap": report["bootstrap_seconds"]}
     for s in report["steps"]:
         by_kind[s["kind"]] = by_kind.get(s["kind"], 0.0) + s["seconds"] - s["bootstrap_seconds"]
-    return {"seconds": report["seconds"], "bootstraps": report["bootstraps"], "peak_rss_gb": report["peak_rss_gb"],
+    return {**(source or {}), "seconds": report["seconds"], "bootstraps": report["bootstraps"],
+            "peak_rss_gb": report["peak_rss_gb"],
             "by_kind": {k: round(v, 2) for k, v in by_kind.items()},
             "by_layer": [{"name": s["name"], "kind": s["kind"], "seconds": round(s["seconds"], 2),
                           "bootstrap_seconds": round(s["bootstrap_seconds"], 2)} for s in report["steps"]]}

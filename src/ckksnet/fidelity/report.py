@@ -36,8 +36,7 @@ def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secur
 
         from ckksnet.fidelity import profile
 
-        res["profile"] = profile(json.loads(Path(profile_from).read_text())["report"])
-        res["profile"]["from"] = str(profile_from)
+        res["profile"] = profile(json.loads(Path(profile_from).read_text())["report"], {"from": str(profile_from)})
     if alphas:
         res["alpha_sweep"] = alpha_sweep(model, calib, split, preset, alphas, eps_bits, sweep_images,
                                          noise_model, progress)
@@ -101,7 +100,9 @@ def make_plots(res: dict, errors: dict, folder: Path) -> list[Path]:
         ax.bar(x, rest, bottom=boot, label="kernel (linear / ReLU polynomial / pooling)")
         ax.set_xticks(x, [s["name"] for s in layers], rotation=90, fontsize=7)
         ax.set_ylabel("seconds")
-        ax.set_title(f"Per-layer time, one encrypted image: {prof['seconds']:.0f} s, {prof['bootstraps']} bootstraps")
+        which = f" (image {prof['image']})" if "image" in prof else ""
+        ax.set_title(f"Per-layer time, one encrypted image{which}: {prof['seconds']:.0f} s, "
+                     f"{prof['bootstraps']} bootstraps")
         ax.legend()
         paths.append(_save(fig, folder / "fidelity_layer_time.png"))
 
