@@ -77,7 +77,7 @@ def test_fidelity_report_and_resume(tiny, tmp_path):
     assert second["encrypted"]["indices"][:1] == first["encrypted"]["indices"]  # the sample grows by a prefix
     assert len(state.read_text().splitlines()) == 3
     assert second["encrypted"]["identical_top1"] == 100.0
-    # the profile is the newest record's (the newest code), whatever its place in the sample
+    # the profile is the newest record's (the newest code), not the sample's first
     newest = second["encrypted"]["indices"][1]
     assert first["profile"]["image"] == first["encrypted"]["indices"][0] and second["profile"]["image"] == newest
     assert second["profile"]["bootstraps"] == json.loads(state.read_text().splitlines()[-1])["bootstraps"]
