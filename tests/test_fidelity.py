@@ -128,3 +128,20 @@ def test_encrypted_sample_is_a_stable_spread_prefix():
     small, large = encrypted_sample(10_000, 5), encrypted_sample(10_000, 20)
     assert large[:5] == small and len(set(large)) == 20
     assert max(large) // 1000 != min(large) // 1000  # not one class of a class-ordered split
+
+
+def test_profile_sums_by_kind_and_plots_are_written(tmp_path):
+    from ckksnet.fidelity import profile
+    from ckksnet.fidelity.report import make_plots
+
+    steps = [{"name": f"s{i}", "kind": k, "seconds": 2.0 + i, "bootstrap_seconds": float(i % 2)}
+             for i, k in enumerate(["linear", "relu", "linear"])]
+    report = {"seconds": 9.0, "bootstraps": 1, "bootstrap_seconds": 1.0, "peak_rss_gb": 1.0, "steps": steps}
+    prof = profile(report, {"image": 7})
+    # kernel time is a step's time less its bootstraps: linear 2 + 4, relu 3 - 1
+    assert prof["by_kind"] == {"bootstrap": 1.0, "linear": 6.0, "relu": 2.0} and prof["image"] == 7
+    res = {"preset": "test", "alpha": 13, "profile": prof,
+           "alpha_sweep": [{"alpha": a, "identical_top1": 99.0, "accuracy": 90.0, "images": 5} for a in (9, 13)]}
+    paths = make_plots(res, {"twin": [1e-3, -2e-3, 0.0], "encrypted": [5e-4]}, tmp_path / "plots")
+    assert [p.name for p in paths] == ["fidelity_logit_errors.png", "fidelity_layer_time.png", "fidelity_alpha.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
