@@ -256,18 +256,15 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
                                       "per_relu": {k: r["outside"] for k, r in relus.items() if r["outside"]}},
         "logit_errors": {"twin": (twin_logits[:2000] - plain[:2000]).ravel().tolist(),
                          "encrypted": (enc_logits - plain_enc).ravel().tolist()},
-        "profile": profile(*_latest_report(records, log)),
+        "profile": profile(*_latest_report(log, set(idx))),
     }
 
 
-def _latest_report(records: list[dict], log: EncryptedLog) -> tuple[dict | None, dict]:
-    """The run report of the sample image recorded last (the newest code), and where it is from."""
-    order = {i: n for n, i in enumerate(log.records)}
-    done = [r for r in records if r.get("report")]
-    if not done:
-        return None, {}
-    r = max(done, key=lambda r: order[r["index"]])
-    return r["report"], {"image": r["index"], "code": r.get("code")}
+def _latest_report(log: EncryptedLog, sample: set[int]) -> tuple[dict | None, dict]:
+    """The run report of the ``sample`` image recorded last (the newest code; the log keeps
+    file order), and where it is from."""
+    r = next((r for r in reversed(log.records.values()) if r["index"] in sample and r.get("report")), None)
+    return (r["report"], {"image": r["index"], "code": r.get("code")}) if r else (None, {})
 
 
 def profile(report: dict | None, source: dict | None = None) -> dict | None:
