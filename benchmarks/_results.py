@@ -50,11 +50,12 @@ def replace_section(header: str, section: str) -> None:
     """Put ``section`` (starting with ``header``) in RESULTS.md in place of the previous one,
     or, the first time, before the automatic benchmark logs."""
     text = RESULTS.read_text()
+    section = section.rstrip("\n") + "\n\n"  # a blank line before the next header
     if header in text:
         head, rest = text.split(header, 1)
         nxt = rest.find("\n## ")
         text = head + section + (rest[nxt + 1:] if nxt >= 0 else "")
     else:
         marker = "## Benchmark log: bootstrap.py"
-        text = text.replace(marker, section + "\n" + marker) if marker in text else text + "\n" + section
+        text = text.replace(marker, section + marker) if marker in text else text + "\n" + section
     RESULTS.write_text(text)
