@@ -81,6 +81,13 @@ def test_fidelity_report_and_resume(tiny, tmp_path):
     newest = second["encrypted"]["indices"][1]
     assert first["profile"]["image"] == first["encrypted"]["indices"][0] and second["profile"]["image"] == newest
     assert second["profile"]["bootstraps"] == json.loads(state.read_text().splitlines()[-1])["bootstraps"]
+    # rotation-key memory: every automorphism key present (bootstrapping's and the kernels'),
+    # each the size of the serialized relinearization key
+    keys = second["profile"]["key_memory_gb"]
+    one = client.ckks.key_switching_key_bytes() / 2**30
+    assert keys["automorphism_keys_present"] == len(client.ckks.cc.GetExistingEvalAutomorphismKeyIndices(client.ckks.key_tag))
+    assert keys["automorphism_keys_present"] >= len(client.ckks.rotations) > 0
+    assert keys["automorphism_keys"] == pytest.approx(keys["automorphism_keys_present"] * one, abs=0.01)
     again = evaluate(plan, model, IMAGES, LABELS, twin=0, encrypted=2, state=state, progress=False,
                      client_factory=factory)
     assert len(made) == 2 and again["encrypted"] == second["encrypted"]  # nothing left: no keys made
@@ -140,6 +147,11 @@ def test_profile_sums_by_kind_and_plots_are_written(tmp_path):
     prof = profile(report, {"image": 7})
     # kernel time is a step's time less its bootstraps: linear 2 + 4, relu 3 - 1
     assert prof["by_kind"] == {"bootstrap": 1.0, "linear": 6.0, "relu": 2.0} and prof["image"] == 7
+    from ckksnet.cli import _profile_line
+
+    line = _profile_line(prof | {"key_memory_gb": {"automorphism_keys_present": 62, "automorphism_keys": 7.75}})
+    assert "image 7" in line and "linear 6 s" in line and "62 rotation keys, 7.75 GiB" in line
+    assert "rotation keys" not in _profile_line(prof)  # old records carry no key memory
     res = {"preset": "test", "alpha": 13, "profile": prof,
            "alpha_sweep": [{"alpha": a, "identical_top1": 99.0, "accuracy": 90.0, "images": 5} for a in (9, 13)]}
     paths = make_plots(res, {"twin": [1e-3, -2e-3, 0.0], "encrypted": [5e-4]}, tmp_path / "plots")

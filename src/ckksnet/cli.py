@@ -150,7 +150,20 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
             f"encrypted: {e.get('identical_top1')}% identical, accuracy {e.get('accuracy')}%, max logit "
             f"error {e.get('max_logit_error', 0):.3g} ({e['images']} images)\n"
             f"ReLU inputs outside their bound: {res['relu_inputs_outside_bound']['total']}")
+    if res.get("profile"):
+        text += "\n" + _profile_line(res["profile"])
     return _emit(args, res, text)
+
+
+def _profile_line(prof: dict) -> str:
+    """One line of the fidelity profile: time by kind (s), peak RSS and rotation-key memory (GiB)."""
+    which = f"image {prof['image']}" if "image" in prof else prof.get("from", "saved report")
+    kinds = ", ".join(f"{k} {v:.0f} s" for k, v in prof["by_kind"].items())
+    keys = prof.get("key_memory_gb") or {}
+    key_text = (f"; {keys['automorphism_keys_present']} rotation keys, {keys['automorphism_keys']:.2f} GiB"
+                if "automorphism_keys" in keys else "")
+    return (f"profile ({which}): {prof['seconds']:.0f} s, {prof['bootstraps']} bootstraps; {kinds}; "
+            f"peak RSS {prof['peak_rss_gb']:.2f} GiB{key_text}")
 
 
 def _add_fidelity(sub: argparse._SubParsersAction) -> None:

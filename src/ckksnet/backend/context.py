@@ -132,6 +132,17 @@ class CkksContext:
             g = g * 5 % m
         return found
 
+    def automorphism_key_count(self) -> int:
+        """Automorphism keys present for this key set: the rotation keys (bootstrapping's and
+        the kernels') plus bootstrapping's conjugation key."""
+        return len(self.cc.GetExistingEvalAutomorphismKeyIndices(self.key_tag))
+
+    def key_switching_key_bytes(self) -> int:
+        """Size of one key-switching key, bytes: the serialized relinearization key. A rotation
+        key has the same shape (dnum digits over the extended modulus), so N keys take about N
+        times this."""
+        return len(ofhe.SerializeEvalMultKeyString(ofhe.BINARY, self.key_tag))
+
     def prepare_bootstrap(self) -> None:
         """Precompute the bootstrapping transforms (no keys involved; done once per process)."""
         if not self.preset.bootstrap:

@@ -173,7 +173,8 @@ def run_encrypted(plan, images: np.ndarray, indices: list[int], log: EncryptedLo
             rep = server.report.to_dict()
             log.add({"index": int(i), "logits": [float(v) for v in logits], "seconds": round(time.time() - t, 2),
                      "bootstraps": rep["bootstraps"], "bootstrap_seconds": round(rep["bootstrap_seconds"], 2),
-                     "peak_rss_gb": round(rep["peak_rss_gb"], 2), "code": code_version(plan), "report": rep})
+                     "peak_rss_gb": round(rep["peak_rss_gb"], 2), "code": code_version(plan),
+                     "key_memory_gb": getattr(client, "key_memory_gb", None), "report": rep})
             if on_image:
                 on_image(log.records[int(i)])
     return [log.records[int(i)] for i in indices]
@@ -262,14 +263,16 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
 
 def _latest_report(log: EncryptedLog, sample: set[int]) -> tuple[dict | None, dict]:
     """The run report of the ``sample`` image recorded last (the newest code; the log keeps
-    file order), and where it is from."""
+    file order), where it is from and its key memory (records before 2026-11-24 lack it)."""
     r = next((r for r in reversed(log.records.values()) if r["index"] in sample and r.get("report")), None)
-    return (r["report"], {"image": r["index"], "code": r.get("code")}) if r else (None, {})
+    if not r:
+        return None, {}
+    return r["report"], {"image": r["index"], "code": r.get("code"), "key_memory_gb": r.get("key_memory_gb")}
 
 
 def profile(report: dict | None, source: dict | None = None) -> dict | None:
-    """Time by kernel kind (bootstrapping apart) and by layer, from a run report; ``source``
-    (which image, which code) is kept with it."""
+    """Time by kernel kind (bootstrapping apart) and by layer, seconds, and peak RSS, GiB, from
+    a run report; ``source`` (which image, which code, key memory in GiB) is kept with it."""
     if not report:
         return None
     by_kind = {"bootstrap": report["bootstrap_seconds"]}

@@ -36,7 +36,8 @@ def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secur
 
         from ckksnet.fidelity import profile
 
-        res["profile"] = profile(json.loads(Path(profile_from).read_text())["report"], {"from": str(profile_from)})
+        saved = json.loads(Path(profile_from).read_text())
+        res["profile"] = profile(saved["report"], {"from": str(profile_from), "key_memory_gb": saved.get("key_memory_gb")})
     if alphas:
         res["alpha_sweep"] = alpha_sweep(model, calib, split, preset, alphas, eps_bits, sweep_images,
                                          noise_model, progress)

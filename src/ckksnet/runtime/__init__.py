@@ -81,10 +81,16 @@ class Client:
         reused = len(self.ckks.rotations)  # bootstrapping's rotation keys, shared by the kernels
         extra = net.key_indices(self.ckks.rotations)
         self.ckks.gen_rotation_keys(extra)
-        #: resident memory added by key generation, GB (bootstrapping includes its precomputations)
+        one_key = self.ckks.key_switching_key_bytes() / 2**30
+        present = self.ckks.automorphism_key_count()
+        #: resident memory added by key generation, GiB (bootstrapping includes its precomputations),
+        #: and the rotation keys present (bootstrapping's, reused, and the kernels' own): their
+        #: count and their size, count x one key-switching key
         self.key_memory_gb = {"bootstrap_and_relinearization": round(mid - start, 2),
                               "rotation": round(rss() - mid, 2), "rotation_keys": len(extra),
-                              "bootstrap_rotation_keys_reused": reused}
+                              "bootstrap_rotation_keys_reused": reused,
+                              "automorphism_keys_present": present, "one_key": round(one_key, 4),
+                              "automorphism_keys": round(present * one_key, 2)}
 
     def encrypt(self, image: np.ndarray):
         """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input,
