@@ -147,7 +147,11 @@ def test_profile_sums_by_kind_and_plots_are_written(tmp_path):
     prof = profile(report, {"image": 7})
     # kernel time is a step's time less its bootstraps: linear 2 + 4, relu 3 - 1
     assert prof["by_kind"] == {"bootstrap": 1.0, "linear": 6.0, "relu": 2.0} and prof["image"] == 7
-    from ckksnet.cli import _profile_line
+    from ckksnet.cli import _profile_line, _summary_line
+
+    assert _summary_line("twin", {"images": 0}) == "twin: not run (0 images)"
+    assert "99.5% identical" in _summary_line("twin", {"images": 4, "identical_top1": 99.5, "accuracy": 90.0,
+                                                        "max_logit_error": 0.01})
 
     line = _profile_line(prof | {"key_memory_gb": {"automorphism_keys_present": 62, "automorphism_keys": 7.75}})
     assert "image 7" in line and "linear 6 s" in line and "62 rotation keys, 7.75 GiB" in line

@@ -144,15 +144,22 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
                           [int(a) for a in args.alpha_sweep.split(",")] if args.alpha_sweep else None,
                           args.sweep_images, progress=not args.json, profile_from=args.profile_from)
     t, e = res["twin"], res["encrypted"]
-    text = (f"plaintext accuracy {res['plain']['accuracy']}% ({res['plain']['images']} images, {res['source']})\n"
-            f"twin ({res['noise_model']}): {t.get('identical_top1')}% identical top-1, accuracy "
-            f"{t.get('accuracy')}%, max logit error {t.get('max_logit_error', 0):.3g} ({t['images']} images)\n"
-            f"encrypted: {e.get('identical_top1')}% identical, accuracy {e.get('accuracy')}%, max logit "
-            f"error {e.get('max_logit_error', 0):.3g} ({e['images']} images)\n"
+    p = res["plain"]
+    text = ((f"plaintext accuracy {p['accuracy']}% ({p['images']} images, {res['source']})\n" if p["images"]
+             else "no images asked for (--twin 0 --encrypted 0)\n")
+            + _summary_line(f"twin ({res['noise_model']})", t) + "\n" + _summary_line("encrypted", e) + "\n"
             f"ReLU inputs outside their bound: {res['relu_inputs_outside_bound']['total']}")
     if res.get("profile"):
         text += "\n" + _profile_line(res["profile"])
     return _emit(args, res, text)
+
+
+def _summary_line(what: str, s: dict) -> str:
+    """One line of a fidelity summary (twin or encrypted); 'not run' for 0 images."""
+    if not s["images"]:
+        return f"{what}: not run (0 images)"
+    return (f"{what}: {s['identical_top1']}% identical top-1, accuracy {s['accuracy']}%, max logit error "
+            f"{s['max_logit_error']:.3g} ({s['images']} images)")
 
 
 def _profile_line(prof: dict) -> str:
