@@ -137,7 +137,8 @@ def test_encrypted_sample_is_a_stable_spread_prefix():
     assert max(large) // 1000 != min(large) // 1000  # not one class of a class-ordered split
 
 
-def test_profile_sums_by_kind_and_plots_are_written(tmp_path):
+def test_profile_sums_by_kind_its_text_lines_and_plots(tmp_path):
+    from ckksnet.cli import _profile_line, _summary_line
     from ckksnet.fidelity import profile
     from ckksnet.fidelity.report import make_plots
 
@@ -147,14 +148,12 @@ def test_profile_sums_by_kind_and_plots_are_written(tmp_path):
     prof = profile(report, {"image": 7})
     # kernel time is a step's time less its bootstraps: linear 2 + 4, relu 3 - 1
     assert prof["by_kind"] == {"bootstrap": 1.0, "linear": 6.0, "relu": 2.0} and prof["image"] == 7
-    from ckksnet.cli import _profile_line, _summary_line
-
     assert _summary_line("twin", {"images": 0}) == "twin: not run (0 images)"
     assert "99.5% identical" in _summary_line("twin", {"images": 4, "identical_top1": 99.5, "accuracy": 90.0,
                                                         "max_logit_error": 0.01})
 
     line = _profile_line(prof | {"key_memory_gb": {"automorphism_keys_present": 62, "automorphism_keys": 7.75}})
-    assert "image 7" in line and "linear 6 s" in line and "62 rotation keys, 7.75 GiB" in line
+    assert "image 7" in line and "linear 6 s" in line and "rotation keys 7.75 GiB (62 automorphism keys)" in line
     assert "rotation keys" not in _profile_line(prof)  # old records carry no key memory
     res = {"preset": "test", "alpha": 13, "profile": prof,
            "alpha_sweep": [{"alpha": a, "identical_top1": 99.0, "accuracy": 90.0, "images": 5} for a in (9, 13)]}

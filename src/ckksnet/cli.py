@@ -167,7 +167,7 @@ def _profile_line(prof: dict) -> str:
     which = f"image {prof['image']}" if "image" in prof else prof.get("from", "saved report")
     kinds = ", ".join(f"{k} {v:.0f} s" for k, v in prof["by_kind"].items())
     keys = prof.get("key_memory_gb") or {}
-    key_text = (f"; {keys['automorphism_keys_present']} rotation keys, {keys['automorphism_keys']:.2f} GiB"
+    key_text = (f"; rotation keys {keys['automorphism_keys']:.2f} GiB ({keys['automorphism_keys_present']} automorphism keys)"
                 if "automorphism_keys" in keys else "")
     return (f"profile ({which}): {prof['seconds']:.0f} s, {prof['bootstraps']} bootstraps; {kinds}; "
             f"peak RSS {prof['peak_rss_gb']:.2f} GiB{key_text}")

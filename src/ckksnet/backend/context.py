@@ -133,8 +133,8 @@ class CkksContext:
         return found
 
     def automorphism_key_count(self) -> int:
-        """Automorphism keys present for this key set: the rotation keys (bootstrapping's and
-        the kernels') plus bootstrapping's conjugation key."""
+        """Automorphism keys present for this key set: every rotation key (bootstrapping's and
+        the kernels'), the conjugation key and any other automorphism bootstrapping made."""
         return len(self.cc.GetExistingEvalAutomorphismKeyIndices(self.key_tag))
 
     def key_switching_key_bytes(self) -> int:
