@@ -35,3 +35,9 @@ def test_infer_json_reports_each_image(tmp_path, capsys):
         assert set(rec) >= {"label", "plain_pred", "enc_pred", "max_abs_logit_diff", "seconds"}
     assert out["agreement"] == 1.0 and out["report"]["bootstraps"] > 0
     assert {s["kind"] for s in out["report"]["steps"]} == {"linear", "relu", "add", "pool"}
+    # the text output: one line per image, then agreement, keys and memory
+    rc = cli(["infer", "--images", "1", "--preset", "test", "--checkpoint", str(tmp_path / "ck"),
+              "--data", str(tmp_path / "data")])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert rc == 0 and "(same)" in lines[-2] and lines[-1].startswith("100% of encrypted predictions")
+    assert "automorphism keys present" in lines[-1] and lines[-1].endswith("GiB")

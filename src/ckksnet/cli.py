@@ -215,9 +215,11 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     result = inference.run(args.images, args.preset, args.data, args.checkpoint, args.alpha,
                            args.eps_bits, progress=not args.json,
                            on_image=None if args.json else _print_image)
+    keys = result["key_memory_gb"]
     return _emit(args, result, f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the "
                  f"plaintext ones; keys {result['keygen_seconds']:.0f} s ({result['rotation_keys']} rotation "
-                 f"keys), peak memory {result['report']['peak_rss_gb']:.1f} GB")
+                 f"keys made for the kernels, {keys['automorphism_keys_present']} automorphism keys present: "
+                 f"{keys['automorphism_keys']:.2f} GiB), peak memory {result['report']['peak_rss_gb']:.1f} GiB")
 
 
 def _add_infer(sub: argparse._SubParsersAction, name: str = "infer", images: int = 2) -> None:
