@@ -15,6 +15,7 @@ from pathlib import Path
 from _results import machine, replace_section, today
 from ckksnet import inference
 from ckksnet.fidelity import NoiseModel, bundled_noise_path
+from ckksnet.runtime import rotation_key_text
 
 HEADER = "## ResNet-20 encrypted inference (benchmarks/resnet20.py)"
 
@@ -33,10 +34,7 @@ def section(res: dict, argv: list[str]) -> str:
              f"| key generation | {res['keygen_seconds']:.0f} s |",
              f"| rotation keys | {res['rotation_keys']} generated, "
              f"{res['key_memory_gb'].get('bootstrap_rotation_keys_reused', 0)} reused from bootstrapping "
-             f"(policy {res['rotation_key_policy']})"
-             + (f"; {res['key_memory_gb']['automorphism_keys_present']} automorphism keys present, "
-                f"{res['key_memory_gb']['automorphism_keys']:.2f} GiB" if "automorphism_keys" in res["key_memory_gb"] else "")
-             + " |",
+             f"(policy {res['rotation_key_policy']}); {rotation_key_text(res['key_memory_gb']) or 'size not recorded'} |",
              f"| peak RSS | {rep['peak_rss_gb']:.1f} GiB = {rep['peak_rss_gb'] * 1.073741824:.1f} GB (after key "
              f"generation: {res['peak_rss_gb_after_keygen']:.1f} GiB) |",
              f"| ReLU | alpha {res['alpha']}, eps 2^-{res['eps_bits']} |"]

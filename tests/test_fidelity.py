@@ -153,7 +153,7 @@ def test_profile_sums_by_kind_its_text_lines_and_plots(tmp_path):
                                                         "max_logit_error": 0.01})
 
     line = _profile_line(prof | {"key_memory_gb": {"automorphism_keys_present": 62, "automorphism_keys": 7.75}})
-    assert "image 7" in line and "linear 6 s" in line and "rotation keys 7.75 GiB (62 automorphism keys)" in line
+    assert "image 7" in line and "linear 6 s" in line and "rotation keys 7.75 GiB (62 automorphism keys present)" in line
     assert "rotation keys" not in _profile_line(prof)  # old records carry no key memory
     res = {"preset": "test", "alpha": 13, "profile": prof,
            "alpha_sweep": [{"alpha": a, "identical_top1": 99.0, "accuracy": 90.0, "images": 5} for a in (9, 13)]}

@@ -166,11 +166,11 @@ def _profile_line(prof: dict) -> str:
     """One line of the fidelity profile: time by kind (s), peak RSS and rotation-key memory (GiB)."""
     which = f"image {prof['image']}" if "image" in prof else prof.get("from", "saved report")
     kinds = ", ".join(f"{k} {v:.0f} s" for k, v in prof["by_kind"].items())
-    keys = prof.get("key_memory_gb") or {}
-    key_text = (f"; rotation keys {keys['automorphism_keys']:.2f} GiB ({keys['automorphism_keys_present']} automorphism keys)"
-                if "automorphism_keys" in keys else "")
+    from ckksnet.runtime import rotation_key_text
+
+    key_text = rotation_key_text(prof.get("key_memory_gb"))
     return (f"profile ({which}): {prof['seconds']:.0f} s, {prof['bootstraps']} bootstraps; {kinds}; "
-            f"peak RSS {prof['peak_rss_gb']:.2f} GiB{key_text}")
+            f"peak RSS {prof['peak_rss_gb']:.2f} GiB" + (f"; {key_text}" if key_text else ""))
 
 
 def _add_fidelity(sub: argparse._SubParsersAction) -> None:
@@ -215,11 +215,12 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     result = inference.run(args.images, args.preset, args.data, args.checkpoint, args.alpha,
                            args.eps_bits, progress=not args.json,
                            on_image=None if args.json else _print_image)
-    keys = result["key_memory_gb"]
+    from ckksnet.runtime import rotation_key_text
+
     return _emit(args, result, f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the "
-                 f"plaintext ones; keys {result['keygen_seconds']:.0f} s ({result['rotation_keys']} rotation "
-                 f"keys made for the kernels, {keys['automorphism_keys_present']} automorphism keys present: "
-                 f"{keys['automorphism_keys']:.2f} GiB), peak memory {result['report']['peak_rss_gb']:.1f} GiB")
+                 f"plaintext ones; keys {result['keygen_seconds']:.0f} s, {result['rotation_keys']} rotation "
+                 f"keys made for the kernels, {rotation_key_text(result['key_memory_gb'])}; peak memory "
+                 f"{result['report']['peak_rss_gb']:.1f} GiB")
 
 
 def _add_infer(sub: argparse._SubParsersAction, name: str = "infer", images: int = 2) -> None:

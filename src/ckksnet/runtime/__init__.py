@@ -109,6 +109,15 @@ class Client:
         return self.ckks.server()
 
 
+def rotation_key_text(key_memory_gb: dict | None) -> str:
+    """'rotation keys X GiB (N automorphism keys present)' from :attr:`Client.key_memory_gb`;
+    empty for reports made before it held the rotation keys' size."""
+    keys = key_memory_gb or {}
+    if "automorphism_keys" not in keys:
+        return ""
+    return f"rotation keys {keys['automorphism_keys']:.2f} GiB ({keys['automorphism_keys_present']} automorphism keys present)"
+
+
 class Server:
     """Runs a plan on ciphertexts. Holds no secret key."""
 
