@@ -11,7 +11,7 @@ from ckksnet.compiler import compile
 from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
 from ckksnet.compiler.steps import SumPoolStep
 from ckksnet.errors import CompileError, RangeError, ShapeError
-from ckksnet.backend.context import signed_powers_of_two
+from ckksnet.layout.rotations import signed_powers_of_two
 from ckksnet.kernels.linear import KeySwitchCounter, LinearMap, giant_steps
 from ckksnet.kernels.pooled_dense import PooledDense, box_offsets, disjoint_shifts
 from ckksnet.layout import Layout, PooledLayout, VectorLayout

@@ -11,7 +11,6 @@ many more rescales (multiplications) a ciphertext can take before it must be boo
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -20,6 +19,7 @@ import openfhe as ofhe
 
 from ckksnet.backend.memory import tune_allocator
 from ckksnet.backend.presets import Preset, build_crypto_context, get_preset
+from ckksnet.layout.rotations import rotation_chain, rotation_paths
 from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, NonFiniteError,
                             RangeError, ShapeError)
 
@@ -39,50 +39,6 @@ class KeyInventory:
     raw: dict[int, int] = field(default_factory=dict)
     bootstrap: bool = False
     bootstrap_ready: bool = False  # EvalBootstrapSetup done in this process
-
-
-@lru_cache(maxsize=16)
-def _paths(slots: int, keys: frozenset) -> dict[int, tuple[int, int]]:
-    parent: dict[int, tuple[int, int]] = {}
-    seen = {0}
-    frontier = [0]
-    steps = sorted(keys)
-    while frontier:  # breadth-first: fewest key switches first
-        nxt = []
-        for node in frontier:
-            for k in steps:
-                m = (node + k) % slots
-                if m not in seen:
-                    seen.add(m)
-                    parent[m] = (node, k)
-                    nxt.append(m)
-        frontier = nxt
-    return parent
-
-
-def rotation_paths(slots: int, keys: Iterable[int]) -> dict[int, tuple[int, int]]:
-    """Shortest decompositions of every rotation into available ones: {index: (previous, key)},
-    found by breadth-first search over Z_slots with one edge per rotation key."""
-    return _paths(slots, frozenset(int(k) % slots for k in keys if int(k) % slots))
-
-
-def rotation_chain(parent: dict[int, tuple[int, int]], idx: int) -> list[int] | None:
-    """The indices a rotation by ``idx`` passes through along ``parent`` (from
-    :func:`rotation_paths`): idx first, its first hop from 0 last; None if unreachable."""
-    out = []
-    while idx:
-        if idx not in parent:
-            return None
-        out.append(idx)
-        idx = parent[idx][0]
-    return out
-
-
-def signed_powers_of_two(slots: int) -> list[int]:
-    """Rotation indices +-2^i (mod slots): any rotation is then at most ~log2(slots)/2 key
-    switches, with 2 log2(slots) - 1 keys."""
-    out = {1 << i for i in range(slots.bit_length() - 1)}
-    return sorted(out | {(slots - p) % slots for p in out} - {0})
 
 
 class CkksContext:

@@ -15,7 +15,7 @@ from ckksnet.compiler.registry import ACTIVATION_TYPES, KERNELS, LoweringContext
 from ckksnet.compiler.steps import AddStep
 from ckksnet.errors import CompileError
 from ckksnet.layout import Layout
-from ckksnet.models.resnet import Normalize
+from ckksnet.nn import Normalize
 
 
 class _Tracer(fx.Tracer):

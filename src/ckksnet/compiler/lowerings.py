@@ -17,7 +17,7 @@ from ckksnet.errors import CompileError
 from ckksnet.kernels.linear import LinearMap
 from ckksnet.kernels.pooled_dense import PooledDense
 from ckksnet.layout import PooledLayout, VectorLayout
-from ckksnet.models.resnet import Normalize, PadShortcut
+from ckksnet.nn import Normalize, PadShortcut
 
 
 def _linear(ctx: LoweringContext, name: str, matrix, bias, src: Value, dst) -> Value:

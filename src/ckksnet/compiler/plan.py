@@ -63,7 +63,7 @@ class Plan:
     def key_indices(self, available: set[int] | frozenset = frozenset()) -> list[int]:
         """Rotation keys (indices mod slots) the client must add to the ``available`` ones
         (bootstrapping's), following :attr:`rotation_keys`."""
-        from ckksnet.backend.context import rotation_paths, signed_powers_of_two
+        from ckksnet.layout.rotations import rotation_paths, signed_powers_of_two
 
         slots = self.preset.slots
         have = {k % slots for k in available}

@@ -51,7 +51,7 @@ class KeySwitchCounter:
     giant rotation (of its own partial sum) pays its whole chain. Unreachable: infinite."""
 
     def __init__(self, slots: int, keys: frozenset):
-        from ckksnet.backend.context import rotation_chain, rotation_paths
+        from ckksnet.layout.rotations import rotation_chain, rotation_paths
 
         self.slots, self.parent, self._walk = slots, rotation_paths(slots, keys), rotation_chain
         self._chains: dict[int, list[int] | None] = {}
