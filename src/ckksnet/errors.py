@@ -65,3 +65,15 @@ class DataError(CkksnetError):
 
 class CompileError(CkksnetError):
     """A model cannot be compiled to an encrypted plan."""
+
+
+class ChecksumError(DataError, CorruptDataError):
+    """Stored data does not match its recorded checksum (a checkpoint's SHA-256, a gzip CRC).
+
+    A :class:`DataError` (the data set or checkpoint is unusable) and a :class:`CorruptDataError`
+    (the bytes were altered after they were written), so either ``except`` catches it.
+    """
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint was loaded that records no checksum, so its contents could not be verified."""
