@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ from ckksnet.data.sources import (
 )
 from ckksnet.errors import DataError
 
-__all__ = ["CLASSES", "Split", "load_cifar10", "find_data", "cache_dir", "download_official"]
+__all__ = ["CLASSES", "Split", "load_cifar10", "find_data", "cache_dir", "check_split", "download_official"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -91,9 +93,59 @@ def _cache_key(path: Path, split: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def check_split(split: Split, where: str) -> Split:
+    """Check a split's arrays: uint8 (N, H, W, 3) images, N int64 labels indexing its classes.
+
+    Raises DataError naming ``where`` otherwise; returns the split unchanged.
+    """
+    im, lab = split.images, split.labels
+    if not (isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 4 and im.shape[-1] == 3):
+        raise DataError(f"{where}: images must be uint8 (N, H, W, 3), got {getattr(im, 'dtype', type(im))} "
+                        f"{getattr(im, 'shape', '')}")
+    if not (isinstance(lab, np.ndarray) and lab.dtype == np.int64 and lab.shape == (len(im),)):
+        raise DataError(f"{where}: labels must be int64 ({len(im)},), got {getattr(lab, 'dtype', type(lab))} "
+                        f"{getattr(lab, 'shape', '')}")
+    if len(im) == 0 or not split.classes or lab.min() < 0 or lab.max() >= len(split.classes):
+        raise DataError(f"{where}: expected at least one image and labels in 0..{len(split.classes) - 1}")
+    return split
+
+
+def _read_cache(cached: Path) -> Split | None:
+    """The split stored in ``cached``, or None (and the file removed) if it is unreadable or invalid."""
+    try:
+        with np.load(cached, allow_pickle=False) as z:
+            split = Split(z["images"], z["labels"], tuple(str(c) for c in z["classes"].tolist()),
+                          str(z["source"]))
+        return check_split(split, str(cached))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError):
+        try:
+            cached.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
+        except OSError:
+            pass
+        return None
+
+
+def _write_cache(cached: Path, split: Split) -> None:
+    """Store ``split`` atomically; a cache that cannot be written only costs a warning."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, images=split.images, labels=split.labels,
+                 classes=np.array(split.classes), source=np.array(split.source))
+        tmp.replace(cached)
+    except OSError as exc:
+        warnings.warn(f"cannot write the data cache {cached}: {exc}", stacklevel=3)
+
+
 def load_cifar10(split: str = "test", data: str | os.PathLike | None = None,
                  use_cache: bool = True) -> Split:
-    """Load a CIFAR-10 split ("train" or "test") as uint8 HWC images and int64 labels."""
+    """Load a CIFAR-10 split ("train" or "test") as uint8 HWC images and int64 labels.
+
+    Every file is checked as it is read (see :mod:`ckksnet.data.checked`); a cached copy that
+    is unreadable or inconsistent is rebuilt. Raises DataError (no data, a bad split name, a
+    missing, malformed, truncated or damaged file, naming the path) or ChecksumError (a
+    compressed archive whose CRC does not match).
+    """
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', not {split!r}")
     if str(data) == "foolbox":
@@ -105,16 +157,10 @@ def load_cifar10(split: str = "test", data: str | os.PathLike | None = None,
         raise DataError(f"{path}: data path does not exist")
     cached = cache_dir() / f"cifar10-{split}-{_cache_key(path, split)}.npz"
     if use_cache and cached.exists():
-        try:
-            with np.load(cached, allow_pickle=False) as z:
-                return Split(z["images"], z["labels"], tuple(z["classes"].tolist()), str(z["source"]))
-        except (OSError, ValueError, KeyError):
-            cached.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
-    result = _read(path, split)
+        result = _read_cache(cached)
+        if result is not None:
+            return result
+    result = check_split(_read(path, split), str(path))
     if use_cache:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
-        np.savez(tmp, images=result.images, labels=result.labels,
-                 classes=np.array(result.classes), source=np.array(result.source))
-        tmp.replace(cached)
+        _write_cache(cached, result)
     return result
