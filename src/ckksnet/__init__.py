@@ -21,8 +21,15 @@ def __getattr__(name: str):
     if name in ("Client", "Server"):
         import ckksnet.runtime as rt
         return getattr(rt, name)
+    if name in ("load_plan", "load_client_spec"):
+        import ckksnet.compiler.artifact as art
+        return getattr(art, name)
+    if name in ("Plan", "ClientSpec"):
+        import ckksnet.compiler.plan as plan
+        return getattr(plan, name)
     raise AttributeError(f"module 'ckksnet' has no attribute {name!r}")
 
 __all__ = ["ApproxError", "CkksnetError", "CompileError", "ContextMismatchError", "CorruptDataError", "DataError",
            "InputError", "LevelError", "MissingKeyError", "NonFiniteError", "PresetError",
-           "RangeError", "SerializationError", "ShapeError", "WrongFileTypeError", "__version__", "compile", "Client", "Server"]
+           "RangeError", "SerializationError", "ShapeError", "WrongFileTypeError", "__version__", "compile", "Client", "Server",
+           "load_plan", "load_client_spec", "Plan", "ClientSpec"]

@@ -5,10 +5,9 @@
 """
 from ckksnet.approx.composite import (DEFAULT_EPS_BITS, SHIPPED_ALPHAS, SHIPPED_EPS_BITS, CompositeSign,
                                       design, load_table, measured_sign_error, search)
-from ckksnet.approx.evaluate import (CkksArith, NumpyArith, count_products, count_relinearizations,
-                                     depth_of, eval_odd)
+from ckksnet.approx.evaluate import count_products, count_relinearizations, depth_of, eval_odd
 from ckksnet.approx.relu import RangeReport, ReluApprox
 
 __all__ = ["DEFAULT_EPS_BITS", "SHIPPED_ALPHAS", "SHIPPED_EPS_BITS", "CompositeSign", "design",
-           "load_table", "measured_sign_error", "search", "CkksArith", "NumpyArith", "count_products",
+           "load_table", "measured_sign_error", "search", "count_products",
            "count_relinearizations", "depth_of", "eval_odd", "RangeReport", "ReluApprox"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckksnet.approx.evaluate import NumpyArith, count_products, count_relinearizations, depth_of, eval_odd
+from ckksnet.approx.evaluate import count_products, count_relinearizations, depth_of, eval_odd
 from ckksnet.approx.remez import odd_minimax_sign
 
 TABLE_DIR = Path(__file__).resolve().parent / "tables"
@@ -63,9 +63,11 @@ class CompositeSign:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The composite in float64 (the cleartext twin's order of operations)."""
-        arith = NumpyArith()
+        from ckksnet.backend.slots import SlotEvaluator
+
+        ev = SlotEvaluator()
         for coeffs in self.components:
-            x = eval_odd(arith, x, coeffs)
+            x = eval_odd(ev, x, coeffs)
         return x
 
     def to_json(self) -> dict:

@@ -1,8 +1,10 @@
-"""Depth-optimal evaluation of odd Chebyshev series, written once for two kinds of numbers.
+"""Depth-optimal evaluation of odd Chebyshev series, written once against the evaluator interface.
 
-The same routine runs on ciphertexts (:class:`CkksArith`) and on float64 arrays
-(:class:`NumpyArith`, the cleartext twin), so both perform the same operations on the same
-coefficients in the same order.
+The same routine runs on ciphertexts (:class:`ckksnet.backend.CkksServer`), on levels only (the
+compiler's tracer) and on float64 slots or bare arrays
+(:class:`ckksnet.backend.slots.SlotEvaluator`, the cleartext twin), so all perform the same
+operations on the same coefficients in the same order. It uses ``mul`` (by a value or a
+scalar), ``mul_lazy``, ``relinearize`` and ``add`` (a value or a scalar).
 
 Method: a polynomial p of degree d < 2^m is split as p = q0 + T_k * q1 with k = 2^(m-1)
 (Chebyshev division, T_(k+j) = 2 T_k T_j - T_|k-j|), recursively, down to c * T_1 = c * x.
@@ -20,80 +22,9 @@ ciphertext product's time).
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-
-
-class Arith(Protocol):
-    """The few operations the evaluation needs; ``scale`` spends a level on ciphertexts.
-    ``mul_lazy`` returns an unrelinearized product that may only be added until ``relin``."""
-
-    def mul(self, a: Any, b: Any) -> Any: ...
-    def mul_lazy(self, a: Any, b: Any) -> Any: ...
-    def relin(self, a: Any) -> Any: ...
-    def add(self, a: Any, b: Any) -> Any: ...
-    def add_const(self, a: Any, c: float) -> Any: ...
-    def scale(self, a: Any, c: float) -> Any: ...
-
-
-class NumpyArith:
-    """float64 arithmetic: the cleartext twin. Counts ct x ct products and relinearizations
-    (what the encrypted run does at the same points) for reports and tests."""
-
-    def __init__(self) -> None:
-        self.products = 0
-        self.relins = 0
-
-    def mul(self, a, b):
-        self.products += 1
-        self.relins += 1
-        return a * b
-
-    def mul_lazy(self, a, b):
-        self.products += 1
-        return a * b
-
-    def relin(self, a):
-        self.relins += 1
-        return a
-
-    def add(self, a, b):
-        return a + b
-
-    def add_const(self, a, c):
-        return a + c
-
-    def scale(self, a, c):
-        return a * c
-
-
-class CkksArith:
-    """Ciphertext arithmetic through a :class:`ckksnet.backend.CkksServer`."""
-
-    def __init__(self, server) -> None:
-        self.server = server
-        self.products = 0
-
-    def mul(self, a, b):
-        self.products += 1
-        return self.server.mul(a, b)
-
-    def mul_lazy(self, a, b):
-        self.products += 1
-        return self.server.mul_lazy(a, b)
-
-    def relin(self, a):
-        return self.server.relinearize(a)
-
-    def add(self, a, b):
-        return self.server.add(a, b)
-
-    def add_const(self, a, c):
-        return self.server.add(a, float(c))
-
-    def scale(self, a, c):
-        return self.server.mul(a, float(c))
 
 
 def depth_of(degree: int) -> int:
@@ -119,7 +50,7 @@ def _trim(c: np.ndarray) -> np.ndarray:
     return c[: nz[-1] + 1] if len(nz) else c[:0]
 
 
-def eval_odd(arith: Arith, x: Any, odd_coeffs: Sequence[float]) -> Any:
+def eval_odd(ev, x: Any, odd_coeffs: Sequence[float]) -> Any:
     """sum_k odd_coeffs[k] * T_(2k+1)(x), for |x| <= 1, in ceil(log2(d + 1)) levels."""
     full = np.zeros(2 * len(odd_coeffs))
     full[1::2] = odd_coeffs
@@ -130,29 +61,29 @@ def eval_odd(arith: Arith, x: Any, odd_coeffs: Sequence[float]) -> Any:
     powers = {1: x}
     k = 1
     while 2 * k < 2 ** m:  # T_2 .. T_(2^(m-1)), each one level deeper than the last
-        sq = arith.mul(powers[k], powers[k])
-        powers[2 * k] = arith.add_const(arith.add(sq, sq), -1.0)
+        sq = ev.mul(powers[k], powers[k])
+        powers[2 * k] = ev.add(ev.add(sq, sq), -1.0)
         k *= 2
-    value, lazy = _rec(arith, powers, full)
-    return arith.relin(value) if lazy else value
+    value, lazy = _rec(ev, powers, full)
+    return ev.relinearize(value) if lazy else value
 
 
-def _rec(arith: Arith, powers: dict, c: np.ndarray) -> tuple[Any, bool] | None:
+def _rec(ev, powers: dict, c: np.ndarray) -> tuple[Any, bool] | None:
     """(value, lazy) of the series c; lazy: the value is a sum holding unrelinearized products."""
     c = _trim(c)
     if len(c) == 0:
         return None
     d = len(c) - 1
     if d == 1:
-        return arith.scale(powers[1], float(c[1])), False
+        return ev.mul(powers[1], float(c[1])), False
     if d == 0:
         raise ValueError("odd series produced an even remainder")  # cannot happen for odd input
     k = 2 ** (depth_of(d) - 1)
     q0, q1 = _split(c, k)
-    factor, lazy = _rec(arith, powers, q1)
-    high = arith.mul_lazy(powers[k], arith.relin(factor) if lazy else factor)
-    low = _rec(arith, powers, q0)
-    return (high if low is None else arith.add(low[0], high)), True
+    factor, lazy = _rec(ev, powers, q1)
+    high = ev.mul_lazy(powers[k], ev.relinearize(factor) if lazy else factor)
+    low = _rec(ev, powers, q0)
+    return (high if low is None else ev.add(low[0], high)), True
 
 
 def count_products(odd_coeffs: Sequence[float]) -> int:
@@ -162,10 +93,12 @@ def count_products(odd_coeffs: Sequence[float]) -> int:
 
 def count_relinearizations(odd_coeffs: Sequence[float]) -> int:
     """Relinearizations (key switches) :func:`eval_odd` performs for these coefficients."""
-    return _counts(odd_coeffs).relins
+    return _counts(odd_coeffs).key_switches["relinearizations"]
 
 
-def _counts(odd_coeffs: Sequence[float]) -> NumpyArith:
-    arith = NumpyArith()
-    eval_odd(arith, np.zeros(1), odd_coeffs)
-    return arith
+def _counts(odd_coeffs: Sequence[float]):
+    from ckksnet.backend.slots import SlotEvaluator
+
+    ev = SlotEvaluator()
+    eval_odd(ev, np.zeros(1), odd_coeffs)
+    return ev

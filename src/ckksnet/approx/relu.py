@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ckksnet.approx.composite import DEFAULT_EPS_BITS, CompositeSign, load_table
-from ckksnet.approx.evaluate import Arith, CkksArith, NumpyArith, depth_of, eval_odd
+from ckksnet.approx.evaluate import depth_of, eval_odd
 from ckksnet.errors import ApproxError
 
 
@@ -74,17 +74,21 @@ class ReluApprox:
         """Levels of each component, then 1 for the final product (bootstrap boundaries)."""
         return [depth_of(d) for d in self.sign.degrees] + [1]
 
-    def _ops(self, arith: Arith, x: Any, prescaled: bool, refresh=None) -> Any:
-        """``refresh(value, levels)`` may bootstrap a value between stages (encrypted runtime);
-        the stored components map [-1, 1] into [-1, 1], as bootstrapping requires."""
+    def evaluate(self, ev, x: Any, prescaled: bool = False, refresh=None) -> Any:
+        """The approximation on any evaluator (:mod:`ckksnet.backend.evaluator`). Without
+        ``refresh`` it needs :meth:`depth` levels (raises ``LevelError`` otherwise); with
+        ``refresh(value, levels)`` (the plan's bootstrapping schedule) values may be bootstrapped
+        between stages: the stored components map [-1, 1] into [-1, 1], as bootstrapping needs."""
+        if refresh is None:
+            ev.require_levels(x, self.depth(prescaled), "composite ReLU")
         keep = refresh or (lambda v, levels: v)
-        t = x if prescaled else arith.scale(keep(x, 1), 1.0 / self.bound)
+        t = x if prescaled else ev.mul(keep(x, 1), 1.0 / self.bound)
         t = keep(t, self.stage_depths[0])
         u = t
         for coeffs, depth in zip(self._half, self.stage_depths):
-            u = eval_odd(arith, keep(u, depth), coeffs)
+            u = eval_odd(ev, keep(u, depth), coeffs)
         factor = t if prescaled else keep(x, 1)
-        return arith.mul(factor, arith.add_const(keep(u, 1), 0.5))  # x (1 + p) / 2
+        return ev.mul(factor, ev.add(keep(u, 1), 0.5))  # x (1 + p) / 2
 
     def twin(self, x: np.ndarray, report: RangeReport | None = None, prescaled: bool = False) -> np.ndarray:
         """float64 evaluation, the same operations as :meth:`encrypted`. Out-of-range inputs are
@@ -92,16 +96,14 @@ class ReluApprox:
         x = np.asarray(x, dtype=np.float64)
         if report is not None:
             report.add(x, 1.0 if prescaled else self.bound)
+        from ckksnet.backend.slots import SlotEvaluator
+
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned
-            return self._ops(NumpyArith(), x, prescaled)
+            return self.evaluate(SlotEvaluator(), x, prescaled)
 
     def encrypted(self, server, ct, prescaled: bool = False, refresh=None):
-        """Evaluate on a ciphertext. Without ``refresh`` it needs :meth:`depth` levels (raises
-        ``LevelError`` otherwise); with ``refresh(ct, levels)`` (a bootstrapping policy) the
-        stages are refreshed as needed."""
-        if refresh is None:
-            server.require_levels(ct, self.depth(prescaled), "composite ReLU")
-        return self._ops(CkksArith(server), ct, prescaled, refresh)
+        """:meth:`evaluate` on a ciphertext through a :class:`ckksnet.backend.CkksServer`."""
+        return self.evaluate(server, ct, prescaled, refresh)
 
     def near_zero_gain(self, points: int = 20_001) -> float:
         """M = max |p(t)| for |t| <= eps (see the module's error bound)."""

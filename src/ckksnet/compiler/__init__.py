@@ -9,7 +9,7 @@ Add a kernel for a new module type with :func:`register` (see ``examples/silu_ke
 """
 from __future__ import annotations
 
-from ckksnet.compiler.graph import compile_model as compile
+from ckksnet.compiler.phases import compile_model as compile
 from ckksnet.compiler.registry import KERNELS, LoweringContext, register
 
 __all__ = ["compile", "register", "KERNELS", "LoweringContext"]

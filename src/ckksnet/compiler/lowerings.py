@@ -7,15 +7,20 @@ Linear is a :class:`PooledDense` (masks and one box sum) whenever its output win
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
+import torch
 import torch.nn as nn
 
 from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
 from ckksnet.compiler.registry import LoweringContext, Value, register
-from ckksnet.compiler.steps import LinearStep, ReluStep, SumPoolStep
 from ckksnet.errors import CompileError
-from ckksnet.kernels.linear import LinearMap
+from ckksnet.kernels.add import AddStep
+from ckksnet.kernels.linear import LinearMap, LinearStep
+from ckksnet.kernels.pool import SumPoolStep
 from ckksnet.kernels.pooled_dense import PooledDense
+from ckksnet.kernels.relu import ReluStep
 from ckksnet.layout import PooledLayout, VectorLayout
 from ckksnet.nn import Normalize, PadShortcut
 
@@ -125,3 +130,13 @@ def lower_linear(ctx, node, module: nn.Linear, args):
         return ctx.add_step(LinearStep(node.target, generic), [src], ctx.new_value(dst))
     dst = VectorLayout(module.out_features, ctx.slots, tuple(int(p) for p in kernel.outputs))
     return ctx.add_step(LinearStep(node.target, kernel), [src], ctx.new_value(dst))
+
+
+@register(operator.add, torch.add, operator.iadd)
+def lower_add(ctx, node, module, args):
+    if len(args) != 2:
+        raise CompileError(f"addition {node.name}: only the sum of two tensors is supported")
+    a, b = (materialize(ctx, v) for v in args)
+    if a.layout != b.layout:
+        raise CompileError(f"addition {node.name}: operands have layouts {a.layout} and {b.layout}")
+    return ctx.add_step(AddStep(node.name), [a, b], ctx.new_value(a.layout))

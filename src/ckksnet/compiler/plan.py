@@ -1,21 +1,93 @@
-"""The plan: values (layout + scale) and steps, plus the client's preprocessing constants.
+"""The plan: a compiled network, complete at compile time, and its client half.
 
-``Plan.twin(images)`` runs the cleartext twin: the same steps on float64 slot vectors, batched.
+A :class:`Plan` holds the values (layout + scale), the steps (kernels with their encoded
+weights), the input preprocessing and the :class:`~ckksnet.compiler.schedule.Schedule`. Nothing
+mutates it after :func:`ckksnet.compile`: servers, clients and the twin only read it.
+
+A :class:`ClientSpec` is what a client needs and nothing more: the preset, the input
+preprocessing, input layout and level, output layout and scale, which keys to make, class names
+and the model's identity. It holds **no weights**, so a model owner can hand it out.
+
+``plan.save(folder)`` writes both halves (``server_plan.ckksnet``, ``client_plan.ckksnet``);
+:func:`ckksnet.load_plan` and :func:`ckksnet.load_client_spec` read them back, validated
+(:mod:`ckksnet.compiler.artifact`).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ckksnet.backend.presets import Preset
 from ckksnet.compiler.registry import Value
 from ckksnet.errors import RangeError, ShapeError
+from ckksnet.layout import Layout, VectorLayout
+from ckksnet.layout.rotations import rotation_paths, signed_powers_of_two
+
+SERVER_FILE = "server_plan.ckksnet"
+CLIENT_FILE = "client_plan.ckksnet"
+
+
+class ActivationRangeWarning(UserWarning):
+    """The twin saw an activation beyond its approximation's interval (a ReLU input beyond B)."""
+
+
+def preprocess(images: np.ndarray, layout: Layout, mean: np.ndarray, std: np.ndarray,
+               scale: float) -> tuple[np.ndarray, bool]:
+    """Images -> packed slot vectors (batch, slots): normalized, divided by the input scale.
+    Returns (packed, single image given). Raises ShapeError, NonFiniteError, RangeError."""
+    from ckksnet.inputs import as_images
+
+    x, single = as_images(images, layout.channels, layout.height, layout.width)
+    x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+    return layout.pack(x / scale), single
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """The client artifact. ``input_level``: levels the client encrypts with; ``rotation_keys``:
+    rotation indices (mod slots) the client generates beyond bootstrapping's;
+    ``bootstrap_slots``: slot counts to make bootstrapping keys for (empty: none)."""
+
+    preset: Preset
+    mean: np.ndarray
+    std: np.ndarray
+    input_layout: Layout
+    input_scale: float
+    input_level: int
+    output_layout: VectorLayout
+    output_scale: float
+    rotation_keys: tuple = ()
+    bootstrap_slots: tuple = ()
+    classes: tuple = ()
+    model_id: str = ""
+    plan_id: str = ""
+
+    @property
+    def bootstrap(self) -> bool:
+        return bool(self.bootstrap_slots)
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) / (H, W, C) or float (N, C, H, W) / (C, H, W) in [0, 1] -> packed
+        slots, (N, slots) or (slots,)."""
+        packed, single = preprocess(images, self.input_layout, self.mean, self.std, self.input_scale)
+        return packed[0] if single else packed
+
+    def postprocess(self, slots: np.ndarray) -> np.ndarray:
+        """Decrypted output slots -> logits (float64)."""
+        return self.output_layout.unpack(slots) * self.output_scale
+
+    def save(self, path) -> Path:
+        from ckksnet.compiler.artifact import save_artifact
+
+        return save_artifact("client_plan", self, path)
 
 
 @dataclass
 class Plan:
-    """A compiled network. ``steps``: (step, input value ids, output value id) in order."""
+    """A compiled network. ``steps``: (kernel, input value ids, output value id) in order."""
 
     preset: Preset
     values: list[Value] = field(default_factory=list)
@@ -28,8 +100,12 @@ class Plan:
     # "reuse": none unless a rotation cannot be chained from the keys present; "pow2": +-2^i;
     # "direct": one key per rotation index (fastest, most memory)
     rotation_keys: str = "reuse"
+    schedule: object | None = None
+    classes: tuple = ()
+    model_id: str = ""
+    options: dict = field(default_factory=dict)
 
-    # ------------------------------------------------------------ building
+    # ------------------------------------------------------------ building (compile only)
     def new_value(self, layout, scale: float = 1.0) -> Value:
         v = Value(len(self.values), layout, scale)
         self.values.append(v)
@@ -42,10 +118,11 @@ class Plan:
         self.mean, self.std = mean, std
         self.input = self.new_value(layout).id
 
+    # ------------------------------------------------------------ facts
     @property
     def input_bound(self) -> float:
         """Largest |normalized pixel| for pixels in [0, 1]: the input's scale."""
-        return float(np.max(np.maximum(self.mean / self.std, (1 - self.mean) / self.std)))
+        return float(np.max(np.maximum(np.abs(self.mean / self.std), np.abs((1 - self.mean) / self.std))))
 
     @property
     def input_layout(self):
@@ -55,7 +132,6 @@ class Plan:
     def output_layout(self):
         return self.values[self.output].layout
 
-    # ------------------------------------------------------------ facts
     def rotations(self) -> set[int]:
         """Every rotation index the plan's kernels need."""
         return set().union(*(s.rotations() for s, _, _ in self.steps))
@@ -63,8 +139,6 @@ class Plan:
     def key_indices(self, available: set[int] | frozenset = frozenset()) -> list[int]:
         """Rotation keys (indices mod slots) the client must add to the ``available`` ones
         (bootstrapping's), following :attr:`rotation_keys`."""
-        from ckksnet.layout.rotations import rotation_paths, signed_powers_of_two
-
         slots = self.preset.slots
         have = {k % slots for k in available}
         needed = {k % slots for k in self.rotations()} - {0} - have
@@ -81,14 +155,6 @@ class Plan:
                 used.add(key)
         return sorted(used - have)
 
-    def tune_for_keys(self, keys: set[int]) -> None:
-        """Pick every linear map's baby step for the rotation keys present (fewest key
-        switches); the results do not change. The server calls this once it has its keys."""
-        for step, _, _ in self.steps:
-            tune = getattr(getattr(step, "kernel", None), "tune_for_keys", None)
-            if tune is not None:
-                tune(keys)
-
     def last_use(self) -> dict[int, int]:
         """value id -> index of the last step reading it (the runtime frees it after)."""
         last = {}
@@ -98,68 +164,108 @@ class Plan:
         return last
 
     def summary(self) -> list[dict]:
-        return [{"step": s.name, "kind": s.kind, "levels": s.levels(), "rotations": len(s.rotations()),
-                 "scale": round(self.values[o].scale, 4)} for s, _, o in self.steps]
+        """Per step: kind, levels in/out, bootstraps, rotations, key switches, estimated seconds."""
+        sched = {s.name: s for s in self.schedule.steps} if self.schedule else {}
+        out = []
+        for step, _, o in self.steps:
+            row = {"step": step.name, "kind": step.kind, "levels": step.levels(),
+                   "rotations": len(step.rotations()), "scale": round(self.values[o].scale, 4)}
+            s = sched.get(step.name)
+            if s is not None:
+                row |= {"level_in": s.level_in, "level_out": s.level_out, "bootstraps": s.bootstraps,
+                        "key_switches": s.key_switches, "estimated_seconds": s.seconds}
+            out.append(row)
+        return out
 
-    # ------------------------------------------------------------ inputs and the twin
+    # ------------------------------------------------------------ the client half
+    def client_spec(self) -> ClientSpec:
+        """What a client needs: no weights (see :class:`ClientSpec`)."""
+        from ckksnet.compiler.artifact import plan_id
+
+        sched = self.schedule
+        return ClientSpec(self.preset, self.mean, self.std, self.input_layout, self.values[self.input].scale,
+                          sched.input_level, self.output_layout, self.values[self.output].scale,
+                          sched.client_rotations, sched.bootstrap_slots, tuple(self.classes),
+                          self.model_id, plan_id(self))
+
     def preprocess(self, images: np.ndarray) -> np.ndarray:
-        """Images -> packed slot vectors (batch, slots), normalized and divided by the input scale.
-
-        Accepts uint8 (N, H, W, C) / (H, W, C) or float (N, C, H, W) / (C, H, W) in [0, 1].
-        """
-        x = np.asarray(images)
-        if x.dtype == np.uint8:
-            x = x.astype(np.float64) / 255.0
-            x = np.moveaxis(x, -1, -3)
-        x = np.asarray(x, dtype=np.float64)
-        single = x.ndim == 3
-        x = x[None] if single else x
-        lay = self.input_layout
-        if x.ndim != 4 or x.shape[1:] != (lay.channels, lay.height, lay.width):
-            raise ShapeError(f"expected images of shape (N, {lay.channels}, {lay.height}, {lay.width}) "
-                             f"or uint8 (N, {lay.height}, {lay.width}, {lay.channels}); got {np.shape(images)}")
-        if not np.all(np.isfinite(x)):
-            raise RangeError("images hold NaN or infinite values")
-        if x.min() < 0 or x.max() > 1:
-            raise RangeError(f"pixel values must lie in [0, 1] (got {x.min():.3g}..{x.max():.3g}); "
-                             "the input scale was fixed for that range")
-        x = (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-        packed = lay.pack(x / self.values[self.input].scale)
+        """Images -> packed slot vectors (see :meth:`ClientSpec.preprocess`)."""
+        packed, single = preprocess(images, self.input_layout, self.mean, self.std, self.values[self.input].scale)
         return packed[0] if single else packed
 
-    def twin(self, images: np.ndarray, batch_size: int = 256, noise=None, seed: int = 0) -> np.ndarray:
-        """Logits of the cleartext twin for a batch of images: (N, classes).
+    def save(self, folder) -> Path:
+        """Write the server artifact and the client artifact into ``folder``."""
+        from ckksnet.compiler.artifact import save_artifact
 
-        ``noise``: a :class:`ckksnet.fidelity.NoiseModel` (CKKS error of the measured size added
-        after each step, seeded by ``seed``) or None for the exact twin.
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_artifact("server_plan", self, folder / SERVER_FILE)
+        self.client_spec().save(folder / CLIENT_FILE)
+        return folder
+
+    # ------------------------------------------------------------ the twin
+    def twin(self, images: np.ndarray, batch_size: int = 256, noise=None, seed: int = 0,
+             strict: bool = False, reference: bool = False, ranges: dict | None = None) -> np.ndarray:
+        """Logits of the cleartext twin: (N, classes) for a batch of images ((classes,) for one).
+
+        The plan's own kernels on the numpy slot evaluator, following the schedule (levels are
+        checked as in an encrypted run). ``noise``: a :class:`ckksnet.fidelity.NoiseModel` (CKKS
+        error of the measured size after each step, seeded by ``seed``) or None for the exact twin.
+        ``reference``: run every kernel's algorithm as written (rotations; slow) instead of the
+        equivalent fast forms. Inputs beyond an approximation's interval (a ReLU input beyond its
+        bound B) give an :class:`ActivationRangeWarning` naming the layer, or with ``strict`` a
+        :class:`ckksnet.RangeError`; ``ranges`` (a dict) receives the per-layer figures.
         """
-        packed = np.atleast_2d(self.preprocess(images))
+        packed = self.preprocess(images)
+        single = packed.ndim == 1
+        packed = np.atleast_2d(packed)
         rng = np.random.default_rng(seed)
-        out = [self.twin_packed(packed[i:i + batch_size], noise, rng) for i in range(0, len(packed), batch_size)]
-        return np.concatenate(out)
+        seen: dict = {} if ranges is None else ranges
+        out = [self.twin_packed(packed[i:i + batch_size], noise, rng, reference, seen)
+               for i in range(0, len(packed), batch_size)]
+        _check_ranges(seen, strict)
+        logits = np.concatenate(out)
+        return logits[0] if single else logits
 
-    def twin_packed(self, packed: np.ndarray, noise=None, rng: np.random.Generator | None = None) -> np.ndarray:
-        vals = {self.input: packed}
+    def twin_packed(self, packed: np.ndarray, noise=None, rng: np.random.Generator | None = None,
+                    reference: bool = False, ranges: dict | None = None) -> np.ndarray:
+        """The twin on packed slots (batch, slots) -> logits (batch, classes)."""
+        from ckksnet.backend.slots import SlotEvaluator
+        from ckksnet.runtime.walker import ScheduledRefresh, walk
+
+        ev = SlotEvaluator(self.preset.slots, self.preset.levels_after_bootstrap, fast=not reference)
         used = lambda v: np.asarray(self.values[v].layout.index).ravel()  # noqa: E731
+        x = packed if noise is None else noise.perturb("input", packed, rng, used(self.input))
+        after = _twin_observer(self, noise, rng, used, ranges if ranges is not None else {})
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, not warned
+            out = walk(self, ev, ev.fresh(x, self.schedule.input_level),
+                       ScheduledRefresh(ev, self.schedule.decisions()), after_step=after)
+        return self.output_layout.unpack(out.data * self.values[self.output].scale)
+
+
+def _twin_observer(plan: Plan, noise, rng, used, ranges: dict):
+    """after_step for the twin: range figures of kernels with a ``domain``, then noise."""
+    def after(i, step, inputs, out):
+        if step.domain is not None:
+            x = np.abs(inputs[0].data)
+            r = ranges.setdefault(step.name, {"domain": step.domain, "total": 0, "outside": 0, "max_ratio": 0.0})
+            r["total"] += int(x.size)
+            r["outside"] += int(np.count_nonzero(~(x <= step.domain)))
+            r["max_ratio"] = max(r["max_ratio"], float(np.nanmax(x, initial=0.0)) / step.domain)
         if noise is not None:
-            vals[self.input] = noise.perturb("input", packed, rng, used(self.input))
-        last = self.last_use()
-        for i, (step, ins, out) in enumerate(self.steps):
-            vals[out] = step.twin([vals[v] for v in ins])
-            if noise is not None:
-                vals[out] = noise.perturb(step.name, vals[out], rng, used(out))
-            for v in ins:
-                if last.get(v) == i and v != self.output:
-                    vals.pop(v, None)
-        return self.output_layout.unpack(vals[self.output] * self.values[self.output].scale)
+            out.data = noise.perturb(step.name, out.data, rng, used(plan.steps[i][2]))
+        return out
+    return after
 
-    def reset_reports(self) -> None:
-        """Zero the ReLU range counters (before a twin run whose counts are wanted alone)."""
-        for s, _, _ in self.steps:
-            if s.kind == "relu":
-                s.report.__init__()
 
-    def relu_reports(self) -> dict[str, dict]:
-        """Per ReLU: inputs seen by the twin and how many fell outside [-B, B]."""
-        return {s.name: {"bound": s.relu.bound, "total": s.report.total, "outside": s.report.outside,
-                         "max_ratio": s.report.max_ratio} for s, _, _ in self.steps if s.kind == "relu"}
+def _check_ranges(ranges: dict, strict: bool) -> None:
+    bad = {k: r for k, r in ranges.items() if r["outside"]}
+    if not bad:
+        return
+    worst = max(bad, key=lambda k: bad[k]["max_ratio"])
+    msg = (f"{len(bad)} layer(s) saw inputs beyond their approximation's interval: {worst!r} up to "
+           f"{bad[worst]['max_ratio']:.3g} x its bound ({bad[worst]['outside']} values); the outputs "
+           "there are not ReLU. Recalibrate with representative images or raise the margin.")
+    if strict:
+        raise RangeError(msg)
+    warnings.warn(msg, ActivationRangeWarning, stacklevel=3)

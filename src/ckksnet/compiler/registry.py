@@ -1,15 +1,16 @@
-"""The kernel registry: torch module type -> lowering function.
+"""The kernel registry: torch module type or function -> lowering function.
 
 A lowering function ``lower(ctx, node, module, args) -> Value`` receives the already lowered
-inputs (``args``: :class:`Value` objects) and appends steps to the plan through ``ctx``. Every
-step kind implements ``encrypted(server, values, refresh)`` and ``twin(values)``, sharing its
-parameters, so the encrypted run and the cleartext twin cannot drift.
+inputs (``args``: :class:`Value` objects; ``module`` is None for a function such as
+``operator.add``) and appends kernels to the plan through ``ctx``. Each kernel's algorithm is
+written once (``evaluate``, :mod:`ckksnet.kernels.base`) and runs encrypted, traced and as the twin.
 
-    from ckksnet.compiler import register
+    from ckksnet.kernels import register
 
-    @register(nn.SiLU)
+    @register(nn.SiLU, activation=True)
     def lower_silu(ctx, node, module, args):
-        return ctx.add_step(MyActivationStep(...), args)
+        src = materialize(ctx, args[0])
+        return ctx.add_step(SiLUStep(node.target), [src], ctx.new_value(src.layout))
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from typing import Any, Callable
 
 from ckksnet.layout import Layout, VectorLayout
 
-KERNELS: dict[type, Callable] = {}
+KERNELS: dict[Any, Callable] = {}  # module type or function (call_function target) -> lowering
 ACTIVATION_TYPES: set[type] = set()  # their inputs' ranges are calibrated (bound B per module)
 
 
-def register(*module_types: type, activation: bool = False) -> Callable:
-    """Decorator: use the function to lower modules of these types (later registrations win).
+def register(*module_types: Any, activation: bool = False) -> Callable:
+    """Decorator: use the function to lower modules of these types, or calls of these functions
+    (later registrations win).
 
     ``activation=True``: calibration records the range of these modules' inputs, which the
     step's ``input_bound`` receives as ``ranges[module name]``.

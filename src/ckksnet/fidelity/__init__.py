@@ -92,7 +92,7 @@ class NoiseProbe:
         dec = self.client.ckks.decrypt
         out_id = self.plan.steps[index][2]
         used = np.asarray(self.plan.values[out_id].layout.index).ravel()
-        want = step.twin([dec(c)[None] for c in inputs])[0]
+        want = step_twin(step, [dec(c) for c in inputs])
         err = (dec(output) - want)[used]
         self.errors.setdefault(step.name, []).append((float(err.std()), float(np.abs(err).max())))
 
@@ -100,6 +100,27 @@ class NoiseProbe:
         """The mean measured std per step as a :class:`NoiseModel`."""
         steps = {k: float(np.mean([s for s, _ in v])) for k, v in self.errors.items()}
         return NoiseModel(preset, steps, input_sd, source)
+
+
+def step_twin(step, inputs: list[np.ndarray]) -> np.ndarray:
+    """One step's kernel on plain slot vectors (levels unchecked, no bootstrap)."""
+    from ckksnet.backend.slots import SlotEvaluator, SlotVector
+
+    ev = SlotEvaluator(fast=True)
+    out = step.evaluate(ev, [SlotVector(np.asarray(x, dtype=np.float64), 1 << 20) for x in inputs],
+                        lambda v, levels: v)
+    return out.data
+
+
+def relu_reports(plan, seen: dict) -> dict[str, dict]:
+    """Per ReLU: inputs the twin saw and how many fell outside [-B, B] (from ``Plan.twin(ranges=)``)."""
+    out = {}
+    for s, _, _ in plan.steps:
+        if s.kind == "relu":
+            r = seen.get(s.name, {"total": 0, "outside": 0, "max_ratio": 0.0})
+            out[s.name] = {"bound": s.relu.bound, "total": r["total"], "outside": r["outside"],
+                           "max_ratio": r["max_ratio"]}
+    return out
 
 
 # ---------------------------------------------------------------- figures
@@ -231,12 +252,12 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
                                    for i in range(0, len(x), 500)]) if len(x) else np.zeros((0, 10))
 
     plain, plain_enc = plain_logits(images[:twin]), plain_logits(images[idx])
-    plan.reset_reports()
+    seen: dict = {}
     twin_logits = np.concatenate([
-        plan.twin(images[i:min(i + batch_size, twin)], noise=noise, seed=i)
+        plan.twin(images[i:min(i + batch_size, twin)], noise=noise, seed=i, ranges=seen)
         for i in tqdm(range(0, twin, batch_size), desc="twin", disable=not progress, unit="batch")
     ]) if twin else np.zeros((0, plain.shape[1]))
-    relus = plan.relu_reports()
+    relus = relu_reports(plan, seen)
     twin_enc = plan.twin(images[idx], noise=noise, seed=len(images)) if idx else np.zeros((0, plain.shape[1]))
     log = EncryptedLog(state, plan_identity(plan))
     records = run_encrypted(plan, images[idx], idx, log, progress, client_factory)

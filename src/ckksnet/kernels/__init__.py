@@ -1,0 +1,48 @@
+"""Encrypted kernels: one class per plan step, its algorithm written once against the evaluator
+interface (:mod:`ckksnet.backend.evaluator`), plus everything a kernel author needs.
+
+Adding a kernel is one class and one registration (``examples/silu_kernel.py``)::
+
+    from ckksnet.kernels import Kernel, activation_bound, depth_of, eval_odd, materialize, register
+
+    @dataclass
+    class SiLUStep(Kernel):
+        name: str
+        ...
+        def evaluate(self, ev, inputs, refresh): ...
+
+    @register(nn.SiLU, activation=True)
+    def lower_silu(ctx, node, module, args):
+        src = materialize(ctx, args[0])
+        return ctx.add_step(SiLUStep(node.target), [src], ctx.new_value(src.layout))
+
+Built in: :class:`LinearStep` (convolutions at any stride, shortcuts and dense layers, by
+diagonals with baby-step giant-step rotations, or masks and a box sum after pooling),
+:class:`ReluStep` (minimax composite ReLU), :class:`SumPoolStep` (rotate-and-sum pooling),
+:class:`AddStep` (residual additions).
+"""
+from __future__ import annotations
+
+from ckksnet.approx.evaluate import depth_of, eval_odd
+from ckksnet.backend.evaluator import Evaluator
+from ckksnet.compiler.registry import LoweringContext, Value, register
+from ckksnet.kernels.base import KERNEL_TYPES, Kernel, Refresh, activation_bound
+from ckksnet.kernels.add import AddStep
+from ckksnet.kernels.linear import LinearMap, LinearStep
+from ckksnet.kernels.pool import SumPoolStep
+from ckksnet.kernels.pooled_dense import PooledDense
+from ckksnet.kernels.relu import ReluStep
+from ckksnet.layout import Layout
+
+
+def materialize(ctx: LoweringContext, value: Value) -> Value:
+    """A value whose lowering is still pending (a convolution waiting for its BatchNorm) becomes a
+    step; call it on every input of a new kernel's lowering."""
+    from ckksnet.compiler.lowerings import materialize as _materialize
+
+    return _materialize(ctx, value)
+
+
+__all__ = ["AddStep", "Evaluator", "KERNEL_TYPES", "Kernel", "Layout", "LinearMap", "LinearStep",
+           "LoweringContext", "PooledDense", "Refresh", "ReluStep", "SumPoolStep", "Value",
+           "activation_bound", "depth_of", "eval_odd", "materialize", "register"]

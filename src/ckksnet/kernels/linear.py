@@ -9,8 +9,9 @@ The baby rotations rot(x, j) are hoisted (one key-switch decomposition of x shar
 that have keys; the others are chained from those); the pre-rotated diagonals are plaintexts.
 The giant sum runs Horner-style from the largest g down, out = rot(out, (g - g') n1) + inner_g',
 so each giant rotation is a short step (often one key) instead of a chain to g n1. One level.
-n1 minimizes the rotation indices, or, once a server knows its keys (:meth:`tune_for_keys`),
-the key switches. The cleartext twin multiplies by the same sparse matrix.
+n1 minimizes the rotation indices, or, once the compiler knows the keys (:meth:`LinearMap.tuned`),
+the key switches. The cleartext twin may multiply by the same sparse matrix instead
+(:meth:`LinearMap.fast_twin`, checked against the algorithm by the tests).
 
 **Folding by replication.** When the input occupies only slots [0, span) (a deep ResNet stage
 uses 4,096 of 16,384 slots), the input is first replicated with a period P >= span that divides
@@ -37,12 +38,15 @@ and 2q - 1 masked products. :meth:`fold` picks lanes when its cost model says th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Iterable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
+
+from ckksnet.kernels.base import Kernel
+from ckksnet.layout.rotations import rotation_chain, rotation_paths
 
 
 class KeySwitchCounter:
@@ -51,8 +55,6 @@ class KeySwitchCounter:
     giant rotation (of its own partial sum) pays its whole chain. Unreachable: infinite."""
 
     def __init__(self, slots: int, keys: frozenset):
-        from ckksnet.layout.rotations import rotation_chain, rotation_paths
-
         self.slots, self.parent, self._walk = slots, rotation_paths(slots, keys), rotation_chain
         self._chains: dict[int, list[int] | None] = {}
 
@@ -101,6 +103,8 @@ class LinearMap:
 
     ``period``: the input is replicated with this period first (None: no replication).
     ``lanes``: 1, or slots // period to evaluate the folded map in lanes (two levels).
+    ``baby_step``, ``horner``: the baby-step giant-step split fixed by :meth:`tuned` (0: not
+    tuned yet, fewest rotations with one key per index).
     """
 
     matrix: sp.csr_matrix
@@ -108,6 +112,8 @@ class LinearMap:
     name: str = "linear"
     period: int | None = None
     lanes: int = 1
+    baby_step: int = 0
+    horner: bool = True
 
     def __post_init__(self) -> None:
         self.period = self.period or self.slots
@@ -158,7 +164,7 @@ class LinearMap:
 
     def scaled(self, factor: float, bias_divisor: float) -> "LinearMap":
         """The same map with matrix * factor and bias / bias_divisor (scale folding)."""
-        return LinearMap(self.matrix * factor, self.bias / bias_divisor, self.name, self.period, self.lanes)
+        return replace(self, matrix=self.matrix * factor, bias=self.bias / bias_divisor)
 
     # ---------------------------------------------------------------- replication
     @property
@@ -176,10 +182,10 @@ class LinearMap:
             x = x + np.roll(x, span, axis=-1)
         return x
 
-    def replicate(self, server, ct):
+    def replicate(self, ev, ct):
         """x' = x + rot(x, -P) + ...: log2(S / P) rotations, no level."""
         for span in self.shifts:
-            ct = server.add(ct, self._rotate(server, ct, -span))
+            ct = ev.add(ct, self._rotate(ev, ct, -span))
         return ct
 
     # ---------------------------------------------------------------- lanes
@@ -241,19 +247,19 @@ class LinearMap:
 
     @cached_property
     def giant_plan(self) -> tuple[int, bool]:
-        """(n1, horner) of the baby-step giant-step split: fewest key switches for the keys given
-        to :meth:`tune_for_keys`, else fewest rotations with one key per index."""
-        return self._best_plan(None)
+        """(n1, horner) of the baby-step giant-step split: as tuned, else fewest rotations with
+        one key per index."""
+        return (self.baby_step, self.horner) if self.baby_step else self._best_plan(None)
 
     @property
-    def baby_size(self) -> int:
+    def baby_step_size(self) -> int:
         return self.giant_plan[0]
 
-    def tune_for_keys(self, keys: Iterable[int]) -> tuple[int, bool]:
-        """Choose (n1, horner) for the rotation keys present (indices mod slots). Only how the
-        rotations are made changes (each is chained from keys, see rotate_composed), not the result."""
-        self.__dict__["giant_plan"] = plan = self._best_plan(frozenset(int(k) % self.slots for k in keys))
-        return plan
+    def tuned(self, keys: Iterable[int]) -> "LinearMap":
+        """The same map with (n1, horner) chosen for the rotation keys present (indices mod
+        slots): fewest key switches. Only how rotations are made changes, not the result."""
+        n1, horner = self._best_plan(frozenset(int(k) % self.slots for k in keys))
+        return replace(self, baby_step=n1, horner=horner)
 
     def _best_plan(self, keys: frozenset | None) -> tuple[int, bool]:
         ds = self.offsets.astype(np.int64)
@@ -276,7 +282,7 @@ class LinearMap:
     def groups(self) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
         """(giant g, {baby j: plaintext rot(diag_(g*n1+j), -g*n1)}) in decreasing order of g
         (Horner), one group at a time, so that at most one group's dense vectors exist at once."""
-        n1 = self.baby_size
+        n1 = self.baby_step_size
         offsets = self.offsets
         giants = offsets // n1
         g, group = None, {}
@@ -292,80 +298,91 @@ class LinearMap:
 
     def rotations(self) -> set[int]:
         """Rotation indices this map needs (replication included)."""
-        n1 = self.baby_size
+        n1 = self.baby_step_size
         ds = self.offsets.astype(np.int64)
         out = {int(j) for j in np.unique(ds % n1) if j} | set(giant_steps(np.unique(ds // n1), *self.giant_plan))
         lanes = {k for k, _ in self._lane_terms() if k} if self.lanes > 1 else set()
         return out | lanes | {self.slots - span for span in self.shifts}
 
     # ---------------------------------------------------------------- evaluation
-    def twin(self, x: np.ndarray) -> np.ndarray:
+    def fast_twin(self, x: np.ndarray) -> np.ndarray:
         """(batch, slots) or (slots,) float64 -> same shape: the (folded) matrix on the replicated
-        input, which is the exact layer wherever the input is zero outside its span."""
+        input, which equals :meth:`evaluate` wherever the input is zero outside its span (the
+        twin's optimisation; tests compare the two)."""
         x = self.replicate_twin(np.asarray(x, dtype=np.float64))
         return (self.matrix @ x.T).T + self.bias
 
-    def twin_bsgs(self, x: np.ndarray) -> np.ndarray:
-        """The encrypted algorithm on one float64 vector (numpy rotations); used to test it."""
-        rot = lambda v, k: np.roll(v, -k)  # noqa: E731  rot(v, k)[i] = v[i + k]
-        x = self.replicate_twin(np.asarray(x, dtype=np.float64))
-        n1, horner = self.giant_plan
-        out, last = None, None
-        for g, group in self.groups():  # decreasing g, as in encrypted()
-            inner = sum(pt * rot(x, j) for j, pt in group.items())
-            if not horner:
-                out = rot(inner, g * n1) if out is None else out + rot(inner, g * n1)
-            else:
-                out = inner if out is None else rot(out, (last - g) * n1) + inner
-            last = g
-        if out is None:
-            out = np.zeros(self.slots)
-        elif horner:
-            out = rot(out, last * n1)
-        if self.lanes > 1:
-            out = sum(mask * rot(out, k) for k, mask in self._lane_terms())
-        return out + self.bias
-
-    def encrypted(self, server, ct):
-        """Evaluate on a ciphertext through a CkksServer; spends :meth:`levels` levels. Products
-        are summed as they are made, so a giant step holds one partial sum, not all its products."""
-        server.require_levels(ct, self.levels(), f"linear map {self.name}")
-        ct = self.replicate(server, ct)
-        n1 = self.baby_size
+    def evaluate(self, ev, ct):
+        """The map on any evaluator (:mod:`ckksnet.backend.evaluator`); spends :meth:`levels`
+        levels. Products are summed as they are made, so a giant step holds one partial sum, not
+        all its products. On the numpy evaluator with ``fast`` set, one sparse product instead."""
+        ev.require_levels(ct, self.levels(), f"linear map {self.name}")
+        if getattr(ev, "fast", False):
+            return ev.apply(ct, self.fast_twin, self.levels())
+        ct = self.replicate(ev, ct)
+        n1 = self.baby_step_size
         babies = sorted({int(d % n1) for d in self.offsets})
         # each rotation goes directly when its key exists, else along a shortest chain of keys
         # present; the first hops from ct share one hoisted decomposition
-        rotated = server.rotate_composed(ct, babies)
+        rotated = ev.rotate_composed(ct, babies)
         horner = self.giant_plan[1]
         out, last = None, None
         for g, group in self.groups():  # decreasing g
             # rescaled now, not at the next product: its rotations key-switch one limb fewer
-            inner = server.rescale(server.dot(((rotated[j], pt) for j, pt in sorted(group.items()))))
+            inner = ev.rescale(ev.dot(((rotated[j], pt) for j, pt in sorted(group.items()))))
             if not horner:  # each partial sum to its place: rot(inner, g n1)
-                inner = self._rotate(server, inner, g * n1)
-                out = inner if out is None else server.add_inplace(out, inner)
+                inner = self._rotate(ev, inner, g * n1)
+                out = inner if out is None else ev.add_inplace(out, inner)
             else:  # Horner: out = rot(out, (last - g) n1) + inner, one short step each
-                out = inner if out is None else server.add_inplace(self._rotate(server, out, (last - g) * n1), inner)
+                out = inner if out is None else ev.add_inplace(self._rotate(ev, out, (last - g) * n1), inner)
             last = g
         if horner and last:
-            out = self._rotate(server, out, last * n1)
+            out = self._rotate(ev, out, last * n1)
         if out is None:  # an all-zero matrix: zeros, still one level spent like any map
-            out = server.mul(ct, 0.0)
+            out = ev.mul(ct, 0.0)
         if self.lanes > 1:
-            out = self._gather_lanes(server, out)
-        return server.add(out, self.bias) if np.any(self.bias) else out
+            out = self._gather_lanes(ev, out)
+        return ev.add(out, self.bias) if np.any(self.bias) else out
 
     @staticmethod
-    def _rotate(server, ct, k: int):
-        return server.rotate_composed(ct, [k])[k] if k else ct
+    def _rotate(ev, ct, k: int):
+        return ev.rotate_composed(ct, [k])[k] if k else ct
 
-    def _gather_lanes(self, server, z):
+    def _gather_lanes(self, ev, z):
         """sum_k mask_k * rot(z, r_k): the lanes' partial sums into slots [0, P); one level.
         The rotations of z share one hoisted decomposition."""
         terms = self._lane_terms()
-        rotated = server.rotate_composed(z, [k for k, _ in terms])
+        rotated = ev.rotate_composed(z, [k for k, _ in terms])
         out = None
         for k, mask in terms:
-            term = server.mul(rotated[k], mask)
-            out = term if out is None else server.add_inplace(out, term)
+            term = ev.mul(rotated[k], mask)
+            out = term if out is None else ev.add_inplace(out, term)
         return out
+
+
+@dataclass
+class LinearStep(Kernel):
+    """y = M x + b (convolution, shortcut, dense after pooling): one level, two in lanes.
+    The kernel is a :class:`LinearMap` or, for a dense layer on pooled sums, a
+    :class:`ckksnet.kernels.pooled_dense.PooledDense`."""
+
+    name: str
+    kernel: "LinearMap | PooledDense"  # noqa: F821
+    kind = "linear"
+
+    def finalize(self, scale_in: float, scale_out: float, options: dict) -> "LinearStep":
+        # stored x = true x / scale_in; stored y must be true y / scale_out
+        return LinearStep(self.name, self.kernel.scaled(scale_in / scale_out, scale_out))
+
+    def tuned(self, keys) -> "LinearStep":
+        tune = getattr(self.kernel, "tuned", None)
+        return self if tune is None else LinearStep(self.name, tune(keys))
+
+    def levels(self) -> int:
+        return self.kernel.levels()
+
+    def rotations(self) -> set[int]:
+        return self.kernel.rotations()
+
+    def evaluate(self, ev, inputs, refresh):
+        return self.kernel.evaluate(ev, refresh(inputs[0], self.levels()))

@@ -124,20 +124,12 @@ class PooledDense:
         vec[self.outputs] = self.bias
         return vec
 
-    def twin(self, x: np.ndarray) -> np.ndarray:
-        """(batch, slots) or (slots,) float64: the encrypted algorithm with numpy rotations."""
-        x = np.asarray(x, dtype=np.float64)
-        z = sum(mask * np.roll(x, -r, axis=-1) for r, mask in self.masks())  # rot(v, r)[i] = v[i + r]
-        for ks in self.rounds:
-            z = z + sum(np.roll(z, -k, axis=-1) for k in ks)
-        return z + self.bias_vector()
-
-    def encrypted(self, server, ct):
-        """Evaluate on a ciphertext through a CkksServer: one level."""
-        server.require_levels(ct, 1, f"dense layer {self.name}")
+    def evaluate(self, ev, ct):
+        """The layer on any evaluator (:mod:`ckksnet.backend.evaluator`): one level."""
+        ev.require_levels(ct, 1, f"dense layer {self.name}")
         masks = self.masks()
-        rotated = server.rotate_composed(ct, [r for r, _ in masks])  # first hops hoisted
-        z = server.rescale(server.dot((rotated[r], mask) for r, mask in masks))  # one limb fewer to rotate
+        rotated = ev.rotate_composed(ct, [r for r, _ in masks])  # first hops hoisted
+        z = ev.rescale(ev.dot((rotated[r], mask) for r, mask in masks))  # one limb fewer to rotate
         for ks in self.rounds:
-            z = server.add_many([z, *server.rotate_composed(z, ks).values()])
-        return server.add(z, self.bias_vector())
+            z = ev.add_many([z, *ev.rotate_composed(z, ks).values()])
+        return ev.add(z, self.bias_vector())

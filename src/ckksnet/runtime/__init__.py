@@ -1,112 +1,82 @@
-"""Executing a plan: the client (keys, encryption) and the server (encrypted inference).
+"""Running a compiled plan: the client (keys, encryption) and the server (encrypted inference).
 
     net = ckksnet.compile(model, calibration=train_images, preset="secure")
-    client = ckksnet.Client(net)                       # keys; the secret key stays here
+    client = ckksnet.Client(net.client_spec())         # keys; the secret key stays here
     server = ckksnet.Server(net, client.evaluation_keys())
     logits = client.decrypt(server.run(client.encrypt(image), progress=True))
-    server.report.to_dict()                           # per-step time, levels, bootstraps, RSS
+    server.report.to_dict()                            # per-step time, levels, bootstraps, RSS
+
+Both only read the plan: its schedule (compile time) says where bootstraps fall, each map's baby
+step and the input's level. The client needs only the weight-free :class:`ClientSpec`.
 """
 from __future__ import annotations
 
-import gc
-import time
-from dataclasses import asdict, dataclass, field
-
 import numpy as np
 import psutil
-from tqdm import tqdm
 
 from ckksnet.backend import CkksClient, CkksServer
-from ckksnet.backend.memory import peak_rss_gb, rss_gb, trim
-from ckksnet.compiler.plan import Plan
-from ckksnet.errors import ContextMismatchError
-from ckksnet.runtime.levels import LevelSchedule, Refresh, trace_levels
-
-
-@dataclass
-class StepReport:
-    """One step of an encrypted run. Times in seconds, levels = levels left, memory in GiB
-    (``peak_rss_gb``: the process high-water mark so far; ``rss_gb``: resident after the step,
-    once its dead ciphertexts are freed)."""
-
-    name: str
-    kind: str
-    seconds: float
-    level_in: int
-    level_out: int
-    bootstraps: int
-    bootstrap_seconds: float
-    rotations: int
-    peak_rss_gb: float
-    rss_gb: float = 0.0
-    key_switches: int = 0  # rotations and relinearizations the step's kernel did (not bootstrapping's)
-
-
-@dataclass
-class RunReport:
-    steps: list[StepReport] = field(default_factory=list)
-    rotation_keys: list[int] = field(default_factory=list)  # indices (mod slots) of the keys present
-
-    @property
-    def seconds(self) -> float:
-        return sum(s.seconds for s in self.steps)
-
-    @property
-    def bootstraps(self) -> int:
-        return sum(s.bootstraps for s in self.steps)
-
-    @property
-    def bootstrap_seconds(self) -> float:
-        return sum(s.bootstrap_seconds for s in self.steps)
-
-    def to_dict(self) -> dict:
-        return {"seconds": self.seconds, "bootstraps": self.bootstraps,
-                "bootstrap_seconds": self.bootstrap_seconds,
-                "peak_rss_gb": max((s.peak_rss_gb for s in self.steps), default=0.0),
-                "key_switches": sum(s.key_switches for s in self.steps),
-                "rotation_keys": self.rotation_keys, "steps": [asdict(s) for s in self.steps]}
+from ckksnet.backend.memory import peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
+from ckksnet.compiler.plan import ClientSpec, Plan
+from ckksnet.errors import CkksnetError, ContextMismatchError, MissingKeyError
+from ckksnet.runtime.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
 
 
 class Client:
-    """Holds the secret key. Generates every key the plan needs, encrypts images, decrypts logits."""
+    """Holds the secret key. Makes every key the plan needs (or takes a loaded key set),
+    encrypts images and decrypts logits. Built from a :class:`ClientSpec` (no weights) or, for
+    convenience, a whole :class:`Plan` (only its client half is kept)."""
 
-    def __init__(self, net: Plan, bootstrap_keys: bool = True):
-        self.net = net
-        rss = lambda: psutil.Process().memory_info().rss / 2**30  # noqa: E731
-        start = rss()
-        self.ckks = CkksClient(net.preset)
-        if bootstrap_keys and net.preset.bootstrap:
-            self.ckks.gen_bootstrap_keys()  # first: later rotation keys then merge without copies
-        mid = rss()
-        reused = len(self.ckks.rotations)  # bootstrapping's rotation keys, shared by the kernels
-        extra = net.key_indices(self.ckks.rotations)
-        self.ckks.gen_rotation_keys(extra)
-        one_key = self.ckks.key_switching_key_bytes() / 2**30
-        present = self.ckks.automorphism_key_count()
-        #: resident memory added by key generation, GiB (bootstrapping includes its precomputations),
-        #: and the rotation keys present (bootstrapping's, reused, and the kernels' own): their
-        #: count and their size, count x one key-switching key
-        self.key_memory_gb = {"bootstrap_and_relinearization": round(mid - start, 2),
-                              "rotation": round(rss() - mid, 2), "rotation_keys": len(extra),
-                              "bootstrap_rotation_keys_reused": reused,
-                              "automorphism_keys_present": present, "one_key": round(one_key, 4),
-                              "automorphism_keys": round(present * one_key, 2)}
+    def __init__(self, spec: ClientSpec | Plan, keys: CkksClient | None = None, bootstrap_keys: bool = True):
+        if isinstance(spec, Plan):
+            spec = spec.client_spec()
+        if not isinstance(spec, ClientSpec):
+            raise CkksnetError(f"Client needs a ClientSpec or a Plan, got {type(spec).__name__}")
+        self.spec = spec
+        if keys is not None:
+            if not isinstance(keys, CkksClient):
+                raise CkksnetError(f"keys must be a CkksClient (the secret-key holder), got {type(keys).__name__}")
+            if keys.preset != spec.preset:
+                raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {spec.preset.name!r}")
+            self.ckks, self.key_memory_gb = keys, {}
+            return
+        self.ckks, self.key_memory_gb = _generate_keys(spec, bootstrap_keys)
 
     def encrypt(self, image: np.ndarray):
-        """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input,
-        encrypted at the levels the plan uses before its first bootstrap (the level schedule's
-        input slack below the preset's depth: a smaller ciphertext, cheaper first layers)."""
-        levels = self.net.preset.depth - level_schedule(self.net).input_slack
-        return self.ckks.encrypt(self.net.preprocess(image), levels_left=levels)
+        """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input at the
+        plan's input level (its schedule lowers it below the preset's depth where the first
+        layers do not need every level: a smaller ciphertext, cheaper first layers)."""
+        packed = self.spec.preprocess(image)
+        if packed.ndim != 1:
+            raise CkksnetError("encrypt takes one image; call it once per image of a batch")
+        return self.ckks.encrypt(packed, levels_left=self.spec.input_level)
 
     def decrypt(self, ct) -> np.ndarray:
         """The output ciphertext -> logits (float64)."""
-        out = self.net.values[self.net.output]
-        return self.net.output_layout.unpack(self.ckks.decrypt(ct)) * out.scale
+        return self.spec.postprocess(self.ckks.decrypt(ct))
 
     def evaluation_keys(self) -> CkksServer:
         """The server's view of the keys: public and evaluation keys only (no secret key)."""
         return self.ckks.server()
+
+
+def _generate_keys(spec: ClientSpec, bootstrap_keys: bool) -> tuple[CkksClient, dict]:
+    rss = lambda: psutil.Process().memory_info().rss / 2**30  # noqa: E731
+    start = rss()
+    ckks = CkksClient(spec.preset)
+    if bootstrap_keys and spec.bootstrap:
+        ckks.gen_bootstrap_keys()  # first: later rotation keys then merge without copies
+    mid = rss()
+    reused = len(ckks.rotations)  # bootstrapping's rotation keys, shared by the kernels
+    ckks.gen_rotation_keys(spec.rotation_keys)
+    one_key = ckks.key_switching_key_bytes() / 2**30
+    present = ckks.automorphism_key_count()
+    #: resident memory added by key generation, GiB (bootstrapping includes its precomputations),
+    #: and the rotation keys present (bootstrapping's, reused, and the kernels' own): their
+    #: count and their size, count x one key-switching key
+    return ckks, {"bootstrap_and_relinearization": round(mid - start, 2), "rotation": round(rss() - mid, 2),
+                  "rotation_keys": len(spec.rotation_keys), "bootstrap_rotation_keys_reused": reused,
+                  "automorphism_keys_present": present, "one_key": round(one_key, 4),
+                  "automorphism_keys": round(present * one_key, 2)}
 
 
 def rotation_key_text(key_memory_gb: dict | None) -> str:
@@ -119,71 +89,53 @@ def rotation_key_text(key_memory_gb: dict | None) -> str:
 
 
 class Server:
-    """Runs a plan on ciphertexts. Holds no secret key."""
+    """Runs a plan on ciphertexts. Holds no secret key. Raises :class:`MissingKeyError` at
+    construction, naming the indices, if ``keys`` lack a key the plan's schedule assumes."""
 
-    def __init__(self, net: Plan, keys: CkksServer):
-        if keys.preset != net.preset:
-            raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {net.preset.name!r}")
-        self.net = net
+    def __init__(self, plan: Plan, keys: CkksServer):
+        if not isinstance(plan, Plan) or plan.schedule is None:
+            raise CkksnetError(f"Server needs a compiled Plan (ckksnet.compile or ckksnet.load_plan), "
+                               f"got {type(plan).__name__}")
+        if not isinstance(keys, CkksServer):
+            raise CkksnetError(f"Server needs evaluation keys (a CkksServer: client.evaluation_keys() or "
+                               f"ckksnet.backend.keys.load_evaluation_keys), got {type(keys).__name__}; "
+                               "a server never holds the secret key")
+        if keys.preset != plan.preset:
+            raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {plan.preset.name!r}")
+        check_keys(plan, keys)
+        self.plan = plan
         self.ckks = keys
         self.report = RunReport()
-        net.tune_for_keys(keys.rotations)  # rotations chained from the keys this server holds
 
-    def run(self, ct, progress: bool = False, probe=None):
+    @property
+    def net(self) -> Plan:
+        return self.plan
+
+    def run(self, ct, progress: bool = False, probe=None, on_step=None):
         """Encrypted inference of one ciphertext; fills :attr:`report`.
 
-        ``probe(index, step, inputs, output)``, if given, sees every step's ciphertexts (the
-        noise calibration decrypts them with the client's key; a real server never would).
+        ``on_step(i, n, name)``: called before each step (progress for services).
+        ``probe(index, step, inputs, output)``, if given, sees every step's ciphertexts (the noise
+        calibration decrypts them with the client's key; a real server never would).
         """
         self.ckks.check_ciphertext(ct)
+        if self.ckks.levels_left(ct) < self.plan.schedule.input_level:
+            raise CkksnetError(f"the ciphertext has {self.ckks.levels_left(ct)} levels; the plan expects "
+                               f"{self.plan.schedule.input_level} (encrypt with a Client of this plan)")
         self.report = RunReport(rotation_keys=sorted(self.ckks.rotations))
-        refresh = Refresh(self.ckks, level_schedule(self.net))
-        return execute(self.net, self.ckks, ct, refresh, self.report, progress, probe)
+        refresh = ScheduledRefresh(self.ckks, self.plan.schedule.decisions())
+        after = None if probe is None else (lambda i, step, ins, out: probe(i, step, ins, out))
+        return walk(self.plan, self.ckks, ct, refresh, self.report, progress=progress, on_step=on_step,
+                    after_step=after, free_memory=True)
 
 
-def level_schedule(net: Plan) -> LevelSchedule:
-    """The plan's level schedule (a dry run, once per plan; see :mod:`ckksnet.runtime.levels`)."""
-    if getattr(net, "_level_schedule", None) is None:
-        net._level_schedule = trace_levels(net)
-    return net._level_schedule
-
-
-def execute(net: Plan, srv, ct, refresh: Refresh, report: RunReport | None = None,
-            progress: bool = False, probe=None, free_memory: bool = True):
-    """Run the plan's steps on ``ct`` through ``srv`` (a CkksServer, or the dry run's tracer),
-    bootstrapping by ``refresh``; one StepReport per step into ``report``. ``free_memory``:
-    collect and trim after each step (ciphertexts are large; the tracer's are not)."""
-    report = report if report is not None else RunReport()
-    vals = {net.input: ct}
-    last = net.last_use()
-    bar = tqdm(net.steps, desc="encrypted inference", disable=not progress, unit="step")
-    for i, (step, ins, out) in enumerate(bar):
-        bar.set_postfix_str(step.name)
-        boots, boot_s = refresh.count, refresh.seconds
-
-        def step_refresh(c, levels):
-            fresh = refresh(c, levels)
-            if fresh is not c:
-                for v in ins:  # later readers of this value (a shortcut, a residual add) get the
-                    if vals.get(v) is c:  # refreshed copy too: no second bootstrap, more levels
-                        vals[v] = fresh
-            return fresh
-
-        level_in = min(srv.levels_left(vals[v]) for v in ins)
-        switches = sum(srv.key_switches.values())
-        t0 = time.time()
-        vals[out] = step.encrypted(srv, [vals[v] for v in ins], step_refresh)
-        report.steps.append(StepReport(
-            step.name, step.kind, time.time() - t0, level_in, srv.levels_left(vals[out]),
-            refresh.count - boots, refresh.seconds - boot_s, len(step.rotations()), peak_rss_gb(),
-            key_switches=sum(srv.key_switches.values()) - switches))
-        if probe is not None:
-            probe(i, step, [vals[v] for v in ins], vals[out])
-        for v in ins:
-            if last.get(v) == i:
-                vals.pop(v, None)  # free ciphertexts no later step reads
-        if free_memory:
-            gc.collect()  # a cycle anywhere (a kernel's closure) would keep ciphertexts alive
-            trim()
-        report.steps[-1].rss_gb = rss_gb()
-    return vals[net.output]
+def check_keys(plan: Plan, keys: CkksServer) -> None:
+    """Raise :class:`MissingKeyError` naming what ``keys`` lack of what ``plan`` assumes."""
+    sched = plan.schedule
+    missing = sorted(set(sched.key_rotations) - set(keys.rotations))
+    if missing:
+        raise MissingKeyError(f"the evaluation keys lack {len(missing)} rotation key(s) the plan needs: "
+                              f"indices {missing[:20]}{' ...' if len(missing) > 20 else ''} (mod {plan.preset.slots})")
+    if sched.bootstrap_slots and not keys.has_bootstrap_keys:
+        raise MissingKeyError(f"the plan bootstraps ({sched.bootstraps} times) but the evaluation keys "
+                              "hold no bootstrapping keys")

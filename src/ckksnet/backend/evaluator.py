@@ -1,0 +1,79 @@
+"""The evaluator interface: every operation a kernel may perform on an encrypted value.
+
+A kernel's algorithm is written once against :class:`Evaluator` and runs on three
+implementations (tinygrad's idea: one small core, a reference backend behind the same interface
+as the real one):
+
+* :class:`ckksnet.backend.CkksServer` -- OpenFHE ciphertexts (the real run; no secret key);
+* :class:`ckksnet.backend.tracer.LevelTracer` -- values that carry only levels (the compiler's
+  schedule: where bootstraps fall, key switches, estimated seconds);
+* :class:`ckksnet.backend.slots.SlotEvaluator` -- plain float64 slot vectors, a batch at a time
+  (the cleartext twin).
+
+Units: ``levels`` are levels left (rescales a value can still take); rotation ``k`` moves slot
+i + k to slot i (a left rotation by k slots, indices taken mod ``slots``). Plaintext operands are
+1-D float arrays of ``slots`` values or Python floats.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Protocol, runtime_checkable
+
+import numpy as np
+
+Value = Any  #: an encrypted value as an evaluator represents it
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """What kernels may call; nothing more. ``key_switches`` counts {"rotations",
+    "relinearizations"} done by kernels (bootstrapping's own are not counted)."""
+
+    slots: int
+    key_switches: dict
+
+    def levels_left(self, ct: Value) -> int:
+        """Levels ``ct`` can still spend."""
+
+    def require_levels(self, ct: Value, needed: int, what: str = "operation") -> None:
+        """Raise :class:`ckksnet.LevelError` unless ``ct`` has ``needed`` levels left."""
+
+    def add(self, a: Value, b: Value | np.ndarray | float) -> Value:
+        """a + b (b: a value, a plaintext vector or a scalar); no level."""
+
+    def sub(self, a: Value, b: Value | np.ndarray | float) -> Value:
+        """a - b; no level."""
+
+    def add_many(self, cts: list) -> Value:
+        """The sum of one or more values; no level."""
+
+    def add_inplace(self, acc: Value, b: Value) -> Value:
+        """acc += b, for an ``acc`` the caller made and owns; returns acc."""
+
+    def mul(self, a: Value, b: Value | np.ndarray | float) -> Value:
+        """a * b, relinearized; spends one level (a ciphertext product pays one key switch)."""
+
+    def mul_lazy(self, a: Value, b: Value) -> Value:
+        """a * b of two values, not relinearized: may only be added until :meth:`relinearize`."""
+
+    def relinearize(self, ct: Value) -> Value:
+        """Back to two elements (one key switch if it had three)."""
+
+    def rescale(self, ct: Value) -> Value:
+        """Rescale a pending product now; levels left unchanged."""
+
+    def dot(self, pairs: Iterable[tuple[Value, np.ndarray]]) -> Value:
+        """sum_i ct_i * v_i for plaintext vectors v_i; one level."""
+
+    def rotate_composed(self, ct: Value, ks: Iterable[int]) -> dict[int, Value]:
+        """{k: rot(ct, k)} for each k, chained from the rotation keys present (hoisted first hops)."""
+
+    def bootstrap(self, ct: Value) -> Value:
+        """Refresh to ``levels_after_bootstrap`` levels; values must lie in [-1, 1]."""
+
+    def drop_levels(self, ct: Value, levels_left: int) -> Value:
+        """Lower ``ct`` to exactly ``levels_left`` levels."""
+
+
+#: the methods above, for tests that check each implementation offers all of them
+METHODS = ("levels_left", "require_levels", "add", "sub", "add_many", "add_inplace", "mul", "mul_lazy",
+           "relinearize", "rescale", "dot", "rotate_composed", "bootstrap", "drop_levels")

@@ -1,0 +1,155 @@
+"""The schedule phase: everything about a run that can be decided before any key exists.
+
+For the key set the preset implies (bootstrapping's rotation keys, plus the keys the plan asks
+the client to add), :func:`schedule_plan`
+
+1. tunes each kernel to those keys (each linear map's baby step: fewest key switches);
+2. dry-runs the plan on the level-only tracer with the greedy bootstrapping policy, which finds
+   where every bootstrap falls and each fresh ciphertext's slack (levels it never uses);
+3. dry-runs it again following the resulting decisions from the lowered input, with the cost
+   model, to record each step's levels in and out, bootstraps, key switches and estimated
+   seconds.
+
+The result is a :class:`Schedule` stored in the plan; servers, clients and the twin follow it.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ckksnet.backend.costs import cost_model
+from ckksnet.backend.tracer import INPUT, LevelTracer
+from ckksnet.errors import CompileError, LevelError, MissingKeyError
+
+BOOTSTRAP_ROTATIONS = Path(__file__).resolve().parents[1] / "backend" / "bootstrap_rotations.json"
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """One step as scheduled: levels left in and out, bootstraps it triggers, distinct rotation
+    indices and key switches of its kernel, estimated seconds (bootstraps included), and per
+    refresh call None (no bootstrap) or the level the bootstrapped value is lowered to."""
+
+    name: str
+    kind: str
+    level_in: int
+    level_out: int
+    bootstraps: int
+    rotations: int
+    key_switches: int
+    seconds: float
+    refreshes: tuple = ()
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """``input_level``: levels the client encrypts with; ``key_rotations``: every rotation index
+    (mod slots) whose key the plan assumes; ``client_rotations``: those the client generates
+    beyond bootstrapping's; ``bootstrap_slots``: slot counts bootstrapping keys are needed for."""
+
+    input_level: int
+    key_rotations: tuple = ()
+    client_rotations: tuple = ()
+    bootstrap_slots: tuple = ()
+    steps: tuple = ()
+    cost_source: str = ""
+    memory: dict = field(default_factory=dict)
+
+    @property
+    def bootstraps(self) -> int:
+        return sum(s.bootstraps for s in self.steps)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    @property
+    def key_switches(self) -> int:
+        return sum(s.key_switches for s in self.steps)
+
+    def decisions(self) -> list:
+        """Every refresh decision in run order (what :class:`ScheduledRefresh` follows)."""
+        return [d for s in self.steps for d in s.refreshes]
+
+
+@lru_cache(maxsize=None)
+def _stored_rotations() -> dict:
+    return json.loads(BOOTSTRAP_ROTATIONS.read_text())["presets"]
+
+
+def bootstrap_rotations(preset) -> frozenset:
+    """Rotation indices (mod slots) of the keys OpenFHE's bootstrapping key generation makes for
+    ``preset``: stored for the shipped presets (measured), else measured now by generating
+    bootstrapping keys once (slow at large rings; a warning says so)."""
+    from ckksnet.backend.presets import PRESETS
+
+    if not preset.bootstrap:
+        return frozenset()
+    if preset.name in _stored_rotations() and PRESETS.get(preset.name) == preset:
+        return frozenset(_stored_rotations()[preset.name]["rotations"])
+    warnings.warn(f"preset {preset.name!r} is not a shipped preset: generating its bootstrapping keys "
+                  "once to learn their rotation indices", stacklevel=3)
+    return _measured_rotations(preset)
+
+
+@lru_cache(maxsize=8)
+def _measured_rotations(preset) -> frozenset:
+    from ckksnet.backend import CkksClient
+
+    client = CkksClient(preset)
+    client.gen_bootstrap_keys()
+    return frozenset(client.rotations)
+
+
+def schedule_plan(plan) -> "Schedule":
+    """Tune ``plan``'s kernels to its key set and fix its schedule (see the module doc).
+    Raises :class:`CompileError` if the plan needs more levels than the preset gives."""
+    from ckksnet.runtime.walker import GreedyRefresh, RunReport, ScheduledRefresh, walk
+
+    preset = plan.preset
+    boot_keys = bootstrap_rotations(preset)
+    extra = plan.key_indices(boot_keys)
+    keys = frozenset(boot_keys) | frozenset(extra)
+    plan.steps = [(step.tuned(keys), ins, out) for step, ins, out in plan.steps]
+
+    tracer = LevelTracer(preset, keys)
+    greedy = GreedyRefresh(tracer)
+    _dry_run(plan, tracer, preset.depth, greedy, walk)
+    slack = [tracer.slack_of(b) for b in range(greedy.count)]
+    boots = iter(range(greedy.count))
+    decisions = [preset.levels_after_bootstrap - slack[next(boots)] if b else None for b in greedy.decisions]
+    input_level = preset.depth - tracer.slack_of(INPUT)
+
+    costs = cost_model(preset.name)
+    tracer = LevelTracer(preset, keys, costs)
+    refresh = ScheduledRefresh(tracer, decisions)
+    report, seconds = RunReport(), []
+    calls = []
+    walk(plan, tracer, tracer.fresh(input_level), refresh, report,
+         on_step=lambda i, n, name: (seconds.append(tracer.seconds), calls.append(refresh.calls)))
+    seconds.append(tracer.seconds)
+    calls.append(refresh.calls)
+    steps = tuple(StepSchedule(r.name, r.kind, r.level_in, r.level_out, r.bootstraps, r.rotations,
+                               r.key_switches, round(seconds[i + 1] - seconds[i], 4),
+                               tuple(decisions[calls[i]:calls[i + 1]]))
+                  for i, r in enumerate(report.steps))
+    return Schedule(input_level, tuple(sorted(keys)), tuple(sorted(extra)),
+                    (preset.slots,) if preset.bootstrap and greedy.count else (),
+                    steps, costs.source if costs else "", dict(costs.memory) if costs else {})
+
+
+def _dry_run(plan, tracer, levels: int, refresh, walk) -> None:
+    try:
+        walk(plan, tracer, tracer.fresh(levels), refresh)
+    except MissingKeyError as exc:
+        if not plan.preset.bootstrap:
+            raise CompileError(f"the plan needs more than the {plan.preset.depth} levels preset "
+                               f"{plan.preset.name!r} offers, and it has no bootstrapping: {exc}") from exc
+        raise CompileError(f"the plan cannot be scheduled: {exc}") from exc
+    except LevelError as exc:
+        raise CompileError(f"the plan cannot be scheduled with preset {plan.preset.name!r} "
+                           f"(depth {plan.preset.depth}, {plan.preset.levels_after_bootstrap} levels after "
+                           f"a bootstrap): {exc}") from exc

@@ -1,0 +1,68 @@
+"""The base of every kernel: one plan step, its parameters, and its algorithm written once.
+
+A kernel is a dataclass (its fields are its parameters: what a saved plan stores) with:
+
+* ``name``, ``kind``; ``levels()`` (levels one evaluation spends); ``rotations()`` (indices it
+  rotates by);
+* ``shares_scale``: True if input(s) and output carry the same scale (activations, additions);
+* ``input_bound(ranges, margin)``: the scale its input needs (an activation's bound B, from the
+  calibration ``ranges`` {module name: max |input|}), or None;
+* ``finalize(scale_in, scale_out, options)``: once scales are known, a kernel with them folded in;
+* ``tuned(keys)``: the kernel adapted to the rotation keys present (fewest key switches; the
+  result is the same);
+* ``evaluate(ev, inputs, refresh)``: THE algorithm, on any evaluator (ciphertexts, levels only,
+  numpy slots: :mod:`ckksnet.backend.evaluator`). ``refresh(value, levels)`` returns the value
+  with at least ``levels`` levels left (bootstrapped where the plan's schedule says so); call it
+  before each stage that spends levels;
+* ``domain``: stored inputs must lie in [-domain, domain] (a polynomial approximation's
+  interval), or None; the twin checks it.
+
+Subclasses register themselves by class name, so saved plans can name them (loading a plan
+with a kernel defined outside ckksnet needs the module that defines it imported first).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+KERNEL_TYPES: dict[str, type] = {}
+
+Refresh = Callable[[Any, int], Any]
+
+
+class Kernel:
+    """Defaults shared by most kernels: no activation bound, nothing to fold, no rotations."""
+
+    kind: ClassVar[str] = "kernel"
+    shares_scale: ClassVar[bool] = False
+    domain: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        KERNEL_TYPES[cls.__name__] = cls
+
+    def levels(self) -> int:
+        return 0
+
+    def rotations(self) -> set[int]:
+        return set()
+
+    def input_bound(self, ranges: dict, margin: float) -> float | None:
+        return None
+
+    def finalize(self, scale_in: float, scale_out: float, options: dict) -> "Kernel":
+        return self
+
+    def tuned(self, keys: frozenset) -> "Kernel":
+        return self
+
+    def evaluate(self, ev, inputs: list, refresh: Refresh):
+        raise NotImplementedError(f"{type(self).__name__} has no evaluate()")
+
+
+def activation_bound(name: str, ranges: dict, margin: float, what: str = "activation") -> float:
+    """``margin`` x the calibrated max |input| of module ``name`` (an activation's bound B)."""
+    from ckksnet.errors import CompileError
+
+    if name not in ranges:
+        raise CompileError(f"no calibration range for {what} {name!r}")
+    return margin * max(ranges[name], 1e-6)
