@@ -47,6 +47,10 @@ class WrongFileTypeError(SerializationError):
     """The data is a ckksnet object of another kind, or not a ckksnet file at all."""
 
 
+class UnsupportedFormatError(WrongFileTypeError):
+    """A ckksnet file in a format version this ckksnet cannot read (a newer one, or a retired one)."""
+
+
 class CorruptDataError(SerializationError):
     """The data is truncated or its checksum does not match."""
 
