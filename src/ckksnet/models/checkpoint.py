@@ -195,6 +195,8 @@ def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor
                         f"unexpected {extra[:5]})")
     for name, want in expected.items():
         t = state[name]
+        if not isinstance(t, torch.Tensor):
+            raise DataError(f"{where}: {name} is a {type(t).__name__}, expected a tensor")
         if t.shape != want.shape or t.dtype != want.dtype:
             raise DataError(f"{where}: tensor {name} is {t.dtype} {tuple(t.shape)}, "
                             f"expected {want.dtype} {tuple(want.shape)}")
