@@ -274,6 +274,35 @@ def _add_snapshot(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_snapshot)
 
 
+def _load_model(checkpoint: str | None):
+    from ckksnet.models import load_bundled, load_checkpoint
+
+    return load_checkpoint(checkpoint) if checkpoint else load_bundled()
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """Compile and print the schedule: no key is made."""
+    from ckksnet.compiler import compile
+    from ckksnet.compiler.report import plan_report, plan_text
+
+    model, meta = _load_model(args.checkpoint)
+    net = compile(model, calibration=meta["calibration"]["relus"], preset=args.preset, alpha=args.alpha,
+                  eps_bits=args.eps_bits)
+    rep = plan_report(net)
+    return _emit(args, rep, plan_text(rep))
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="compile and print the schedule (levels, bootstraps, keys, estimated "
+                       "time and memory) without making any key")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
+    p.add_argument("--preset", default="secure")
+    p.add_argument("--alpha", type=int, default=13)
+    p.add_argument("--eps-bits", type=int, default=9)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_plan)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="plaintext test accuracy of the bundled (or a given) checkpoint")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
@@ -286,8 +315,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckksnet", description="Encrypted inference of trained CNNs with RNS-CKKS (OpenFHE).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_infer, _add_fidelity, _add_bootstrap, _add_train, _add_snapshot, _add_eval,
-                _add_approx):
+    for add in (_add_demo, _add_infer, _add_plan, _add_fidelity, _add_bootstrap, _add_train, _add_snapshot,
+                _add_eval, _add_approx):
         add(sub)
     return parser
 
