@@ -146,6 +146,6 @@ def as_images(images: object, channels: int, height: int,
     _check_dtype(x)
     x, single = _layout(x, int(channels), int(height), int(width))
     if x.dtype == np.uint8:
-        return x.astype(np.float64) / 255.0, single
+        return np.ascontiguousarray(x, dtype=np.float64) / 255.0, single
     _check_values(x)
     return np.array(x, dtype=np.float64), single
