@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from _results import machine, replace_section, today
+from costs import store
 from ckksnet import inference
 from ckksnet.fidelity import NoiseModel, bundled_noise_path
 from ckksnet.runtime import rotation_key_text
@@ -38,6 +39,14 @@ def section(res: dict, argv: list[str]) -> str:
              f"| peak RSS | {rep['peak_rss_gb']:.1f} GiB = {rep['peak_rss_gb'] * 1.073741824:.1f} GB (after key "
              f"generation: {res['peak_rss_gb_after_keygen']:.1f} GiB) |",
              f"| ReLU | alpha {res['alpha']}, eps 2^-{res['eps_bits']} |"]
+    costs = res.get("costs")
+    if costs:
+        ref = costs["reference_bootstrap_seconds"]
+        lines += [f"| reference bootstrap (same process, median of 3) | {ref:.1f} s: total = {total / ref:.1f} x it |",
+                  f"| `ckksnet plan` (compile time, no keys) | {res['plan_bootstraps']} bootstraps (run: {rep['bootstraps']}); "
+                  f"estimate {costs['estimate_seconds']:.0f} s with constants measured in this process "
+                  f"({100 * (costs['estimate_seconds'] - total) / total:+.0f}% vs measured), "
+                  f"{res['plan_estimate_seconds_stored_costs']:.0f} s with the stored ones |"]
     for r in res["images"]:
         lines.append(f"| image {r['index']} (label {r['label']}) | plaintext {r['plain_pred']}, encrypted "
                      f"{r['enc_pred']}, max abs logit diff {r['max_abs_logit_diff']:.2e}, {r['seconds']:.0f} s |")
@@ -63,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps-bits", type=int, default=9)
     args = ap.parse_args(argv)
     res = inference.run(args.images, "secure", alpha=args.alpha, eps_bits=args.eps_bits, progress=True,
-                        on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=True)
+                        on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=True,
+                        measure_costs=True)
+    rep = res["report"]
+    store("secure", res["costs"], {"keys_gib": res["peak_rss_gb_after_keygen"],
+                                   "one_key_gib": res["key_memory_gb"]["one_key"],
+                                   "run_overhead_gib": round(rep["peak_rss_gb"] - res["peak_rss_gb_after_keygen"], 2)},
+          "python benchmarks/resnet20.py " + " ".join(argv))
     # the per-step CKKS error of this run is the twin's noise model for the secure preset
     NoiseModel(**res["noise_model"]).save(bundled_noise_path("secure"))
     (Path(__file__).parent / "resnet20_last.json").write_text(json.dumps(res, indent=1) + "\n")

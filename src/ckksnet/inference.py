@@ -34,12 +34,14 @@ def pick_images(k: int, data: str | None = None):
 
 def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint: str | None = None,
         alpha: int = 13, eps_bits: int = 9, progress: bool = True, on_image=None,
-        calibrate_noise: bool = False) -> dict:
+        calibrate_noise: bool = False, measure_costs: bool = False) -> dict:
     """Compile, make keys, and run K images encrypted; returns a JSON-ready report.
 
     ``on_image(record)`` is called after each image (for printing as results come in).
     ``calibrate_noise``: also measure every step's CKKS error on the first image (decrypting
     each step's output with the client's key) and return it as ``noise_model``.
+    ``measure_costs``: time the cost model's operations and a reference bootstrap (median of 3)
+    right after key generation, in this process (``costs``), and report the plan's estimate.
     """
     model, meta = load_checkpoint(checkpoint) if checkpoint else load_bundled()
     images, labels, indices, source = pick_images(k, data)
@@ -52,6 +54,15 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     keygen_s = time.time() - t
     keygen_rss = peak_rss_gb()
     server = Server(net, client.evaluation_keys())
+    costs = None
+    if measure_costs:
+        from ckksnet.backend.measure import measure_costs as measure
+
+        from ckksnet.backend.costs import CostModel
+        from ckksnet.compiler.schedule import estimate_seconds
+
+        costs = measure(client.ckks, [1, 3, 5, 7, 12, 20])
+        costs["estimate_seconds"] = round(estimate_seconds(net, CostModel(preset, costs["coefficients"])), 1)
     with torch.no_grad():
         plain = model(to_tensor(images)).double().numpy()
     records, first_report, probe = [], None, None
@@ -80,6 +91,8 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             "rotation_key_policy": net.rotation_keys, "peak_rss_gb_after_keygen": round(keygen_rss, 2),
             "key_memory_gb": client.key_memory_gb,
             "images": records, "agreement": float(np.mean([r["plain_pred"] == r["enc_pred"] for r in records])),
-            "report": first_report,
+            "report": first_report, "costs": costs,
+            "plan_estimate_seconds_stored_costs": round(net.schedule.seconds, 1),
+            "plan_bootstraps": net.schedule.bootstraps,
             "noise_model": probe and vars(probe.model(net.preset.name, f"measured on image {indices[0]} "
                                                    f"({source}), alpha {alpha}", input_sd))}

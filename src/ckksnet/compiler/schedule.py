@@ -153,3 +153,13 @@ def _dry_run(plan, tracer, levels: int, refresh, walk) -> None:
         raise CompileError(f"the plan cannot be scheduled with preset {plan.preset.name!r} "
                            f"(depth {plan.preset.depth}, {plan.preset.levels_after_bootstrap} levels after "
                            f"a bootstrap): {exc}") from exc
+
+
+def estimate_seconds(plan, costs) -> float:
+    """The plan's estimated run time (seconds) under another cost model (e.g. constants measured
+    in the same process as a run, for a like-for-like comparison)."""
+    from ckksnet.runtime.walker import ScheduledRefresh, walk
+
+    tracer = LevelTracer(plan.preset, plan.schedule.key_rotations, costs)
+    walk(plan, tracer, tracer.fresh(plan.schedule.input_level), ScheduledRefresh(tracer, plan.schedule.decisions()))
+    return tracer.seconds
