@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import openfhe as ofhe
@@ -24,6 +24,23 @@ from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, N
                             RangeError, ShapeError)
 
 Ciphertext = ofhe.Ciphertext
+
+
+def context_id_for(preset_name: str, key_tag: str) -> str:
+    """The key set id: SHA-256 (hex) of the preset name and OpenFHE's tag of the secret key."""
+    return hashlib.sha256(f"{preset_name}|{key_tag}".encode()).hexdigest()
+
+
+def rotations_of_automorphisms(automorphisms: Iterable[int], ring_dim: int, slots: int) -> dict[int, int]:
+    """Rotation indices (mod ``slots``, nonzero) that automorphism keys provide: index -> the
+    amount OpenFHE's key is for (rotation r is the automorphism 5^r mod 2N, r < N/2; with
+    sparse slots, r and r + slots rotate alike, so the smallest such r is kept)."""
+    present, m, g, out = set(automorphisms), 2 * ring_dim, 1, {}
+    for r in range(ring_dim // 2):
+        if g in present and r % slots:
+            out.setdefault(r % slots, r)
+        g = g * 5 % m
+    return out
 
 
 @dataclass
@@ -39,6 +56,9 @@ class KeyInventory:
     raw: dict[int, int] = field(default_factory=dict)
     bootstrap: bool = False
     bootstrap_ready: bool = False  # EvalBootstrapSetup done in this process
+    # automorphism indices of the bootstrapping keys (what SerializeEvalBootstrapKey writes),
+    # recorded when they are made or loaded, so that a key file can list what it holds
+    bootstrap_automorphisms: list[int] = field(default_factory=list)
 
 
 class CkksContext:
@@ -71,21 +91,23 @@ class CkksContext:
     @property
     def context_id(self) -> str:
         """Identifies this key set: the preset name plus OpenFHE's tag of the secret key."""
-        return hashlib.sha256(f"{self.preset.name}|{self.key_tag}".encode()).hexdigest()
+        return context_id_for(self.preset.name, self.key_tag)
+
+    def automorphism_indices(self) -> set[int]:
+        """Automorphism indices of every key present in OpenFHE's store for this key set."""
+        return set(self.cc.GetExistingEvalAutomorphismKeyIndices(self.key_tag))
 
     def adopt_bootstrap_rotations(self) -> int:
         """Register the rotation keys that bootstrapping brought (OpenFHE makes ~60 of them at
         2^14 slots), so kernels reuse them instead of generating their own. Returns how many."""
-        present = set(self.cc.GetExistingEvalAutomorphismKeyIndices(self.key_tag))
-        m, g, found = 2 * self.preset.ring_dim, 1, 0
-        for r in range(self.preset.ring_dim // 2):  # automorphism of rotation r is 5^r mod 2N
-            idx = r % self.slots
-            if g in present and idx and idx not in self.rotations:
+        found = 0
+        for idx, r in rotations_of_automorphisms(self.automorphism_indices(), self.preset.ring_dim,
+                                                 self.slots).items():
+            if idx not in self.rotations:
                 self.rotations.add(idx)
                 if r != idx:
                     self.keys.raw[idx] = r
                 found += 1
-            g = g * 5 % m
         return found
 
     def automorphism_key_count(self) -> int:
@@ -370,6 +392,24 @@ class CkksClient(CkksContext):
         self.rotation_key_maps: list[tuple[tuple[int, ...], "ofhe.EvalKeyMap"]] = []
         cc.EvalMultKeyGen(self._secret_key)
 
+    @classmethod
+    def from_parts(cls, preset: Preset, cc: "ofhe.CryptoContext", public_key: "ofhe.PublicKey",
+                   secret_key: "ofhe.PrivateKey") -> "CkksClient":
+        """A client from loaded parts (see :func:`ckksnet.backend.keys.load_client_keys`):
+        it encrypts and decrypts; nothing is generated, so it holds no evaluation keys.
+        Raises :class:`ContextMismatchError` if the two keys are not one key pair's."""
+        if secret_key.GetKeyTag() != public_key.GetKeyTag():
+            raise ContextMismatchError("the secret key and the public key belong to different key sets")
+        client = cls.__new__(cls)
+        CkksContext.__init__(client, preset, cc, public_key)
+        client._secret_key = secret_key
+        client.rotation_key_maps = []
+        return client
+
+    def export_secret_key(self) -> bytes:
+        """The secret key, serialized (OpenFHE BINARY), for writing an owner-only key file."""
+        return ofhe.Serialize(self._secret_key, ofhe.BINARY)
+
     # ---------------------------------------------------------------- keys
     def gen_rotation_keys(self, indices: Iterable[int]) -> list[int]:
         """Generate rotation keys for ``indices`` (taken mod ``slots``; 0 needs none).
@@ -379,36 +419,41 @@ class CkksClient(CkksContext):
         """
         new = sorted({int(k) % self.slots for k in indices} - self.rotations - {0})
         if new:
-            keymap = self._isolated_keygen(self.cc.FindAutomorphismIndices(new))
+            autos = self.cc.FindAutomorphismIndices(new)
+            keymap, _ = self._isolated_keygen(lambda: self.cc.EvalAutomorphismKeyGen(self._secret_key, autos))
             self.rotation_key_maps.append((tuple(new), keymap))
             self.rotations.update(new)
         return new
 
-    def _isolated_keygen(self, automorphism_indices: list[int]) -> "ofhe.EvalKeyMap":
-        """Generate automorphism keys into a map of their own, then install them.
+    def _isolated_keygen(self, generate: Callable[[], "ofhe.EvalKeyMap"],
+                         keep: bool = True) -> tuple["ofhe.EvalKeyMap", list[int]]:
+        """Run ``generate`` (automorphism key generation returning the tag's map) with the key
+        store emptied, install the keys, and return (their map, their automorphism indices).
 
         OpenFHE's key generation adds to (and returns) the one map of the key tag, which would
         make every later serialization carry all keys. Generating into an emptied store gives
         a map holding exactly these keys; the store is then restored and the keys merged in
         (shared, not copied). If the store held no map for this key set yet it would adopt the
         group's map object itself, so it gets a copy instead: generate bootstrapping keys first
-        to avoid that one-off copy.
+        to avoid that one-off copy. ``keep=False``: the caller drops the map, so the store may
+        adopt it without a copy.
         """
         store = ofhe.CryptoContext
         saved = store.GetAllEvalAutomorphismKeys()
         store.ClearEvalAutomorphismKeys()
         try:
-            keymap = self.cc.EvalAutomorphismKeyGen(self._secret_key, automorphism_indices)
+            keymap = generate()
+            made = sorted(self.automorphism_indices())  # the store holds these keys only
         finally:
             store.ClearEvalAutomorphismKeys()
             for tag, m in saved.items():
                 store.InsertEvalAutomorphismKey(m, tag)
-        if self.key_tag in saved:
-            store.InsertEvalAutomorphismKey(keymap, self.key_tag)  # merged into the existing map
+        if self.key_tag in saved or not keep:
+            store.InsertEvalAutomorphismKey(keymap, self.key_tag)  # merged, or adopted
         else:
             copy = ofhe.DeserializeEvalKeyMapString(ofhe.Serialize(keymap, ofhe.BINARY), ofhe.BINARY)
             store.InsertEvalAutomorphismKey(copy, self.key_tag)
-        return keymap
+        return keymap, made
 
     def gen_bootstrap_keys(self) -> None:
         """Generate bootstrapping keys (at N = 2^16 this takes tens of seconds and ~9 GB)."""
@@ -416,7 +461,13 @@ class CkksClient(CkksContext):
             raise MissingKeyError(f"preset {self.preset.name!r} has bootstrapping off")
         if not self.keys.bootstrap:
             self.prepare_bootstrap()
-            self.cc.EvalBootstrapKeyGen(self._secret_key, self.slots)
+
+            def generate() -> "ofhe.EvalKeyMap":
+                self.cc.EvalBootstrapKeyGen(self._secret_key, self.slots)
+                return self.cc.GetEvalAutomorphismKeyMap(self.key_tag)
+
+            # isolated, so that the key file can list exactly the bootstrapping keys
+            _, self.keys.bootstrap_automorphisms = self._isolated_keygen(generate, keep=False)
             self.keys.bootstrap = True
             self.adopt_bootstrap_rotations()
 

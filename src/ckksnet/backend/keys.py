@@ -1,0 +1,311 @@
+"""Key files: a client's key set and the evaluation-key bundle a server loads, across processes.
+
+Layout written by :func:`save_keys`::
+
+    KEYDIR/                      (created 0o700)
+      secret_key.ckks            the secret key; 0o600 from creation (os.open), never shipped
+      context.ckks               the client's context (with its preset) and public key
+      public_key.ckks
+      eval/                      the bundle to ship to a server: never a secret key
+        context.ckks  public_key.ckks
+        mult_keys.ckks        + mult_keys.bin           relinearization key
+        rotation_keys.ckks    + rotation_keys.<i>.bin   the client's rotation keys, per group
+        bootstrap_keys.ckks   + bootstrap_keys.bin      bootstrapping keys (their ~54-66 rotations)
+
+Every ``.ckks`` file is an envelope (:mod:`ckksnet.backend.serialize`): magic, format version,
+kind, key set id (``context_id``), preset name, and a SHA-256 over header and payload.
+
+**Memory design (big key files).** At the secure preset the bundle is ~11 GiB, the
+bootstrapping keys alone ~10 GiB, so neither saving nor loading may hold a file's bytes next to
+the keys. Evaluation keys therefore never pass through Python bytes:
+
+* saving: OpenFHE's own file writers (``SerializeEvalMultKey``, ``SerializeToFile`` of each
+  rotation-key map, ``SerializeEvalBootstrapKey``) stream the keys into ``<kind>.bin`` (a
+  temporary name, renamed when complete); Python then hashes the file in 16 MiB blocks and
+  writes a small ``<kind>.ckks`` envelope whose empty payload is backed by a ``files`` header
+  field: name, length and SHA-256 of each ``.bin``. The envelope's checksum covers that field,
+  hence header and payload together;
+* loading: the small envelopes are read first, and every requirement (rotation indices,
+  bootstrapping) is checked from their headers before a key byte is read
+  (:class:`MissingKeyError` at load, naming the indices). Each ``.bin`` is then hashed in
+  16 MiB blocks and handed by path to OpenFHE's file reader, which deserializes it straight
+  into the key store. A ``.bin`` name in a header must be a plain ``*.bin`` name of a regular
+  file in the folder (no path, no symlink), so a header cannot make a server open another file.
+
+Measured at the test preset (N = 2^12; ``tests/test_keys.py`` asserts the bounds): the
+bundle is 0.40 GB (0.38 GB of it bootstrapping keys); loading it in a fresh process raises
+peak RSS by about 1.0x the ``.bin`` bytes (the keys themselves), against 3x for the former
+bytes path (file bytes, payload copy and keys); saving raises it by under 0.1x.
+
+The loader verifies that the keys each file installs are exactly those its header lists. It
+runs ``EvalBootstrapSetup`` before reading bootstrapping keys: OpenFHE keeps only the keys its
+bootstrap precomputation names, and without it a fresh process installed 18 of the 54 (the
+first bootstrap then aborted the process). Between the hash and OpenFHE's read the folder must
+not change: keep a bundle in a folder only its owner can write.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import openfhe as ofhe
+
+from ckksnet.backend.context import CkksClient, CkksServer
+from ckksnet.backend.presets import Preset
+from ckksnet.backend.serialize import (bootstrap_extra, bootstrap_rotations, check_attached, context_from_bytes,
+                                       context_to_bytes, describe_file, has_mult_key, header_field, install_bootstrap_keys,
+                                       install_rotation_keys, key_fields, openfhe_load, openfhe_write, pack,
+                                       preset_from_header, public_key_from_bytes, public_key_to_bytes,
+                                       regular_file, require_mult_key, rotation_groups, save,
+                                       secret_key_to_bytes, unpack_key)
+from ckksnet.errors import CorruptDataError, MissingKeyError, SerializationError
+
+SECRET_KEY_FILE = "secret_key.ckks"
+EVAL_DIR = "eval"
+#: the evaluation-key envelopes that may be in a bundle, in load order (bootstrapping keys
+#: before rotation keys, the order a client makes them in)
+OPTIONAL_PARTS = ("mult_keys", "bootstrap_keys", "rotation_keys")
+REQUIRED_FILES = ("context.ckks", "public_key.ckks", "mult_keys.ckks")
+
+
+@dataclass
+class EvalKeyInfo:
+    """What a bundle holds, from its headers and checksums (no key loaded): the key set id,
+    the preset, the rotation indices (mod slots) it has keys for, whether it can bootstrap,
+    and each file's size in bytes."""
+
+    context_id: str
+    preset: Preset
+    rotations: list[int]
+    bootstrap: bool
+    files: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- saving
+def save_keys(client: CkksClient, folder: str | os.PathLike) -> Path:
+    """Write ``client``'s key set to ``folder`` (layout in the module docstring): the secret
+    key (mode 0o600), context and public key, and the evaluation-key bundle in ``folder/eval``.
+    Returns ``folder``. Raises :class:`SerializationError` if a part cannot be written (a client
+    loaded from files holds no evaluation keys to write)."""
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    save(secret_key_to_bytes(client), folder / SECRET_KEY_FILE, mode=0o600)
+    save(context_to_bytes(client), folder / "context.ckks")
+    save(public_key_to_bytes(client), folder / "public_key.ckks")
+    save_evaluation_keys(client, folder / EVAL_DIR)
+    return folder
+
+
+def save_evaluation_keys(client: CkksClient, folder: str | os.PathLike) -> Path:
+    """Write the shippable bundle (context, public key, relinearization, rotation and
+    bootstrapping keys; never the secret key) to ``folder``, streaming each key file through
+    OpenFHE's file writers. Returns ``folder``. Raises :class:`SerializationError`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(folder / SECRET_KEY_FILE):
+        raise SerializationError(f"{folder} holds {SECRET_KEY_FILE}: write evaluation keys to a "
+                                 "folder of their own, the one shipped to a server")
+    save(context_to_bytes(client), folder / "context.ckks")
+    save(public_key_to_bytes(client), folder / "public_key.ckks")
+    mult = _write_attached(folder, "mult_keys.bin", "relinearization key",
+                           lambda p: client.cc.SerializeEvalMultKey(p, ofhe.BINARY, client.key_tag))
+    save(pack("mult_keys", b"", key_fields(client, {}, [mult])), folder / "mult_keys.ckks")
+    _save_rotation_keys(client, folder)
+    _save_bootstrap_keys(client, folder)
+    return folder
+
+
+def _write_attached(folder: Path, name: str, what: str, write: Callable[[str], bool]) -> dict:
+    """Let OpenFHE write a raw payload file (under a temporary name, renamed once complete)
+    and return its ``files`` entry (name, length, SHA-256, hashed in blocks)."""
+    tmp = folder / (name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    openfhe_write(what, write, str(tmp))
+    entry = describe_file(tmp)
+    os.replace(tmp, folder / name)
+    return {**entry, "name": name}
+
+
+def _save_rotation_keys(client: CkksClient, folder: Path) -> None:
+    entries = [_write_attached(folder, f"rotation_keys.{i}.bin", "rotation keys",
+                               lambda p, m=keymap: ofhe.SerializeToFile(p, m, ofhe.BINARY))
+               for i, (_, keymap) in enumerate(client.rotation_key_maps)]
+    groups = [{"indices": list(indices)} for indices, _ in client.rotation_key_maps]
+    save(pack("rotation_keys", b"", key_fields(client, {"groups": groups}, entries)),
+         folder / "rotation_keys.ckks")
+    names = {e["name"] for e in entries}
+    for stale in folder.glob("rotation_keys.*.bin"):  # groups of an earlier key set
+        if stale.name not in names:
+            stale.unlink()
+
+
+def _save_bootstrap_keys(client: CkksClient, folder: Path) -> None:
+    if not client.has_bootstrap_keys:
+        for stale in ("bootstrap_keys.ckks", "bootstrap_keys.bin"):
+            (folder / stale).unlink(missing_ok=True)
+        return
+    extra = bootstrap_extra(client)
+    entry = _write_attached(folder, "bootstrap_keys.bin", "bootstrapping keys",
+                            lambda p: ofhe.SerializeEvalBootstrapKey(p, ofhe.BINARY, client.cc,
+                                                                     client.key_tag, client.slots))
+    save(pack("bootstrap_keys", b"", key_fields(client, extra, [entry])), folder / "bootstrap_keys.ckks")
+
+
+# ---------------------------------------------------------------- loading: the client
+def load_client_keys(folder: str | os.PathLike) -> CkksClient:
+    """A client (encrypts, decrypts) from the files :func:`save_keys` wrote to ``folder``;
+    nothing is regenerated. Raises :class:`SerializationError` (a file missing),
+    :class:`CorruptDataError`, :class:`ContextMismatchError` (files of different key sets)."""
+    folder = Path(folder)
+    preset, cc, cid = context_from_bytes(_read(folder, "context.ckks"))
+    pk = public_key_from_bytes(_read(folder, "public_key.ckks"), preset, cid)
+    payload, _ = unpack_key(_read(folder, SECRET_KEY_FILE), "secret_key", cid)
+    sk = openfhe_load("secret key", ofhe.DeserializePrivateKeyString, payload, ofhe.BINARY)
+    del payload
+    if sk.GetKeyTag() != pk.GetKeyTag():
+        raise CorruptDataError("the secret key's payload belongs to another key set than its header says")
+    return CkksClient.from_parts(preset, cc, pk, sk)
+
+
+def _read(folder: Path, name: str) -> bytes:
+    """A small envelope file of a key folder (a regular file; :class:`SerializationError` if absent)."""
+    path = folder / name
+    if not os.path.lexists(path):
+        raise SerializationError(f"{path}: no such file")
+    regular_file(path, str(path))
+    return path.read_bytes()
+
+
+# ---------------------------------------------------------------- loading: the server
+def load_evaluation_keys(folder: str | os.PathLike, rotations: Iterable[int] = (),
+                         bootstrap: bool = False) -> CkksServer:
+    """A :class:`CkksServer` with every key in the bundle ``folder`` (``KEYDIR/eval``).
+
+    ``rotations`` (taken mod slots) and ``bootstrap`` say what the caller will need: anything
+    the bundle lacks raises :class:`MissingKeyError` naming it, from the headers, before a key
+    is read. Never opens a secret key: a folder holding ``secret_key.ckks`` is refused
+    (:class:`SerializationError`). Other errors: :class:`CorruptDataError` (damaged, truncated,
+    or a header that disagrees with its payload), :class:`ContextMismatchError` (files of
+    another key set), :class:`WrongFileTypeError`.
+    """
+    folder = _bundle_folder(folder)
+    server = _server_context(folder)
+    headers = _part_headers(folder, server.preset, server.context_id)
+    _require(folder, server.preset, headers, rotations, bootstrap)
+    _load_mult_keys(server, folder, headers["mult_keys"])
+    if "bootstrap_keys" in headers:
+        (entry,) = _entries(headers["bootstrap_keys"], "bootstrap_keys", 1)
+        path = check_attached(folder, entry, "bootstrap_keys")
+        install_bootstrap_keys(server, str(path), headers["bootstrap_keys"])
+    if "rotation_keys" in headers:
+        _load_rotation_keys(server, folder, headers["rotation_keys"])
+    return server
+
+
+def check_evaluation_keys(folder: str | os.PathLike) -> EvalKeyInfo:
+    """Validate a bundle without loading a key (for a process that must not: an upload
+    handler): every envelope, every payload file's length and SHA-256 (read in 16 MiB blocks),
+    one key set throughout. Same errors as :func:`load_evaluation_keys`."""
+    folder = _bundle_folder(folder)
+    _require_files(folder)
+    payload, header = unpack_key(_read(folder, "context.ckks"), "context")
+    preset = preset_from_header(header_field(header["extra"], "preset", dict, "context header extra"))
+    cid = header["context_id"]
+    unpack_key(_read(folder, "public_key.ckks"), "public_key", cid)
+    headers = _part_headers(folder, preset, cid)
+    files = {}
+    for kind, head in headers.items():
+        for entry in _entries(head, kind):
+            files[check_attached(folder, entry, kind).name] = entry["length"]
+    files.update({f"{kind}.ckks": (folder / f"{kind}.ckks").stat().st_size
+                  for kind in ("context", "public_key", *headers)})
+    return EvalKeyInfo(cid, preset, sorted(_available_rotations(preset, headers)),
+                       "bootstrap_keys" in headers, files)
+
+
+def _bundle_folder(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SerializationError(f"{folder}: no such folder of evaluation keys")
+    if os.path.lexists(folder / SECRET_KEY_FILE):  # lexists: a stat, never an open
+        hint = f" (use {folder / EVAL_DIR})" if (folder / EVAL_DIR).is_dir() else ""
+        raise SerializationError(f"{folder} holds {SECRET_KEY_FILE}: a server is given the evaluation "
+                                 f"keys only{hint}")
+    return folder
+
+
+def _require_files(folder: Path) -> None:
+    missing = [name for name in REQUIRED_FILES if not os.path.lexists(folder / name)]
+    if missing:
+        raise SerializationError(f"{folder}: {', '.join(missing)} required (an evaluation-key "
+                                 "folder written by save_evaluation_keys)")
+
+
+def _server_context(folder: Path) -> CkksServer:
+    _require_files(folder)
+    preset, cc, cid = context_from_bytes(_read(folder, "context.ckks"))
+    return CkksServer(preset, cc, public_key_from_bytes(_read(folder, "public_key.ckks"), preset, cid))
+
+
+def _part_headers(folder: Path, preset: Preset, context_id: str) -> dict[str, dict]:
+    """The headers of the evaluation-key envelopes present (small files; payloads not read)."""
+    headers = {}
+    for kind in OPTIONAL_PARTS:
+        if os.path.lexists(folder / f"{kind}.ckks"):
+            payload, header = unpack_key(_read(folder, f"{kind}.ckks"), kind, context_id)
+            if payload or header["preset"] != preset.name:
+                raise CorruptDataError(f"{kind}.ckks: expected an empty payload of preset {preset.name!r}")
+            headers[kind] = header
+    return headers
+
+
+def _entries(header: dict, kind: str, count: int | None = None) -> list:
+    entries = header_field(header, "files", list, f"{kind} header")
+    if count is not None and len(entries) != count:
+        raise CorruptDataError(f"{kind} header lists {len(entries)} payload files, expected {count}")
+    return entries
+
+
+def _available_rotations(preset: Preset, headers: dict[str, dict]) -> set[int]:
+    have = set()
+    if "rotation_keys" in headers:
+        have.update(k % preset.slots for group in rotation_groups(headers["rotation_keys"]) for k in group)
+    if "bootstrap_keys" in headers:
+        have |= bootstrap_rotations(headers["bootstrap_keys"], preset)
+    return have - {0}
+
+
+def _require(folder: Path, preset: Preset, headers: dict[str, dict], rotations: Iterable[int],
+             bootstrap: bool) -> None:
+    """MissingKeyError, from the headers alone, if the bundle lacks a key the caller needs."""
+    if bootstrap and "bootstrap_keys" not in headers:
+        raise MissingKeyError(f"{folder} has no bootstrapping keys (bootstrap_keys.ckks), and they are required")
+    have, slots = _available_rotations(preset, headers), preset.slots
+    missing = sorted({int(k) for k in rotations if int(k) % slots and int(k) % slots not in have})
+    if missing:
+        names = [str(k) if k == k % slots else f"{k} (= {k % slots} mod {slots})" for k in missing]
+        raise MissingKeyError(f"{folder} has no rotation keys for indices {', '.join(names)}; "
+                              "the client must generate and ship them")
+
+
+def _load_mult_keys(server: CkksServer, folder: Path, header: dict) -> None:
+    (entry,) = _entries(header, "mult_keys", 1)
+    path = check_attached(folder, entry, "mult_keys")
+    if has_mult_key(server):
+        return  # this key set's key is already in the process's store (OpenFHE refuses a second)
+    ok = openfhe_load("relinearization key", server.cc.DeserializeEvalMultKey, str(path), ofhe.BINARY)
+    if ok is False:
+        raise CorruptDataError("OpenFHE could not read the relinearization key")
+    require_mult_key(server)
+
+
+def _load_rotation_keys(server: CkksServer, folder: Path, header: dict) -> None:
+    groups = rotation_groups(header)
+    for indices, entry in zip(groups, _entries(header, "rotation_keys", len(groups))):
+        path = check_attached(folder, entry, "rotation_keys")
+        keymap, ok = openfhe_load("rotation keys", ofhe.DeserializeEvalKeyMap, str(path), ofhe.BINARY)
+        if not ok:
+            raise CorruptDataError(f"OpenFHE could not read the rotation keys in {path.name}")
+        install_rotation_keys(server, keymap, indices)
