@@ -27,15 +27,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ckksnet.errors import CorruptDataError, SerializationError, WrongFileTypeError
+from ckksnet.errors import CorruptDataError, SerializationError, UnsupportedFormatError, WrongFileTypeError
 
 MAGIC = b"CKKSPLAN"
 FORMAT = 1
 KINDS = ("server_plan", "client_plan")
-
-
-class UnsupportedFormatError(WrongFileTypeError):
-    """A file written by a newer ckksnet (a format version this one cannot read)."""
 
 
 def _types() -> dict[str, type]:
