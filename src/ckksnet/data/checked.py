@@ -100,7 +100,16 @@ def _latin1(text: str, encoding: str = "latin1") -> bytes:
     return codecs.encode(text, "latin1")
 
 
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` as protocol-2 pickles write an empty bytes object; nothing else."""
+    if args:
+        raise pickle.UnpicklingError("bytes(...) with arguments is not allowed")
+    return b""
+
+
 _SAFE_GLOBALS = {
+    ("builtins", "bytes"): _empty_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1,

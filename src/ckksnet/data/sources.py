@@ -11,6 +11,7 @@ import importlib.util
 import io
 import os
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,11 +158,12 @@ def _collect(entries: list[tuple[str, str, bytes]], source: str) -> Split:
     classes = tuple(sorted({c for c, _, _ in entries}))
     entries.sort(key=lambda e: (classes.index(e[0]), e[1]))
     images = [_decode(data, f"{source}:{c}/{n}") for c, n, data in entries]
+    usual = Counter(im.shape for im in images).most_common(1)[0][0]
     for (c, n, _), im in zip(entries, images):
-        if im.shape != images[0].shape:
-            first = f"{entries[0][0]}/{entries[0][1]}"
+        if im.shape != usual:
+            like = next(f"{c2}/{n2}" for (c2, n2, _), im2 in zip(entries, images) if im2.shape == usual)
             raise DataError(f"{source}:{c}/{n}: image of {im.shape[1]}x{im.shape[0]} pixels, "
-                            f"expected {images[0].shape[1]}x{images[0].shape[0]} like {first}")
+                            f"expected {usual[1]}x{usual[0]} like {like}")
     labels = np.array([classes.index(c) for c, _, _ in entries], dtype=np.int64)
     return Split(np.stack(images), labels, classes, source)
 
