@@ -575,7 +575,10 @@ def test_old_checkpoint_warns_then_add_checksum(ck):
     ("float64", "is torch.float64"),
     ("missing", "missing ['fc.bias']"),
     ("extra", "unexpected ['extra']"),
-    ("shape", "expected torch.float32 (10, 8)"),
+    ("shape", "fc.weight: expected (10, 8), found (10, 7)"),
+    ("bn shape", "tensor layers.0.bn1.weight is torch.float32 (3,), expected torch.float32 (4,)"),
+    ("huge config", "does not fit the weights (layers: expected 3000000000, found 3)"),
+    ("other widths", "does not fit the weights (fc.weight: expected (10, 16), found (10, 8))"),
     ("mean", "does not match the weights' normalize.mean"),
     ("relus", "calibration.relus does not fit the model"),
 ])
@@ -592,8 +595,12 @@ def test_unverified_checkpoint_is_still_checked(ck, damage, text):
         state["extra"] = torch.zeros(1)
     elif damage == "shape":
         state["fc.weight"] = state["fc.weight"][:, :7]
+    elif damage == "bn shape":
+        state["layers.0.bn1.weight"] = state["layers.0.bn1.weight"][:3]
     torch.save(state, folder / "model.pt")
     edits = {"mean": _setter("config", "mean", [0.4, 0.4, 0.4]),
+             "huge config": _setter("config", "blocks", 10 ** 9),
+             "other widths": _setter("config", "widths", [4, 8, 16]),
              "relus": _setter("calibration", "relus", "nope", {"max_abs": 1.0})}
     _edit_meta(folder, _setter("checksum", _DELETE))
     if damage in edits:

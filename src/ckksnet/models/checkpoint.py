@@ -204,6 +204,31 @@ def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor
             raise DataError(f"{where}: tensor {name} holds NaN or infinite values")
 
 
+def check_config_fits(config: dict, state: dict[str, torch.Tensor], where: str) -> None:
+    """Blocks, widths and classes of ``config`` agree with the tensors' shapes, checked before a
+    model is built (so an edited config cannot make a huge one). Raises DataError otherwise."""
+    blocks, widths = config["blocks"], config["widths"]
+    layers = {int(k.split(".")[1]) for k in state if re.fullmatch(r"layers\.\d+\..+", k)}
+    want = {"layers": blocks * len(widths), "conv1.weight": widths[0],
+            "fc.weight": (config["num_classes"], widths[-1])}
+    have = {"layers": max(layers) + 1 if layers else 0,
+            "conv1.weight": _dim(state.get("conv1.weight"), 0),
+            "fc.weight": (_dim(state.get("fc.weight"), 0), _dim(state.get("fc.weight"), 1))}
+    for stage, width in enumerate(widths):
+        key = f"layers.{stage * blocks}.conv1.weight"
+        want[key], have[key] = width, _dim(state.get(key), 0)
+    bad = [k for k in want if want[k] != have[k]]
+    if bad:
+        raise DataError(f"{where}: the config (blocks {blocks}, widths {widths}, num_classes "
+                        f"{config['num_classes']}) does not fit the weights ({bad[0]}: expected "
+                        f"{want[bad[0]]}, found {have[bad[0]]})")
+
+
+def _dim(t: object, axis: int) -> int | None:
+    """Size of ``t`` along ``axis``, or None if ``t`` is not a tensor with that axis."""
+    return t.shape[axis] if isinstance(t, torch.Tensor) and t.ndim > axis else None
+
+
 def _check_normalization(state: dict[str, torch.Tensor], config: dict, where: str) -> None:
     """config.mean/std must equal the weights' ``normalize`` buffers (as float32); DataError."""
     for key in ("mean", "std"):
@@ -256,6 +281,7 @@ def _load(folder: Path) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]
         check_calibration(meta["calibration"], where)
     state = _read_state(folder / "model.pt")
     _verify(meta, state, folder)
+    check_config_fits(config, state, where)
     model = build(config)
     check_state(model.state_dict(), state, str(folder / "model.pt"))
     _check_normalization(state, config, where)

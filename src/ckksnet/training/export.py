@@ -10,7 +10,7 @@ import torch
 from ckksnet.data import Split
 from ckksnet.errors import DataError
 from ckksnet.models import save_checkpoint
-from ckksnet.models.checkpoint import check_state
+from ckksnet.models.checkpoint import check_config_fits, check_state
 from ckksnet.models.resnet import ResNetCifar
 from ckksnet.training.calibrate import calibrate
 from ckksnet.training.train import TrainConfig, evaluate
@@ -81,6 +81,8 @@ def load_run_state(run_dir: str | os.PathLike) -> tuple[ResNetCifar, TrainConfig
     cfg = _run_config(state["config"], str(path))
     fc = state["model"].get("fc.weight")
     classes = fc.shape[0] if isinstance(fc, torch.Tensor) and fc.ndim == 2 and fc.shape[0] > 0 else 10
+    check_config_fits({"blocks": cfg.blocks, "widths": list(cfg.widths), "num_classes": classes},
+                      state["model"], str(path))
     model = ResNetCifar(cfg.blocks, cfg.widths, classes)
     check_state(model.state_dict(), state["model"], str(path))
     model.load_state_dict(state["model"])
