@@ -9,7 +9,14 @@
 
 Without ``data`` the location comes from ``$CKKSNET_DATA``, then ``../shared/data`` beside the
 repository or the working directory. Decoded arrays are cached under ``$CKKSNET_CACHE``
-(default ``~/.cache/ckksnet``) so that 60,000 JPEGs are decoded once.
+(default ``~/.cache/ckksnet``) so that 60,000 JPEGs are decoded once; a cache file that is
+unreadable or inconsistent is deleted and rebuilt.
+
+Everything read is checked: tars to their end-of-archive marker and compressed streams to their
+CRC, official batches for keys, pixel dtype and shape, one label per image and labels 0..9
+(pickles may hold numpy arrays and plain data only), images for a readable, opaque RGB-convertible
+file of one common size. Failures raise :class:`~ckksnet.errors.DataError` naming the path, or
+its subclass :class:`~ckksnet.errors.ChecksumError` for a CRC mismatch.
 """
 from __future__ import annotations
 

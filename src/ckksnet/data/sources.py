@@ -1,8 +1,12 @@
 """CIFAR-10 readers: the official pickle format, image folders (or tars of one), foolbox's 20 images.
 
-Every reader returns a :class:`Split`: uint8 images of shape (N, 32, 32, 3) in HWC order,
-int64 labels and the class names. Normalisation is not applied here; it belongs to the model
-(see :mod:`ckksnet.models`), so that its constants live in exactly one place.
+Every reader returns a :class:`Split`: uint8 images of shape (N, H, W, 3) in HWC order
+(32 x 32 for CIFAR-10), int64 labels and the class names. Normalisation is not applied here; it
+belongs to the model (see :mod:`ckksnet.models`), so that its constants live in exactly one place.
+
+Every reader checks what it reads (see :mod:`ckksnet.data.checked`) and raises
+:class:`~ckksnet.errors.DataError` naming the file and what was expected, or
+:class:`~ckksnet.errors.ChecksumError` when a compressed archive's CRC does not match.
 """
 from __future__ import annotations
 
