@@ -163,7 +163,8 @@ def _read_meta(path: Path) -> dict:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from exc
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                        f"at offset {exc.start})") from exc
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
