@@ -1,0 +1,172 @@
+"""The ``ckksnet serve`` and ``ckksnet query`` sub-commands (added to ``ckksnet.cli``'s parser
+by :func:`add_serve` and :func:`add_query`); ``python -m ckksnet.runtime.service.cli`` runs
+them alone.
+
+    ckksnet serve --plan SERVER_PLAN --state DIR [--host 127.0.0.1] [--port 8000] ...
+    ckksnet query --url URL upload --keys EVAL_DIR            -> {"keyset_id", "token"}
+    ckksnet query --url URL --token T run --in CT --out CT    submit, wait (progress), save
+    ckksnet query --url URL --token T submit --in CT          -> job id
+    ckksnet query --url URL --token T status JOB | wait JOB [--out CT] | result JOB --out CT
+    ckksnet query --url URL --token T delete                  delete the key set (--keyset-id)
+
+The token may also come from ``$CKKSNET_TOKEN`` (kept out of shell history and ``ps``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from ckksnet.errors import CkksnetError
+
+_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def size(text: str) -> int:
+    """'16GiB', '64MiB', '500MB', '1048576' -> bytes (argparse type)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16GiB, 64MiB, 1048576)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+# ---------------------------------------------------------------- serve
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ckksnet.runtime.service import serve
+    from ckksnet.runtime.service.app import Limits
+
+    limits = Limits(max_body=args.max_body, max_ciphertext=args.max_ciphertext, max_keysets=args.max_keysets,
+                    max_queued=args.max_queued, min_free_disk=args.min_free_disk)
+    serve(args.plan, args.state, args.host, args.port, args.ssl_certfile, args.ssl_keyfile,
+          args.ssl_keyfile_password, limits, args.workers, args.log_level)
+    return 0
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    """The ``serve`` sub-command."""
+    p = sub.add_parser("serve", help="run the HTTP inference service (see ckksnet.runtime.service)")
+    p.add_argument("--plan", required=True, help="the server plan artifact")
+    p.add_argument("--state", required=True, help="state folder: SQLite database, key sets, jobs")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--ssl-certfile", help="TLS certificate (PEM); serve HTTPS")
+    p.add_argument("--ssl-keyfile", help="TLS private key (PEM)")
+    p.add_argument("--ssl-keyfile-password", help="password of an encrypted --ssl-keyfile")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, one job at a time each (~13 GiB each at the secure preset)")
+    p.add_argument("--max-body", type=size, default="16GiB", help="largest key-set upload (default 16GiB)")
+    p.add_argument("--max-ciphertext", type=size, default="64MiB", help="largest ciphertext (default 64MiB)")
+    p.add_argument("--max-keysets", type=int, default=8, help="key sets stored at once (default 8)")
+    p.add_argument("--max-queued", type=int, default=64, help="jobs waiting at once (default 64)")
+    p.add_argument("--min-free-disk", type=size, default="1GiB",
+                   help="free disk space an upload must leave in the state folder (default 1GiB)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_cmd_serve)
+
+
+# ---------------------------------------------------------------- query
+def _read(path: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise CkksnetError(f"{p}: no such file")
+    return p.read_bytes()
+
+
+def _write(path: str, data: bytes) -> None:
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(p)
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from ckksnet.remote import RemoteClient
+
+    verify = args.cacert or not args.insecure
+    with RemoteClient(args.url, args.token or os.environ.get("CKKSNET_TOKEN"), args.keyset_id, verify) as remote:
+        out = _QUERY[args.action](remote, args)
+    if out is not None:
+        print(json.dumps(out, indent=2) if isinstance(out, dict) else out)
+    return 0
+
+
+def _q_upload(remote, args) -> dict:
+    keyset_id, token = remote.upload_keys(args.keys, progress=not args.quiet)
+    return {"keyset_id": keyset_id, "token": token}
+
+
+def _q_run(remote, args) -> str:
+    _write(args.out, remote.run(_read(args.input), progress=not args.quiet))
+    return args.out
+
+
+def _q_wait(remote, args) -> dict:
+    job = remote.wait(args.job, progress=not args.quiet)
+    if args.out:
+        _write(args.out, remote.result(args.job))
+    return job
+
+
+def _q_result(remote, args) -> str:
+    _write(args.out, remote.result(args.job))
+    return args.out
+
+
+def _q_delete(remote, args) -> str:
+    remote.delete_keys()
+    return "deleted"
+
+
+_QUERY = {"upload": _q_upload, "run": _q_run, "wait": _q_wait, "result": _q_result, "delete": _q_delete,
+          "submit": lambda remote, args: remote.submit(_read(args.input)),
+          "status": lambda remote, args: remote.status(args.job),
+          "health": lambda remote, args: remote.health()}
+
+
+def add_query(sub: argparse._SubParsersAction) -> None:
+    """The ``query`` sub-command and its actions."""
+    p = sub.add_parser("query", help="talk to a ckksnet serve instance (upload keys, run ciphertexts)")
+    p.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
+    p.add_argument("--token", help="access token (default: $CKKSNET_TOKEN)")
+    p.add_argument("--keyset-id", help="key set id (default: the one the ciphertext names)")
+    p.add_argument("--cacert", help="CA bundle to verify the server's TLS certificate")
+    p.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    acts = p.add_subparsers(dest="action", required=True)
+    acts.add_parser("health", help="server status, plan and limits")
+    acts.add_parser("upload", help="upload an evaluation-key folder").add_argument("--keys", required=True)
+    for name, what in (("run", "submit, wait and save the result"), ("submit", "queue a ciphertext")):
+        a = acts.add_parser(name, help=what)
+        a.add_argument("--in", dest="input", required=True, help="ciphertext file")
+        if name == "run":
+            a.add_argument("--out", required=True, help="output ciphertext file")
+    acts.add_parser("status", help="a job's state").add_argument("job")
+    w = acts.add_parser("wait", help="wait for a job (progress bar); --out saves the result")
+    w.add_argument("job")
+    w.add_argument("--out")
+    r = acts.add_parser("result", help="save a done job's output ciphertext")
+    r.add_argument("job")
+    r.add_argument("--out", required=True)
+    acts.add_parser("delete", help="delete the key set (needs --keyset-id) and its jobs")
+    p.set_defaults(func=_cmd_query)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ckksnet")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_serve(sub)
+    add_query(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CkksnetError as exc:
+        print(f"ckksnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A worker process: loads the server plan and one key set, runs queued jobs one at a time.
+
+Started by the server's :class:`~ckksnet.runtime.service.supervisor.Supervisor` as
+``python -m ckksnet.runtime.service.worker --state DIR --plan PATH --name NAME``. It takes the
+oldest queued job (first in, first out). A worker holds the keys of one key set at most
+(about 13 GiB for a secure-preset job): when the oldest queued job needs another key set, it
+exits with status 0 and the supervisor starts a fresh one, so the memory of the previous keys
+(also in OpenFHE's global key store) goes back to the system. Progress (step i of n) is written
+to SQLite after each step. It exits if its parent (the server) goes away.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from ckksnet.errors import CkksnetError
+from ckksnet.runtime.service import engine
+from ckksnet.runtime.service.store import Store
+
+SWITCH_KEYSET = 0  # exit status: the next job needs another key set (start a fresh worker)
+
+
+class JobCancelled(Exception):
+    """The job is no longer this worker's (the server restarted, the key set was deleted)."""
+
+
+class Worker:
+    """Runs jobs from ``store`` with ``plan`` (see the module docstring). ``poll``: seconds
+    between looks at an empty queue."""
+
+    def __init__(self, store: Store, plan, name: str, poll: float = 0.2):
+        self.store, self.plan, self.name, self.poll = store, plan, name, poll
+        self.parent = os.getppid()
+        self.keyset: str | None = None
+        self.server = None
+
+    def orphaned(self) -> bool:
+        return os.getppid() != self.parent
+
+    def serve_forever(self) -> int:
+        """Run jobs until the next one needs another key set (returns :data:`SWITCH_KEYSET`)
+        or the parent process is gone (returns 1)."""
+        while not self.orphaned():
+            job = self.store.claim_job(self.name, self.keyset)
+            if job is not None:
+                self.run(job)
+            elif self.keyset is not None and self.store.next_keyset() not in (None, self.keyset):
+                return SWITCH_KEYSET
+            else:
+                time.sleep(self.poll)
+        return 1
+
+    def run(self, job) -> None:
+        """Run one claimed job; record done or failed (never raises for the job's own errors)."""
+        job_id = job["id"]
+        try:
+            data = self.store.input_path(job_id).read_bytes()
+            out = engine.run_job(self._server_for(job["keyset_id"]), data, self._on_step(job_id))
+            self._save_result(job_id, out)
+        except JobCancelled:
+            return
+        except CkksnetError as exc:
+            self.store.fail_job(job_id, f"{type(exc).__name__}: {exc}", self.name)
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            traceback.print_exc()
+            self.store.fail_job(job_id, f"internal error: {type(exc).__name__}: {exc}", self.name)
+
+    def _server_for(self, keyset_id: str):
+        if self.server is None or keyset_id != self.keyset:
+            self.keyset = keyset_id  # one key set per worker process: claim_job keeps to it
+            self.server = engine.load_server(self.plan, self.store.keyset_dir(keyset_id))
+        return self.server
+
+    def _on_step(self, job_id: str):
+        def on_step(i: int, n: int, name: str) -> None:
+            if self.orphaned() or not self.store.progress(job_id, self.name, i, n, name):
+                raise JobCancelled(job_id)
+        return on_step
+
+    def _save_result(self, job_id: str, data: bytes) -> None:
+        path = self.store.result_path(job_id)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        if not self.store.finish_job(job_id, self.name, len(data)):
+            path.unlink(missing_ok=True)  # failed meanwhile (restart, deletion): no result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ckksnet-worker", description=__doc__.splitlines()[0])
+    p.add_argument("--state", required=True, type=Path)
+    p.add_argument("--plan", required=True, type=Path)
+    p.add_argument("--name", required=True)
+    args = p.parse_args(argv)
+    try:
+        plan = engine.load_plan(args.plan)
+    except CkksnetError as exc:
+        print(f"ckksnet worker {args.name}: {exc}", file=sys.stderr)
+        return 2
+    return Worker(Store(args.state), plan, args.name).serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""``ckksnet serve`` and ``ckksnet.remote``, end to end at the insecure test preset: a real uvicorn
+server in its own process group on a free loopback port, worker subprocesses, SQLite on disk.
+
+The model is a small random-weight CNN (convolution, batch norm, ReLU, pooling, dense) so that a
+job costs seconds; the owner's keys include bootstrapping keys, so the upload and the worker's
+key loading take the same path as a real bundle (0.38 GB here, ~11 GiB at the secure preset).
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+import warnings
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import ckksnet
+from ckksnet.backend import CkksClient, InsecurePresetWarning
+from ckksnet.backend.keys import save_keys
+from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes
+from ckksnet.nn import Normalize
+from ckksnet.remote import JobFailedError, RemoteClient, RemoteError
+from ckksnet.runtime.service.bundle import tar_stream
+
+IMAGES = np.random.default_rng(3).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- the world: plan, keys, ciphertexts
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    bn = nn.BatchNorm2d(4)
+    bn.running_mean.copy_(torch.randn(4, generator=gen) * 0.2)
+    bn.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
+    return nn.Sequential(Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), nn.Conv2d(3, 4, 3, 1, 1, bias=False), bn,
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+
+
+def _client(plan, bootstrap: bool) -> ckksnet.Client:
+    """A client of ``plan`` with keys made here; ``bootstrap`` adds bootstrapping keys (the plan's
+    schedule reaches its rotations through them)."""
+    spec = plan.client_spec()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecurePresetWarning)
+        keys = CkksClient("test")
+        if bootstrap:
+            keys.gen_bootstrap_keys()
+        keys.gen_rotation_keys(spec.rotation_keys)
+    return ckksnet.Client(spec, keys=keys)
+
+
+class World:
+    """Plan artifact, three key sets (owner ``a`` with bootstrapping keys, ``b`` and ``c``
+    without), the owner's ciphertexts of IMAGES[:4] and the plaintext model's logits."""
+
+    def __init__(self, root: Path):
+        model = _model()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InsecurePresetWarning)
+            self.plan = ckksnet.compile(model, calibration=IMAGES, preset="test", image_size=(8, 8))
+        self.plan_path = self.plan.save(root / "plan") / "server_plan.ckksnet"
+        self.clients = {name: _client(self.plan, name == "a") for name in "abc"}
+        self.eval = {name: save_keys(c.ckks, root / f"keys_{name}") / "eval" for name, c in self.clients.items()}
+        owner = self.clients["a"]
+        self.cts = [ciphertext_to_bytes(owner.ckks, owner.encrypt(img)) for img in IMAGES[:4]]
+        x = torch.from_numpy(IMAGES[:4]).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            self.logits = model(x).numpy()
+
+    def decrypt(self, data: bytes) -> np.ndarray:
+        owner = self.clients["a"]
+        return owner.decrypt(ciphertext_from_bytes(owner.ckks, data))
+
+
+# ---------------------------------------------------------------- the server process
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """``ckksnet serve`` in a subprocess, its own process group (workers included)."""
+
+    def __init__(self, plan: Path, state: Path, log: Path):
+        self.plan, self.state, self.log = plan, state, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *flags: str, port: int | None = None) -> "Served":
+        self.port = port or _free_port()
+        cmd = [sys.executable, "-m", "ckksnet.runtime.service.cli", "serve", "--plan", str(self.plan),
+               "--state", str(self.state), "--port", str(self.port), "--log-level", "warning", *flags]
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("the server did not come up:\n" + self.log.read_text()[-3000:])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def signal_group(self, sig: int) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: server and workers die at once."""
+        self.signal_group(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return World(tmp_path_factory.mktemp("service_world"))
+
+
+@pytest.fixture(scope="module")
+def served(world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("service_state")
+    srv = Served(world.plan_path, root / "state", root / "server.log").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def owner(world, served) -> RemoteClient:
+    """The owner's session: key set ``a`` uploaded."""
+    remote = RemoteClient(served.url)
+    keyset_id, token = remote.upload_keys(world.eval["a"])
+    assert keyset_id == world.clients["a"].ckks.context_id and len(token) >= 40
+    yield remote
+    remote.close()
+
+
+def _post_tar(url: str, body: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/keysets", content=body, headers={"Content-Type": "application/x-tar"}, timeout=120)
+
+
+def _keyset_files(served: Served, keyset_id: str) -> dict[str, int]:
+    folder = served.state / "keysets" / keyset_id
+    return {p.name: p.stat().st_size for p in folder.iterdir()}
+
+
+# ---------------------------------------------------------------- tests
+def test_upload_submit_progress_and_results(world, served, owner):
+    stored = _keyset_files(served, owner.keyset_id)
+    assert stored == {p.name: p.stat().st_size for p in world.eval["a"].iterdir()}
+    assert not any(p.name.startswith("secret") for p in (served.state / "keysets" / owner.keyset_id).iterdir())
+    jobs = [owner.submit(ct) for ct in world.cts[:2]]
+    history: list[dict] = []
+    finals = [owner.wait(job, progress=False, poll=0.05, timeout=300, on_status=history.append) for job in jobs]
+    steps = len(world.plan.steps)
+    running = [h for h in history if h["state"] == "running"]
+    assert running and all(1 <= h["step"] <= steps == h["steps"] for h in running if h["steps"])
+    assert any(h["step_name"] for h in running)
+    assert all(f["state"] == "done" and f["step"] == steps for f in finals)
+    for i, job in enumerate(jobs):
+        logits = world.decrypt(owner.result(job))
+        assert logits.argmax() == world.logits[i].argmax()
+        assert np.max(np.abs(logits - world.logits[i])) < 1e-2
+    assert not (served.state / "jobs" / f"{jobs[0]}.in").exists()  # inputs go once a job ends
+
+
+def test_a_second_client_can_touch_neither_keys_nor_jobs(world, served, owner):
+    job = owner.submit(world.cts[2])
+    other = RemoteClient(served.url)
+    other_id, _ = other.upload_keys(world.eval["b"])
+    assert other_id != owner.keyset_id
+    calls = {"status": lambda: other.status(job), "result": lambda: other.result(job)}
+    for what, call in calls.items():
+        with pytest.raises(RemoteError) as err:
+            call()
+        assert err.value.status == 404, what
+    with pytest.raises(RemoteError) as err:  # the owner's ciphertext under the other key set
+        other.submit(world.cts[0])
+    assert err.value.status == 422 and "belongs to key set" in str(err.value)
+    intruder = RemoteClient(served.url, token=other.token, keyset_id=owner.keyset_id)
+    for call in (intruder.keyset, intruder.delete_keys, lambda: intruder.submit(world.cts[0])):
+        with pytest.raises(RemoteError) as err:
+            call()
+        assert err.value.status == 403
+    anonymous = httpx.get(f"{served.url}/jobs/{job}", timeout=10)
+    assert anonymous.status_code == 401 and "token" in anonymous.json()["detail"]
+    forged = httpx.get(f"{served.url}/keysets/{owner.keyset_id}", headers={"Authorization": "Bearer " + "x" * 43}, timeout=10)
+    assert forged.status_code == 403
+    assert [j["id"] for j in owner.keyset()["jobs"]][-1] == job  # nothing was added by the others
+    assert owner.wait(job, progress=False, poll=0.1, timeout=300)["state"] == "done"
+    other.close()
+
+
+def test_bad_uploads_are_rejected_and_stored_keysets_stay(world, served, owner, tmp_path):
+    before = _keyset_files(served, owner.keyset_id)
+    good = b"".join(tar_stream(world.eval["c"]))
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(world.eval["c"], corrupt)
+    with (corrupt / "mult_keys.bin").open("r+b") as fh:
+        fh.seek(1000)
+        byte = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    missing = tmp_path / "missing"
+    shutil.copytree(world.eval["c"], missing)
+    (missing / "context.ckks").unlink()
+    smuggled = tmp_path / "smuggled"
+    shutil.copytree(world.eval["c"], smuggled)
+    (smuggled / "secret_key.ckks").write_bytes(b"x")
+    traversal = io.BytesIO()
+    with tarfile.open(fileobj=traversal, mode="w") as tar:
+        info = tarfile.TarInfo("../context.ckks")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    cases = {"truncated": (good[:len(good) // 2], 400), "not a tar": (b"hello" * 2000, 400),
+             "corrupt key file": (b"".join(tar_stream(corrupt)), 422),
+             "no context": (b"".join(tar_stream(missing)), 422),
+             "secret key member": (b"".join(tar_stream(smuggled)), 400),
+             "path traversal": (traversal.getvalue(), 400)}
+    for what, (body, status) in cases.items():
+        answer = _post_tar(served.url, body)
+        assert answer.status_code == status, (what, answer.text)
+        assert answer.json()["detail"], what
+    assert _keyset_files(served, owner.keyset_id) == before
+    assert not any((served.state / "uploads").iterdir())
+    assert not (served.state / "keysets" / world.clients["c"].ckks.context_id).exists()
+    assert owner.keyset()["keyset_id"] == owner.keyset_id
+    twice = _post_tar(served.url, b"".join(tar_stream(world.eval["a"])))  # the same key set again
+    assert twice.status_code == 409 and "already stored" in twice.json()["detail"]
+
+
+def _running_job(db: Path) -> str | None:
+    with sqlite3.connect(db, timeout=30) as con:
+        row = con.execute("SELECT id FROM jobs WHERE state = 'running' AND step >= 1").fetchone()
+    return row[0] if row else None
+
+
+def _kill_while_running(served: Served) -> str:
+    """Freeze the server's process group until the database shows a job computing, then
+    SIGKILL the group: the job was certainly running when the server died."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        served.signal_group(signal.SIGSTOP)
+        job = _running_job(served.state / "state.sqlite3")
+        if job is not None:
+            served.kill()
+            return job
+        served.signal_group(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("no job was seen running")
+
+
+def test_killed_mid_job_restart_keeps_keys_and_reports_failure(world, served, owner):
+    jobs = {owner.submit(world.cts[3]): 3, owner.submit(world.cts[0]): 0}
+    killed = _kill_while_running(served)
+    (kept,) = set(jobs) - {killed}
+    served.start("--max-body", "5MiB", "--max-keysets", "1", "--max-ciphertext", "64KiB", port=served.port)
+    with pytest.raises(JobFailedError, match="server restarted during the job"):
+        owner.wait(killed, progress=False, timeout=30)
+    assert owner.keyset()["keyset_id"] == owner.keyset_id  # the key set survived
+    assert owner.wait(kept, progress=False, poll=0.1, timeout=300)["state"] == "done"  # queued (or done): kept
+    assert world.decrypt(owner.result(kept)).argmax() == world.logits[jobs[kept]].argmax()
+    with pytest.raises(RemoteError) as err:
+        owner.result(killed)
+    assert err.value.status == 409 and "failed" in str(err.value)
+    # limits, now small: each a clear 4xx with a JSON detail
+    with pytest.raises(RemoteError) as err:
+        owner.submit(world.cts[1])
+    assert err.value.status == 413
+    too_big = _post_tar(served.url, b"".join(tar_stream(world.eval["c"])))
+    assert too_big.status_code == 413 and "limit" in too_big.json()["detail"]
+    full = _post_tar(served.url, b"".join(tar_stream(world.eval["c"]))[:1 << 20])
+    assert full.status_code == 409 and "at most 1 key sets" in full.json()["detail"]
+    with pytest.raises(RemoteError) as err:
+        RemoteClient(served.url).upload_keys(world.eval["c"])  # refused before sending
+    assert err.value.status == 413
