@@ -312,11 +312,220 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
+# ---------------------------------------------------------------- client / server in separate processes
+def _cmd_compile(args: argparse.Namespace) -> int:
+    """Compile a checkpoint and write the server and client artifacts (no key is made)."""
+    from ckksnet.compiler import compile
+
+    model, meta = _load_model(args.checkpoint)
+    net = compile(model, calibration=meta["calibration"]["relus"], preset=args.preset, alpha=args.alpha,
+                  eps_bits=args.eps_bits, image_size=(args.image_size, args.image_size))
+    folder = net.save(args.out)
+    spec = net.client_spec()
+    report = {"out": str(folder), "server_plan": str(folder / "server_plan.ckksnet"),
+              "client_plan": str(folder / "client_plan.ckksnet"), "preset": net.preset.name,
+              "steps": len(net.steps), "bootstraps": net.schedule.bootstraps, "input_level": spec.input_level,
+              "rotation_keys": len(spec.rotation_keys), "bootstrap_keys": spec.bootstrap,
+              "classes": list(spec.classes)}
+    return _emit(args, report, f"compiled {report['steps']} steps ({report['bootstraps']} bootstraps, preset "
+                 f"{report['preset']}) into {folder}: give client_plan.ckksnet to the client, keep "
+                 "server_plan.ckksnet on the server")
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    """Make every key a client artifact asks for; write the key set (secret key owner-only)."""
+    import time
+    from pathlib import Path
+
+    from ckksnet.backend.keys import EVAL_DIR, SECRET_KEY_FILE, save_keys
+    from ckksnet.compiler.artifact import load_client_spec
+    from ckksnet.runtime import Client
+
+    out = Path(args.out)
+    if (out / SECRET_KEY_FILE).exists() and not args.force:
+        raise CkksnetError(f"{out} already holds a secret key; ciphertexts made with it could no longer "
+                           "be decrypted if it were replaced (--force replaces it)")
+    spec = load_client_spec(args.client)
+    t0 = time.time()
+    client = Client(spec)
+    keygen = time.time() - t0
+    save_keys(client.ckks, out)
+    size = sum(f.stat().st_size for f in (out / EVAL_DIR).iterdir())
+    report = {"keys": str(out), "eval_keys": str(out / EVAL_DIR), "secret_key": str(out / SECRET_KEY_FILE),
+              "preset": spec.preset.name, "context_id": client.ckks.context_id,
+              "rotation_keys": len(spec.rotation_keys), "bootstrap_keys": spec.bootstrap,
+              "keygen_seconds": round(keygen, 2), "save_seconds": round(time.time() - t0 - keygen, 2),
+              "eval_keys_bytes": size}
+    return _emit(args, report, f"keys for preset {spec.preset.name} in {out} ({keygen:.1f} s); the secret key "
+                 f"stays in {report['secret_key']} (owner-only); ship {report['eval_keys']} "
+                 f"({size / 2**20:.0f} MiB) to the server")
+
+
+def _client_from_files(client_artifact: str, keys: str):
+    """A runtime Client from a client artifact and a key folder written by keygen."""
+    from ckksnet.backend.keys import load_client_keys
+    from ckksnet.compiler.artifact import load_client_spec
+    from ckksnet.runtime import Client
+
+    return Client(load_client_spec(client_artifact), keys=load_client_keys(keys))
+
+
+def _cmd_encrypt(args: argparse.Namespace) -> int:
+    """Encrypt images (PNG / JPEG / .npy), one ciphertext file each."""
+    from pathlib import Path
+
+    from ckksnet.backend.serialize import save_ciphertext
+    from ckksnet.errors import InputError
+    from ckksnet.imagefile import read_image
+
+    client = _client_from_files(args.client, args.keys)
+    lay = client.spec.input_layout
+    names = [Path(p).stem + ".ckks" for p in args.images]
+    if len(set(names)) != len(names):
+        raise InputError("two images share a file name; each gives CT_DIR/<name>.ckks")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = []
+    for image, name in zip(args.images, names):
+        pixels, note = read_image(image, lay.channels, lay.height, lay.width, args.resize)
+        if note:
+            print(note, file=sys.stderr)
+        save_ciphertext(client.ckks, client.encrypt(pixels), out / name)
+        done.append({"image": image, "ciphertext": str(out / name), "resized": note is not None})
+    return _emit(args, {"ciphertexts": done}, "\n".join(f"{d['image']} -> {d['ciphertext']}" for d in done))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """The server side, offline: a ciphertext file through the plan with the evaluation keys."""
+    from ckksnet.backend.keys import load_evaluation_keys
+    from ckksnet.backend.serialize import load_ciphertext, save_ciphertext
+    from ckksnet.compiler.artifact import load_plan
+    from ckksnet.runtime import Server
+
+    plan = load_plan(args.plan)
+    sched = plan.schedule
+    keys = load_evaluation_keys(args.eval_keys, rotations=sched.key_rotations,
+                                bootstrap=bool(sched.bootstrap_slots))
+    server = Server(plan, keys)
+    out = server.run(load_ciphertext(keys, args.input), progress=True)
+    save_ciphertext(keys, out, args.output)
+    rep = server.report.to_dict()
+    return _emit(args, {"in": args.input, "out": args.output, "report": rep},
+                 f"{len(rep['steps'])} steps, {rep['bootstraps']} bootstraps in {rep['seconds']:.1f} s "
+                 f"(peak memory {rep['peak_rss_gb']:.2f} GiB); wrote {args.output}")
+
+
+def _softmax(logits):
+    import numpy as np
+
+    e = np.exp(logits - np.max(logits))  # shifted: no overflow
+    return e / e.sum()
+
+
+def _prediction(logits, classes) -> dict:
+    probs = _softmax(logits)
+    best = int(logits.argmax())
+    names = list(classes) if len(classes) == len(logits) else [str(i) for i in range(len(logits))]
+    return {"predicted": names[best], "predicted_index": best, "logits": [float(v) for v in logits],
+            "probabilities": {n: float(p) for n, p in zip(names, probs)}}
+
+
+def _prediction_text(what: str, pred: dict) -> str:
+    p = pred["probabilities"][pred["predicted"]]
+    logits = ", ".join(f"{v:.4g}" for v in pred["logits"])
+    return f"{what}: {pred['predicted']} (class {pred['predicted_index']}, p = {p:.3f}); logits [{logits}]"
+
+
+def _cmd_decrypt(args: argparse.Namespace) -> int:
+    """The client decrypts the server's output: logits, class name, softmax probabilities."""
+    from ckksnet.backend.serialize import load_ciphertext
+
+    client = _client_from_files(args.client, args.keys)
+    logits = client.decrypt(load_ciphertext(client.ckks, args.ciphertext))
+    pred = {"ciphertext": args.ciphertext, **_prediction(logits, client.spec.classes)}
+    return _emit(args, pred, _prediction_text("encrypted prediction", pred))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    """Plaintext prediction of the model itself (torch), for comparison with the encrypted one."""
+    import numpy as np
+    import torch
+
+    from ckksnet.compiler.phases import CIFAR10_CLASSES
+    from ckksnet.imagefile import read_image
+    from ckksnet.inputs import as_images
+
+    model, _ = _load_model(args.checkpoint)
+    channels = len(model.config["mean"])
+    out = []
+    for image in args.images:
+        pixels, note = read_image(image, channels, args.image_size, args.image_size, args.resize)
+        if note:
+            print(note, file=sys.stderr)
+        x, _ = as_images(pixels, channels, args.image_size, args.image_size)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x).float()).double().numpy()[0]
+        out.append({"image": image, **_prediction(np.asarray(logits), CIFAR10_CLASSES)})
+    return _emit(args, {"predictions": out},
+                 "\n".join(_prediction_text(f"plaintext prediction of {p['image']}", p) for p in out))
+
+
+def _add_client_server(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compile", help="compile a checkpoint into server and client artifacts")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
+    p.add_argument("--preset", default="secure")
+    p.add_argument("--out", required=True, help="folder for server_plan.ckksnet and client_plan.ckksnet")
+    p.add_argument("--alpha", type=int, default=13)
+    p.add_argument("--eps-bits", type=int, default=9)
+    p.add_argument("--image-size", type=int, default=32, help="input images are N x N pixels")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("keygen", help="make the keys a client artifact needs (secret key stays here)")
+    p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
+    p.add_argument("--out", required=True, help="key folder; OUT/eval is what a server gets")
+    p.add_argument("--force", action="store_true", help="replace a secret key already in OUT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("encrypt", help="encrypt images (PNG, JPEG, .npy): one ciphertext file each")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--keys", required=True, help="key folder written by keygen")
+    p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
+    p.add_argument("--out", required=True, help="folder for the ciphertexts (<image name>.ckks)")
+    p.add_argument("--resize", action="store_true", help="resize PNG/JPEG images to the model's size")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_encrypt)
+
+    p = sub.add_parser("run", help="server side, offline: run the plan on a ciphertext file")
+    p.add_argument("--plan", required=True, help="server artifact (server_plan.ckksnet)")
+    p.add_argument("--eval-keys", required=True, help="evaluation-key folder (KEYDIR/eval)")
+    p.add_argument("--in", dest="input", required=True, help="input ciphertext file")
+    p.add_argument("--out", dest="output", required=True, help="output ciphertext file")
+    p.add_argument("--json", action="store_true", help="the per-step report as JSON")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("decrypt", help="decrypt an output ciphertext: logits, class, probabilities")
+    p.add_argument("ciphertext")
+    p.add_argument("--keys", required=True, help="key folder written by keygen")
+    p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_decrypt)
+
+    p = sub.add_parser("predict", help="plaintext prediction of a checkpoint on image files (torch)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
+    p.add_argument("--image-size", type=int, default=32, help="the model's input is N x N pixels")
+    p.add_argument("--resize", action="store_true", help="resize PNG/JPEG images to the model's size")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckksnet", description="Encrypted inference of trained CNNs with RNS-CKKS (OpenFHE).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_infer, _add_plan, _add_fidelity, _add_bootstrap, _add_train, _add_snapshot,
-                _add_eval, _add_approx):
+    for add in (_add_demo, _add_infer, _add_plan, _add_client_server, _add_fidelity, _add_bootstrap, _add_train,
+                _add_snapshot, _add_eval, _add_approx):
         add(sub)
     return parser
 
