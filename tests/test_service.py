@@ -18,6 +18,7 @@ import sys
 import tarfile
 import time
 import warnings
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -253,8 +254,13 @@ def test_bad_uploads_are_rejected_and_stored_keysets_stay(world, served, owner, 
 
 
 def _running_job(db: Path) -> str | None:
-    with sqlite3.connect(db, timeout=30) as con:
-        row = con.execute("SELECT id FROM jobs WHERE state = 'running' AND step >= 1").fetchone()
+    """The job computing now, by the database; None if none is, or if a frozen server process
+    holds a lock (a checkpoint when its last connection closed)."""
+    try:
+        with closing(sqlite3.connect(db, timeout=0.2)) as con:
+            row = con.execute("SELECT id FROM jobs WHERE state = 'running' AND step >= 1").fetchone()
+    except sqlite3.OperationalError:
+        return None
     return row[0] if row else None
 
 

@@ -28,6 +28,7 @@ set's 403, a job of another key set 404 (as if it did not exist).
                                            ``steps``, ``step_name``), done, failed (``error``)
 ``GET /jobs/{job}/result``                 the output ciphertext envelope (octet-stream); 409
                                            unless done
+``DELETE /jobs/{job}``                     forget a job and its files (409 while it runs)
 =========================================  ======================================================
 
 Design. Uploads are streamed to disk member by member as they arrive (never held in memory,

@@ -150,6 +150,8 @@ async def _receive_bundle(svc: Service, request: Request, folder: Path) -> dict[
             receiver.feed(chunk)
     except ClientDisconnect:
         raise BadUploadError("the client disconnected during the upload") from None
+    except OSError as exc:
+        raise StorageError(f"the upload could not be stored: {exc}") from exc
     finally:
         receiver.close()
     return receiver.finish()
@@ -225,6 +227,13 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
     def get_job(job_id: str, token: str = Depends(_token)) -> dict:
         """State: queued (with its position), running (step of steps), done, failed (error)."""
         return _job_answer(svc, _owned_job(svc, job_id, token))
+
+    @app.delete("/jobs/{job_id}", status_code=204)
+    def delete_job(job_id: str, token: str = Depends(_token)) -> Response:
+        """Forget a queued, done or failed job and its files (409 while it runs)."""
+        _owned_job(svc, job_id, token)
+        svc.store.delete_job(job_id)
+        return Response(status_code=204)
 
     @app.get("/jobs/{job_id}/result")
     def get_result(job_id: str, token: str = Depends(_token)) -> FileResponse:

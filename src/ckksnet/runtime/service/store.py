@@ -253,6 +253,13 @@ class Store:
             self.input_path(job_id).unlink(missing_ok=True)
         return ids
 
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job that is not running, and its files. Raises :class:`ConflictError` while
+        it runs (a worker may claim a queued job first)."""
+        if self._run("DELETE FROM jobs WHERE id = ? AND state != 'running'", (job_id,)) != 1:
+            raise ConflictError(f"job {job_id} is running; delete it once it ends")
+        self._remove_job_files(job_id)
+
     def _remove_job_files(self, job_id: str) -> None:
         self.input_path(job_id).unlink(missing_ok=True)
         self.result_path(job_id).unlink(missing_ok=True)

@@ -11,7 +11,9 @@ to SQLite after each step. It exits if its parent (the server) goes away.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import sys
 import time
 import traceback
@@ -21,6 +23,7 @@ from ckksnet.errors import CkksnetError
 from ckksnet.runtime.service import engine
 from ckksnet.runtime.service.store import Store
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
 SWITCH_KEYSET = 0  # exit status: the next job needs another key set (start a fresh worker)
 
 
@@ -90,12 +93,25 @@ class Worker:
             path.unlink(missing_ok=True)  # failed meanwhile (restart, deletion): no result
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent (the server) dies, so that a killed
+    server leaves no worker holding gigabytes of keys (elsewhere: the per-step check only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ckksnet-worker", description=__doc__.splitlines()[0])
     p.add_argument("--state", required=True, type=Path)
     p.add_argument("--plan", required=True, type=Path)
     p.add_argument("--name", required=True)
     args = p.parse_args(argv)
+    die_with_parent()
+    if os.getppid() == 1:
+        return 1  # the server died before we could ask
     try:
         plan = engine.load_plan(args.plan)
     except CkksnetError as exc:
