@@ -1,13 +1,9 @@
 """Saved plans: the server artifact (a whole :class:`Plan`) and the client artifact
 (:class:`ClientSpec`), as validated files.
 
-File layout (the envelope rule every ckksnet file follows)::
-
-    b"CKKSPLAN" | uint32 header length | JSON header | payload
-
-The header holds the format version, the kind ("server_plan" or "client_plan"), the model and
-plan identities, the payload length and a SHA-256 over the header (without the digest field)
-and the payload, so an edited header byte is caught as surely as a damaged payload. The payload
+Both are envelopes of :mod:`ckksnet.backend.serialize` (the rule every ckksnet file follows:
+magic, format version, lengths, a JSON header, the payload, a SHA-256 over all of it), of kinds
+"server_plan" and "client_plan", whose header names the model, the preset and the plan. The payload
 is a uint32-prefixed JSON tree followed by an ``.npz`` archive of its arrays (read with
 ``allow_pickle=False``): the tree names every object by a registered type (the kernels register
 themselves, :mod:`ckksnet.kernels.base`), so loading never runs code from the file.
@@ -27,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ckksnet.errors import CorruptDataError, SerializationError, UnsupportedFormatError, WrongFileTypeError
+from ckksnet.backend import serialize
+from ckksnet.errors import CorruptDataError, SerializationError
 
-MAGIC = b"CKKSPLAN"
-FORMAT = 1
-KINDS = ("server_plan", "client_plan")
+KINDS = tuple(serialize.register_kind(k) for k in ("server_plan", "client_plan"))
 
 
 def _types() -> dict[str, type]:
@@ -129,55 +124,6 @@ def from_payload(payload: bytes):
         raise CorruptDataError(f"unreadable plan payload ({type(exc).__name__}: {exc})") from exc
 
 
-# ---------------------------------------------------------------- the envelope
-def _digest(header: dict, payload: bytes) -> str:
-    body = json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode()
-    return hashlib.sha256(body + payload).hexdigest()
-
-
-def pack(kind: str, payload: bytes, fields_: dict) -> bytes:
-    header = {"format": FORMAT, "kind": kind, "length": len(payload), **fields_}
-    header["sha256"] = _digest(header, payload)
-    raw = json.dumps(header, sort_keys=True).encode()
-    return MAGIC + struct.pack("<I", len(raw)) + raw + payload
-
-
-def unpack(data: bytes, kind: str) -> tuple[dict, bytes]:
-    """Check an envelope; returns (header, payload). Raises WrongFileTypeError (not a plan file,
-    another kind), UnsupportedFormatError (newer format), CorruptDataError (truncated, altered)."""
-    head = bytes(data[:len(MAGIC)])
-    if head != MAGIC:
-        if MAGIC.startswith(head):
-            raise CorruptDataError(f"{kind} truncated inside its magic bytes ({len(data)} bytes)")
-        raise WrongFileTypeError(f"not a ckksnet plan file (expected a {kind})")
-    if len(data) < len(MAGIC) + 4:
-        raise CorruptDataError(f"{kind} truncated inside its header")
-    (n,) = struct.unpack_from("<I", data, len(MAGIC))
-    start = len(MAGIC) + 4
-    if len(data) < start + n:
-        raise CorruptDataError(f"{kind} truncated inside its header")
-    try:
-        header = json.loads(bytes(data[start:start + n]))
-    except ValueError as exc:
-        raise CorruptDataError(f"{kind} header is not valid JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise CorruptDataError(f"{kind} header is not a JSON object")
-    for name, typ in (("format", int), ("kind", str), ("length", int), ("sha256", str)):
-        if not isinstance(header.get(name), typ):
-            raise CorruptDataError(f"{kind} header field {name!r} is missing or not a {typ.__name__}")
-    if header["format"] > FORMAT:
-        raise UnsupportedFormatError(f"{kind} format {header['format']} is newer than this ckksnet reads "
-                                     f"({FORMAT}); upgrade ckksnet")
-    payload = bytes(data[start + n:])
-    if len(payload) != header["length"]:
-        raise CorruptDataError(f"{kind} truncated: {len(payload)} of {header['length']} payload bytes")
-    if _digest(header, payload) != header["sha256"]:
-        raise CorruptDataError(f"{kind} is corrupt: checksum over header and payload does not match")
-    if header["kind"] != kind:
-        raise WrongFileTypeError(f"expected a {kind}, found a {header['kind']}")
-    return header, payload
-
-
 # ---------------------------------------------------------------- files
 def plan_id(plan) -> str:
     """SHA-256 of the server artifact's payload: identifies the exact plan."""
@@ -191,18 +137,12 @@ def save_artifact(kind: str, obj, path) -> Path:
     payload = to_payload(obj)
     ident = {"model_id": obj.model_id, "preset": obj.preset.name,
              "plan_id": hashlib.sha256(payload).hexdigest() if kind == "server_plan" else obj.plan_id}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(pack(kind, payload, ident))
-    tmp.replace(path)
-    return path
+    return serialize.save(serialize.pack(kind, payload, ident), path)
 
 
 def load_artifact(path, kind: str):
     path = Path(path)
-    if not path.is_file():
-        raise SerializationError(f"{path}: no such file")
-    header, payload = unpack(path.read_bytes(), kind)
+    payload, _ = serialize.unpack(serialize.load(path), kind)
     obj = from_payload(payload)
     expected = "Plan" if kind == "server_plan" else "ClientSpec"
     if type(obj).__name__ != expected:
