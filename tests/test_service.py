@@ -101,7 +101,7 @@ class Served:
 
     def start(self, *flags: str, port: int | None = None) -> "Served":
         self.port = port or _free_port()
-        cmd = [sys.executable, "-m", "ckksnet.runtime.service.cli", "serve", "--plan", str(self.plan),
+        cmd = [sys.executable, "-m", "ckksnet.cli", "serve", "--plan", str(self.plan),
                "--state", str(self.state), "--port", str(self.port), "--log-level", "warning", *flags]
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -251,6 +251,25 @@ def test_bad_uploads_are_rejected_and_stored_keysets_stay(world, served, owner, 
     assert owner.keyset()["keyset_id"] == owner.keyset_id
     twice = _post_tar(served.url, b"".join(tar_stream(world.eval["a"])))  # the same key set again
     assert twice.status_code == 409 and "already stored" in twice.json()["detail"]
+
+
+def _query(url: str, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CKKSNET_TOKEN": token} if token else {k: v for k, v in os.environ.items()
+                                                                 if k != "CKKSNET_TOKEN"}
+    return subprocess.run([sys.executable, "-m", "ckksnet.cli", "query", "--url", url, "--quiet", *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_query_command_runs_a_ciphertext(world, served, owner, tmp_path):
+    (tmp_path / "in.ckks").write_bytes(world.cts[1])
+    done = _query(served.url, "run", "--in", str(tmp_path / "in.ckks"), "--out", str(tmp_path / "out.ckks"),
+                  token=owner.token)
+    assert done.returncode == 0, done.stderr
+    assert world.decrypt((tmp_path / "out.ckks").read_bytes()).argmax() == world.logits[1].argmax()
+    health = _query(served.url, "health")
+    assert health.returncode == 0 and '"preset": "test"' in health.stdout
+    refused = _query(served.url, "status", "0" * 32, token="not-a-token")
+    assert refused.returncode == 2 and "HTTP 404" in refused.stderr
 
 
 def _running_job(db: Path) -> str | None:

@@ -8,6 +8,7 @@ import shlex
 import sys
 
 from ckksnet.errors import CkksnetError
+from ckksnet.service_cli import add_query, add_serve
 
 
 def _emit(args: argparse.Namespace, report: dict, text: str) -> int:
@@ -525,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckksnet", description="Encrypted inference of trained CNNs with RNS-CKKS (OpenFHE).")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_infer, _add_plan, _add_client_server, _add_fidelity, _add_bootstrap, _add_train,
-                _add_snapshot, _add_eval, _add_approx):
+                _add_snapshot, _add_eval, _add_approx, add_serve, add_query):
         add(sub)
     return parser
 

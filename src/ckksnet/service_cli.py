@@ -1,6 +1,7 @@
 """The ``ckksnet serve`` and ``ckksnet query`` sub-commands (added to ``ckksnet.cli``'s parser
-by :func:`add_serve` and :func:`add_query`); ``python -m ckksnet.runtime.service.cli`` runs
-them alone.
+by :func:`add_serve` and :func:`add_query`). This module stays outside ``ckksnet.runtime`` and
+imports the service only when a command runs, so building the CLI parser stays cheap (no torch,
+no OpenFHE).
 
     ckksnet serve --plan SERVER_PLAN --state DIR [--host 127.0.0.1] [--port 8000] ...
     ckksnet query --url URL upload --keys EVAL_DIR            -> {"keyset_id", "token"}
