@@ -27,6 +27,12 @@ class RangeError(InputError):
     """Values exceed the range a preset or an approximation was built for."""
 
 
+class WrongTypeError(InputError, TypeError):
+    """An argument of the wrong type: a numpy array where a ciphertext is expected, the
+    secret-key holder (``CkksClient``) where evaluation keys (``CkksServer``) are expected, a
+    server where a client is. Also a ``TypeError``, so older ``except TypeError`` still works."""
+
+
 class PresetError(CkksnetError, ValueError):
     """An unknown or inconsistent parameter preset."""
 
@@ -37,6 +43,13 @@ class MissingKeyError(CkksnetError):
 
 class LevelError(CkksnetError):
     """A ciphertext has fewer levels left than an operation needs."""
+
+
+class DecryptionError(CkksnetError):
+    """A ciphertext decrypted to values OpenFHE cannot decode ("approximation error is too
+    high"): a value grew beyond what the ciphertext's modulus holds, most often an activation
+    beyond its approximation's bound B, where the ReLU polynomial explodes. The message says
+    what to do (recalibrate, raise ``compile(..., margin=...)`` or ``relu_extension``)."""
 
 
 class SerializationError(CkksnetError):

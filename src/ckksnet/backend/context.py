@@ -11,6 +11,7 @@ many more rescales (multiplications) a ciphertext can take before it must be boo
 from __future__ import annotations
 
 import hashlib
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -20,10 +21,39 @@ import openfhe as ofhe
 from ckksnet.backend.memory import tune_allocator
 from ckksnet.backend.presets import Preset, build_crypto_context, get_preset
 from ckksnet.layout.rotations import rotation_chain, rotation_paths
-from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, NonFiniteError,
-                            RangeError, ShapeError)
+from ckksnet.errors import (ContextMismatchError, DecryptionError, InputError, LevelError, MissingKeyError,
+                            NonFiniteError, RangeError, ShapeError, WrongTypeError)
 
 Ciphertext = ofhe.Ciphertext
+
+
+def require_type(obj, types: type | tuple[type, ...], what: str, hint: str = ""):
+    """``obj`` if it is an instance of ``types``, else :class:`WrongTypeError` naming what was
+    expected and what came (``hint``: what to pass instead)."""
+    if not isinstance(obj, types):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise WrongTypeError(f"{what} must be a {names}, got {_type_name(obj)}{'; ' + hint if hint else ''}")
+    return obj
+
+
+def _type_name(obj) -> str:
+    if isinstance(obj, np.ndarray):
+        return f"a numpy array of shape {obj.shape} ({obj.dtype})"
+    return f"a {type(obj).__module__}.{type(obj).__name__}" if type(obj).__module__ != "builtins" \
+        else f"a {type(obj).__name__}"
+
+
+def _real_vector(values, what: str) -> np.ndarray:
+    """``values`` as float64, or WrongTypeError (a ciphertext, strings, objects, complex)."""
+    if isinstance(values, ofhe.Ciphertext):
+        raise WrongTypeError(f"{what} must be real numbers, got a ciphertext")
+    try:
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"dtype {arr.dtype}")
+        return arr.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise WrongTypeError(f"{what} must be real numbers, got {type(values).__name__} ({exc})") from exc
 
 
 def context_id_for(preset_name: str, key_tag: str) -> str:
@@ -132,7 +162,7 @@ class CkksContext:
     # ---------------------------------------------------------------- checks
     def check_vector(self, values: np.ndarray | Sequence[float], length: int | None = None) -> np.ndarray:
         """Validate a real vector for encoding: 1-D, at most ``slots`` long, finite, |x| <= max_abs."""
-        arr = np.asarray(values, dtype=np.float64)
+        arr = _real_vector(values, "a vector to encrypt")
         if arr.ndim != 1:
             raise ShapeError(f"expected a 1-D vector, got shape {arr.shape}")
         limit = self.slots if length is None else length
@@ -148,9 +178,11 @@ class CkksContext:
         return arr
 
     def check_ciphertext(self, ct: Ciphertext) -> Ciphertext:
-        """Reject ciphertexts made under another key set (they would decrypt to garbage)."""
+        """Reject anything but a ciphertext (:class:`WrongTypeError`) and ciphertexts made under
+        another key set (:class:`ContextMismatchError`: they would decrypt to garbage)."""
         if not isinstance(ct, ofhe.Ciphertext):
-            raise TypeError(f"expected an OpenFHE Ciphertext, got {type(ct).__name__}")
+            hint = " (encrypt it first)" if isinstance(ct, (np.ndarray, list, tuple)) else ""
+            raise WrongTypeError(f"expected an OpenFHE Ciphertext, got {_type_name(ct)}{hint}")
         if ct.GetKeyTag() != self.key_tag:
             raise ContextMismatchError("ciphertext was encrypted under another key set "
                                        f"(key tag {ct.GetKeyTag()[:12]}..., expected {self.key_tag[:12]}...)")
@@ -158,6 +190,8 @@ class CkksContext:
 
     def levels_left(self, ct: Ciphertext) -> int:
         """Levels a ciphertext can still spend (an unrescaled product counts as having spent one)."""
+        if not isinstance(ct, ofhe.Ciphertext):
+            raise WrongTypeError(f"expected an OpenFHE Ciphertext, got {_type_name(ct)}")
         return self.preset.depth - ct.GetLevel() - (ct.GetNoiseScaleDeg() - 1)
 
     def require_levels(self, ct: Ciphertext, needed: int, what: str = "operation") -> None:
@@ -170,7 +204,7 @@ class CkksContext:
     # ---------------------------------------------------------------- encoding
     def _plain_vector(self, values: np.ndarray | Sequence[float]) -> np.ndarray:
         """Checks for plaintext vectors: 1-D, 1..slots values, finite (they may exceed max_abs)."""
-        arr = np.asarray(values, dtype=np.float64)
+        arr = _real_vector(values, "a plaintext vector")
         if arr.ndim != 1 or not 0 < arr.size <= self.slots:
             raise ShapeError(f"plaintext must be 1-D with 1..{self.slots} values, got shape {arr.shape}")
         if not np.all(np.isfinite(arr)):
@@ -195,9 +229,22 @@ class CkksContext:
         ciphertext that needs few levels is smaller and faster to compute on.
         """
         arr = self.check_vector(values)
+        if levels_left is not None and (not isinstance(levels_left, numbers.Integral) or isinstance(levels_left, bool)):
+            raise WrongTypeError(f"levels_left must be an int, got {type(levels_left).__name__}")
         if levels_left is not None and not 0 <= levels_left <= self.preset.depth:
             raise LevelError(f"levels_left must be within 0..{self.preset.depth}, got {levels_left}")
         return self.cc.Encrypt(self.public_key, self.encode(arr, levels_left))
+
+
+def _is_scalar(b) -> bool:
+    """A real number (a bool is not one); non-finite ones are refused (NonFiniteError)."""
+    if isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)):
+        if not np.isfinite(float(b)):
+            raise NonFiniteError(f"scalar operand {b} is not finite")
+        return True
+    if np.isscalar(b):
+        raise WrongTypeError(f"a scalar operand must be a real number, got {_type_name(b)}")
+    return False
 
 
 class CkksServer(CkksContext):
@@ -208,7 +255,7 @@ class CkksServer(CkksContext):
         self.check_ciphertext(a)
         if isinstance(b, ofhe.Ciphertext):
             return op(a, self.check_ciphertext(b))
-        if np.isscalar(b):
+        if _is_scalar(b):
             return op(a, float(b))
         return op(a, self.encode_for(b, a))
 
@@ -234,7 +281,7 @@ class CkksServer(CkksContext):
         self.require_levels(a, 1, "multiplication")
         if isinstance(b, ofhe.Ciphertext):
             return self.relinearize(self.mul_lazy(a, b))
-        if np.isscalar(b):
+        if _is_scalar(b):
             return self.cc.EvalMult(a, float(b))
         return self.cc.EvalMult(a, self.encode_for(b, a))
 
@@ -244,7 +291,7 @@ class CkksServer(CkksContext):
         level. Summing several products first pays one key switch for all of them."""
         for ct in (a, b):
             if self.check_ciphertext(ct).NumberCiphertextElements() != 2:
-                raise ValueError("mul_lazy needs relinearized operands (relinearize the sum first)")
+                raise InputError("mul_lazy needs relinearized operands (relinearize the sum first)")
             self.require_levels(ct, 1, "multiplication")
         return self.cc.EvalMultNoRelin(a, b)
 
@@ -384,7 +431,7 @@ class CkksClient(CkksContext):
     """Owns the secret key. Encrypts, decrypts and generates evaluation keys for a server."""
 
     def __init__(self, preset: str | Preset = "secure"):
-        preset = get_preset(preset)
+        preset = get_preset(require_type(preset, (str, Preset), "preset", "a preset name such as 'secure'"))
         cc = build_crypto_context(preset)
         keys = cc.KeyGen()
         super().__init__(preset, cc, keys.publicKey)
@@ -480,11 +527,39 @@ class CkksClient(CkksContext):
 
     # ---------------------------------------------------------------- decryption
     def decrypt(self, ct: Ciphertext, length: int | None = None) -> np.ndarray:
-        """Decrypt to a float64 vector of ``length`` values (default: all slots)."""
+        """Decrypt to a float64 vector of ``length`` values (default: all slots).
+
+        Raises :class:`WrongTypeError` (not a ciphertext), :class:`ContextMismatchError`
+        (another key set's) and :class:`DecryptionError` when OpenFHE cannot decode the result
+        ("approximation error is too high": a value grew beyond what the ciphertext holds, most
+        likely an activation beyond its bound B). OpenFHE cannot always tell: a value that
+        wrapped around a nearly spent modulus can decode to garbage without an error, which the
+        plan's twin (``ActivationRangeWarning``) is there to catch beforehand.
+        """
         self.check_ciphertext(ct)
+        if length is not None and (not isinstance(length, numbers.Integral) or isinstance(length, bool)):
+            raise WrongTypeError(f"length must be an int, got {type(length).__name__}")
         n = self.slots if length is None else int(length)
         if not 0 < n <= self.slots:
             raise ShapeError(f"length {n} must be between 1 and {self.slots}")
-        pt = self.cc.Decrypt(self._secret_key, ct)
-        pt.SetLength(n)
-        return np.asarray(pt.GetRealPackedValue(), dtype=np.float64)[:n]
+        try:
+            pt = self.cc.Decrypt(self._secret_key, ct)
+            pt.SetLength(n)
+            values = pt.GetRealPackedValue()
+        except RuntimeError as exc:
+            raise DecryptionError(_decryption_advice(exc, self.levels_left(ct))) from exc
+        return np.asarray(values, dtype=np.float64)[:n]
+
+
+def _decryption_advice(exc: Exception, levels_left: int) -> str:
+    """What a failed decryption most likely means, and what to do (OpenFHE's words appended)."""
+    said = str(exc).strip().split("):", 1)[-1].strip() or type(exc).__name__
+    if "approximation error" not in said:
+        return f"OpenFHE could not decrypt the ciphertext ({levels_left} levels left): {said}"
+    return ("the ciphertext cannot be decoded: its values grew far beyond the range the computation "
+            f"was scaled for ({levels_left} levels left). Most likely an activation exceeded its bound B "
+            "(a ReLU input beyond B, where the sign polynomial explodes) on an input unlike the "
+            "calibration images. Run the plan's twin on the same image (plan.twin(image, strict=True)) "
+            "to name the layer; then recalibrate with representative images, raise the margin "
+            "(compile(..., margin=...)) or compile with relu_extension=4 (ReLU accurate up to 4 B). "
+            f"OpenFHE: {said}")

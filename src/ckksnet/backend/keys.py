@@ -53,7 +53,7 @@ from typing import Callable, Iterable
 
 import openfhe as ofhe
 
-from ckksnet.backend.context import CkksClient, CkksServer
+from ckksnet.backend.context import CkksClient, CkksServer, require_type
 from ckksnet.backend.presets import Preset
 from ckksnet.backend.serialize import (bootstrap_extra, bootstrap_rotations, check_attached, context_from_bytes,
                                        context_to_bytes, describe_file, has_mult_key, header_field, install_bootstrap_keys,
@@ -90,6 +90,7 @@ def save_keys(client: CkksClient, folder: str | os.PathLike) -> Path:
     key (mode 0o600), context and public key, and the evaluation-key bundle in ``folder/eval``.
     Returns ``folder``. Raises :class:`SerializationError` if a part cannot be written (a client
     loaded from files holds no evaluation keys to write)."""
+    require_type(client, CkksClient, "save_keys' key set", "the client that holds the secret key")
     folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     save(secret_key_to_bytes(client), folder / SECRET_KEY_FILE, mode=0o600)
@@ -103,6 +104,7 @@ def save_evaluation_keys(client: CkksClient, folder: str | os.PathLike) -> Path:
     """Write the shippable bundle (context, public key, relinearization, rotation and
     bootstrapping keys; never the secret key) to ``folder``, streaming each key file through
     OpenFHE's file writers. Returns ``folder``. Raises :class:`SerializationError`."""
+    require_type(client, CkksClient, "the key set", "the client that generated the keys")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if os.path.lexists(folder / SECRET_KEY_FILE):

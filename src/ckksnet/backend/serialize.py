@@ -51,7 +51,7 @@ from pathlib import Path
 import openfhe as ofhe
 
 from ckksnet.backend.context import (CkksClient, CkksContext, CkksServer, Ciphertext, context_id_for,
-                                     rotations_of_automorphisms)
+                                     require_type, rotations_of_automorphisms)
 from ckksnet.backend.presets import Preset, get_preset
 from ckksnet.errors import (ContextMismatchError, CorruptDataError, PresetError, SerializationError,
                             UnsupportedFormatError, WrongFileTypeError)
@@ -288,6 +288,7 @@ def _via_file(write) -> bytes:
 # ---------------------------------------------------------------- key objects: headers
 def key_fields(ctx: CkksContext, extra: dict | None = None, files: list[dict] | None = None) -> dict:
     """Header fields of a key object of ``ctx``'s key set (``files``: attached payload files)."""
+    require_type(ctx, CkksContext, "the key set", "a CkksClient or CkksServer")
     fields = {"context_id": ctx.context_id, "preset": ctx.preset.name, "extra": extra or {}}
     if files is not None:
         fields["files"] = files
@@ -364,6 +365,7 @@ def public_key_to_bytes(ctx: CkksContext) -> bytes:
 
 def secret_key_to_bytes(client: CkksClient) -> bytes:
     """The secret key (write it with ``save(..., mode=0o600)``; never ship it)."""
+    require_type(client, CkksClient, "the secret key's owner", "only a client holds a secret key")
     return pack("secret_key", client.export_secret_key(), key_fields(client))
 
 
@@ -373,6 +375,7 @@ def mult_keys_to_bytes(ctx: CkksContext) -> bytes:
 
 def rotation_keys_to_bytes(client: CkksClient) -> bytes:
     """The rotation keys the client generated (not the bootstrapping ones), in their groups."""
+    require_type(client, CkksClient, "the key set", "the client that generated the keys")
     blobs = [ofhe.Serialize(keymap, ofhe.BINARY) for _, keymap in client.rotation_key_maps]
     groups = [{"indices": list(idx), "length": len(b)}
               for (idx, _), b in zip(client.rotation_key_maps, blobs)]
@@ -398,7 +401,7 @@ def bootstrap_keys_to_bytes(ctx: CkksContext) -> bytes:
 
 
 def ciphertext_to_bytes(ctx: CkksContext, ct: Ciphertext) -> bytes:
-    ctx.check_ciphertext(ct)
+    require_type(ctx, CkksContext, "the key set", "a CkksClient or CkksServer").check_ciphertext(ct)
     return pack("ciphertext", ofhe.Serialize(ct, ofhe.BINARY), key_fields(ctx))
 
 
@@ -406,6 +409,7 @@ def ciphertext_to_bytes(ctx: CkksContext, ct: Ciphertext) -> bytes:
 def ciphertext_from_bytes(ctx: CkksContext, data: bytes) -> Ciphertext:
     """Load a ciphertext of ``ctx``'s key set. Raises :class:`ContextMismatchError` (another
     key set's) or the envelope's errors."""
+    require_type(ctx, CkksContext, "the key set", "a CkksClient or CkksServer")
     payload, _ = unpack_key(data, "ciphertext", ctx.context_id)
     ct = openfhe_load("ciphertext", ofhe.DeserializeCiphertextString, payload, ofhe.BINARY)
     if ct.GetKeyTag() != ctx.key_tag:
@@ -471,6 +475,7 @@ def has_mult_key(ctx: CkksContext) -> bool:
 
 
 def load_mult_keys(ctx: CkksContext, data: bytes) -> None:
+    require_type(ctx, CkksContext, "the key set", "a CkksServer")
     payload, _ = unpack_key(data, "mult_keys", ctx.context_id)
     if has_mult_key(ctx):
         return  # the same key set is already in this process's key store (checksum verified)
@@ -498,6 +503,7 @@ def rotation_groups(header: dict) -> list[list[int]]:
 
 def load_rotation_keys(ctx: CkksContext, data: bytes) -> None:
     """Install serialized rotation keys into OpenFHE's key store (merging with present ones)."""
+    require_type(ctx, CkksContext, "the key set", "a CkksServer")
     payload, header = unpack_key(data, "rotation_keys", ctx.context_id)
     offset = 0
     for i, indices in enumerate(rotation_groups(header)):
@@ -568,6 +574,7 @@ def install_bootstrap_keys(ctx: CkksContext, path: str, header: dict) -> None:
 
 def load_bootstrap_keys(ctx: CkksContext, data: bytes) -> None:
     """Bootstrapping keys from bytes (through a temporary file: OpenFHE reads them from files)."""
+    require_type(ctx, CkksContext, "the key set", "a CkksServer")
     payload, header = unpack_key(data, "bootstrap_keys", ctx.context_id)
     fd, name = tempfile.mkstemp(suffix=".bin")
     try:

@@ -17,7 +17,7 @@ import psutil
 from ckksnet.backend import CkksClient, CkksServer
 from ckksnet.backend.memory import peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
 from ckksnet.compiler.plan import ClientSpec, Plan
-from ckksnet.errors import CkksnetError, ContextMismatchError, MissingKeyError
+from ckksnet.errors import ContextMismatchError, LevelError, MissingKeyError, ShapeError, WrongTypeError
 from ckksnet.runtime.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
 
 
@@ -30,11 +30,11 @@ class Client:
         if isinstance(spec, Plan):
             spec = spec.client_spec()
         if not isinstance(spec, ClientSpec):
-            raise CkksnetError(f"Client needs a ClientSpec or a Plan, got {type(spec).__name__}")
+            raise WrongTypeError(f"Client needs a ClientSpec or a Plan, got {type(spec).__name__}")
         self.spec = spec
         if keys is not None:
             if not isinstance(keys, CkksClient):
-                raise CkksnetError(f"keys must be a CkksClient (the secret-key holder), got {type(keys).__name__}")
+                raise WrongTypeError(f"keys must be a CkksClient (the secret-key holder), got {type(keys).__name__}")
             if keys.preset != spec.preset:
                 raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {spec.preset.name!r}")
             self.ckks, self.key_memory_gb = keys, {}
@@ -47,7 +47,7 @@ class Client:
         layers do not need every level: a smaller ciphertext, cheaper first layers)."""
         packed = self.spec.preprocess(image)
         if packed.ndim != 1:
-            raise CkksnetError("encrypt takes one image; call it once per image of a batch")
+            raise ShapeError("encrypt takes one image; call it once per image of a batch")
         return self.ckks.encrypt(packed, levels_left=self.spec.input_level)
 
     def decrypt(self, ct) -> np.ndarray:
@@ -94,10 +94,10 @@ class Server:
 
     def __init__(self, plan: Plan, keys: CkksServer):
         if not isinstance(plan, Plan) or plan.schedule is None:
-            raise CkksnetError(f"Server needs a compiled Plan (ckksnet.compile or ckksnet.load_plan), "
+            raise WrongTypeError(f"Server needs a compiled Plan (ckksnet.compile or ckksnet.load_plan), "
                                f"got {type(plan).__name__}")
         if not isinstance(keys, CkksServer):
-            raise CkksnetError(f"Server needs evaluation keys (a CkksServer: client.evaluation_keys() or "
+            raise WrongTypeError(f"Server needs evaluation keys (a CkksServer: client.evaluation_keys() or "
                                f"ckksnet.backend.keys.load_evaluation_keys), got {type(keys).__name__}; "
                                "a server never holds the secret key")
         if keys.preset != plan.preset:
@@ -120,7 +120,7 @@ class Server:
         """
         self.ckks.check_ciphertext(ct)
         if self.ckks.levels_left(ct) < self.plan.schedule.input_level:
-            raise CkksnetError(f"the ciphertext has {self.ckks.levels_left(ct)} levels; the plan expects "
+            raise LevelError(f"the ciphertext has {self.ckks.levels_left(ct)} levels; the plan expects "
                                f"{self.plan.schedule.input_level} (encrypt with a Client of this plan)")
         self.report = RunReport(rotation_keys=sorted(self.ckks.rotations))
         refresh = ScheduledRefresh(self.ckks, self.plan.schedule.decisions())
