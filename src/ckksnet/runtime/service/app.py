@@ -157,29 +157,40 @@ async def _receive_bundle(svc: Service, request: Request, folder: Path) -> dict[
     return receiver.finish()
 
 
-async def upload_keyset(svc: Service, request: Request) -> dict:
-    """Store an uploaded evaluation-key bundle; a new key set id and access token."""
+def _admit_upload(svc: Service, request: Request) -> None:
+    """Refuse an upload before its body is read: 413 above ``max_body``, 409 when the key-set
+    limit is reached, 507 when the disk would fill."""
     length = _content_length(request, svc.limits.max_body)
     svc.store.check_room(None, svc.limits.max_keysets)
     _check_disk(svc, length)
+
+
+def _store_keyset(svc: Service, folder: Path) -> dict:
+    """Validate a received bundle and move it into place under a new token (blocking: hashes
+    every key file)."""
+    info = engine.validate_bundle(folder, svc.plan["preset"])
+    token = secrets.token_urlsafe(32)
+    svc.store.add_keyset(info.keyset_id, token_hash(token), info.preset, info.files, folder, svc.limits.max_keysets)
+    return {"keyset_id": info.keyset_id, "token": token, "preset": info.preset, "files": info.files}
+
+
+async def upload_keyset(svc: Service, request: Request) -> dict:
+    """Store an uploaded evaluation-key bundle; a new key set id and access token. The body is
+    written to disk chunk by chunk in the event loop (page-cache writes); everything that may
+    block longer (SQLite, hashing) runs in the thread pool."""
+    await run_in_threadpool(_admit_upload, svc, request)
     folder = svc.store.root / "uploads" / secrets.token_hex(8)
     folder.mkdir()
     try:
         await _receive_bundle(svc, request, folder)
-        info = await run_in_threadpool(engine.validate_bundle, folder, svc.plan["preset"])
-        token = secrets.token_urlsafe(32)
-        await run_in_threadpool(svc.store.add_keyset, info.keyset_id, token_hash(token), info.preset,
-                                info.files, folder, svc.limits.max_keysets)
+        return await run_in_threadpool(_store_keyset, svc, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # gone already if it was moved into place
-    return {"keyset_id": info.keyset_id, "token": token, "preset": info.preset, "files": info.files}
 
 
-async def submit_job(svc: Service, keyset_id: str, request: Request, token: str) -> dict:
-    """Queue one ciphertext of ``keyset_id`` for inference."""
-    _owned_keyset(svc, keyset_id, token)
-    data = await _read_limited(request, svc.limits.max_ciphertext)
-    found = await run_in_threadpool(engine.ciphertext_keyset, data)
+def _enqueue(svc: Service, keyset_id: str, data: bytes) -> dict:
+    """Check a ciphertext (intact, of ``keyset_id``) and queue it; the job's status."""
+    found = engine.ciphertext_keyset(data)
     if found != keyset_id:
         raise InvalidKeysError(f"the ciphertext belongs to key set {found[:12]}..., not to {keyset_id[:12]}...")
     if svc.store.queued_count() >= svc.limits.max_queued:
@@ -191,6 +202,14 @@ async def submit_job(svc: Service, keyset_id: str, request: Request, token: str)
     tmp.replace(path)
     svc.store.add_job(job_id, keyset_id, len(data))
     return _job_answer(svc, svc.store.job(job_id))
+
+
+async def submit_job(svc: Service, keyset_id: str, request: Request, token: str) -> dict:
+    """Queue one ciphertext of ``keyset_id`` for inference (403 before the body is read if the
+    token is not the key set's)."""
+    await run_in_threadpool(_owned_keyset, svc, keyset_id, token)
+    data = await _read_limited(request, svc.limits.max_ciphertext)
+    return await run_in_threadpool(_enqueue, svc, keyset_id, data)
 
 
 def _add_routes(app: FastAPI, svc: Service) -> None:
