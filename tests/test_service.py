@@ -33,7 +33,9 @@ from ckksnet.backend.keys import save_keys
 from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes
 from ckksnet.nn import Normalize
 from ckksnet.remote import JobFailedError, RemoteClient, RemoteError
-from ckksnet.runtime.service.bundle import tar_stream
+from ckksnet.runtime.service.bundle import TarReceiver, tar_length, tar_stream
+from ckksnet.runtime.service.errors import BadUploadError, ConflictError
+from ckksnet.runtime.service.store import Store, token_hash, token_matches
 
 IMAGES = np.random.default_rng(3).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
 
@@ -168,7 +170,84 @@ def _keyset_files(served: Served, keyset_id: str) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in folder.iterdir()}
 
 
-# ---------------------------------------------------------------- tests
+# ---------------------------------------------------------------- parts, without a server
+def _receive(body: bytes, folder: Path, chunk: int, allowed=lambda name: True) -> dict[str, int]:
+    folder.mkdir()
+    receiver = TarReceiver(folder, allowed)
+    for i in range(0, len(body), chunk):
+        receiver.feed(body[i:i + chunk])
+    return receiver.finish()
+
+
+def test_tar_stream_round_trips_in_any_chunking(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {"empty.ckks": b"", "a.bin": os.urandom(1000), "b.bin": os.urandom(512), "c.ckks": os.urandom(70_000)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    body = b"".join(tar_stream(src))
+    assert len(body) == tar_length(src)
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:  # a standard tar
+        assert sorted(tar.getnames()) == sorted(files)
+    for chunk in (1, 7, 511, 512, 513, 65536):
+        out = tmp_path / f"out{chunk}"
+        assert _receive(body, out, chunk) == {n: len(d) for n, d in files.items()}
+        assert all((out / n).read_bytes() == d for n, d in files.items())
+
+
+def _tar(*members: tarfile.TarInfo, tail: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info in members:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isreg() else None)
+    return buf.getvalue() + tail
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 1) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size if kind == tarfile.REGTYPE else 0
+    if kind == tarfile.SYMTYPE:
+        info.linkname = "/etc/passwd"
+    return info
+
+
+@pytest.mark.parametrize("body, reason", [
+    (_tar(_member("link.ckks", tarfile.SYMTYPE)), "only regular files"),
+    (_tar(_member("sub", tarfile.DIRTYPE)), "only regular files"),
+    (_tar(_member("sub/a.ckks")), "not a file of"),
+    (_tar(_member("a.ckks"), _member("a.ckks")), "appears twice"),
+    (_tar(_member("a.ckks")) + b"\x01" * 512, "after the tar's end"),
+    (_tar(_member("a.ckks"))[:1024], "truncated"),
+    (b"\x00" * 1024, "empty"),
+])
+def test_tar_receiver_refuses_what_is_not_a_flat_bundle(tmp_path, body, reason):
+    with pytest.raises(BadUploadError, match=reason):
+        _receive(body, tmp_path / "out", 4096)
+
+
+def test_store_queue_is_fifo_per_key_set_and_tokens_are_hashed(tmp_path):
+    store = Store(tmp_path / "state")
+    for keyset in ("k1", "k2"):
+        upload = store.root / "uploads" / keyset
+        upload.mkdir()
+        store.add_keyset(keyset, token_hash(f"token-{keyset}"), "test", {}, upload, max_keysets=2)
+    with pytest.raises(ConflictError, match="at most 2"):
+        store.check_room(None, 2)
+    assert token_matches("token-k1", store.keyset("k1")["token_sha256"])
+    assert not token_matches("token-k2", store.keyset("k1")["token_sha256"])
+    assert "token-k1" not in (store.root / "state.sqlite3").read_bytes().decode("latin-1")
+    for job, keyset in (("j1", "k1"), ("j2", "k2"), ("j3", "k1")):
+        store.add_job(job, keyset, 10)
+    assert store.claim_job("w1", "k1")["id"] == "j1"
+    assert store.claim_job("w1", "k1") is None and store.next_keyset() == "k2"  # j2 is older than j3
+    assert store.claim_job("w2")["id"] == "j2" and store.queue_position("j3") == 0
+    assert store.progress("j2", "w2", 1, 4, "conv") and not store.progress("j2", "w1", 1, 4, "conv")
+    assert sorted(store.fail_running("the server restarted during the job")) == ["j1", "j2"]
+    assert not store.finish_job("j1", "w1", 5)  # a failed job stays failed
+    assert store.job("j1")["state"] == "failed" and store.job("j3")["state"] == "queued"
+
+
+# ---------------------------------------------------------------- the service, end to end
 def test_upload_submit_progress_and_results(world, served, owner):
     stored = _keyset_files(served, owner.keyset_id)
     assert stored == {p.name: p.stat().st_size for p in world.eval["a"].iterdir()}

@@ -93,7 +93,7 @@ def serve(plan: str | Path, state: str | Path, host: str = "127.0.0.1", port: in
     from ckksnet.runtime.service.store import Store
 
     store = Store(state)
-    lock = store.lock()  # noqa: F841 - held until the process exits
+    store.lock()  # held until the process exits
     facts = engine.describe_plan(engine.load_plan(plan))
     if not _is_loopback(host) and not ssl_certfile:
         print(f"ckksnet serve: warning: listening on {host} without TLS: tokens and ciphertexts "

@@ -101,16 +101,16 @@ class Store:
         with closing(self.connect()) as db:
             return db.execute(sql, args).rowcount
 
-    def lock(self):
-        """Take the state folder's lock for this process (released when it exits).
-        Raises :class:`StateLockedError` if another server holds it."""
+    def lock(self) -> None:
+        """Take the state folder's lock for this process (held by this Store until the process
+        exits). Raises :class:`StateLockedError` if another server holds it."""
         fh = (self.root / "lock").open("a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
             raise StateLockedError(f"{self.root}: state folder in use by another ckksnet server") from None
-        return fh
+        self._lock_file = fh
 
     # ------------------------------------------------------------ paths
     def keyset_dir(self, keyset_id: str) -> Path:
