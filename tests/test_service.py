@@ -111,15 +111,17 @@ class Served:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=2, verify=False).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.2)
         raise AssertionError("the server did not come up:\n" + self.log.read_text()[-3000:])
 
+    scheme = "http"
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def signal_group(self, sig: int) -> None:
         os.killpg(self.proc.pid, sig)
@@ -401,3 +403,23 @@ def test_killed_mid_job_restart_keeps_keys_and_reports_failure(world, served, ow
     with pytest.raises(RemoteError) as err:
         RemoteClient(served.url).upload_keys(world.eval["c"])  # refused before sending
     assert err.value.status == 413
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_through_uvicorn_certificate_options(world, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    srv = Served(world.plan_path, tmp_path / "state", tmp_path / "server.log")
+    srv.scheme = "https"
+    srv.start("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    try:
+        with RemoteClient(srv.url, verify=str(cert)) as remote:
+            assert remote.health()["preset"] == "test"
+        with pytest.raises(RemoteError, match="CERTIFICATE_VERIFY_FAILED"), RemoteClient(srv.url) as remote:
+            remote.health()  # not trusted without the CA
+        answer = _query(srv.url, "--cacert", str(cert), "health")
+        assert answer.returncode == 0 and '"status": "ok"' in answer.stdout, answer.stderr
+    finally:
+        srv.stop()

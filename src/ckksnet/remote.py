@@ -13,6 +13,7 @@ server's detail; a failed job raises :class:`JobFailedError` from :meth:`RemoteC
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Callable
 
@@ -48,6 +49,8 @@ class RemoteClient:
     def __init__(self, url: str, token: str | None = None, keyset_id: str | None = None,
                  verify: bool | str = True, timeout: float = 60.0):
         self.url, self.token, self.keyset_id = url.rstrip("/"), token, keyset_id
+        if isinstance(verify, (str, os.PathLike)):
+            verify = ssl.create_default_context(cafile=os.fspath(verify))
         self.http = httpx.Client(base_url=self.url, verify=verify, timeout=timeout)
 
     def close(self) -> None:
