@@ -3,19 +3,33 @@ named phases, one function each:
 
     trace -> lower -> assign scales -> finalize -> schedule
 
-* :func:`trace`: torch.fx graph of the model (registered module types are leaves);
-* :func:`lower`: each node becomes plan steps through the kernel registered for its module type
-  or function (``operator.add`` included), BatchNorm folded into the convolution before it;
+* :func:`trace`: torch.fx graph of the model (registered module types are leaves), then a
+  sample run of the traced graph: every tensor's shape, every constant (``x.size(3)``), and a
+  check that the graph computes what the model computes;
+* :func:`lower`: each node becomes plan steps through the kernel registered for its module type,
+  function or tensor method (:mod:`ckksnet.compiler.registry`); linear operations compose into
+  one map before they become a step (BatchNorm folded into the convolution before it);
 * :func:`assign_scales`: each value's scale: activations' bounds B from calibration (times a
   margin), shared along identity shortcuts so residual additions need no rescaling;
 * :func:`finalize`: every kernel folds its scales in (and picks its approximation);
 * :func:`ckksnet.compiler.schedule.schedule_plan`: keys, baby steps, bootstraps, levels, costs.
 
-The caller's model is left as it was (training mode included).
+The caller's model is left as it was (every module's training mode included).
+
+Input normalisation is the client's preprocessing, taken from (in this order of precedence,
+conflicts refused): a :class:`ckksnet.nn.Normalize` module applied to the model's input; the
+``mean`` / ``std`` arguments of :func:`compile_model`; else none (mean 0, std 1: the model
+reads pixels in [0, 1] as they are).
 """
 from __future__ import annotations
 
 import hashlib
+import linecache
+import operator
+import re
+import sys
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,18 +39,45 @@ import torch.nn as nn
 from ckksnet.backend.presets import Preset, get_preset
 from ckksnet.compiler import lowerings
 from ckksnet.compiler.plan import Plan
-from ckksnet.compiler.registry import ACTIVATION_TYPES, KERNELS, LoweringContext, Value
+from ckksnet.compiler.lower import Affine
+from ckksnet.compiler.registry import ACTIVATION_TYPES, KERNELS, Value
 from ckksnet.compiler.schedule import schedule_plan
-from ckksnet.errors import CompileError
-from ckksnet.layout import Layout
+from ckksnet.errors import CkksnetError, CompileError, ShapeError
+from ckksnet.layout import Layout, VectorLayout
 from ckksnet.nn import Normalize
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+SAMPLE_BATCH = 2  #: images in the sample run (two, so that an operation mixing images shows)
+
+#: in-place operations: their first argument is mutated (later readers see the result)
+_INPLACE_FUNCTIONS = {torch.relu_}
+#: operations whose result shares its input's storage in another shape
+_VIEW_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "expand", "transpose", "permute",
+                 "narrow", "view_as", "reshape_as", "t"}
+_VIEW_FUNCTIONS = {operator.getitem, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+
+
 class _Tracer(fx.Tracer):
+    """Registered module types are leaves; each node records the user's source line that made
+    it (``node.meta["source"]``: file, line, code; cheaper than ``record_stack_traces``)."""
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return type(m) in KERNELS or super().is_leaf_module(m, qualname)
+
+    def create_node(self, *args, **kwargs):
+        node = super().create_node(*args, **kwargs)
+        f = sys._getframe(1)
+        while f is not None and (_TORCH_DIR in f.f_code.co_filename or f.f_code.co_filename == __file__):
+            f = f.f_back
+        if f is not None:
+            code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
+            node.meta["source"] = (f.f_code.co_filename, f.f_lineno, code)
+        return node
+
+
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 
 
 def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
@@ -44,42 +85,59 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
                   alpha: int = 13, eps_bits: int = 9, margin: float = 1.5,
                   relu_alpha: dict[str, int] | None = None, rotation_keys: str = "reuse",
                   lanes: bool | None = None, pooled_dense: bool | None = None,
-                  classes: tuple[str, ...] | None = None) -> Plan:
+                  classes: tuple[str, ...] | None = None, mean=None, std=None,
+                  relu_extension: float = 1.0) -> Plan:
     """Compile a trained model into a complete encrypted-inference plan (schedule included).
 
-    calibration: uint8 NHWC images (ReLU input ranges are measured on them) or a dict
-    {relu module name: {"max_abs": ...}} as stored in checkpoint metadata. Each ReLU's bound is
+    calibration: images (uint8 NHWC with values 0..255, or float NCHW in [0, 1], as ``twin`` and
+    ``encrypt`` take them; ReLU input ranges are measured on them) or a dict {ReLU step name:
+    {"max_abs": ...}} as stored in checkpoint metadata (step names: the module's name, or the
+    torch.fx node name for ``F.relu`` and its kin; see :func:`step_names`). Each ReLU's bound is
     ``margin`` x max |input| (1.5: on the CIFAR-10 test split one ReLU of the bundled model
     reaches 1.33 x its max over the calibration images, and outside [-B, B] the polynomial
     diverges). ``alpha`` / ``eps_bits`` pick the sign table for every ReLU; ``relu_alpha``
-    overrides alpha per ReLU (module name -> alpha). ``rotation_keys``: "reuse" (default) chains
+    overrides alpha per ReLU (step name -> alpha). ``rotation_keys``: "reuse" (default) chains
     every rotation from the ~60 rotation keys bootstrapping generates anyway (no extra key
     memory); "pow2" adds keys for +-2^i; "direct" one key per rotation index. ``lanes``: evaluate
     folded linear maps in lanes (see :mod:`ckksnet.kernels.linear`): None where the cost model
     says it pays, True wherever possible, False never. ``pooled_dense``: a Linear after global
     pooling as masks and one box sum (:mod:`ckksnet.kernels.pooled_dense`): None where it pays,
     True wherever its output windows fit, False never. ``classes``: output class names (default:
-    CIFAR-10's for 10 outputs).
+    CIFAR-10's for 10 outputs). ``mean`` / ``std`` (one value, or one per channel): the input
+    normalisation, for a model without a :class:`~ckksnet.nn.Normalize` module (its data
+    pipeline normalised); without either, pixels in [0, 1] go in as they are.
+    ``relu_extension`` L (1: off): every ReLU stays accurate up to L B instead of B (domain
+    extension, :mod:`ckksnet.kernels.relu`), for ceil(log2 L) more levels per ReLU.
 
-    Raises :class:`CompileError` for a module without a kernel (named), missing calibration, or a
-    plan the preset cannot run (levels needed and available).
+    Raises :class:`CompileError` naming the module or node (and its source line) for anything
+    it cannot compute exactly, for missing calibration, for a Normalize module together with
+    ``mean`` / ``std``, and for a plan the preset cannot run (levels needed and available).
     """
     if rotation_keys not in ("reuse", "pow2", "direct"):
         raise CompileError(f"rotation_keys must be 'reuse', 'pow2' or 'direct', not {rotation_keys!r}")
     preset = get_preset(preset) if isinstance(preset, str) else preset
+    from ckksnet.approx.relu import extension_bits
+    try:
+        extension_bits(relu_extension)
+    except CkksnetError as exc:
+        raise CompileError(str(exc)) from exc
     options = {"alpha": alpha, "eps_bits": eps_bits, "lanes": lanes, "pooled_dense": pooled_dense,
-               "relu_alpha": dict(relu_alpha or {}), "margin": margin}
-    was_training = model.training
+               "relu_alpha": dict(relu_alpha or {}), "margin": margin, "relu_extension": float(relu_extension)}
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        ranges = _ranges(model, calibration)
         graph = trace(model)
+        modules = dict(model.named_modules())
+        norm, mean, std = input_normalization(graph, modules, mean, std)
+        image_shape = (len(mean), int(image_size[0]), int(image_size[1]))
+        ranges = _ranges(model, calibration, image_shape, None if norm else (mean, std))
         plan = Plan(preset=preset, rotation_keys=rotation_keys, model_id=model_identity(model),
                     options={k: v for k, v in options.items() if v is not None})
-        lower(plan, graph, model, image_size, options)
+        names = lower(plan, graph, model, image_size, options, mean=mean, std=std, client_normalize=norm)
     finally:
-        model.train(was_training)
-    assign_scales(plan, ranges, margin)
+        for m, training in modes.items():
+            m.training = training
+    assign_scales(plan, _complete_ranges(ranges, names), margin)
     finalize(plan, options)
     plan.schedule = schedule_plan(plan)
     outputs = plan.output_layout.length
@@ -99,61 +157,333 @@ def model_identity(model: nn.Module) -> str:
 
 
 def trace(model: nn.Module) -> fx.Graph:
-    """The model's torch.fx graph; registered module types stay leaves."""
+    """The model's torch.fx graph; registered module types stay leaves; nodes carry their
+    source lines (``node.stack_trace``)."""
     try:
         return _Tracer().trace(model)
     except Exception as exc:  # fx raises plain errors for data-dependent control flow
         raise CompileError(f"torch.fx cannot trace the model: {exc}") from exc
 
 
-def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: dict) -> None:
-    """Each node -> plan steps, through the registry (module types and functions)."""
+# ------------------------------------------------------------------ reading the graph
+def kernel_key(node: fx.Node, modules: dict):
+    """The registry key of a node: module type, function, or "method:<name>"."""
+    if node.op == "call_module":
+        return type(modules[node.target])
+    if node.op == "call_method":
+        return f"method:{node.target}"
+    return node.target
+
+
+def step_names(graph: fx.Graph, modules: dict) -> dict[str, str]:
+    """node name -> the name its plan step gets (and its calibration key): the module's name for
+    a module called once, ``name@k`` for the k-th call of a module called several times (a shared
+    ReLU), the node name for a function or method (made unique against module names)."""
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    seen: Counter = Counter()
+    names = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            seen[n.target] += 1
+            names[n.name] = n.target if calls[n.target] == 1 else f"{n.target}@{seen[n.target]}"
+    taken = set(names.values())
+    for n in graph.nodes:
+        if n.op in ("call_function", "call_method"):
+            names[n.name] = n.name if n.name not in taken else f"{n.name}@fn"
+    return names
+
+
+def activation_nodes(graph: fx.Graph, modules: dict, types=None) -> dict[str, str]:
+    """node name -> step name of every node whose kernel is an activation (its input range is
+    calibrated); ``types``: only these registry keys (default: every activation key)."""
+    names = step_names(graph, modules)
+    keys = ACTIVATION_TYPES if types is None else set(types)
+    return {n.name: names[n.name] for n in graph.nodes
+            if n.op in ("call_module", "call_function", "call_method") and _safe_key(n, modules) in keys}
+
+
+def _safe_key(node, modules):
+    try:
+        return kernel_key(node, modules)
+    except (KeyError, TypeError):
+        return None
+
+
+def source_line(node: fx.Node) -> str:
+    """'file.py:42: code' of the user's line that made ``node`` (empty if unknown)."""
+    src = node.meta.get("source")
+    if src is None:  # a graph traced elsewhere, with record_stack_traces
+        frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)', node.stack_trace or "")
+        user = [f for f in frames if "/torch/" not in f[0].replace("\\", "/")]
+        if not user:
+            return ""
+        src = user[-1]
+    path, line, code = src
+    return f"{Path(path).name}:{line}: {str(code).strip()}"
+
+
+def input_normalization(graph: fx.Graph, modules: dict, mean=None, std=None):
+    """(name of the Normalize node the client applies or None, mean, std) per input channel."""
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise CompileError(f"the model's forward must take one tensor (the images), not {len(inputs)} arguments")
+    users = list(inputs[0].users)
+    norm = None
+    if len(users) == 1 and users[0].op == "call_module" and isinstance(modules[users[0].target], Normalize):
+        norm = users[0]
+        if mean is not None or std is not None:
+            raise CompileError(f"the model normalises its input with its Normalize module {norm.target!r}; "
+                               "pass mean/std only for a model without one (or remove the module)")
+        mod = modules[norm.target]
+        mean = mod.mean.detach().double().numpy().ravel()
+        std = mod.std.detach().double().numpy().ravel()
+    channels = set()
+    for v in (mean, std):
+        if v is not None and np.size(v) > 1:
+            channels.add(int(np.size(v)))
+    if not channels:
+        convs = [modules[n.target] for n in graph.nodes
+                 if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)]
+        if convs:
+            channels.add(convs[0].in_channels)
+    if len(channels) != 1:
+        raise CompileError("cannot tell how many channels the input has" + (
+            f" (mean/std and the model say {sorted(channels)})" if channels else
+            ": pass mean and std with one value per channel"))
+    c = channels.pop()
+    out = []
+    for name, v, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+        arr = np.asarray(default if v is None else v, dtype=np.float64).ravel()
+        if arr.size not in (1, c) or not np.all(np.isfinite(arr)):
+            raise CompileError(f"{name} must be one finite value or {c} (one per channel), got {v!r}")
+        out.append(np.broadcast_to(arr, (c,)).copy())
+    if np.any(out[1] <= 0):
+        raise CompileError(f"std must be positive, got {out[1].tolist()}")
+    return (norm.name if norm is not None else None), out[0], out[1]
+
+
+def _sample_run(model: nn.Module, gm: fx.GraphModule, shape: tuple) -> dict:
+    """Every node's value on a sample batch (random pixels), after checking that the traced graph
+    computes what the model computes."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((SAMPLE_BATCH,) + tuple(shape), generator=gen)
+    interp = fx.Interpreter(gm, garbage_collect_values=False)
+    try:
+        with torch.no_grad(), torch.random.fork_rng():  # the same random draws in both runs
+            torch.manual_seed(0)
+            out = interp.run(x.clone())
+            torch.manual_seed(0)
+            eager = model(x.clone())
+    except Exception as exc:
+        raise CompileError(f"the model does not run on a batch of {shape} images: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, torch.Tensor) or not isinstance(eager, torch.Tensor):
+        raise CompileError(f"the model must return one tensor of logits, not {type(eager).__name__}")
+    if out.shape != eager.shape or not torch.allclose(out, eager, rtol=1e-4, atol=1e-5):
+        raise CompileError("the traced graph does not compute what the model computes (in-place operations on "
+                           "aliased tensors, or Python control flow torch.fx cannot see)")
+    return {n.name: v for n, v in interp.env.items()}
+
+
+def _activations(graph: fx.Graph, sample: dict, ctx_fail) -> set[str]:
+    """Nodes that carry activations: tensors computed from the input (their batch axis intact)."""
+    acts: set[str] = set()
+    for n in graph.nodes:
+        if n.op == "placeholder":
+            acts.add(n.name)
+        elif n.op in ("call_module", "call_function", "call_method"):
+            if any(a.name in acts for a in n.all_input_nodes) and isinstance(sample.get(n.name), torch.Tensor):
+                t = sample[n.name]
+                if t.dim() == 0 or t.shape[0] != SAMPLE_BATCH:
+                    raise ctx_fail(n, f"its result {tuple(t.shape)} mixes the images of a batch "
+                                      f"(a batch of {SAMPLE_BATCH} should keep its first axis)")
+                acts.add(n.name)
+    return acts
+
+
+def _mutated(node: fx.Node, modules: dict) -> fx.Node | None:
+    """The argument an in-place operation overwrites, or None."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    if node.op == "call_method" and node.target.endswith("_") and not node.target.endswith("__"):
+        return node.args[0]
+    if node.op == "call_function" and (node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True):
+        return node.args[0]
+    if node.op == "call_module" and getattr(modules[node.target], "inplace", False) is True:
+        return node.args[0]
+    return None
+
+
+def _is_view(node: fx.Node, modules: dict) -> bool:
+    return (node.op == "call_method" and node.target in _VIEW_METHODS) or \
+        (node.op == "call_function" and node.target in _VIEW_FUNCTIONS) or \
+        (node.op == "call_module" and isinstance(modules[node.target], nn.Flatten))
+
+
+def _live(graph: fx.Graph, acts: set, modules: dict) -> set[str]:
+    """Nodes the output depends on, in-place operations on needed tensors included (steps that
+    turn out unread are pruned after lowering)."""
+    live: set[str] = set()
+    stack = [n for n in graph.nodes if n.op == "output"]
+    inplace = [n for n in graph.nodes if n.name in acts and _mutated(n, modules) is not None]
+    while stack:
+        while stack:
+            n = stack.pop()
+            if n.name not in live:
+                live.add(n.name)
+                stack.extend(n.all_input_nodes)
+        for n in inplace:  # it may change what a later reader of its target (or a view of it) sees
+            if n.name not in live and _mutated(n, modules).name in live:
+                stack.append(n)
+    return live
+
+
+def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: dict, mean=None, std=None,
+          client_normalize: str | None = None) -> dict[str, str]:
+    """Each live node -> plan steps, through the registry (module types, functions, methods).
+    Returns node name -> step name. ``mean`` / ``std``: the client's normalisation (default:
+    from a Normalize module on the input, else none)."""
     modules = dict(model.named_modules())
-    ctx = LoweringContext(plan, plan.preset.slots, options)
-    env: dict[str, Value] = {}
+    if mean is None or std is None:
+        client_normalize, mean, std = input_normalization(graph, modules, mean, std)
+    image_shape = (len(mean), int(image_size[0]), int(image_size[1]))
+    gm = fx.GraphModule(model, graph)
+    names = step_names(graph, modules)
+    where = source_line
+    sample = _sample_run(model, gm, image_shape)
+    ctx = lowerings.GraphContext(plan, plan.preset.slots, options, sample, set(), names, where, modules,
+                                 client_normalize)
+    ctx.acts = _activations(graph, sample, ctx.fail)
+    ctx.nodes = {n.name: n for n in graph.nodes}
+    live = _live(graph, ctx.acts, modules)
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    last = {n.name: max((order[u.name] for u in n.users if u.name in live), default=-1) for n in graph.nodes}
+    views: dict[str, int] = {}  # view node -> id() of the Value it views
+    env = ctx.env
     for node in graph.nodes:
         if node.op == "placeholder":
-            env[node.name] = _input_value(plan, modules, graph, image_size, plan.preset.slots)
-        elif node.op in ("call_module", "call_function"):
-            module = modules[node.target] if node.op == "call_module" else None
-            key = type(module) if module is not None else node.target
-            fn = KERNELS.get(key)
-            if fn is None:
-                what = f"module {node.target!r} ({type(module).__name__})" if module is not None else \
-                    f"function {getattr(node.target, '__name__', node.target)!r} at {node.name}"
-                raise CompileError(f"unsupported {what}: register a kernel for it with ckksnet.kernels.register")
-            args = [env[a.name] for a in node.args if isinstance(a, fx.Node)]
-            env[node.name] = fn(ctx, node, module, args)
+            env[node.name] = _input_value(plan, image_shape, mean, std)
         elif node.op == "output":
-            out = lowerings.materialize(ctx, env[node.args[0].name])
-            plan.output = out.id
+            plan.output = _output_value(ctx, node).id
+        elif node.op in ("call_module", "call_function", "call_method") and node.name in ctx.acts:
+            if node.name not in live:
+                continue
+            module = modules[node.target] if node.op == "call_module" else None
+            fn = KERNELS.get(kernel_key(node, modules))
+            if fn is None:
+                raise ctx.fail(node, "unsupported operation: register a kernel for it with ckksnet.kernels.register")
+            args = [env[a.name] for a in node.args if isinstance(a, fx.Node) and a.name in ctx.acts]
+            try:
+                out = fn(ctx, node, module, args)
+            except CompileError as exc:
+                msg = str(exc)
+                raise (exc if node.name in msg or str(node.target) in msg else ctx.fail(node, msg)) from exc
+            except (CkksnetError, ValueError, TypeError, RuntimeError) as exc:
+                raise ctx.fail(node, f"{type(exc).__name__}: {exc}") from exc
+            _check_shape(ctx, node, out)
+            target = _mutated(node, modules)
+            if target is not None and target.name in env:
+                _rebind(ctx, node, target, out, views, order)
+            if _is_view(node, modules):
+                views[node.name] = id(env[node.args[0].name])
+            env[node.name] = out
+            for a in node.all_input_nodes:  # pending maps hold large matrices: drop them when read
+                if last[a.name] <= order[node.name] and a.name != node.name:
+                    env.pop(a.name, None)
+        elif node.op == "get_attr" or node.name not in ctx.acts:
+            continue
         else:
-            raise CompileError(f"unsupported operation {node.op} {getattr(node.target, '__name__', node.target)!r} "
-                               f"at {node.name}")
+            raise ctx.fail(node, f"unsupported operation {node.op}")
+    _prune(plan)
     for v in plan.values:
         v.pending = {}  # compile-time state (torch modules) does not stay in the plan
+    return names
 
 
-def _ranges(model: nn.Module, calibration) -> dict[str, float]:
+def _rebind(ctx, node: fx.Node, target: fx.Node, out: Value, views: dict, order: dict) -> None:
+    """After an in-place operation, later readers of its target (and of the target's identity
+    aliases) read its result; a view of the target read later is refused."""
+    env = ctx.env
+    old = env[target.name]
+    if target.name in views:
+        raise ctx.fail(node, "an in-place operation on a view of another tensor is not supported")
+    for name, vid in views.items():
+        if vid == id(old) and any(order[u.name] > order[node.name] for u in ctx.nodes[name].users):
+            raise ctx.fail(node, f"it changes a tensor that the view {name} reads later; "
+                                 "use the out-of-place form")
+    for name, v in list(env.items()):
+        if v is old:
+            env[name] = out
+
+
+def _check_shape(ctx, node: fx.Node, out: Value) -> None:
+    """The lowered value must be the tensor torch computes (shape per image)."""
+    want = ctx.shape(node)
+    aff = out.pending.get("affine")
+    got = aff.shape if aff is not None else lowerings._layout_shape(out.layout)
+    if tuple(got) != tuple(want):
+        raise ctx.fail(node, f"lowered to a {tuple(got)} tensor where torch computes {tuple(want)}; "
+                             "refused rather than approximated")
+
+
+def _output_value(ctx, node: fx.Node) -> Value:
+    arg = node.args[0]
+    if not ctx.is_act(arg):
+        raise CompileError("the model's output must be one tensor computed from its input")
+    shape = ctx.shape(arg)
+    if len(shape) != 1 and not (len(shape) == 3 and shape[1:] == (1, 1)):
+        raise ctx.fail(arg, f"the output must be logits, (N, classes) or (N, classes, 1, 1), not (N, {shape})")
+    v = ctx.value(arg)
+    k = shape[0]
+    aff = v.pending.get("affine")
+    if aff is not None:
+        return lowerings.materialize(ctx, Value(-1, None, pending={"affine": aff.reshaped((k,))}))
+    if isinstance(v.layout, VectorLayout):
+        return v
+    return lowerings.materialize(ctx, Value(-1, None, pending={"affine": Affine.identity(v, (k,), "output")}))
+
+
+def _prune(plan: Plan) -> None:
+    """Drop steps the output does not read (results of dead branches)."""
+    live = {plan.output}
+    keep = []
+    for step, ins, out in reversed(plan.steps):
+        if out in live:
+            keep.append((step, ins, out))
+            live.update(ins)
+    plan.steps = keep[::-1]
+
+
+def _ranges(model: nn.Module, calibration, image_shape: tuple, pipeline=None) -> dict[str, float]:
+    """ReLU step name -> calibrated max |input|; ``pipeline``: (mean, std) the data pipeline
+    applies before the model (calibration images are normalised with it), or None."""
     if calibration is None:
-        raise CompileError("calibration data is required: images (uint8 NHWC) or a calibration dict")
+        raise CompileError("calibration data is required: images (uint8 NHWC or float NCHW) or a calibration dict")
     if isinstance(calibration, dict):
-        return {k: float(v["max_abs"]) for k, v in calibration.items()}
+        return {k: float(v["max_abs"] if isinstance(v, dict) else v) for k, v in calibration.items()}
     from ckksnet.training.calibrate import calibrate
 
-    types = tuple(t for t in KERNELS if t in ACTIVATION_TYPES)
-    return {k: v["max_abs"] for k, v in calibrate(model, np.asarray(calibration), q=1.0, types=types).items()}
+    mean, std = pipeline or (None, None)
+    return {k: v["max_abs"] for k, v in calibrate(model, calibration, q=1.0, image_shape=image_shape,
+                                                  mean=mean, std=std).items()}
 
 
-def _input_value(plan: Plan, modules: dict, graph: fx.Graph, image_size, slots: int) -> Value:
-    norm = [m for m in modules.values() if isinstance(m, Normalize)]
-    first = next(n for n in graph.nodes if n.op == "call_module")
-    if not norm or not isinstance(modules[first.target], Normalize):
-        raise CompileError("the model must start with a Normalize module (its constants are the "
-                           "client's preprocessing)")
-    mean = norm[0].mean.detach().double().numpy().ravel()
-    std = norm[0].std.detach().double().numpy().ravel()
-    layout = Layout(len(mean), image_size[0], image_size[1], 1, slots)
+def _complete_ranges(ranges: dict[str, float], names: dict[str, str]) -> dict[str, float]:
+    """A calibration dict keyed by module name also serves each call of a module called several
+    times (``relu@2`` reads ``relu``'s range: the max over all its calls)."""
+    out = dict(ranges)
+    for step in names.values():
+        base = step.split("@", 1)[0]
+        if step not in out and base in ranges:
+            out[step] = ranges[base]
+    return out
+
+
+def _input_value(plan: Plan, image_shape: tuple, mean: np.ndarray, std: np.ndarray) -> Value:
+    try:
+        layout = Layout(*image_shape, 1, plan.preset.slots)
+    except ShapeError as exc:
+        raise CompileError(f"the input {image_shape} does not fit one ciphertext of preset "
+                           f"{plan.preset.name!r}: {exc}") from exc
     plan.set_input(layout, mean, std)
     return plan.values[plan.input]
 

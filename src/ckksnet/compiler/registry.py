@@ -1,8 +1,22 @@
-"""The kernel registry: torch module type or function -> lowering function.
+"""The kernel registry: torch module type, function or tensor method -> lowering function.
+
+Keys, by the kind of torch.fx node they lower:
+
+* ``call_module``: the module's type (``nn.Conv2d``);
+* ``call_function``: the function object itself, as the node's target (``F.relu``,
+  ``torch.relu``, ``torch.flatten``, ``operator.add``; spellings that are distinct objects are
+  registered one by one);
+* ``call_method``: the string ``"method:<name>"`` for ``tensor.<name>(...)`` (``"method:relu"``,
+  ``"method:view"``).
+
+Nodes whose result is not an activation (``x.size(3)``, ``x.shape[0]``, ``planes // 4``) need
+no kernel: they are constants, read from a sample run of the traced model.
 
 A lowering function ``lower(ctx, node, module, args) -> Value`` receives the already lowered
-inputs (``args``: :class:`Value` objects; ``module`` is None for a function such as
-``operator.add``) and appends kernels to the plan through ``ctx``. Each kernel's algorithm is
+activation inputs (``args``: :class:`Value` objects, in argument order; ``module`` is None for
+a function or method) and appends kernels to the plan through ``ctx``; the built-in ones also
+read constants and shapes through the compiler's context
+(:class:`ckksnet.compiler.lowerings.GraphContext`). Each kernel's algorithm is
 written once (``evaluate``, :mod:`ckksnet.kernels.base`) and runs encrypted, traced and as the twin.
 
     from ckksnet.kernels import register
@@ -19,16 +33,18 @@ from typing import Any, Callable
 
 from ckksnet.layout import Layout, VectorLayout
 
-KERNELS: dict[Any, Callable] = {}  # module type or function (call_function target) -> lowering
-ACTIVATION_TYPES: set[type] = set()  # their inputs' ranges are calibrated (bound B per module)
+KERNELS: dict[Any, Callable] = {}  # module type, function or "method:<name>" -> lowering
+ACTIVATION_TYPES: set = set()  # keys whose inputs' ranges are calibrated (bound B per step)
 
 
 def register(*module_types: Any, activation: bool = False) -> Callable:
     """Decorator: use the function to lower modules of these types, or calls of these functions
     (later registrations win).
 
-    ``activation=True``: calibration records the range of these modules' inputs, which the
-    step's ``input_bound`` receives as ``ranges[module name]``.
+    ``activation=True``: calibration records the range of these nodes' inputs, which the
+    step's ``input_bound`` receives as ``ranges[step name]``: the module's name for a module
+    called once (``name@k`` for its k-th call when it is called several times), the torch.fx
+    node name for a function or method (``relu_3``).
     """
     def deco(fn: Callable) -> Callable:
         for t in module_types:

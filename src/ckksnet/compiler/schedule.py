@@ -118,6 +118,13 @@ def schedule_plan(plan) -> "Schedule":
     tracer = LevelTracer(preset, keys)
     greedy = GreedyRefresh(tracer)
     _dry_run(plan, tracer, preset.depth, greedy, walk)
+    if boot_keys and not greedy.count:  # never bootstraps: no bootstrapping keys to chain rotations from
+        extra = plan.key_indices(frozenset())
+        keys = frozenset(extra)
+        plan.steps = [(step.tuned(keys), ins, out) for step, ins, out in plan.steps]
+        tracer = LevelTracer(preset, keys)
+        greedy = GreedyRefresh(tracer)
+        _dry_run(plan, tracer, preset.depth, greedy, walk)
     slack = [tracer.slack_of(b) for b in range(greedy.count)]
     boots = iter(range(greedy.count))
     decisions = [preset.levels_after_bootstrap - slack[next(boots)] if b else None for b in greedy.decisions]
@@ -144,15 +151,31 @@ def schedule_plan(plan) -> "Schedule":
 def _dry_run(plan, tracer, levels: int, refresh, walk) -> None:
     try:
         walk(plan, tracer, tracer.fresh(levels), refresh)
-    except MissingKeyError as exc:
+    except (MissingKeyError, LevelError) as exc:
         if not plan.preset.bootstrap:
-            raise CompileError(f"the plan needs more than the {plan.preset.depth} levels preset "
-                               f"{plan.preset.name!r} offers, and it has no bootstrapping: {exc}") from exc
-        raise CompileError(f"the plan cannot be scheduled: {exc}") from exc
-    except LevelError as exc:
+            raise CompileError(f"the plan needs {levels_needed(plan)} levels; preset {plan.preset.name!r} offers "
+                               f"{plan.preset.depth} and has no bootstrapping") from exc
+        if isinstance(exc, MissingKeyError):
+            raise CompileError(f"the plan cannot be scheduled: {exc}") from exc
         raise CompileError(f"the plan cannot be scheduled with preset {plan.preset.name!r} "
                            f"(depth {plan.preset.depth}, {plan.preset.levels_after_bootstrap} levels after "
                            f"a bootstrap): {exc}") from exc
+
+
+def levels_needed(plan) -> int:
+    """Levels the plan spends from input to output without bootstrapping: a dry run with
+    unlimited levels, every rotation one key switch."""
+    from ckksnet.runtime.walker import Refresh, walk
+
+    class _Never(Refresh):
+        def __call__(self, ct, levels: int):
+            self.ev.require_levels(ct, levels, "a stage")
+            return ct
+
+    unlimited = 1 << 20
+    tracer = LevelTracer(plan.preset)
+    walk(plan, tracer, tracer.fresh(unlimited), _Never(tracer))
+    return unlimited - tracer.slack_of(INPUT)
 
 
 def estimate_seconds(plan, costs) -> float:

@@ -143,7 +143,7 @@ class LinearMap:
             if best < s:
                 cols = (coo.row + (coo.col - coo.row) % best) % s
                 folded = cls(sp.csr_matrix((coo.data, (coo.row, cols)), shape=coo.shape), bias, name, best)
-                if lanes is False or coo.row.max() >= best:  # lanes need every output row below P
+                if lanes is False or coo.row.max() >= best or best % (s // best):  # lanes: rows below P, P % lanes == 0
                     return folded
                 laned = cls(folded.matrix, bias, name, best, s // best)
                 return laned if lanes or laned.cost() < folded.cost() else folded

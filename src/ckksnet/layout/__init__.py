@@ -12,6 +12,14 @@ stride-2 convolution needs no compaction — its output simply doubles the gap::
     slot(c, y, x) = b * grid_h * grid_w + (g*y + ry) * grid_w + (g*x + rx),
     with b = c // g^2, r = c % g^2, ry = r // g, rx = r % g.
 
+The grid is ``gap * height x gap * width`` by default, but a layout may carry a larger grid
+explicitly (``grid_h``, ``grid_w``): a map whose output is smaller than the grid its input used
+(a valid convolution, a stride that does not divide the size) keeps the input's grid and places
+its ``height x width`` output at the grid's top-left (:meth:`Layout.resized`)::
+
+    8 x 8 input, gap 1, grid 8 x 8   ->   5x5 valid conv: 4 x 4 output, gap 1, grid 8 x 8
+                                          (rows 0-3, columns 0-3 of each channel's grid)
+
 Slots not covered by the layout hold zeros.
 """
 from __future__ import annotations
@@ -26,26 +34,33 @@ from ckksnet.errors import ShapeError
 
 @dataclass(frozen=True)
 class Layout:
-    """channels x height x width activations multiplexed with ``gap`` into ``slots`` slots."""
+    """channels x height x width activations multiplexed with ``gap`` into ``slots`` slots, on
+    grids of ``grid_h x grid_w`` slots (0: the default, ``gap * height x gap * width``)."""
 
     channels: int
     height: int
     width: int
     gap: int
     slots: int
+    grid_h: int = 0
+    grid_w: int = 0
 
     def __post_init__(self) -> None:
+        if min(self.channels, self.height, self.width, self.gap) < 1:
+            raise ShapeError(f"layout {self.channels}x{self.height}x{self.width} (gap {self.gap}): "
+                             "every size must be positive")
+        object.__setattr__(self, "grid_h", int(self.grid_h or self.gap * self.height))
+        object.__setattr__(self, "grid_w", int(self.grid_w or self.gap * self.width))
+        if self.gap * self.height > self.grid_h or self.gap * self.width > self.grid_w:
+            raise ShapeError(f"layout {self.channels}x{self.height}x{self.width} (gap {self.gap}) does not "
+                             f"fit its {self.grid_h}x{self.grid_w} grid")
         if self.used > self.slots:
             raise ShapeError(f"layout {self.channels}x{self.height}x{self.width} (gap {self.gap}) "
                              f"needs {self.used} slots; the ciphertext has {self.slots}")
 
     @property
-    def grid_h(self) -> int:
-        return self.gap * self.height
-
-    @property
-    def grid_w(self) -> int:
-        return self.gap * self.width
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
 
     @property
     def blocks(self) -> int:
@@ -90,6 +105,25 @@ class Layout:
         if self.height % stride or self.width % stride:
             raise ShapeError(f"{self.height}x{self.width} is not divisible by stride {stride}")
         return Layout(channels, self.height // stride, self.width // stride, self.gap * stride, self.slots)
+
+    def resized(self, channels: int, height: int, width: int, stride: tuple[int, int] = (1, 1)) -> "Layout":
+        """A layout for a ``channels x height x width`` map computed from this one by a spatial
+        map with ``stride`` (any linear map may target any layout; this one keeps rotations
+        few): the first that fits of
+
+        1. the same grid with the gap multiplied by the stride (multiplexed packing: ResNet's
+           stride-2 stages), when both strides are equal and the output fits that lattice;
+        2. the same grid and gap, the output at the grid's top-left (a valid convolution, a
+           stride that does not divide the size);
+        3. a fresh gap-1 layout of ``height x width`` grids.
+
+        Raises ShapeError if even the last does not fit the slots."""
+        gaps = ([self.gap * stride[0]] if stride[0] == stride[1] and stride[0] > 1 else []) + [self.gap]
+        for g in gaps:
+            fits = g * height <= self.grid_h and g * width <= self.grid_w
+            if fits and -(-channels // (g * g)) * self.grid_h * self.grid_w <= self.slots:
+                return Layout(channels, height, width, g, self.slots, self.grid_h, self.grid_w)
+        return Layout(channels, height, width, 1, self.slots)
 
 
 @dataclass(frozen=True)
