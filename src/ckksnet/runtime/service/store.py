@@ -8,6 +8,7 @@ Layout of the state folder::
     uploads/<random>/      uploads in progress (removed on error and at start-up)
     jobs/<job_id>.in       a queued or running job's input ciphertext (removed when it ends)
     results/<job_id>.out   a finished job's output ciphertext
+    workers.jsonl          the workers' key loads and finished jobs: seconds, memory (worker.py)
 
 Every connection is short-lived and autocommits, so the HTTP process and the worker processes
 can share the database; state changes that race (claiming a job, finishing it) are single

@@ -7,11 +7,19 @@ oldest queued job (first in, first out). A worker holds the keys of one key set 
 exits with status 0 and the supervisor starts a fresh one, so the memory of the previous keys
 (also in OpenFHE's global key store) goes back to the system. Progress (step i of n) is written
 to SQLite after each step. It exits if its parent (the server) goes away.
+
+What the database does not keep, the worker appends to ``STATE/workers.jsonl``, one JSON object
+a line: ``{"event": "keys_loaded", "keyset_id", "seconds", "rss_gb", "peak_rss_gb"}`` once its
+key set is loaded, and ``{"event": "job_done", "job_id", "seconds", "run_seconds", "bootstraps",
+"bootstrap_seconds", "rss_gb", "peak_rss_gb"}`` after each job it finishes (``seconds``: wall
+time of the load or the job; ``run_seconds``: the plan's run report; memory in GiB, peak over the
+worker's life), each with ``time`` and ``worker``. The key-load line also goes to stderr.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -19,12 +27,14 @@ import time
 import traceback
 from pathlib import Path
 
+from ckksnet.backend.memory import peak_rss_gb, rss_gb
 from ckksnet.errors import CkksnetError
 from ckksnet.runtime.service import engine
 from ckksnet.runtime.service.store import Store
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
 SWITCH_KEYSET = 0  # exit status: the next job needs another key set (start a fresh worker)
+LOG_FILE = "workers.jsonl"  # in the state folder: key loads and finished jobs (module docstring)
 
 
 class JobCancelled(Exception):
@@ -62,8 +72,14 @@ class Worker:
         job_id = job["id"]
         try:
             data = self.store.input_path(job_id).read_bytes()
-            out = engine.run_job(self._server_for(job["keyset_id"]), data, self._on_step(job_id))
+            server = self._server_for(job["keyset_id"])
+            t0 = time.monotonic()
+            out = engine.run_job(server, data, self._on_step(job_id))
+            seconds = time.monotonic() - t0
             self._save_result(job_id, out)
+            rep = server.report
+            self._log("job_done", job_id=job_id, seconds=round(seconds, 3), run_seconds=round(rep.seconds, 3),
+                      bootstraps=rep.bootstraps, bootstrap_seconds=round(rep.bootstrap_seconds, 3))
         except JobCancelled:
             return
         except CkksnetError as exc:
@@ -75,8 +91,23 @@ class Worker:
     def _server_for(self, keyset_id: str):
         if self.server is None or keyset_id != self.keyset:
             self.keyset = keyset_id  # one key set per worker process: claim_job keeps to it
+            t0 = time.monotonic()
             self.server = engine.load_server(self.plan, self.store.keyset_dir(keyset_id))
+            seconds = time.monotonic() - t0
+            self._log("keys_loaded", keyset_id=keyset_id, seconds=round(seconds, 3))
+            print(f"ckksnet worker {self.name}: loaded key set {keyset_id[:12]}... in {seconds:.1f} s "
+                  f"(resident {rss_gb():.2f} GiB, peak {peak_rss_gb():.2f} GiB)", file=sys.stderr, flush=True)
         return self.server
+
+    def _log(self, event: str, **fields) -> None:
+        """Append one record to ``STATE/workers.jsonl`` (never fails a job)."""
+        record = {"time": round(time.time(), 3), "worker": self.name, "event": event, **fields,
+                  "rss_gb": round(rss_gb(), 3), "peak_rss_gb": round(peak_rss_gb(), 3)}
+        try:
+            with open(self.store.root / LOG_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            print(f"ckksnet worker {self.name}: cannot write {LOG_FILE}: {exc}", file=sys.stderr)
 
     def _on_step(self, job_id: str):
         def on_step(i: int, n: int, name: str) -> None:
