@@ -43,6 +43,13 @@ def _type_name(obj) -> str:
         else f"a {type(obj).__name__}"
 
 
+def _int(value, what: str) -> int:
+    """``value`` as an int if it is an integer (not a bool), else :class:`WrongTypeError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise WrongTypeError(f"{what} must be an int, got {_type_name(value)}")
+    return int(value)
+
+
 def _real_vector(values, what: str) -> np.ndarray:
     """``values`` as float64, or WrongTypeError (a ciphertext, strings, objects, complex)."""
     if isinstance(values, ofhe.Ciphertext):
@@ -213,7 +220,7 @@ class CkksContext:
 
     def encode(self, values: np.ndarray | Sequence[float], levels_left: int | None = None) -> "ofhe.Plaintext":
         """Encode a real vector as a plaintext with ``levels_left`` levels (default: fresh)."""
-        level = 0 if levels_left is None else self.preset.depth - levels_left
+        level = 0 if levels_left is None else self.preset.depth - _int(levels_left, "levels_left")
         return self.cc.MakeCKKSPackedPlaintext(self._plain_vector(values), 1, level, None, self.slots)
 
     def encode_for(self, values: np.ndarray | Sequence[float], ct: Ciphertext) -> "ofhe.Plaintext":
@@ -229,8 +236,8 @@ class CkksContext:
         ciphertext that needs few levels is smaller and faster to compute on.
         """
         arr = self.check_vector(values)
-        if levels_left is not None and (not isinstance(levels_left, numbers.Integral) or isinstance(levels_left, bool)):
-            raise WrongTypeError(f"levels_left must be an int, got {type(levels_left).__name__}")
+        if levels_left is not None:
+            _int(levels_left, "levels_left")
         if levels_left is not None and not 0 <= levels_left <= self.preset.depth:
             raise LevelError(f"levels_left must be within 0..{self.preset.depth}, got {levels_left}")
         return self.cc.Encrypt(self.public_key, self.encode(arr, levels_left))
@@ -334,7 +341,7 @@ class CkksServer(CkksContext):
     # ---------------------------------------------------------------- rotations
     def _rotation_index(self, k: int) -> int:
         """The amount to hand OpenFHE for a rotation by ``k`` (0: none needed)."""
-        idx = int(k) % self.slots
+        idx = _int(k, "a rotation index") % self.slots
         if idx and idx not in self.rotations:
             raise MissingKeyError(f"no rotation key for index {int(k)} (mod {self.slots} = {idx}); "
                                   f"generated: {len(self.rotations)} indices")
@@ -355,7 +362,7 @@ class CkksServer(CkksContext):
         Returns {k: rotated ciphertext} for each requested ``k`` (k = 0 maps to ``ct``).
         """
         self.check_ciphertext(ct)
-        ks = list(dict.fromkeys(int(k) for k in ks))
+        ks = list(dict.fromkeys(_int(k, "a rotation index") for k in ks))
         indices = {k: self._rotation_index(k) for k in ks}
         out: dict[int, Ciphertext] = {}
         if any(indices.values()):
@@ -376,7 +383,7 @@ class CkksServer(CkksContext):
         by several paths are computed once. Raises :class:`MissingKeyError` if some index is
         unreachable with the keys present."""
         self.check_ciphertext(ct)
-        ks = list(dict.fromkeys(int(k) for k in ks))
+        ks = list(dict.fromkeys(_int(k, "a rotation index") for k in ks))
         parent = rotation_paths(self.slots, self.rotations)
         first: set[int] = set()  # first hops from ct: computed together, hoisted
         for k in ks:
@@ -419,7 +426,7 @@ class CkksServer(CkksContext):
         """Lower ``ct`` to exactly ``levels_left`` levels (no-op if it has that many already)."""
         self.check_ciphertext(ct)
         have = self.levels_left(ct)
-        if levels_left > have:
+        if _int(levels_left, "levels_left") > have:
             raise LevelError(f"cannot raise a ciphertext from {have} to {levels_left} levels")
         # LevelReduce is a no-op under FLEXIBLEAUTO; Compress rescales and drops RNS limbs.
         if levels_left < have:
@@ -464,7 +471,7 @@ class CkksClient(CkksContext):
         Returns the indices that were new. Keys land in OpenFHE's key store, which a server
         in this process shares; use :mod:`ckksnet.backend.serialize` to ship them elsewhere.
         """
-        new = sorted({int(k) % self.slots for k in indices} - self.rotations - {0})
+        new = sorted({_int(k, "a rotation index") % self.slots for k in indices} - self.rotations - {0})
         if new:
             autos = self.cc.FindAutomorphismIndices(new)
             keymap, _ = self._isolated_keygen(lambda: self.cc.EvalAutomorphismKeyGen(self._secret_key, autos))
@@ -537,9 +544,7 @@ class CkksClient(CkksContext):
         plan's twin (``ActivationRangeWarning``) is there to catch beforehand.
         """
         self.check_ciphertext(ct)
-        if length is not None and (not isinstance(length, numbers.Integral) or isinstance(length, bool)):
-            raise WrongTypeError(f"length must be an int, got {type(length).__name__}")
-        n = self.slots if length is None else int(length)
+        n = self.slots if length is None else _int(length, "length")
         if not 0 < n <= self.slots:
             raise ShapeError(f"length {n} must be between 1 and {self.slots}")
         try:
