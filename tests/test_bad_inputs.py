@@ -49,9 +49,6 @@ def env(tmp_path_factory):
     plan = _compile()
     assert not plan.schedule.bootstrap_slots  # no bootstrapping keys needed
     client = Client(plan)
-    # the schedule assumes bootstrapping's rotation keys even though this plan never bootstraps
-    # (so the client makes none): make those rotations directly (reported with issue 18)
-    client.ckks.gen_rotation_keys(plan.schedule.key_rotations)
     server = Server(plan, client.evaluation_keys())
     other = make_client()  # another key set of the same preset
     folder = tmp_path_factory.mktemp("bad_inputs")
