@@ -514,8 +514,6 @@ def assign_scales(plan: Plan, ranges: dict[str, float], margin: float) -> None:
 
 def finalize(plan: Plan, options: dict) -> None:
     """Every kernel folds its input and output scales in (and picks its approximation)."""
-    done = []
-    for step, ins, out in plan.steps:
+    for i, (step, ins, out) in enumerate(plan.steps):  # replaced one by one: old matrices go at once
         new = step.finalize(plan.values[ins[0]].scale, plan.values[out].scale, options)
-        done.append((step if new is None else new, ins, out))  # None: finalized in place
-    plan.steps = done
+        plan.steps[i] = (step if new is None else new, ins, out)  # None: finalized in place
