@@ -12,7 +12,8 @@
         (ckksnet.data.load_cifar10("train")), default margin; time, bootstraps, peak RSS, max
         logit error against torch, the plan's estimate. Writes the section "ResNet-56 encrypted
         inference" (named by depth) of benchmarks/RESULTS.md and resnet_family_last.json.
-        Needs about 13-14 GiB (the secure keys) and one to two hours on 2 cores.
+        Needs about 13-14 GiB (the secure keys) and one to two hours on 2 cores. ``--dry-run``
+        stops before key generation (compile, calibration, twin against torch: ~3 GB).
 
 Plans need no keys; their weights are random (a schedule depends on the architecture, not on
 the weight values).
@@ -42,11 +43,19 @@ def encrypted_header(depth: int) -> str:
 
 
 def random_model(depth: int, shortcut: str, seed: int = 0) -> nn.Module:
-    """ResNet-``depth`` with random weights (its init) and random BatchNorm statistics, eval mode."""
+    """ResNet-``depth`` with random weights and random BatchNorm statistics, eval mode.
+
+    Weights: torch's default initialisation (as the tests use). He et al.'s fan-out init is for
+    training with batch statistics; with random running statistics that do not match the
+    activations it makes a random ResNet-56 explode (ReLU inputs up to 2e6 on CIFAR-10 images,
+    logits 5e5), where the default init keeps them near 2-7 (logits about 2), like a trained one."""
     from ckksnet.models.resnet import resnet_cifar
 
     torch.manual_seed(seed)
     model = resnet_cifar(depth, shortcut)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.reset_parameters()
     gen = torch.Generator().manual_seed(seed + 1)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -115,6 +124,16 @@ def plans_section(records: list[dict], argv: list[str]) -> str:
                      f"{t['automorphism_keys']} keys, {_fmt(t['rotation_key_gib'], ' GiB', 2)} | "
                      f"{_fmt(t['estimated_peak_gib'], ' GiB', 1)} | {r['compile_seconds']:.0f} s | "
                      f"{r['compile_peak_rss_gib']:.1f} GiB |")
+    done = {r["depth"] for r in records}
+    if 110 not in done and len(records) >= 2:  # the compile's peak grows by one layer's matrices per layer
+        a, b = records[0], records[-1]
+        per = (b["compile_peak_rss_gib"] - a["compile_peak_rss_gib"]) / (b["depth"] - a["depth"])
+        boots = (b["totals"]["bootstraps"] - a["totals"]["bootstraps"]) / (b["depth"] - a["depth"])
+        lines += ["", f"ResNet-110 not compiled in this run: its compile would peak near "
+                      f"{b['compile_peak_rss_gib'] + per * (110 - b['depth']):.1f} GiB ({per:.3f} GiB per layer, the "
+                      f"plan's matrices); by the same trend it makes about "
+                      f"{b['totals']['bootstraps'] + boots * (110 - b['depth']):.0f} bootstraps "
+                      "(`--plans --depths 110` where memory allows)."]
     source = records[0]["cost_model"] if records else ""
     lines += ["", f"Cost model: {source}. Estimated times and memory are n/a until the secure preset's cost "
                   "constants are measured (`python benchmarks/resnet20.py` or `benchmarks/costs.py --preset secure`)."
@@ -123,7 +142,7 @@ def plans_section(records: list[dict], argv: list[str]) -> str:
 
 
 # ------------------------------------------------------------------ --encrypted
-def encrypted(depth: int, shortcut: str, calibration_images: int) -> dict:
+def encrypted(depth: int, shortcut: str, calibration_images: int, dry_run: bool = False) -> dict:
     import ckksnet
     from ckksnet.compiler.report import plan_report
     from ckksnet.data import load_cifar10
@@ -139,15 +158,19 @@ def encrypted(depth: int, shortcut: str, calibration_images: int) -> dict:
     compile_s = time.time() - t
     rep = plan_report(plan)
     images, labels, indices, source = pick_images(1)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 255
+    with torch.no_grad():
+        want = model(x).double().numpy()[0]
+    twin = plan.twin(images[:1])[0]
+    if dry_run:  # everything but keys and the encrypted run
+        return {"depth": depth, "compile_seconds": round(compile_s, 1), "peak_rss_gib": round(peak_rss_gb(), 2),
+                "plan_bootstraps": rep["totals"]["bootstraps"], "max_abs_logit": float(np.max(np.abs(want))),
+                "max_abs_twin_error_vs_torch": float(np.max(np.abs(twin - want)))}
     t = time.time()
     client = ckksnet.Client(plan)
     keygen_s = time.time() - t
     keygen_rss = run_peak()
     server = ckksnet.Server(plan, client.evaluation_keys())
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 255
-    with torch.no_grad():
-        want = model(x).double().numpy()[0]
-    twin = plan.twin(images[:1])[0]
     t = time.time()
     got = client.decrypt(server.run(client.encrypt(images[0]), progress=True))
     run_s = time.time() - t
@@ -195,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shortcut", default="A", choices=["A", "B"])
     ap.add_argument("--encrypted", type=int, metavar="DEPTH", help="one encrypted image at the secure preset")
     ap.add_argument("--calibration", type=int, default=500, help="training images to calibrate on")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="with --encrypted: compile, calibrate and run the twin only (no keys, nothing written)")
     ap.add_argument("--plan-one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", UserWarning)
@@ -205,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         records = plans([int(d) for d in args.depths.split(",")], args.shortcut)
         replace_section(PLANS_HEADER, plans_section(records, argv))
         (HERE / "resnet_family_plans.json").write_text(json.dumps(records, indent=1) + "\n")
+    if args.encrypted and args.dry_run:
+        print(json.dumps(encrypted(args.encrypted, args.shortcut, args.calibration, dry_run=True), indent=1))
+        return 0
     if args.encrypted:
         res = encrypted(args.encrypted, args.shortcut, args.calibration)
         (HERE / "resnet_family_last.json").write_text(json.dumps(res, indent=1) + "\n")
