@@ -28,6 +28,7 @@ import linecache
 import operator
 import re
 import sys
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -357,7 +358,7 @@ def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: di
     live = _live(graph, ctx.acts, modules)
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     last = {n.name: max((order[u.name] for u in n.users if u.name in live), default=-1) for n in graph.nodes}
-    views: dict[str, int] = {}  # view node -> id() of the Value it views
+    views: dict[str, weakref.ref] = {}  # view node -> the Value it views
     env = ctx.env
     for node in graph.nodes:
         if node.op == "placeholder":
@@ -375,8 +376,9 @@ def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: di
             try:
                 out = fn(ctx, node, module, args)
             except CompileError as exc:
-                msg = str(exc)
-                raise (exc if node.name in msg or str(node.target) in msg else ctx.fail(node, msg)) from exc
+                if node.name in str(exc) or str(node.target) in str(exc):
+                    raise
+                raise ctx.fail(node, str(exc)) from exc
             except (CkksnetError, ValueError, TypeError, RuntimeError) as exc:
                 raise ctx.fail(node, f"{type(exc).__name__}: {exc}") from exc
             _check_shape(ctx, node, out)
@@ -384,7 +386,7 @@ def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: di
             if target is not None and target.name in env:
                 _rebind(ctx, node, target, out, views, order)
             if _is_view(node, modules):
-                views[node.name] = id(env[node.args[0].name])
+                views[node.name] = weakref.ref(env[node.args[0].name])
             env[node.name] = out
             for a in node.all_input_nodes:  # pending maps hold large matrices: drop them when read
                 if last[a.name] <= order[node.name] and a.name != node.name:
@@ -406,8 +408,8 @@ def _rebind(ctx, node: fx.Node, target: fx.Node, out: Value, views: dict, order:
     old = env[target.name]
     if target.name in views:
         raise ctx.fail(node, "an in-place operation on a view of another tensor is not supported")
-    for name, vid in views.items():
-        if vid == id(old) and any(order[u.name] > order[node.name] for u in ctx.nodes[name].users):
+    for name, ref in views.items():
+        if ref() is old and any(order[u.name] > order[node.name] for u in ctx.nodes[name].users):
             raise ctx.fail(node, f"it changes a tensor that the view {name} reads later; "
                                  "use the out-of-place form")
     for name, v in list(env.items()):
