@@ -13,7 +13,8 @@ them in a :class:`RangeReport`; nothing is clipped.
 
 **Domain extension** (``extension`` L >= 1, ``compile(..., relu_extension=L)``): the
 approximation is accurate on [-L B, L B] instead of [-B, B], for inputs up to L times the
-bound B (recalibration outliers) at ceil(log2 L) more levels. The input is divided by L B
+bound B (out-of-distribution inputs), at about ceil(log2 L) more levels (alpha 13, eps 2^-9:
++1, +2, +4 levels for L = 2, 4, 8). The input is divided by L B
 instead of B (the compiler folds that into the layer before, so a bootstrap before the first
 component still sees values in [-1, 1]) and the sign composite is the minimax one for
 [eps / 2^k, 1], k = ceil(log2 L) (its first components fold [-1, 1] back into [-1, 1], keeping
@@ -24,7 +25,7 @@ Its errors, with eps' = 2^-(eps_bits + k) and D = L B:
 * |x| <  eps' D <= eps B: error < eps' D (1 + M) / 2 <= eps B (1 + M) / 2, as without extension.
 
 So inside [-B, B] the bound is the same as without extension; beyond L B it still diverges.
-The price: ceil(log2 L) levels per ReLU, and every stored activation of a ReLU's scale group
+The price: those levels per ReLU, and every stored activation of a ReLU's scale group
 is L times smaller, so CKKS noise (absolute in stored units) is log2 L bits larger relative to
 B. Figures: ``benchmarks/relu_extension.py``.
 

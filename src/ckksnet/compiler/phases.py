@@ -108,7 +108,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     normalisation, for a model without a :class:`~ckksnet.nn.Normalize` module (its data
     pipeline normalised); without either, pixels in [0, 1] go in as they are.
     ``relu_extension`` L (1: off): every ReLU stays accurate up to L B instead of B (domain
-    extension, :mod:`ckksnet.kernels.relu`), for ceil(log2 L) more levels per ReLU.
+    extension, :mod:`ckksnet.kernels.relu`), for about ceil(log2 L) more levels per ReLU.
 
     Raises :class:`CompileError` naming the module or node (and its source line) for anything
     it cannot compute exactly, for missing calibration, for a Normalize module together with
