@@ -115,12 +115,14 @@ def plans_section(records: list[dict], argv: list[str]) -> str:
              "| model | steps | ReLUs | linear maps | bootstraps | key switches | estimated time | "
              "rotation keys | estimated peak | compile | compile peak RSS |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = next((r["totals"]["estimated_seconds"] for r in records if r["depth"] == 20), None)
     for r in records:
         t = r["totals"]
         est = t["estimated_seconds"]
+        ratio = f", {est / base:.2f} x ResNet-20" if est is not None and base else ""
         lines.append(f"| ResNet-{r['depth']} ({r['shortcut']}) | {r['steps']} | {r['relus']} | {r['linear']} | "
                      f"{t['bootstraps']} | {t['key_switches']} | "
-                     f"{'n/a' if est is None else f'{est:.0f} s ({est / 60:.1f} min)'} | "
+                     f"{'n/a' if est is None else f'{est:.0f} s ({est / 60:.1f} min{ratio})'} | "
                      f"{t['automorphism_keys']} keys, {_fmt(t['rotation_key_gib'], ' GiB', 2)} | "
                      f"{_fmt(t['estimated_peak_gib'], ' GiB', 1)} | {r['compile_seconds']:.0f} s | "
                      f"{r['compile_peak_rss_gib']:.1f} GiB |")
@@ -137,7 +139,10 @@ def plans_section(records: list[dict], argv: list[str]) -> str:
     source = records[0]["cost_model"] if records else ""
     lines += ["", f"Cost model: {source}. Estimated times and memory are n/a until the secure preset's cost "
                   "constants are measured (`python benchmarks/resnet20.py` or `benchmarks/costs.py --preset secure`)."
-              if records and records[0]["totals"]["estimated_seconds"] is None else f"Cost model: {source}."]
+              if records and records[0]["totals"]["estimated_seconds"] is None else
+              f"Cost model: {source}. Its constants are those of the hour they were measured in (see the ResNet-20 "
+              "section); the ratios to ResNet-20 carry over to any hour. The estimated peak is the keys and the "
+              "run's working set; the server also holds the plan (about the compile's peak RSS)."]
     return "\n".join(lines) + "\n"
 
 
