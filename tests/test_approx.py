@@ -7,14 +7,34 @@ import math
 import numpy as np
 import pytest
 
-from ckksnet.approx import (SHIPPED_ALPHAS, SHIPPED_EPS_BITS, CkksArith, NumpyArith, RangeReport,
-                            ReluApprox, count_products, count_relinearizations, depth_of, design,
-                            eval_odd, load_table)
+from ckksnet.approx import (SHIPPED_ALPHAS, SHIPPED_EPS_BITS, RangeReport, ReluApprox, count_products,
+                            count_relinearizations, depth_of, design, eval_odd, load_table)
 from ckksnet.approx.remez import odd_minimax_sign
+from ckksnet.backend.context import Ciphertext
+from ckksnet.backend.slots import SlotEvaluator
+from ckksnet.backend.tracer import LevelTracer
 from ckksnet.cli import main as cli
 from ckksnet.errors import ApproxError, LevelError
 
 SHIPPED = [(a, e) for e in SHIPPED_EPS_BITS for a in SHIPPED_ALPHAS]
+
+
+class CountingServer:
+    """The server's evaluator, counting the ciphertext x ciphertext products made through it."""
+
+    def __init__(self, server):
+        self.server, self.products = server, 0
+
+    def __getattr__(self, name):
+        return getattr(self.server, name)
+
+    def mul(self, a, b):
+        self.products += isinstance(b, Ciphertext)
+        return self.server.mul(a, b)
+
+    def mul_lazy(self, a, b):
+        self.products += 1
+        return self.server.mul_lazy(a, b)
 
 
 @pytest.mark.parametrize("alpha, eps_bits", SHIPPED)
@@ -64,7 +84,7 @@ def test_eval_odd_matches_numpy(degree):
     x = np.linspace(-1, 1, 1001)
     full = np.zeros(degree + 1)
     full[1::2] = coeffs
-    assert np.allclose(eval_odd(NumpyArith(), x, coeffs), np.polynomial.chebyshev.chebval(x, full),
+    assert np.allclose(eval_odd(SlotEvaluator(), x, coeffs), np.polynomial.chebyshev.chebval(x, full),
                        atol=1e-12)
 
 
@@ -73,18 +93,25 @@ def test_encrypted_depth_is_optimal(client, server, degree):
     coeffs = np.random.default_rng(degree).normal(0, 0.2, (degree + 1) // 2)
     x = np.linspace(-1, 1, client.slots)
     ct = client.encrypt(x)
-    arith = CkksArith(server)
+    counting = CountingServer(server)
     before = server.key_switches["relinearizations"]
-    out = eval_odd(arith, ct, coeffs)
+    out = eval_odd(counting, ct, coeffs)
     assert server.levels_left(ct) - server.levels_left(out) == depth_of(degree)
-    assert arith.products == count_products(coeffs)
+    assert counting.products == count_products(coeffs)
     # lazy relinearization: one key switch per chain of products, and a 2-element result
     relins = server.key_switches["relinearizations"] - before
     assert relins == count_relinearizations(coeffs)
     assert out.NumberCiphertextElements() == 2
     if degree >= 15:
-        assert relins < arith.products
-    assert np.max(np.abs(client.decrypt(out) - eval_odd(NumpyArith(), x, coeffs))) < 1e-8
+        assert relins < counting.products
+    assert np.max(np.abs(client.decrypt(out) - eval_odd(SlotEvaluator(), x, coeffs))) < 1e-8
+    # the level tracer and numpy slots with levels spend the same levels and key switches
+    tracer, slots = LevelTracer(server.preset), SlotEvaluator(client.slots)
+    traced = eval_odd(tracer, tracer.fresh(server.levels_left(ct)), coeffs)
+    on_slots = eval_odd(slots, slots.fresh(x, server.levels_left(ct)), coeffs)
+    assert tracer.levels_left(traced) == slots.levels_left(on_slots) == server.levels_left(out)
+    assert tracer.key_switches["relinearizations"] == slots.key_switches["relinearizations"] == relins
+    assert slots.products == counting.products
 
 
 # Encrypted vs twin. Fresh encryption noise at the test preset is ~1e-13; the composite's slope
@@ -99,12 +126,15 @@ def test_encrypted_relu_matches_twin(client, server, alpha):
     ct = client.encrypt(x / 4.0)  # inputs must be within the preset's safe magnitude
     ct = server.mul(ct, 4.0)
     before = server.key_switches["relinearizations"]
-    out = relu.encrypted(server, ct)
+    out = relu.evaluate(server, ct)
     # one key switch per chain of products (lazy), plus the final x * (1 + p) / 2
     assert server.key_switches["relinearizations"] - before == relu.sign.relinearizations + 1
     assert server.levels_left(ct) - server.levels_left(out) == relu.depth()
     got = client.decrypt(out)
-    assert np.max(np.abs(got - relu.twin(x))) < 1e-9
+    slots = SlotEvaluator(client.slots)
+    ref = relu.evaluate(slots, slots.fresh(x, server.levels_left(ct)))  # the same algorithm on numpy slots
+    assert ref.level == server.levels_left(out) and np.array_equal(ref.data, relu.twin(x))
+    assert np.max(np.abs(got - ref.data)) < 1e-9
     assert np.max(np.abs(got - np.maximum(x, 0))) <= relu.max_error(400_001) + 1e-9
 
 
@@ -145,7 +175,10 @@ def test_bad_arguments(client, server):
     relu = ReluApprox.from_table(13, 1.0)
     ct = client.encrypt(np.array([0.5]), levels_left=relu.depth() - 1)
     with pytest.raises(LevelError, match="composite ReLU needs 15"):
-        relu.encrypted(server, ct)
+        relu.evaluate(server, ct)
+    slots = SlotEvaluator(client.slots)
+    with pytest.raises(LevelError, match="composite ReLU needs 15"):  # the twin checks levels alike
+        relu.evaluate(slots, slots.fresh(np.array([0.5]), relu.depth() - 1))
 
 
 def test_cli_report_rechecks_with_numpy_alone(capsys):

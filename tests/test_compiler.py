@@ -1,26 +1,41 @@
 """Compiler, kernels and the encrypted runtime at the test preset, on a reduced ResNet built by
-the same code path as ResNet-20 (fewer channels, 8x8 images)."""
+the same code path as ResNet-20 (fewer channels, 8x8 images).
+
+Each kernel is checked three ways: its algorithm as written on numpy slots (``SlotEvaluator``
+with ``fast=False``: the reference) against torch, its fast twin (``fast_twin``) against the
+reference, and the same algorithm on OpenFHE ciphertexts (``kernel.evaluate(server, ct)``)
+against the reference and torch."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from ckksnet.backend import get_preset
+from ckksnet.backend.slots import SlotEvaluator
+from ckksnet.backend.tracer import LevelTracer
 from ckksnet.compiler import compile
 from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
-from ckksnet.compiler.steps import SumPoolStep
-from ckksnet.errors import CompileError, RangeError, ShapeError
-from ckksnet.layout.rotations import signed_powers_of_two
-from ckksnet.kernels.linear import KeySwitchCounter, LinearMap, giant_steps
-from ckksnet.kernels.pooled_dense import PooledDense, box_offsets, disjoint_shifts
+from ckksnet.compiler.plan import ActivationRangeWarning
+from ckksnet.errors import CompileError, NonFiniteError, RangeError, ShapeError
+from ckksnet.kernels import LinearMap, PooledDense, SumPoolStep
+from ckksnet.kernels.linear import KeySwitchCounter, giant_steps
+from ckksnet.kernels.pooled_dense import box_offsets, disjoint_shifts
 from ckksnet.layout import Layout, PooledLayout, VectorLayout
+from ckksnet.layout.rotations import signed_powers_of_two
 from ckksnet.models import PadShortcut, ResNetCifar
-from ckksnet.runtime import Client, RunReport, Server, execute, level_schedule
-from ckksnet.runtime.levels import LevelTracer, Refresh
+from ckksnet.runtime import Client, RunReport, Server
+from ckksnet.runtime.walker import GreedyRefresh, walk
 from tests.conftest import make_client
 
 SLOTS = 2048  # the test preset's slot count
+# Encrypted kernel vs its numpy reference: CKKS noise of fresh encryption and one or two rescales
+# at the test preset (59-bit scale). Measured: at most 4.4e-13 (a map in lanes); 1e-10 is a 200x
+# margin and still catches a wrong diagonal, mask or rotation (errors of 1e-3 or more).
+NOISE = 1e-10
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +70,25 @@ def _tiny_resnet() -> ResNetCifar:
 IMAGES = np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
 
 
+def _reference(kernel, x: np.ndarray, levels: int = 4):
+    """The kernel's algorithm as written (rotations, products), on numpy slots with levels:
+    (output slots, levels spent, the evaluator with its key-switch counts)."""
+    ev = SlotEvaluator(SLOTS, fast=False)
+    out = kernel.evaluate(ev, ev.fresh(x, levels))
+    return out.data, levels - out.level, ev
+
+
+def _encrypted(kclient, kserver, kernel, x: np.ndarray, levels: int = 4):
+    """The same algorithm on a ciphertext of x with ``levels`` levels: (decrypted output, levels
+    spent, rotations the server made). Generates the rotation keys the kernel needs first."""
+    kclient.gen_rotation_keys(kernel.rotations())
+    ct = kclient.encrypt(x, levels_left=levels)
+    before = kserver.key_switches["rotations"]
+    out = kernel.evaluate(kserver, ct)
+    return (kclient.decrypt(out), kserver.levels_left(ct) - kserver.levels_left(out),
+            kserver.key_switches["rotations"] - before)
+
+
 # ---------------------------------------------------------------- kernels against torch
 @pytest.mark.parametrize("stride, gap, cin, cout, fold", [(1, 1, 4, 4, False), (2, 1, 4, 8, False), (1, 2, 8, 8, False),
                                                          (2, 2, 8, 16, False), (1, 1, 4, 4, True), (2, 2, 8, 16, True),
@@ -76,15 +110,21 @@ def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout, 
         folded = LinearMap.fold(matrix, bias, input_span=src.span, lanes=False)
         assert lm.lanes == SLOTS // lm.period > 1 and lm.levels() == 2 and folded.levels() == 1
         assert len(lm.offsets) * 2 < len(folded.offsets)
-        lm.__dict__["giant_plan"] = (lm.baby_size, False)  # giant sums rotated one by one, not Horner
+        lm = replace(lm, baby_step=lm.baby_step_size, horner=False)  # giant sums rotated one by one, not Horner
+        assert lm.giant_plan[1] is False
     x = torch.rand(1, cin, size, size, generator=gen) - 0.5
     want = bn(conv(x)).detach().double().numpy()[0]
     packed = src.pack(x.double().numpy()[0])
-    assert np.max(np.abs(dst.unpack(lm.twin(packed)) - want)) < 1e-5
-    assert np.max(np.abs(lm.twin_bsgs(packed) - lm.twin(packed))) < 1e-12
-    kclient.gen_rotation_keys(lm.rotations())
-    got = dst.unpack(kclient.decrypt(lm.encrypted(kserver, kclient.encrypt(packed))))
-    assert np.max(np.abs(got - want)) < 1e-5
+    fast = lm.fast_twin(packed)
+    assert np.max(np.abs(dst.unpack(fast) - want)) < 1e-5  # torch computes in float32
+    ref, spent, ev = _reference(lm, packed)
+    assert spent == lm.levels() and np.max(np.abs(ref - fast)) < 1e-12
+    got, spent, rotations = _encrypted(kclient, kserver, lm, packed)
+    assert spent == lm.levels()
+    assert np.max(np.abs(got - ref)) < NOISE
+    assert np.max(np.abs(dst.unpack(got) - want)) < 1e-5
+    # a key for every index the map needs: one key switch per rotation, as numpy counts them
+    assert rotations == ev.key_switches["rotations"] > 0
 
 
 def test_baby_step_is_tuned_for_the_keys_present():
@@ -96,13 +136,23 @@ def test_baby_step_is_tuned_for_the_keys_present():
     count = KeySwitchCounter(SLOTS, keys)
     cost = lambda n1, horner: count(np.unique(lm.offsets % n1), giant_steps(np.unique(lm.offsets // n1), n1, horner))  # noqa: E731
     x = src.pack(np.random.default_rng(0).standard_normal((8, 4, 4)))
+    default = lm.giant_plan
+    assert lm.baby_step == 0 and default == lm._best_plan(None)  # untuned: fewest rotation indices
     for horner in (True, False):  # both ways of summing the giant steps compute the map
-        lm.__dict__["giant_plan"] = (lm.baby_size, horner)
-        assert np.max(np.abs(lm.twin_bsgs(x) - lm.twin(x))) < 1e-12
-    default = lm._best_plan(None)
-    tuned = lm.tune_for_keys(keys)
-    assert lm.giant_plan == tuned and cost(*tuned) <= cost(*default) < float("inf")
-    assert np.max(np.abs(lm.twin_bsgs(x) - lm.twin(x))) < 1e-12
+        variant = replace(lm, baby_step=default[0], horner=horner)
+        assert np.max(np.abs(_reference(variant, x)[0] - lm.fast_twin(x))) < 1e-12
+    tuned = lm.tuned(keys)
+    assert tuned is not lm and lm.baby_step == 0 and lm.giant_plan == default  # a new map; lm unchanged
+    assert tuned.giant_plan == (tuned.baby_step, tuned.horner) == lm._best_plan(keys)
+    assert cost(*tuned.giant_plan) <= cost(*default) < float("inf")
+    assert np.max(np.abs(_reference(tuned, x)[0] - lm.fast_twin(x))) < 1e-12
+    # the level tracer, chaining rotations from these keys as the server does, counts what the
+    # tuning minimized, plus the replication's rotations
+    tracer = LevelTracer(get_preset("test"), keys)
+    out = tuned.evaluate(tracer, tracer.fresh(3))
+    assert tracer.levels_left(out) == 3 - tuned.levels()
+    replication = sum(len(count.chain(-span)) for span in tuned.shifts)
+    assert tuned.shifts and tracer.key_switches["rotations"] == cost(*tuned.giant_plan) + replication
     assert KeySwitchCounter(SLOTS, frozenset({2}))([1], []) == float("inf")  # odd: unreachable
     assert count([1], [8]) == 2 and count([1, 2], [8, 8]) == 4  # giants rotate separate sums
 
@@ -113,9 +163,13 @@ def test_shortcut_and_pool_linear_match_torch(kclient, kserver):
     lm = LinearMap(*pad_shortcut_matrix(src, dst, 2))
     x = torch.rand(1, 4, 8, 8) - 0.5
     want = PadShortcut(4, 8, 2)(x).double().numpy()[0]
-    kclient.gen_rotation_keys(lm.rotations())
-    got = dst.unpack(kclient.decrypt(lm.encrypted(kserver, kclient.encrypt(src.pack(x.double().numpy()[0])))))
-    assert np.max(np.abs(got - want)) < 1e-9
+    packed = src.pack(x.double().numpy()[0])
+    ref, spent, _ = _reference(lm, packed)
+    assert np.max(np.abs(dst.unpack(ref) - want)) < 1e-12 and spent == 1  # a selection: exact
+    assert np.max(np.abs(lm.fast_twin(packed) - ref)) < 1e-12
+    got, spent, _ = _encrypted(kclient, kserver, lm, packed)
+    assert spent == 1 and np.max(np.abs(got - ref)) < NOISE
+    assert np.max(np.abs(dst.unpack(got) - want)) < 1e-9
     # rotate-and-sum pooling (gap-2 layout), then the dense layer on the channel sums
     fc = nn.Linear(8, 10)
     src = Layout(8, 4, 4, 2, SLOTS)
@@ -125,22 +179,30 @@ def test_shortcut_and_pool_linear_match_torch(kclient, kserver):
     x = torch.rand(8, 4, 4) - 0.5
     want = fc(x.mean((1, 2))).detach().double().numpy()
     packed = src.pack(x.double().numpy())
-    assert np.max(np.abs(out.unpack(lm.twin(pool.twin([packed]))) - want)) < 1e-6  # torch is float32
-    assert len(pool.rotations()) == 4 and pool.levels() == 0
+    ev = SlotEvaluator(SLOTS, fast=False)
+    pooled = pool.evaluate(ev, [ev.fresh(packed, 2)], None)
+    assert pooled.level == 2 and len(pool.rotations()) == 4 and pool.levels() == 0
+    ref = lm.evaluate(ev, pooled)
+    assert np.max(np.abs(out.unpack(ref.data) - want)) < 1e-6  # torch is float32
+    assert np.max(np.abs(lm.fast_twin(pooled.data) - ref.data)) < 1e-12
     kclient.gen_rotation_keys(pool.rotations() | lm.rotations())
-    enc = lm.encrypted(kserver, pool.encrypted(kserver, [kclient.encrypt(packed)], None))
-    assert np.max(np.abs(out.unpack(kclient.decrypt(enc)) - want)) < 1e-5
+    enc_pooled = pool.evaluate(kserver, [kclient.encrypt(packed, levels_left=2)], None)
+    assert kserver.levels_left(enc_pooled) == 2
+    assert np.max(np.abs(kclient.decrypt(enc_pooled) - pooled.data)) < NOISE
+    enc = kclient.decrypt(lm.evaluate(kserver, enc_pooled))
+    assert np.max(np.abs(enc - ref.data)) < NOISE and np.max(np.abs(out.unpack(enc) - want)) < 1e-5
     # the same layer as masks and one box sum: 10 products, outputs in disjoint windows
-    pooled = PooledLayout(src)
+    layout = PooledLayout(src)
     dense = PooledDense(fc.weight.detach().double().numpy() / 16, fc.bias.detach().double().numpy(),
-                        pooled.index, pooled.box, SLOTS, "fc")
+                        layout.index, layout.box, SLOTS, "fc")
     out2 = VectorLayout(10, SLOTS, tuple(int(p) for p in dense.outputs))
-    garbage = pool.twin([packed])  # partial sums in the other slots must not leak into outputs
-    assert np.max(np.abs(out2.unpack(dense.twin(garbage)) - want)) < 1e-6
+    ref2 = dense.evaluate(ev, pooled)  # partial sums in the other slots must not leak into outputs
+    assert ref2.level == 1 and np.max(np.abs(out2.unpack(ref2.data) - want)) < 1e-6
     kclient.gen_rotation_keys(dense.rotations())
     before = dict(kserver.key_switches)
-    enc = dense.encrypted(kserver, pool.encrypted(kserver, [kclient.encrypt(packed)], None))
-    assert np.max(np.abs(out2.unpack(kclient.decrypt(enc)) - want)) < 1e-5
+    enc = dense.evaluate(kserver, pool.evaluate(kserver, [kclient.encrypt(packed)], None))
+    got = kclient.decrypt(enc)
+    assert np.max(np.abs(got - ref2.data)) < NOISE and np.max(np.abs(out2.unpack(got) - want)) < 1e-5
     # one key switch per rotation (every index has its key): pooling, 9 shifts, the box sum
     switches = kserver.key_switches["rotations"] - before["rotations"]
     assert switches == len(pool.rotations()) + len(dense.rotations()) == 4 + 9 + 3
@@ -173,10 +235,11 @@ def test_folding_needs_zeros_outside_the_span():
     lm = LinearMap.fold(matrix, bias, input_span=src.span)
     assert lm.period == 256 and {SLOTS - 256, SLOTS - 512, SLOTS - 1024} <= lm.rotations()
     x = src.pack(np.random.default_rng(1).uniform(-1, 1, (4, 8, 8)))
-    assert np.max(np.abs(lm.twin(x) - (matrix @ x + bias))) < 1e-12
+    assert np.max(np.abs(lm.fast_twin(x) - (matrix @ x + bias))) < 1e-12
+    assert np.max(np.abs(_reference(lm, x)[0] - (matrix @ x + bias))) < 1e-12
     x[SLOTS - 1] = 1.0  # a stray value outside the span reaches the output through a copy
-    assert np.max(np.abs(lm.twin(x) - (matrix @ x + bias))) > 1e-3
-    assert np.max(np.abs(lm.twin_bsgs(x) - lm.twin(x))) < 1e-12
+    assert np.max(np.abs(lm.fast_twin(x) - (matrix @ x + bias))) > 1e-3
+    assert np.max(np.abs(_reference(lm, x)[0] - lm.fast_twin(x))) < 1e-12
 
 
 def test_bn_folding_is_exact():
@@ -207,11 +270,35 @@ def test_plan_twin_matches_torch():
     assert kinds.count("relu") == 7 and kinds.count("add") == 3
     x = torch.from_numpy(IMAGES[:8]).permute(0, 3, 1, 2).float() / 255
     want = model(x).detach().numpy()
-    twin = plan.twin(IMAGES[:8])
+    ranges = {}
+    twin = plan.twin(IMAGES[:8], ranges=ranges)
     # the only difference is the ReLU approximation (alpha 13): measured 3e-4 on logits ~2
     assert np.max(np.abs(twin - want)) < 2e-3
     assert np.array_equal(twin.argmax(1), want.argmax(1))
-    assert all(r["outside"] == 0 for r in plan.relu_reports().values())
+    # every ReLU saw every input slot of the 8 images, none beyond its bound B
+    relus = {s.name for s, _, _ in plan.steps if s.kind == "relu"}
+    assert set(ranges) == relus
+    assert all(r["outside"] == 0 and r["total"] > 0 and 0 < r["max_ratio"] <= 1 for r in ranges.values())
+    # the fast twin (sparse products) is every kernel's algorithm as written, and strict passes
+    assert np.max(np.abs(plan.twin(IMAGES[:8], reference=True, strict=True) - twin)) < 1e-12
+
+
+def test_twin_reports_inputs_beyond_an_activation_bound():
+    """Bounds below the calibrated ranges (margin 0.5): the twin names the layers whose inputs
+    left [-B, B], warns, or with strict raises."""
+    plan = compile(_tiny_resnet(), calibration=IMAGES, preset="test", image_size=(8, 8), margin=0.5)
+    ranges = {}
+    with pytest.warns(ActivationRangeWarning, match="beyond their approximation's interval"):
+        plan.twin(IMAGES[:8], ranges=ranges)
+    assert set(ranges) == {s.name for s, _, _ in plan.steps if s.kind == "relu"}
+    # the stem ReLU sees finite inputs beyond its bound, by at most 1 / margin (B is at least half
+    # its calibrated max: the scale it shares along the shortcut may be larger); the diverged
+    # polynomial then sends later layers inputs beyond theirs (inf and NaN counted too)
+    stem = ranges[next(s.name for s, _, _ in plan.steps if s.kind == "relu")]
+    assert stem["outside"] > 0 and 1 < stem["max_ratio"] <= 2 + 1e-9
+    assert all(r["outside"] > 0 for r in ranges.values())
+    with pytest.raises(RangeError, match="beyond"):
+        plan.twin(IMAGES[:8], strict=True)
 
 
 def test_unsupported_module_is_named():
@@ -227,7 +314,7 @@ def test_bad_images_are_rejected():
         plan.preprocess(np.zeros((8, 8, 4), dtype=np.uint8))
     with pytest.raises(RangeError):
         plan.preprocess(np.full((3, 8, 8), 1.5))
-    with pytest.raises(RangeError):
+    with pytest.raises(NonFiniteError):
         plan.preprocess(np.full((3, 8, 8), np.nan))
 
 
@@ -262,29 +349,36 @@ def test_encrypted_network_matches_plaintext_and_twin(lanes, pooled_dense):
         assert all(s["key_switches"] > 0 for s in report["steps"] if s["kind"] in ("linear", "relu"))
         assert report["key_switches"] == sum(s["key_switches"] for s in report["steps"])
         assert set(report["rotation_keys"]) == server.ckks.rotations
+        _check_schedule_predicts(plan, server.report)
     if lanes is None:
-        _check_level_schedule(plan, client, server)
+        _check_greedy_run(plan, client, server, IMAGES[1], logits, twin[1])
 
 
-def _check_level_schedule(plan, client, server):
-    """The dry run predicts every level of a real run, and the drops it allows change no
-    bootstrap: the run with them (server.run) makes the same bootstraps in the same steps,
-    at equal or fewer levels, and its logits still match the twin."""
-    schedule = level_schedule(plan)
-    assert schedule.bootstraps > 0 and any(schedule.drops) and schedule.input_slack >= 0
-    tracer = LevelTracer(plan.preset)
-    traced = RunReport()
-    execute(plan, tracer, tracer.fresh(plan.preset.depth), Refresh(tracer), traced, free_memory=False)
-    plain = RunReport()  # a real run without the schedule: fresh input, no drops
-    ct = client.ckks.encrypt(plan.preprocess(IMAGES[0]))
-    logits = client.decrypt(execute(plan, server.ckks, ct, Refresh(server.ckks), plain))
-    levels = lambda r: [(s.level_in, s.level_out, s.bootstraps) for s in r.steps]  # noqa: E731
-    assert levels(traced) == levels(plain)
-    dropped = client.encrypt(IMAGES[0])
-    assert server.ckks.levels_left(dropped) == plan.preset.depth - schedule.input_slack
-    out = client.decrypt(server.run(dropped))
-    lowered = levels(server.report)
-    assert [b for _, _, b in lowered] == [b for _, _, b in levels(plain)]
-    assert all(a[1] <= b[1] for a, b in zip(lowered, levels(plain)))
-    assert sum(a[1] < b[1] for a, b in zip(lowered, levels(plain))) > 0
-    assert np.max(np.abs(out - logits)) < 1e-5 and np.max(np.abs(out - plan.twin(IMAGES[:1])[0])) < 1e-5
+def _check_schedule_predicts(plan, report: RunReport) -> None:
+    """The compile-time schedule predicts every level, bootstrap and key switch of the real run."""
+    fields = lambda s: (s.name, s.kind, s.level_in, s.level_out, s.bootstraps, s.key_switches)  # noqa: E731
+    assert [fields(s) for s in plan.schedule.steps] == [fields(s) for s in report.steps]
+    assert plan.schedule.bootstraps == report.bootstraps > 0
+    assert plan.schedule.key_switches == sum(s.key_switches for s in report.steps)
+
+
+def _check_greedy_run(plan, client, server, image, logits, twin) -> None:
+    """The schedule's drops change no bootstrap: a greedy run (bootstrap only when a stage lacks
+    its levels) from a fresh ciphertext with every level makes the same bootstraps in the same
+    steps, with the same key switches, at equal or more levels, and gives the same logits within
+    noise. The schedule encrypts the input below the depth (the first layers do not need it)."""
+    sched = plan.schedule
+    assert 0 < sched.input_level < plan.preset.depth
+    assert server.report.steps[0].level_in == sched.input_level
+    ct = client.ckks.encrypt(plan.preprocess(image))
+    assert server.ckks.levels_left(ct) == plan.preset.depth
+    greedy, refresh = RunReport(), GreedyRefresh(server.ckks)
+    out = client.decrypt(walk(plan, server.ckks, ct, refresh, greedy))
+    scheduled = server.report.steps
+    assert [(s.name, s.bootstraps) for s in greedy.steps] == [(s.name, s.bootstraps) for s in scheduled]
+    assert [s.key_switches for s in greedy.steps] == [s.key_switches for s in scheduled]
+    # the schedule was derived from exactly these refresh decisions
+    assert refresh.decisions == [d is not None for d in sched.decisions()]
+    assert all(s.level_out <= g.level_out for s, g in zip(scheduled, greedy.steps))
+    assert sum(s.level_out < g.level_out for s, g in zip(scheduled, greedy.steps)) > 0
+    assert np.max(np.abs(out - logits)) < 1e-5 and np.max(np.abs(out - twin)) < 1e-5
