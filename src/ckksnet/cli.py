@@ -397,7 +397,12 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    """The server side, offline: a ciphertext file through the plan with the evaluation keys."""
+    """The server side, offline: a ciphertext file through the plan with the evaluation keys;
+    a folder of them (or ``--workers``) goes to :func:`_cmd_run_batch`."""
+    from pathlib import Path
+
+    if Path(args.input).is_dir() or args.workers is not None or args.ray is not None:
+        return _cmd_run_batch(args)
     from ckksnet.backend.keys import load_evaluation_keys
     from ckksnet.backend.serialize import load_ciphertext, save_ciphertext
     from ckksnet.compiler.artifact import load_plan
@@ -414,6 +419,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _emit(args, {"in": args.input, "out": args.output, "report": rep},
                  f"{len(rep['steps'])} steps, {rep['bootstraps']} bootstraps in {rep['seconds']:.1f} s "
                  f"(peak memory {rep['peak_rss_gb']:.2f} GiB); wrote {args.output}")
+
+
+def _cmd_run_batch(args: argparse.Namespace) -> int:
+    """Every ciphertext of a folder over N Ray workers (ckksnet.distributed); resumable."""
+    from ckksnet.distributed import run_batch
+
+    try:
+        report = run_batch(args.plan, args.eval_keys, args.input, args.output, workers=args.workers or 1,
+                           address=args.ray, worker_memory_gb=args.worker_memory, worker_cpus=args.worker_cpus,
+                           retries=args.retries, progress=not args.json)
+    except KeyboardInterrupt:
+        print(f"ckksnet run: interrupted; finished images are in {args.output} (results.jsonl): run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
+    rep = report.to_dict()
+    workers = ", ".join(f"{w['worker']} {w.get('images', 0)} image(s), keys loaded {w.get('key_loads', 0)}x in "
+                        f"{w.get('load_seconds', 0):.1f} s{' (died)' if w.get('died') else ''}" for w in rep["workers"])
+    failed = "".join(f"\n  failed: {r['input']}: {r['error']}" for r in rep["results"] if r["status"] == "failed")
+    rate = f", {rep['images_per_minute']:.2f} images/min" if rep["images_per_minute"] else ""
+    text = (f"{rep['done']} of {rep['images']} images done ({rep['resumed']} from an earlier run), {rep['failed']} "
+            f"failed, in {rep['seconds']:.1f} s{rate}; {rep['worker_deaths']} worker(s) died; outputs in "
+            f"{args.output}" + (f"\n  workers: {workers}" if workers else "") + failed)
+    _emit(args, rep, text)
+    return 0 if report.ok else 1
 
 
 def _softmax(logits):
@@ -438,13 +467,25 @@ def _prediction_text(what: str, pred: dict) -> str:
 
 
 def _cmd_decrypt(args: argparse.Namespace) -> int:
-    """The client decrypts the server's output: logits, class name, softmax probabilities."""
+    """The client decrypts the server's output: logits, class name, softmax probabilities. With
+    several files (or a folder of .ckks files) one line each, JSON ``{"predictions": [...]}``."""
+    from pathlib import Path
+
     from ckksnet.backend.serialize import load_ciphertext
 
     client = _client_from_files(args.client, args.keys)
-    logits = client.decrypt(load_ciphertext(client.ckks, args.ciphertext))
-    pred = {"ciphertext": args.ciphertext, **_prediction(logits, client.spec.classes)}
-    return _emit(args, pred, _prediction_text("encrypted prediction", pred))
+    files = []
+    for name in args.ciphertext:
+        path = Path(name)
+        files += sorted(str(p) for p in path.glob("*.ckks")) if path.is_dir() else [name]
+    preds = []
+    for name in files:
+        logits = client.decrypt(load_ciphertext(client.ckks, name))
+        preds.append({"ciphertext": name, **_prediction(logits, client.spec.classes)})
+    if len(args.ciphertext) == 1 and len(files) == 1 and not Path(args.ciphertext[0]).is_dir():
+        return _emit(args, preds[0], _prediction_text("encrypted prediction", preds[0]))
+    return _emit(args, {"predictions": preds},
+                 "\n".join(_prediction_text(f"encrypted prediction of {p['ciphertext']}", p) for p in preds))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -498,16 +539,26 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_encrypt)
 
-    p = sub.add_parser("run", help="server side, offline: run the plan on a ciphertext file")
+    p = sub.add_parser("run", help="server side, offline: run the plan on a ciphertext file, or on a folder "
+                       "of them over N Ray workers")
     p.add_argument("--plan", required=True, help="server artifact (server_plan.ckksnet)")
     p.add_argument("--eval-keys", required=True, help="evaluation-key folder (KEYDIR/eval)")
-    p.add_argument("--in", dest="input", required=True, help="input ciphertext file")
-    p.add_argument("--out", dest="output", required=True, help="output ciphertext file")
-    p.add_argument("--json", action="store_true", help="the per-step report as JSON")
+    p.add_argument("--in", dest="input", required=True, help="input ciphertext file, or a folder of .ckks files")
+    p.add_argument("--out", dest="output", required=True,
+                   help="output ciphertext file, or (folder input) the output folder: one .ckks per input, "
+                        "results.jsonl; rerun the same command to resume")
+    p.add_argument("--workers", type=int, help="Ray workers for a folder (default 1); each loads the keys once")
+    p.add_argument("--ray", metavar="ADDRESS", help="join this Ray cluster ('auto', HOST:PORT) instead of "
+                   "starting a local Ray instance")
+    p.add_argument("--worker-memory", type=float, metavar="GIB",
+                   help="memory each worker declares to Ray (default 1.7 x the key folder + 0.5 GiB)")
+    p.add_argument("--worker-cpus", type=int, default=1, help="cores per worker (its OpenMP threads; default 1)")
+    p.add_argument("--retries", type=int, default=2, help="times an image is sent again after its worker died")
+    p.add_argument("--json", action="store_true", help="the per-step report (one file) or the batch report as JSON")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("decrypt", help="decrypt an output ciphertext: logits, class, probabilities")
-    p.add_argument("ciphertext")
+    p = sub.add_parser("decrypt", help="decrypt output ciphertexts: logits, class, probabilities")
+    p.add_argument("ciphertext", nargs="+", help="output ciphertext file(s), or a folder of .ckks files")
     p.add_argument("--keys", required=True, help="key folder written by keygen")
     p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
     p.add_argument("--json", action="store_true")

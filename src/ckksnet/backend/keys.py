@@ -228,6 +228,18 @@ def check_evaluation_keys(folder: str | os.PathLike) -> EvalKeyInfo:
                        "bootstrap_keys" in headers, files)
 
 
+def evaluation_keys_id(folder: str | os.PathLike) -> tuple[str, Preset, int]:
+    """Key set id, preset and total bytes on disk of the bundle ``folder``, from its context
+    envelope alone (cheap: no key file hashed or read; a driver that only dispatches work
+    uses it). Same errors as :func:`check_evaluation_keys` for a missing or damaged context."""
+    folder = _bundle_folder(folder)
+    _require_files(folder)
+    _, header = unpack_key(_read(folder, "context.ckks"), "context")
+    preset = preset_from_header(header_field(header["extra"], "preset", dict, "context header extra"))
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    return header["context_id"], preset, size
+
+
 def _bundle_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
