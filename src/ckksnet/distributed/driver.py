@@ -229,6 +229,8 @@ class _Run:
             while self.idle and queue:
                 self._submit(self.idle.popleft(), queue.popleft())
             if not self.running and not self.starting:
+                if not queue:
+                    break  # the last images failed at submission
                 raise DistributedError("every worker died; the batch cannot go on (rerun to resume)")
             ready, _ = ray.wait(list(self.running) + list(self.starting), num_returns=1)
             future = ready[0]
@@ -242,12 +244,12 @@ class _Run:
         return report
 
     def _submit(self, slot: _Slot, task: _Task) -> None:
-        from ckksnet.runtime.service.engine import ciphertext_keyset
+        from ckksnet.backend.serialize import unpack
 
         task.attempts += 1
         data = task.path.read_bytes()
         try:
-            keyset = ciphertext_keyset(data)  # cheap: envelope and checksum, before any worker time
+            keyset = str(unpack(data, "ciphertext")[1]["context_id"])  # envelope and checksum: cheap, here
             if keyset != self.context_id:
                 raise CkksnetError(f"the ciphertext belongs to key set {keyset[:16]}..., the evaluation keys "
                                    f"to {self.context_id[:16]}... (encrypt with the client whose keys these are)")

@@ -1,0 +1,278 @@
+"""Many images over Ray workers (ckksnet.distributed), on a real local Ray instance, test preset.
+
+A small CNN (two convolutions and ReLUs, global pooling, a dense layer; it bootstraps) is
+compiled, its keys written to files, and 8 images encrypted. Each image is also run in this
+process by one :class:`ckksnet.Server` (the single-process results) and through torch (the
+plaintext model). Then: 8 images over 2 workers equal the single-process results image by image
+and each worker loaded its keys once; a worker killed (SIGKILL to its process) mid-batch costs
+that image only; a batch interrupted (SIGINT to ``ckksnet run``) resumes without redoing an image;
+a corrupt ciphertext fails alone; and the refusals before any worker starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+ray = pytest.importorskip("ray")  # a dependency of the test extra: ./run.sh test installs it
+
+from ckksnet.backend.keys import load_client_keys, load_evaluation_keys, save_keys  # noqa: E402
+from ckksnet.backend.presets import InsecurePresetWarning  # noqa: E402
+from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes, save_ciphertext  # noqa: E402
+from ckksnet.compiler import compile  # noqa: E402
+from ckksnet.compiler.artifact import load_client_spec, load_plan  # noqa: E402
+from ckksnet.distributed import DistributedError, InferenceWorker, run_batch  # noqa: E402
+from ckksnet.distributed.batch import RESULTS_FILE, BatchState, list_inputs  # noqa: E402
+from ckksnet.errors import CkksnetError, InputError  # noqa: E402
+from ckksnet.runtime import Client, Server  # noqa: E402
+
+CKKSNET = str(Path(sys.executable).parent / "ckksnet")
+IMAGES = np.random.default_rng(11).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+CALIBRATION = np.random.default_rng(12).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    gen = torch.Generator().manual_seed(4)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(4, generator=gen) * 0.2)
+            m.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Artifacts, key files, 8 ciphertext files, single-process outputs and plaintext logits."""
+    root = tmp_path_factory.mktemp("distributed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecurePresetWarning)
+        model = small_cnn()
+        plan = compile(model, calibration=CALIBRATION, preset="test", image_size=(8, 8), alpha=8, eps_bits=8)
+        assert plan.schedule.bootstraps > 0  # the workers load bootstrapping keys, like a real plan's
+        plan.save(root / "art")
+        client = Client(load_client_spec(root / "art" / "client_plan.ckksnet"))
+        save_keys(client.ckks, root / "keys")
+        cts = root / "ct"
+        cts.mkdir()
+        for i, image in enumerate(IMAGES):
+            save_ciphertext(client.ckks, client.encrypt(image), cts / f"img{i}.ckks")
+        server = Server(load_plan(root / "art" / "server_plan.ckksnet"),
+                        load_evaluation_keys(root / "keys" / "eval", plan.schedule.key_rotations, True))
+        single = {}
+        for path in sorted(cts.iterdir()):
+            out = server.run(ciphertext_from_bytes(server.ckks, path.read_bytes()))
+            single[path.name] = client.decrypt(out)
+    with torch.no_grad():
+        plain = model(torch.from_numpy(IMAGES).permute(0, 3, 1, 2).float() / 255).double().numpy()
+    return {"root": root, "plan": root / "art" / "server_plan.ckksnet", "keys": root / "keys" / "eval",
+            "ct": cts, "client": client, "single": single, "plain": plain, "model": model}
+
+
+@pytest.fixture(scope="module")
+def local_ray(setup):
+    """One local Ray instance for the module (run_batch joins it rather than starting its own)."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", object_store_memory=256 * 2**20,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}, _system_config={"worker_niceness": 0})
+    yield ray
+    ray.shutdown()
+
+
+def decrypt_outputs(setup, out: Path) -> dict:
+    client = setup["client"]
+    return {p.name: client.decrypt(ciphertext_from_bytes(client.ckks, p.read_bytes()))
+            for p in sorted(out.glob("*.ckks"))}
+
+
+def result_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines()]
+
+
+def assert_equals_single_process(setup, out: Path) -> None:
+    got = decrypt_outputs(setup, out)
+    assert sorted(got) == sorted(setup["single"])
+    for i, name in enumerate(sorted(setup["single"], key=lambda n: int(n[3:-5]))):
+        # the same computation on the same ciphertext: equal up to decryption's own noise
+        assert np.max(np.abs(got[name] - setup["single"][name])) < 1e-6, name
+        # and the encrypted result is the plaintext model's (the approximate ReLU's error)
+        assert np.max(np.abs(got[name] - setup["plain"][i])) < 0.05, name
+        assert got[name].argmax() == setup["plain"][i].argmax(), name
+
+
+def test_two_workers_equal_single_process_and_load_keys_once(setup, local_ray, tmp_path):
+    inputs = sorted(setup["ct"].iterdir())
+    bad = tmp_path / "bad.ckks"
+    data = bytearray(inputs[0].read_bytes())
+    data[len(data) // 2] ^= 0x40
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    events = []
+    report = run_batch(setup["plan"], setup["keys"], inputs[:4] + [bad] + inputs[4:], out, workers=2,
+                       progress=False, on_event=lambda kind, **f: events.append((kind, f)))
+    assert report.count("done") == 8 and report.count("failed") == 1 and not report.ok
+    assert [r.input for r in report.results] == [p.name for p in inputs[:4]] + ["bad.ckks"] + [p.name for p in inputs[4:]]
+    failed = next(r for r in report.results if r.status == "failed")
+    assert "CorruptDataError" in failed.error and failed.input == "bad.ckks"
+    assert not (out / "bad.ckks").exists()
+    assert_equals_single_process(setup, out)
+    # two worker processes (not this one), each loaded the keys once and ran images
+    workers = {w["worker"]: w for w in report.workers}
+    assert len(workers) == 2 and all(w["key_loads"] == 1 and not w["died"] for w in workers.values())
+    assert {w["pid"] for w in workers.values()} != {os.getpid()} and len({w["pid"] for w in workers.values()}) == 2
+    assert all(w["images"] >= 1 for w in workers.values()) and sum(w["images"] for w in workers.values()) == 8
+    assert sum(kind == "worker_ready" for kind, _ in events) == 2
+    # every image once in results.jsonl
+    lines = result_lines(out)
+    assert sorted(line["input"] for line in lines) == sorted([p.name for p in inputs] + ["bad.ckks"])
+
+
+def test_killed_worker_costs_one_image(setup, local_ray, tmp_path):
+    out = tmp_path / "out"
+    killed = {}
+
+    def on_event(kind, **f):
+        if kind == "started" and f["image"] == "img2.ckks" and not killed:
+            killed.update(f)
+            # mid-image: a second into a run of several seconds
+            threading.Timer(1.0, os.kill, (f["pid"], signal.SIGKILL)).start()
+
+    report = run_batch(setup["plan"], setup["keys"], setup["ct"], out, workers=2, progress=False, on_event=on_event)
+    assert killed and report.ok and report.count("done") == 8
+    assert report.worker_deaths == 1 and report.retried == 1
+    again = next(r for r in report.results if r.input == "img2.ckks")
+    assert again.attempts == 2 and again.worker != killed["worker"]
+    lines = result_lines(out)
+    assert sorted(line["input"] for line in lines) == sorted(setup["single"])  # each image once
+    dead = [w for w in report.workers if w["died"]]
+    assert [w["worker"] for w in dead] == [killed["worker"]] and len(report.workers) == 3  # one replacement
+    assert_equals_single_process(setup, out)
+
+
+def test_interrupted_batch_resumes_without_redoing(setup, tmp_path):
+    """Two real ``ckksnet run`` processes, each with its own local Ray instance: the first is
+    interrupted (SIGINT) after three images, the second finishes the rest."""
+    out = tmp_path / "out"
+    cmd = [CKKSNET, "run", "--plan", str(setup["plan"]), "--eval-keys", str(setup["keys"]), "--in",
+           str(setup["ct"]), "--out", str(out), "--workers", "1", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        if (out / RESULTS_FILE).exists() and len(result_lines(out)) >= 3:
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err
+    done_first = [line["input"] for line in result_lines(out)]
+    assert 3 <= len(done_first) < 8
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stderr[-2000:]
+    rep = json.loads(second.stdout)
+    assert rep["done"] == 8 and rep["resumed"] == len(done_first)
+    redone = [r["input"] for r in rep["results"] if not r["resumed"]]
+    assert not set(redone) & set(done_first) and len(redone) == 8 - len(done_first)
+    lines = [line["input"] for line in result_lines(out)]
+    assert sorted(lines) == sorted(setup["single"])  # each image exactly once over both runs
+    assert_equals_single_process(setup, out)
+
+
+def test_worker_in_process_counts_one_key_load_and_refuses_bad_input(setup):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecurePresetWarning)
+        worker = InferenceWorker(setup["plan"], setup["keys"], "local")
+    data = (setup["ct"] / "img0.ckks").read_bytes()
+    res = worker.run(data)
+    assert res["ok"] and res["key_loads"] == 1 and res["images"] == 1 and res["bootstraps"] > 0
+    logits = setup["client"].decrypt(ciphertext_from_bytes(setup["client"].ckks, res["ciphertext"]))
+    assert np.max(np.abs(logits - setup["single"]["img0.ckks"])) < 1e-6
+    bad = worker.run(data[:-10])
+    assert not bad["ok"] and "CorruptDataError" in bad["error"] and bad["images"] == 1
+    assert not worker.run(b"not a ciphertext")["ok"]
+    assert worker.info()["key_loads"] == 1
+
+
+def test_refusals_before_any_worker_starts(setup, tmp_path):
+    plan, keys = setup["plan"], setup["keys"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no .ckks"):
+        run_batch(plan, keys, empty, tmp_path / "o1", progress=False)
+    with pytest.raises(InputError, match="no such"):
+        run_batch(plan, keys, tmp_path / "missing", tmp_path / "o1", progress=False)
+    with pytest.raises(CkksnetError, match="evaluation keys only"):
+        run_batch(plan, setup["root"] / "keys", setup["ct"], tmp_path / "o1", progress=False)
+    with pytest.raises(CkksnetError, match="workers"):
+        run_batch(plan, keys, setup["ct"], tmp_path / "o1", workers=0, progress=False)
+    # an output folder of another key set is refused, not mixed
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "batch.json").write_text(json.dumps({"plan_id": "0" * 64, "context_id": "1" * 32}))
+    with pytest.raises(CkksnetError, match="another plan_id"):
+        run_batch(plan, keys, setup["ct"], other, progress=False)
+    # a damaged line in the middle of results.jsonl is an error (a last line cut short is not)
+    out = tmp_path / "o2"
+    out.mkdir()
+    (out / RESULTS_FILE).write_text('{"input": "img0.ckks", "status": "done"}\n{"input": "img1\n{}\n')
+    with pytest.raises(CkksnetError, match="line 2 is damaged"):
+        run_batch(plan, keys, setup["ct"], out, progress=False)
+
+
+def test_batch_state_resumes_from_what_is_on_disk(tmp_path):
+    ct = tmp_path / "ct"
+    ct.mkdir()
+    for i in range(3):
+        (ct / f"img{i}.ckks").write_bytes(b"x")
+    files = list_inputs(ct)
+    out = tmp_path / "out"
+    state = BatchState(out, files, {"plan_id": "p", "context_id": "c"})
+    assert state.pending() == files
+    state.record_done("img0.ckks", b"result", {"worker": "w0", "seconds": 1.0, "bootstraps": 2, "attempts": 1})
+    state.record_failed("img1.ckks", "CorruptDataError: bad", {"worker": "w1", "attempts": 1})
+    with open(out / RESULTS_FILE, "a") as f:
+        f.write('{"input": "img2.ckks", "stat')  # killed while writing: no newline after it
+    again = BatchState(out, files, {"plan_id": "p", "context_id": "c"})
+    # done and with its output: skipped; failed: tried again; cut short: not done
+    assert [p.name for p in again.pending()] == ["img1.ckks", "img2.ckks"]
+    assert again.report().results[0].resumed and (out / "img0.ckks").read_bytes() == b"result"
+    (out / "img0.ckks").unlink()  # a done line without its output file is not done
+    assert len(BatchState(out, files, {"plan_id": "p", "context_id": "c"}).pending()) == 3
+    with pytest.raises(CkksnetError, match="another context_id"):
+        BatchState(out, files, {"plan_id": "p", "context_id": "d"})
+    with pytest.raises(InputError, match="share a name"):
+        list_inputs([ct / "img0.ckks", tmp_path / "ct" / ".." / "ct" / "img0.ckks"])
+
+
+def test_more_memory_than_the_cluster_has(setup, local_ray, tmp_path):
+    with pytest.raises(DistributedError, match="no Ray node has"):
+        run_batch(setup["plan"], setup["keys"], setup["ct"], tmp_path / "out", workers=1, worker_memory_gb=10_000,
+                  progress=False)
+
+
+def test_ciphertext_of_another_key_set_fails_alone(setup, local_ray, tmp_path):
+    from ckksnet.backend import CkksClient
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecurePresetWarning)
+        stranger = CkksClient("test")
+    foreign = tmp_path / "foreign.ckks"
+    foreign.write_bytes(ciphertext_to_bytes(stranger, stranger.encrypt(np.zeros(8), levels_left=3)))
+    out = tmp_path / "out"
+    report = run_batch(setup["plan"], setup["keys"], [setup["ct"] / "img1.ckks", foreign], out, progress=False)
+    assert [r.status for r in report.results] == ["done", "failed"]
+    assert "key set" in report.results[1].error
