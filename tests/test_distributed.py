@@ -276,3 +276,31 @@ def test_ciphertext_of_another_key_set_fails_alone(setup, local_ray, tmp_path):
     report = run_batch(setup["plan"], setup["keys"], [setup["ct"] / "img1.ckks", foreign], out, progress=False)
     assert [r.status for r in report.results] == ["done", "failed"]
     assert "key set" in report.results[1].error
+
+
+def test_scale_out_example(tmp_path):
+    """examples/scale_out.sh end to end on a tiny ResNet checkpoint: 3 images over 2 local Ray
+    workers, every encrypted prediction equal to the plaintext one; a rerun resumes (no image
+    redone); a usage error exits 2."""
+    from PIL import Image
+
+    from tests.test_cli_flow import SIZE, _env, _tiny_checkpoint
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "scale_out.sh"
+    ck = _tiny_checkpoint(tmp_path / "ck")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(20 + i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+            images / f"photo{i}.png")
+    work = tmp_path / "work"
+    args = ["bash", str(script), "test", str(ck), str(images), "2", str(work)]
+    done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "3 of 3 encrypted predictions equal plaintext"
+    run = json.loads((work / "run.json").read_text())
+    assert run["done"] == 3 and len(run["workers"]) == 2 and all(w["key_loads"] == 1 for w in run["workers"])
+    again = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 0 and json.loads((work / "run.json").read_text())["resumed"] == 3
+    usage = subprocess.run(["bash", str(script), "test", str(ck)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: examples/scale_out.sh" in usage.stderr
