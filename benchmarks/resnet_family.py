@@ -34,6 +34,9 @@ import torch.nn as nn
 
 from _results import machine, peak_rss_gb, replace_section, today
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' random BatchNorm helper
+from tests.helpers import random_batchnorms  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 PLANS_HEADER = "## ResNet family plans (benchmarks/resnet_family.py --plans)"
 
@@ -56,14 +59,7 @@ def random_model(depth: int, shortcut: str, seed: int = 0) -> nn.Module:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.reset_parameters()
-    gen = torch.Generator().manual_seed(seed + 1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-    return model.eval()
+    return random_batchnorms(model, torch.Generator().manual_seed(seed + 1))
 
 
 # ------------------------------------------------------------------ --plans

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from PIL import Image
 
 from ckksnet.cli import main as cli
 from ckksnet.models import ResNetCifar, save_checkpoint
 from ckksnet.training import calibrate
+from tests.helpers import random_batchnorms
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "client_server.sh"
@@ -36,13 +36,7 @@ def _tiny_checkpoint(folder: Path) -> Path:
     """A ResNet with 2/4/8 channels, random weights and batch norms, calibrated on noise."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    model = ResNetCifar(blocks=1, widths=(2, 4, 8)).eval()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    model = random_batchnorms(ResNetCifar(blocks=1, widths=(2, 4, 8)), gen)
     images = np.random.default_rng(5).integers(0, 256, (32, SIZE, SIZE, 3), dtype=np.uint8)
     return save_checkpoint(model, {"calibration": {"relus": calibrate(model, images)}}, folder)
 

@@ -30,6 +30,7 @@ from ckksnet.models import PadShortcut, ResNetCifar
 from ckksnet.runtime import Client, RunReport, Server
 from ckksnet.runtime.walker import GreedyRefresh, walk
 from tests.conftest import make_client
+from tests.helpers import random_bn
 
 SLOTS = 2048  # the test preset's slot count
 # Encrypted kernel vs its numpy reference: CKKS noise of fresh encryption and one or two rescales
@@ -49,21 +50,13 @@ def kserver(kclient):
     return kclient.server()
 
 
-def _random_bn(bn: nn.BatchNorm2d, gen: torch.Generator) -> nn.BatchNorm2d:
-    bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen) * 0.2)
-    bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
-    bn.weight.data.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
-    bn.bias.data.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
-    return bn.eval()
-
-
 def _tiny_resnet() -> ResNetCifar:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     model = ResNetCifar(blocks=1, widths=(2, 4, 8))
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            _random_bn(m, gen)
+            random_bn(m, gen)
     return model.eval()
 
 
@@ -96,7 +89,7 @@ def _encrypted(kclient, kserver, kernel, x: np.ndarray, levels: int = 4):
 def test_conv_bn_kernel_matches_torch(kclient, kserver, stride, gap, cin, cout, fold):
     gen = torch.Generator().manual_seed(stride * 10 + gap)
     conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    bn = _random_bn(nn.BatchNorm2d(cout), gen)
+    bn = random_bn(nn.BatchNorm2d(cout), gen)
     size = 8 // gap
     src = Layout(cin, size, size, gap, SLOTS)
     dst = src.strided(cout, stride)
@@ -245,7 +238,7 @@ def test_folding_needs_zeros_outside_the_span():
 def test_bn_folding_is_exact():
     gen = torch.Generator().manual_seed(3)
     conv = nn.Conv2d(3, 5, 3, 1, 1, bias=True)
-    bn = _random_bn(nn.BatchNorm2d(5), gen)
+    bn = random_bn(nn.BatchNorm2d(5), gen)
     w, b = fold_bn(conv, bn)
     x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
     folded = torch.nn.functional.conv2d(x, torch.from_numpy(w), torch.from_numpy(b), padding=1)

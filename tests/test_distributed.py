@@ -27,7 +27,7 @@ import torch.nn as nn
 
 ray = pytest.importorskip("ray")  # a dependency of the test extra: ./run.sh test installs it
 
-from ckksnet.backend.keys import load_client_keys, load_evaluation_keys, save_keys  # noqa: E402
+from ckksnet.backend.keys import load_evaluation_keys, save_keys  # noqa: E402
 from ckksnet.backend.presets import InsecurePresetWarning  # noqa: E402
 from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes, save_ciphertext  # noqa: E402
 from ckksnet.compiler import compile  # noqa: E402
@@ -36,6 +36,7 @@ from ckksnet.distributed import DistributedError, InferenceWorker, run_batch  # 
 from ckksnet.distributed.batch import RESULTS_FILE, BatchState, list_inputs  # noqa: E402
 from ckksnet.errors import CkksnetError, InputError  # noqa: E402
 from ckksnet.runtime import Client, Server  # noqa: E402
+from tests.helpers import random_batchnorms  # noqa: E402
 
 CKKSNET = str(Path(sys.executable).parent / "ckksnet")
 IMAGES = np.random.default_rng(11).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
@@ -47,12 +48,7 @@ def small_cnn() -> nn.Module:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
-    gen = torch.Generator().manual_seed(4)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(4, generator=gen) * 0.2)
-            m.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
-    return model.eval()
+    return random_batchnorms(model, torch.Generator().manual_seed(4))
 
 
 @pytest.fixture(scope="module")

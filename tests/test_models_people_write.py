@@ -19,6 +19,7 @@ from ckksnet.backend.presets import InsecurePresetWarning, get_preset
 from ckksnet.compiler import compile
 from ckksnet.errors import CompileError
 from ckksnet.nn import Normalize
+from tests.helpers import random_bn
 from ckksnet.runtime import Client, Server
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (24, 8, 8, 3), dtype=np.uint8)
@@ -42,10 +43,7 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
             if m.bias is not None:
                 m.bias.data.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
         if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.running_mean is not None:
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            random_bn(m, gen)
     return model.eval()
 
 

@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from ckksnet.approx import ReluApprox
 from ckksnet.approx.relu import RangeReport, extension_bits
@@ -20,6 +19,7 @@ from ckksnet.errors import ApproxError, CkksnetError, CompileError, DecryptionEr
 from ckksnet.models import ResNetCifar
 from ckksnet.runtime import Client, Server
 from tests.conftest import make_client
+from tests.helpers import random_batchnorms
 
 pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.backend.presets.InsecurePresetWarning")
 
@@ -154,14 +154,7 @@ def test_value_squared_past_the_modulus_is_a_decryption_error(ckks):
 def _tiny_resnet() -> ResNetCifar:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    model = ResNetCifar(blocks=1, widths=(2, 4, 8))
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-    return model.eval()
+    return random_batchnorms(ResNetCifar(blocks=1, widths=(2, 4, 8)), gen)
 
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
