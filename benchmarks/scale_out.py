@@ -9,7 +9,7 @@
     python benchmarks/scale_out.py --preset secure [--images 2]
         the bundled ResNet-20 on the first official CIFAR-10 test images (foolbox 3.3.4, bit-exact
         PNGs) with ONE worker (a secure worker needs ~13 GiB; this machine has 24): each image's
-        seconds, the one key load, and the worker's memory. Needs ~14 GiB and 30-60 min; run it
+        seconds, the one key load, and the worker's memory. The worker gets every core (WORKER_CPUS). Needs ~14 GiB and 30-60 min; run it
         alone (the keys are made by `ckksnet keygen` in its own process, which exits first).
 
 Writes the section "Scaling out on Ray" of benchmarks/RESULTS.md (test and secure rows kept side
@@ -68,7 +68,7 @@ def secure_inputs(work: Path, images: int) -> tuple[str, Path, dict]:
     folder.mkdir()
     for i in range(images):
         Image.fromarray(split.images[i]).save(folder / f"cifar10_test_{i}.png")
-    return "bundled", folder, {}
+    return "bundled", folder, {"WORKER_CPUS": str(os.cpu_count() or 1)}  # the one worker gets every core
 
 
 def flow(preset: str, ck, images: Path, workers: int, work: Path, env: dict) -> dict:

@@ -20,6 +20,7 @@
 #   WORKDIR     artifacts, keys, ciphertexts and outputs (default: a temporary folder, removed)
 # environment: IMAGE_SIZE (model input N x N, default 32), ALPHA (default 13), EPS_BITS (default 9),
 #   RAY_ADDRESS (join this Ray cluster; every node must read WORKDIR at the same path),
+#   WORKER_CPUS (cores, hence OpenMP threads, per worker; default 1),
 #   CKKSNET (the command; default: ckksnet on PATH, else .venv/bin/ckksnet), PYTHON (default python3)
 set -euo pipefail
 
@@ -83,7 +84,7 @@ fi
 
 # server: the whole folder over WORKERS Ray workers (progress bar on stderr)
 "$CKKSNET" run --plan "$PLAN/server_plan.ckksnet" --eval-keys "$KEYS/eval" --in "$WORK/ct" \
-    --out "$WORK/out" --workers "$WORKERS" "${RAY[@]}" --json > "$WORK/run.json"
+    --out "$WORK/out" --workers "$WORKERS" --worker-cpus "${WORKER_CPUS:-1}" "${RAY[@]}" --json > "$WORK/run.json"
 say "encrypted inference of ${#IMAGES[@]} images over $WORKERS worker(s) -> $WORK/out"
 
 # client, and the plaintext model for comparison
