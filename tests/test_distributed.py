@@ -300,3 +300,30 @@ def test_scale_out_example(tmp_path):
     assert again.returncode == 0 and json.loads((work / "run.json").read_text())["resumed"] == 3
     usage = subprocess.run(["bash", str(script), "test", str(ck)], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage: examples/scale_out.sh" in usage.stderr
+
+
+def test_serve_hands_its_queue_to_ray_workers(setup, tmp_path):
+    """``ckksnet serve --ray --workers 2`` (a real server process on loopback with its own local
+    Ray instance): uploaded keys, three jobs over two actors, outputs equal to the single-process
+    results, and the server stops cleanly."""
+    from ckksnet.remote import RemoteClient
+    from tests.test_service import Served
+
+    served = Served(setup["plan"], tmp_path / "state", tmp_path / "server.log").start("--ray", "--workers", "2")
+    try:
+        remote = RemoteClient(served.url)
+        remote.upload_keys(setup["keys"])
+        names = ["img0.ckks", "img1.ckks", "img2.ckks"]
+        jobs = [remote.submit((setup["ct"] / n).read_bytes()) for n in names]
+        finals = [remote.wait(job, progress=False, poll=0.2, timeout=600) for job in jobs]
+        assert all(f["state"] == "done" for f in finals), finals
+        client = setup["client"]
+        for name, job in zip(names, jobs):
+            logits = client.decrypt(ciphertext_from_bytes(client.ckks, remote.result(job)))
+            assert np.max(np.abs(logits - setup["single"][name])) < 1e-6
+        remote.close()
+    finally:
+        served.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert served.proc.returncode is not None
+    assert "Traceback" not in log, log[-3000:]

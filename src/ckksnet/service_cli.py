@@ -43,7 +43,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_body=args.max_body, max_ciphertext=args.max_ciphertext, max_keysets=args.max_keysets,
                     max_queued=args.max_queued, min_free_disk=args.min_free_disk)
     serve(args.plan, args.state, args.host, args.port, args.ssl_certfile, args.ssl_keyfile,
-          args.ssl_keyfile_password, limits, args.workers, args.log_level)
+          args.ssl_keyfile_password, limits, args.workers, args.log_level, args.ray)
     return 0
 
 
@@ -59,6 +59,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ssl-keyfile-password", help="password of an encrypted --ssl-keyfile")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes, one job at a time each (~13 GiB each at the secure preset)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the queue on Ray actors (the workers of ckksnet run --workers): a local Ray "
+                        "instance, or the cluster at ADDRESS (its nodes must see --state at the same path)")
     p.add_argument("--max-body", type=size, default="16GiB", help="largest key-set upload (default 16GiB)")
     p.add_argument("--max-ciphertext", type=size, default="64MiB", help="largest ciphertext (default 64MiB)")
     p.add_argument("--max-keysets", type=int, default=8, help="key sets stored at once (default 8)")

@@ -79,9 +79,10 @@ def _is_loopback(host: str) -> bool:
 def serve(plan: str | Path, state: str | Path, host: str = "127.0.0.1", port: int = 8000,
           ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
           ssl_keyfile_password: str | None = None, limits=None, workers: int = 1,
-          log_level: str = "info") -> None:
+          log_level: str = "info", ray: str | None = None) -> None:
     """Run the service until interrupted (SIGINT/SIGTERM stop it cleanly). ``limits``: an
-    :class:`~ckksnet.runtime.service.app.Limits` (default: its defaults).
+    :class:`~ckksnet.runtime.service.app.Limits` (default: its defaults). ``ray``: run the
+    queue on Ray actors (:mod:`.ray_supervisor`): "local" or a cluster address.
 
     Raises :class:`~ckksnet.runtime.service.errors.StateLockedError` if another server uses
     ``state``, :class:`ckksnet.SerializationError` if the plan cannot be read.
@@ -98,6 +99,6 @@ def serve(plan: str | Path, state: str | Path, host: str = "127.0.0.1", port: in
     if not _is_loopback(host) and not ssl_certfile:
         print(f"ckksnet serve: warning: listening on {host} without TLS: tokens and ciphertexts "
               "travel in clear (use --ssl-certfile/--ssl-keyfile)", file=sys.stderr)
-    app = create_app(Service(store, Path(plan).resolve(), facts, limits or Limits(), workers))
+    app = create_app(Service(store, Path(plan).resolve(), facts, limits or Limits(), workers, ray))
     uvicorn.run(app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                 ssl_keyfile_password=ssl_keyfile_password, log_level=log_level)

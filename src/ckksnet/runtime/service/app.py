@@ -47,6 +47,9 @@ class Service:
     plan: dict  # engine.describe_plan: preset name, number of steps
     limits: Limits
     workers: int = 1
+    #: run the queue on Ray actors: "local" (a local Ray instance) or a cluster address; None:
+    #: local worker processes (:mod:`.supervisor`)
+    ray: str | None = None
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -90,7 +93,13 @@ def create_app(svc: Service) -> FastAPI:
     async def lifespan(_app: FastAPI):
         svc.store.clear_leftovers()
         svc.store.fail_running("the server restarted during the job")
-        supervisor = Supervisor(svc.store, svc.plan_path, svc.workers)
+        if svc.ray is None:
+            supervisor = Supervisor(svc.store, svc.plan_path, svc.workers)
+        else:
+            from ckksnet.runtime.service.ray_supervisor import RaySupervisor
+
+            supervisor = RaySupervisor(svc.store, svc.plan_path, svc.workers,
+                                       None if svc.ray == "local" else svc.ray)
         supervisor.start()
         try:
             yield
