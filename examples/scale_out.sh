@@ -10,7 +10,9 @@
 #
 # and compares each with the plaintext prediction of the same checkpoint (ckksnet predict). The
 # last line says "K of K encrypted predictions equal plaintext"; the exit status is 0 only if all
-# match. Rerunning with the same WORKDIR resumes an interrupted batch (finished images are kept).
+# match. Rerunning with the same WORKDIR resumes an interrupted batch (finished images are kept);
+# a WORKDIR belongs to one PRESET, CHECKPOINT, IMAGE_DIR content and ALPHA/EPS_BITS/IMAGE_SIZE (a
+# rerun with others is refused: use a new WORKDIR).
 #
 # usage: examples/scale_out.sh PRESET CHECKPOINT IMAGE_DIR WORKERS [WORKDIR]
 #   PRESET      secure (128-bit; each worker needs ~13 GiB, so one per 16 GiB machine) or test
@@ -29,6 +31,10 @@ if [ $# -lt 4 ] || [ $# -gt 5 ]; then
     exit 2
 fi
 PRESET=$1 CHECKPOINT=$2 IMAGE_DIR=$3 WORKERS=$4
+if ! [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "WORKERS must be a positive whole number, got '$WORKERS'" >&2
+    exit 2
+fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CKKSNET=${CKKSNET:-$(command -v ckksnet || echo "$ROOT/.venv/bin/ckksnet")}
 PYTHON=${PYTHON:-python3}
@@ -64,6 +70,20 @@ RAY=()
 SIZE=${IMAGE_SIZE:-32}
 PLAN=$WORK/plan KEYS=$WORK/keys
 
+# what this WORKDIR was made for: a rerun with other inputs would mix their results
+FINGERPRINT=$( { echo "$PRESET $CHECKPOINT ${ALPHA:-13} ${EPS_BITS:-9} $SIZE"
+                 for image in "${IMAGES[@]}"; do
+                     printf '%s ' "$(basename "$image")"; sha256sum < "$image"
+                 done
+                 if [ -d "$CHECKPOINT" ]; then find "$CHECKPOINT" -type f -exec sha256sum {} + | sort; fi
+               } | sha256sum | cut -d' ' -f1)
+if [ -f "$WORK/inputs.sha256" ] && [ "$(cat "$WORK/inputs.sha256")" != "$FINGERPRINT" ]; then
+    echo "$WORK was made for other inputs (preset, checkpoint, images or ALPHA/EPS_BITS/IMAGE_SIZE);" \
+         "use a new WORKDIR" >&2
+    exit 2
+fi
+echo "$FINGERPRINT" > "$WORK/inputs.sha256"
+
 # model owner (kept on a rerun: the keys and the batch's results belong to this plan)
 if [ ! -f "$PLAN/server_plan.ckksnet" ]; then
     "$CKKSNET" compile "${CK[@]}" --preset "$PRESET" --out "$PLAN" --image-size "$SIZE" \
@@ -82,13 +102,21 @@ if [ ! -d "$WORK/ct" ]; then
     say "encrypted ${#IMAGES[@]} images -> $WORK/ct"
 fi
 
-# server: the whole folder over WORKERS Ray workers (progress bar on stderr)
+# server: the whole folder over WORKERS Ray workers (progress bar on stderr); exit status 1 when
+# some images failed (their reasons are in run.json and below): the others are still compared
+RUN_STATUS=0
 "$CKKSNET" run --plan "$PLAN/server_plan.ckksnet" --eval-keys "$KEYS/eval" --in "$WORK/ct" \
-    --out "$WORK/out" --workers "$WORKERS" --worker-cpus "${WORKER_CPUS:-1}" "${RAY[@]}" --json > "$WORK/run.json"
+    --out "$WORK/out" --workers "$WORKERS" --worker-cpus "${WORKER_CPUS:-1}" "${RAY[@]}" --json \
+    > "$WORK/run.json" || RUN_STATUS=$?
+[ "$RUN_STATUS" -le 1 ] || exit "$RUN_STATUS"
 say "encrypted inference of ${#IMAGES[@]} images over $WORKERS worker(s) -> $WORK/out"
 
 # client, and the plaintext model for comparison
-"$CKKSNET" decrypt "$WORK/out" --keys "$KEYS" --client "$PLAN/client_plan.ckksnet" --json > "$WORK/decrypt.json"
+if compgen -G "$WORK/out/*.ckks" > /dev/null; then
+    "$CKKSNET" decrypt "$WORK/out" --keys "$KEYS" --client "$PLAN/client_plan.ckksnet" --json > "$WORK/decrypt.json"
+else
+    echo '{"predictions": []}' > "$WORK/decrypt.json"
+fi
 "$CKKSNET" predict "${IMAGES[@]}" "${CK[@]}" --image-size "$SIZE" --resize --json > "$WORK/predict.json"
 
 "$PYTHON" - "$WORK" <<'PY'
@@ -98,6 +126,9 @@ stem = lambda path: os.path.splitext(os.path.basename(path))[0]
 enc = {stem(p["ciphertext"]): p for p in json.load(open(f"{work}/decrypt.json"))["predictions"]}
 plain = {stem(p["image"]): p for p in json.load(open(f"{work}/predict.json"))["predictions"]}
 run = json.load(open(f"{work}/run.json"))
+for r in run["results"]:
+    if r["status"] == "failed":
+        print(f"{stem(r['input'])}: FAILED on the server: {r['error']}")
 same = 0
 for name, p in sorted(plain.items()):
     e = enc.get(name)

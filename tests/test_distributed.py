@@ -215,6 +215,14 @@ def test_refusals_before_any_worker_starts(setup, tmp_path):
         run_batch(plan, setup["root"] / "keys", setup["ct"], tmp_path / "o1", progress=False)
     with pytest.raises(CkksnetError, match="workers"):
         run_batch(plan, keys, setup["ct"], tmp_path / "o1", workers=0, progress=False)
+    for memory in (0.0, -1.0, float("nan")):
+        with pytest.raises(CkksnetError, match="worker-memory"):
+            run_batch(plan, keys, setup["ct"], tmp_path / "o1", worker_memory_gb=memory, progress=False)
+    with pytest.raises(InputError, match="holds the input ciphertexts"):
+        run_batch(plan, keys, setup["ct"], setup["ct"], progress=False)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InputError, match="is a file"):
+        run_batch(plan, keys, setup["ct"], tmp_path / "afile", progress=False)
     # an output folder of another key set is refused, not mixed
     other = tmp_path / "other"
     other.mkdir()
@@ -227,6 +235,21 @@ def test_refusals_before_any_worker_starts(setup, tmp_path):
     (out / RESULTS_FILE).write_text('{"input": "img0.ckks", "status": "done"}\n{"input": "img1\n{}\n')
     with pytest.raises(CkksnetError, match="line 2 is damaged"):
         run_batch(plan, keys, setup["ct"], out, progress=False)
+
+
+def test_cli_refusals_are_errors_not_tracebacks(setup, tmp_path):
+    """Real ``ckksnet run`` processes: each refusal exits 2 with one ``error:`` line, quickly
+    (an unreachable cluster address is not retried for minutes)."""
+    base = [CKKSNET, "run", "--plan", str(setup["plan"]), "--eval-keys", str(setup["keys"]), "--in",
+            str(setup["ct"]), "--out", str(tmp_path / "out")]
+    cases = [(["--workers", "0"], "workers"), (["--worker-memory", "nan"], "worker-memory"),
+             (["--ray", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1")]
+    for extra, reason in cases:
+        t0 = time.monotonic()
+        done = subprocess.run(base + extra, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 2 and "ckksnet run: error:" in done.stderr and reason in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and time.monotonic() - t0 < 60
 
 
 def test_batch_state_resumes_from_what_is_on_disk(tmp_path):
@@ -246,8 +269,17 @@ def test_batch_state_resumes_from_what_is_on_disk(tmp_path):
     # done and with its output: skipped; failed: tried again; cut short: not done
     assert [p.name for p in again.pending()] == ["img1.ckks", "img2.ckks"]
     assert again.report().results[0].resumed and (out / "img0.ckks").read_bytes() == b"result"
+    # the cut-short line was dropped from the file: the next record starts a line of its own
+    again.record_done("img2.ckks", b"result 2", {"worker": "w0", "seconds": 1.0, "bootstraps": 2, "attempts": 1})
+    third = BatchState(out, files, {"plan_id": "p", "context_id": "c"})
+    assert [p.name for p in third.pending()] == ["img1.ckks"]
+    assert (out / RESULTS_FILE).read_text().endswith("\n") and not list(out.glob("*.tmp"))
+    (ct / "img2.ckks").write_bytes(b"another image")  # a replaced input is run again
+    assert [p.name for p in BatchState(out, files, {"plan_id": "p", "context_id": "c"}).pending()] == [
+        "img1.ckks", "img2.ckks"]
     (out / "img0.ckks").unlink()  # a done line without its output file is not done
     assert len(BatchState(out, files, {"plan_id": "p", "context_id": "c"}).pending()) == 3
+    assert list_inputs(ct / "img0.ckks") == [ct / "img0.ckks"]  # one file is a batch of one
     with pytest.raises(CkksnetError, match="another context_id"):
         BatchState(out, files, {"plan_id": "p", "context_id": "d"})
     with pytest.raises(InputError, match="share a name"):
@@ -298,8 +330,14 @@ def test_scale_out_example(tmp_path):
     assert run["done"] == 3 and len(run["workers"]) == 2 and all(w["key_loads"] == 1 for w in run["workers"])
     again = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
     assert again.returncode == 0 and json.loads((work / "run.json").read_text())["resumed"] == 3
+    # the same WORKDIR with another image set is refused, not mixed
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), dtype=np.uint8)).save(images / "photo1.png")
+    other = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=120)
+    assert other.returncode == 2 and "made for other inputs" in other.stderr
     usage = subprocess.run(["bash", str(script), "test", str(ck)], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage: examples/scale_out.sh" in usage.stderr
+    bad = subprocess.run(["bash", str(script), "test", str(ck), str(images), "two"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "WORKERS must be a positive whole number" in bad.stderr
 
 
 def test_serve_hands_its_queue_to_ray_workers(setup, tmp_path):

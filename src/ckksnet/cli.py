@@ -426,9 +426,10 @@ def _cmd_run_batch(args: argparse.Namespace) -> int:
     from ckksnet.distributed import run_batch
 
     try:
-        report = run_batch(args.plan, args.eval_keys, args.input, args.output, workers=args.workers or 1,
-                           address=args.ray, worker_memory_gb=args.worker_memory, worker_cpus=args.worker_cpus,
-                           retries=args.retries, progress=not args.json)
+        report = run_batch(args.plan, args.eval_keys, args.input, args.output,
+                           workers=1 if args.workers is None else args.workers, address=args.ray,
+                           worker_memory_gb=args.worker_memory, worker_cpus=args.worker_cpus,
+                           retries=args.retries, progress=True)  # the bar is on stderr, --json on stdout
     except KeyboardInterrupt:
         print(f"ckksnet run: interrupted; finished images are in {args.output} (results.jsonl): run the same "
               "command again to resume", file=sys.stderr)
@@ -477,7 +478,10 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
     files = []
     for name in args.ciphertext:
         path = Path(name)
-        files += sorted(str(p) for p in path.glob("*.ckks")) if path.is_dir() else [name]
+        found = sorted(str(p) for p in path.glob("*.ckks")) if path.is_dir() else [name]
+        if not found:
+            raise CkksnetError(f"{path} holds no .ckks ciphertext file")
+        files += found
     preds = []
     for name in files:
         logits = client.decrypt(load_ciphertext(client.ckks, name))

@@ -131,7 +131,9 @@ class RaySupervisor:
             slot.actor = slot.keyset = None
             return
         except self.ray.exceptions.RayTaskError as exc:
-            self.store.fail_job(job_id, f"internal error: {exc}", slot.name)
+            from ckksnet.distributed.driver import _cause
+
+            self.store.fail_job(job_id, f"internal error: {_cause(exc)}", slot.name)
             return
         if not res["ok"]:
             self.store.fail_job(job_id, res["error"], slot.name)
