@@ -4,13 +4,14 @@ What is shipped where (and why):
 
 * the **server plan** and the **evaluation keys** go by *path*: every worker loads them from a
   folder its node can read (the same path on a shared file system, or copied to each machine).
-  At the secure preset the keys are about 11 GiB on disk; passed through Ray's object store
-  they would occupy that store (by default 30% of a node's memory) once per node on top of the
-  13 GiB a worker holds, and a worker would still copy them into OpenFHE. A path costs
-  nothing to ship and is read once per worker;
-* each **ciphertext** goes by value (its bytes, about 10-40 MiB at the secure preset, through
-  the object store), and each output ciphertext comes back the same way: the driver alone
-  writes ``OUT``, so workers need no shared output folder.
+  At the secure preset the key files are 7.8 GiB on disk (about 11 GiB once loaded); passed
+  through Ray's object store they would occupy that store (by default 30% of a node's memory)
+  once per node on top of the 13 GiB a worker holds, and a worker would still copy them into
+  OpenFHE. A path costs nothing to ship and is read once per worker;
+* each **ciphertext** goes by value (its bytes through the object store: 1.7 MiB at the test
+  preset, 22 MiB at the secure preset's input level), and each output ciphertext
+  comes back the same way: the driver alone writes ``OUT``, so workers need no shared output
+  folder.
 
 Memory: each actor declares ``memory=`` to Ray (by default 1.7 x the key folder's size on disk
 + 0.5 GiB: a secure worker measured 12.3 GiB after loading 7.8 GiB of key files, 13.1 GiB at
@@ -25,7 +26,9 @@ fails alone, with the worker's error, and the batch goes on.
 """
 from __future__ import annotations
 
+import math
 import os
+import socket
 import time
 import warnings
 from collections import deque
@@ -40,6 +43,9 @@ from ckksnet.errors import CkksnetError
 #: worker memory = KEY_MEMORY_FACTOR x key files on disk + RUN_MEMORY_GIB (module docstring)
 KEY_MEMORY_FACTOR = 1.7
 RUN_MEMORY_GIB = 0.5
+#: seconds to wait for a first worker before giving up (a secure worker loads its keys in ~1 min;
+#: a worker Ray cannot place, for want of memory or CPUs, never starts)
+START_TIMEOUT_S = 1800.0
 
 
 class DistributedError(CkksnetError):
@@ -107,6 +113,8 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
 
     if workers < 1 or worker_cpus < 1 or retries < 0:
         raise CkksnetError("workers and worker_cpus must be >= 1, retries >= 0")
+    if worker_memory_gb is not None and not (math.isfinite(worker_memory_gb) and worker_memory_gb > 0):
+        raise CkksnetError(f"worker_memory_gb (--worker-memory) must be a positive number of GiB, got {worker_memory_gb}")
     t0 = time.monotonic()
     loaded = load_plan(plan)
     context_id, preset, key_bytes = evaluation_keys_id(eval_keys)
@@ -119,13 +127,13 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     report = state.report()
     if not todo:
         return report
-    memory = worker_memory_gb or worker_memory_gib(key_bytes)
+    memory = worker_memory_gb if worker_memory_gb is not None else worker_memory_gib(key_bytes)
     run = _Run(state, Path(plan).resolve(), Path(eval_keys).resolve(), memory, worker_cpus, retries, context_id,
                on_event or (lambda kind, **fields: None))
     ray = _ray()
     started_ray = _connect(ray, address, workers * worker_cpus)
     try:
-        count = _workers_that_fit(ray, workers, memory)
+        count = _workers_that_fit(ray, workers, memory, worker_cpus)
         report = run.execute(ray, todo, count, progress)
     finally:
         run.stop(ray)
@@ -136,31 +144,55 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
 
 
 def _connect(ray, address: str | None, cpus: int) -> bool:
-    """Join ``address``, or start a local instance; True when this call started Ray."""
+    """Join ``address`` (or ``$RAY_ADDRESS``, which Ray itself would follow), or start a local
+    instance; True when this call connected or started Ray (and should shut it down).
+    Raises :class:`DistributedError` when the cluster cannot be reached."""
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
     env = {"OMP_NUM_THREADS": "1"}  # the default for tasks; actors set their own
-    if address:
-        ray.init(address=address, logging_level="warning", runtime_env={"env_vars": env})
-        return True
-    # Ray runs its workers at nice 15 by default (its own daemons first); here the workers are the
-    # work, and at nice 15 any other process on the machine starved them 20-fold (measured)
-    ray.init(num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False, logging_level="warning",
-             object_store_memory=512 * 2**20, runtime_env={"env_vars": env}, _system_config={"worker_niceness": 0})
+    try:
+        if address:
+            _check_reachable(address)
+            ray.init(address=address, logging_level="warning", runtime_env={"env_vars": env})
+            return True
+        # Ray runs its workers at nice 15 by default (its own daemons first); here the workers are
+        # the work, and at nice 15 any other process on the machine starved them 20-fold (measured)
+        ray.init(num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False, logging_level="warning",
+                 object_store_memory=512 * 2**20, runtime_env={"env_vars": env},
+                 _system_config={"worker_niceness": 0})
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        raise DistributedError(f"cannot use {where}: {exc}") from exc
     return True
 
 
-def _workers_that_fit(ray, wanted: int, memory_gib: float) -> int:
-    """How many workers of ``memory_gib`` the alive nodes hold (at most ``wanted``)."""
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "local", ray:// URLs: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise DistributedError(f"no Ray cluster answers at {address} ({exc}); start one with "
+                               f"`ray start --head --port {port}`") from exc
+
+
+def _workers_that_fit(ray, wanted: int, memory_gib: float, cpus: int = 1) -> int:
+    """How many workers of ``memory_gib`` and ``cpus`` the alive nodes hold (at most ``wanted``)."""
     need = memory_gib * 2**30
-    fit = sum(int(node["Resources"].get("memory", 0) // need) for node in ray.nodes() if node.get("Alive"))
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    fit = sum(min(int(res.get("memory", 0) // need), int(res.get("CPU", 0) // cpus)) for res in nodes)
     if fit == 0:
-        biggest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0)
-        raise DistributedError(f"no Ray node has {memory_gib:.2f} GiB of memory for one worker (the largest offers "
-                               f"{biggest / 2**30:.2f} GiB); add a bigger node or lower worker_memory_gb")
+        memory = max((res.get("memory", 0) for res in nodes), default=0) / 2**30
+        most = max((res.get("CPU", 0) for res in nodes), default=0)
+        raise DistributedError(f"no Ray node has {memory_gib:.2f} GiB of memory and {cpus} CPU(s) for one worker "
+                               f"(the largest offers {memory:.2f} GiB, the most CPUs {most:g}); add a bigger node or "
+                               "lower --worker-memory / --worker-cpus")
     if fit < wanted:
-        warnings.warn(f"the Ray cluster holds {fit} worker(s) of {memory_gib:.2f} GiB, not {wanted}: starting {fit}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"the Ray cluster holds {fit} worker(s) of {memory_gib:.2f} GiB and {cpus} CPU(s), not "
+                      f"{wanted}: starting {fit}", RuntimeWarning, stacklevel=3)
     return min(fit, wanted)
 
 
@@ -179,6 +211,7 @@ class _Run:
         self.deaths = self.retried = 0
         self.bar = None
         self._actor_class = None
+        self.started_at = time.monotonic()
 
     # ---------------------------------------------------------------- workers
     def _start_worker(self, ray) -> None:
@@ -202,7 +235,7 @@ class _Run:
                 raise DistributedError(f"worker {slot.name} could not start: {_cause(exc)}") from None
             warnings.warn(f"worker {slot.name} could not start: {_cause(exc)}", RuntimeWarning, stacklevel=2)
             return
-        slot.started = time.monotonic()
+        slot.started = self.started_at = time.monotonic()
         self.idle.append(slot)
         self.emit("worker_ready", worker=slot.name, pid=slot.info["pid"], load_seconds=slot.info["load_seconds"])
 
@@ -223,6 +256,7 @@ class _Run:
         queue = deque(_Task(p) for p in todo)
         self.bar = tqdm(total=len(todo), desc="encrypted images", unit="image", disable=not progress,
                         dynamic_ncols=True)
+        self.started_at = time.monotonic()
         for _ in range(workers):
             self._start_worker(ray)
         while queue or self.running:
@@ -232,7 +266,10 @@ class _Run:
                 if not queue:
                     break  # the last images failed at submission
                 raise DistributedError("every worker died; the batch cannot go on (rerun to resume)")
-            ready, _ = ray.wait(list(self.running) + list(self.starting), num_returns=1)
+            ready, _ = ray.wait(list(self.running) + list(self.starting), num_returns=1, timeout=10)
+            if not ready:
+                self._check_start_timeout()
+                continue
             future = ready[0]
             if future in self.starting:
                 self._worker_ready(ray, self.starting[future])
@@ -242,6 +279,16 @@ class _Run:
         report.workers = [self._worker_info(ray, slot) for slot in self.slots]
         report.worker_deaths, report.retried = self.deaths, self.retried
         return report
+
+    def _check_start_timeout(self) -> None:
+        """Give up when no worker has become ready for :data:`START_TIMEOUT_S` and none runs."""
+        if self.running or self.idle or not self.starting:
+            return
+        waited = time.monotonic() - self.started_at
+        if waited > START_TIMEOUT_S:
+            raise DistributedError(f"no worker started in {waited:.0f} s: Ray could not place an actor of "
+                                   f"{self.memory_gib:.2f} GiB and {self.cpus} CPU(s) (`ray status` shows what "
+                                   "the cluster has and what waits)")
 
     def _submit(self, slot: _Slot, task: _Task) -> None:
         from ckksnet.backend.serialize import unpack
@@ -292,6 +339,10 @@ class _Run:
 
     def _died(self, ray, slot: _Slot, task: _Task, queue: deque, exc: Exception) -> None:
         slot.died = True
+        try:
+            ray.kill(slot.actor)  # unreachable rather than dead: make sure it frees its memory
+        except Exception:  # noqa: BLE001 - already gone
+            pass
         self.deaths += 1
         self.emit("worker_died", worker=slot.name, image=task.path.name)
         if self.bar is not None:
