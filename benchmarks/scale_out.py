@@ -99,7 +99,7 @@ def rows(results: list[dict]) -> list[str]:
            "worker peak GiB | eval keys GiB | check |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         out.append(f"| {r['preset']} | {r['images']} | {r['workers']} | {r['run_seconds']:.0f} | "
-                   f"{r['images_per_minute']:.2f} | {', '.join(f'{s:.1f}' for s in r['seconds_per_image'])} | "
+                   f"{r['images_per_minute']:.3g} | {', '.join(f'{s:.1f}' for s in r['seconds_per_image'])} | "
                    f"{', '.join(f'{n} ({s:.1f})' for n, s in zip(r['key_loads'], r['key_load_seconds']))} | "
                    f"{', '.join(f'{g:.2f}' for g in r['worker_peak_rss_gb'])} | {r['eval_keys_gib']} | "
                    f"{r['last_line']} |")
@@ -107,7 +107,7 @@ def rows(results: list[dict]) -> list[str]:
 
 
 def section(record: dict) -> str:
-    lines = [HEADER, "", f"Machine: {machine()}; latest run {record['date']}. Commands, in order of the rows: "
+    lines = [HEADER, "", f"Machine: {machine()}; latest run {record['date']}. Commands: "
              + "; ".join(f"`{c}`" for c in record["commands"]) + ".", ""]
     lines += rows(record["results"])
     lines += ["", record.get("notes", "").strip(), ""]
