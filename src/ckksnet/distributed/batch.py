@@ -6,17 +6,19 @@ same command again::
     OUT/
       batch.json        which plan (plan_id) and key set (context_id) the results belong to
       results.jsonl     one JSON line per finished image, appended (and fsynced) as it finishes:
-                        {"input", "status": "done" | "failed", "output", "error", "worker",
-                         "seconds", "bootstraps", "attempts", "time"}
+                        {"input", "sha256" (of the input file), "status": "done" | "failed",
+                         "output", "error", "worker", "seconds", "bootstraps", "attempts", "time"}
       <name>.ckks       each done image's output ciphertext, named as its input; written to a
                         temporary name and renamed, so a file present is complete
 
-An image counts as done when its line says so and its output file is there; failed images (a
-corrupt ciphertext, say) are tried again by a resumed batch. A folder holding results of
-another plan or key set is refused rather than mixed.
+An image counts as done when its line says so, its output file is there and its input file is
+the same (SHA-256) as when it was run: a replaced input is run again. Failed images (a corrupt
+ciphertext, say) are tried again by a resumed batch. A folder holding results of another plan or
+key set is refused rather than mixed, and so is an output folder that holds the inputs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -74,14 +76,25 @@ class BatchReport:
                 "workers": self.workers, "results": [asdict(r) for r in self.results]}
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(16 * 2**20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def list_inputs(inputs: str | os.PathLike | list) -> list[Path]:
-    """The ciphertext files of a batch: a folder (its ``*.ckks`` files, sorted by name) or a
-    list of files. Raises :class:`InputError` for a missing path, an empty batch, or two files
-    of one name (their outputs would collide)."""
+    """The ciphertext files of a batch: a folder (its ``*.ckks`` files, sorted by name), one
+    file, or a list of files. Raises :class:`InputError` for a missing path, an empty batch, or
+    two files of one name (their outputs would collide)."""
+    if isinstance(inputs, (str, os.PathLike)) and Path(inputs).is_file():
+        inputs = [inputs]
     if isinstance(inputs, (str, os.PathLike)):
         folder = Path(inputs)
         if not folder.is_dir():
-            raise InputError(f"{folder}: no such folder of ciphertexts")
+            raise InputError(f"{folder}: no such folder or file of ciphertexts")
         files = sorted(p for p in folder.iterdir() if p.suffix == SUFFIX and p.is_file())
         if not files:
             raise InputError(f"{folder} holds no {SUFFIX} ciphertext file (ckksnet encrypt --out writes them)")
@@ -103,14 +116,23 @@ class BatchState:
     it knows which inputs are done and records each new result as it arrives."""
 
     def __init__(self, out_dir: str | os.PathLike, inputs: list[Path], identity: dict):
-        self.out = Path(out_dir)
+        self.out = Path(out_dir).absolute()
         self.inputs = inputs
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"{self.out} is a file; the output of a batch is a folder")
+        if any(p.absolute().parent == self.out for p in inputs):
+            raise InputError(f"the output folder {self.out} holds the input ciphertexts; the outputs (named as "
+                             "the inputs) would replace them: give another --out folder")
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_identity(identity)
+        for tmp in self.out.glob("*.tmp"):  # an interrupted write's leftovers
+            tmp.unlink(missing_ok=True)
+        self.digests = {p.name: file_sha256(p) for p in inputs}
         self.results = {p.name: ImageResult(p.name) for p in inputs}
         for line in self._read_lines():
             res = self.results.get(line.get("input"))
-            if res is not None and line.get("status") == "done" and (self.out / res.input).is_file():
+            if (res is not None and line.get("status") == "done" and (self.out / res.input).is_file()
+                    and line.get("sha256") == self.digests[res.input]):
                 self._fill(res, line)
                 res.resumed = True
 
@@ -133,22 +155,24 @@ class BatchState:
 
     def _read_lines(self) -> list[dict]:
         """The records of earlier runs. A last line cut short (the process was killed while
-        writing it) is ignored; a damaged line elsewhere is an error, not silently dropped."""
+        writing it) is dropped from the file, so that the next record starts a line of its own;
+        a damaged line elsewhere is an error, not silently dropped."""
         path = self.out / RESULTS_FILE
         if not path.exists():
             return []
-        lines = path.read_text(errors="replace").split("\n")
+        text = path.read_text(errors="replace")
+        if text and not text.endswith("\n"):
+            text = text[:text.rfind("\n") + 1]
+            path.write_text(text)
         records = []
-        for i, text in enumerate(lines):
-            if not text.strip():
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
                 continue
             try:
-                rec = json.loads(text)
+                rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise ValueError("not an object")
             except ValueError as exc:
-                if i == len(lines) - 1:  # no newline after it: cut short
-                    break
                 raise CkksnetError(f"{path} line {i + 1} is damaged ({exc}); fix or remove that line") from exc
             records.append(rec)
         return records
@@ -178,7 +202,8 @@ class BatchState:
         res = self.results[name]
         self._fill(res, rec)
         res.resumed = False
-        line = json.dumps({"input": name, **{k: rec.get(k) for k in ("status", "output", "error", "worker",
+        line = json.dumps({"input": name, "sha256": self.digests[name],
+                           **{k: rec.get(k) for k in ("status", "output", "error", "worker",
                                                                       "seconds", "bootstraps", "attempts")},
                            "time": round(time.time(), 3)})
         with open(self.out / RESULTS_FILE, "a") as f:
