@@ -18,13 +18,13 @@ key set is refused rather than mixed, and so is an output folder that holds the 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ckksnet.backend.serialize import file_digest, save
 from ckksnet.errors import CkksnetError, InputError
 
 BATCH_FILE = "batch.json"
@@ -76,15 +76,6 @@ class BatchReport:
                 "workers": self.workers, "results": [asdict(r) for r in self.results]}
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 16 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(16 * 2**20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def list_inputs(inputs: str | os.PathLike | list) -> list[Path]:
     """The ciphertext files of a batch: a folder (its ``*.ckks`` files, sorted by name), one
     file, or a list of files. Raises :class:`InputError` for a missing path, an empty batch, or
@@ -127,7 +118,7 @@ class BatchState:
         self._check_identity(identity)
         for tmp in self.out.glob("*.tmp"):  # an interrupted write's leftovers
             tmp.unlink(missing_ok=True)
-        self.digests = {p.name: file_sha256(p) for p in inputs}
+        self.digests = {p.name: file_digest(p)[0] for p in inputs}
         self.results = {p.name: ImageResult(p.name) for p in inputs}
         for line in self._read_lines():
             res = self.results.get(line.get("input"))
@@ -149,9 +140,7 @@ class BatchState:
                     raise CkksnetError(f"{self.out} holds results of another {key} ({str(old.get(key))[:16]}..., "
                                        f"this batch {str(value)[:16]}...): use another --out folder")
             return
-        tmp = path.with_name(BATCH_FILE + ".tmp")
-        tmp.write_text(json.dumps(identity, indent=1) + "\n")
-        tmp.replace(path)
+        save((json.dumps(identity, indent=1) + "\n").encode(), path)
 
     def _read_lines(self) -> list[dict]:
         """The records of earlier runs. A last line cut short (the process was killed while
@@ -189,10 +178,7 @@ class BatchState:
 
     def record_done(self, name: str, data: bytes, fields: dict) -> None:
         """Write ``name``'s output ciphertext (atomically), then its line."""
-        path = self.out / name
-        tmp = path.with_name(name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        path = save(data, self.out / name)
         self._record(name, {"status": "done", "output": str(path), "error": None, **fields})
 
     def record_failed(self, name: str, error: str, fields: dict) -> None:

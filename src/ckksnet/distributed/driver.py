@@ -76,6 +76,14 @@ def worker_memory_gib(key_bytes: int) -> float:
     return round(KEY_MEMORY_FACTOR * key_bytes / 2**30 + RUN_MEMORY_GIB, 2)
 
 
+def worker_actor_class(ray, memory_gib: float, cpus: int):
+    """:class:`InferenceWorker` as a Ray actor class declaring ``memory_gib`` GiB and ``cpus``
+    CPUs, with as many OpenMP threads; never restarted by Ray (the caller replaces a dead one)."""
+    return ray.remote(InferenceWorker).options(
+        num_cpus=cpus, memory=int(memory_gib * 2**30), max_restarts=0, max_task_retries=0,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(cpus)}})
+
+
 def _ray():
     try:
         import ray
@@ -216,10 +224,7 @@ class _Run:
     # ---------------------------------------------------------------- workers
     def _start_worker(self, ray) -> None:
         name = f"w{len(self.slots)}"
-        actor_class = self._actor_class or ray.remote(InferenceWorker).options(
-            num_cpus=self.cpus, memory=int(self.memory_gib * 2**30), max_restarts=0, max_task_retries=0,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(self.cpus)}})
-        self._actor_class = actor_class
+        actor_class = self._actor_class = self._actor_class or worker_actor_class(ray, self.memory_gib, self.cpus)
         actor = actor_class.remote(str(self.plan), str(self.keys), name)
         slot = _Slot(name, actor, actor.info.remote())
         self.slots.append(slot)

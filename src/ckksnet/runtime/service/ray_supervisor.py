@@ -99,16 +99,12 @@ class RaySupervisor:
 
     def _replace_actor(self, slot: _RaySlot, keyset: str) -> None:
         from ckksnet.backend.keys import evaluation_keys_id
-        from ckksnet.distributed.driver import worker_memory_gib
-        from ckksnet.distributed.worker import InferenceWorker
+        from ckksnet.distributed.driver import worker_actor_class, worker_memory_gib
 
         if slot.actor is not None:
             self.ray.kill(slot.actor)
         folder = self.store.keyset_dir(keyset)
-        memory = worker_memory_gib(evaluation_keys_id(folder)[2])
-        actor_class = self.ray.remote(InferenceWorker).options(
-            num_cpus=self.cpus, memory=int(memory * 2**30), max_restarts=0,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(self.cpus)}})
+        actor_class = worker_actor_class(self.ray, worker_memory_gib(evaluation_keys_id(folder)[2]), self.cpus)
         slot.actor, slot.keyset = actor_class.remote(str(self.plan_path), str(folder), slot.name), keyset
 
     def _collect(self, slot: _RaySlot) -> None:
@@ -138,12 +134,7 @@ class RaySupervisor:
         if not res["ok"]:
             self.store.fail_job(job_id, res["error"], slot.name)
             return
-        path = self.store.result_path(job_id)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(res["ciphertext"])
-        tmp.replace(path)
-        if not self.store.finish_job(job_id, slot.name, len(res["ciphertext"])):
-            path.unlink(missing_ok=True)  # deleted or failed meanwhile: no result
+        self.store.save_result(job_id, slot.name, res["ciphertext"])
 
     def stop(self) -> None:
         """Stop the loop and the actors; a job that was running is marked failed."""

@@ -235,6 +235,18 @@ class Store:
         self.input_path(job_id).unlink(missing_ok=True)
         return done
 
+    def save_result(self, job_id: str, worker: str, data: bytes) -> bool:
+        """Write a job's output (whole, then renamed) and mark the job done; if it is no longer
+        ``worker``'s (failed or deleted meanwhile), remove the output again. True if done."""
+        path = self.result_path(job_id)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        if not self.finish_job(job_id, worker, len(data)):
+            path.unlink(missing_ok=True)
+            return False
+        return True
+
     def fail_job(self, job_id: str, reason: str, worker: str | None = None) -> bool:
         """Mark a queued or running job failed with ``reason`` (only if ``worker``'s, if given)."""
         failed = self._run("UPDATE jobs SET state = 'failed', error = ?, finished = ? WHERE id = ? AND "

@@ -76,7 +76,7 @@ class Worker:
             t0 = time.monotonic()
             out = engine.run_job(server, data, self._on_step(job_id))
             seconds = time.monotonic() - t0
-            self._save_result(job_id, out)
+            self.store.save_result(job_id, self.name, out)
             rep = server.report
             self._log("job_done", job_id=job_id, seconds=round(seconds, 3), run_seconds=round(rep.seconds, 3),
                       bootstraps=rep.bootstraps, bootstrap_seconds=round(rep.bootstrap_seconds, 3))
@@ -114,14 +114,6 @@ class Worker:
             if self.orphaned() or not self.store.progress(job_id, self.name, i, n, name):
                 raise JobCancelled(job_id)
         return on_step
-
-    def _save_result(self, job_id: str, data: bytes) -> None:
-        path = self.store.result_path(job_id)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        if not self.store.finish_job(job_id, self.name, len(data)):
-            path.unlink(missing_ok=True)  # failed meanwhile (restart, deletion): no result
 
 
 def die_with_parent() -> None:
