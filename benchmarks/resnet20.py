@@ -1,9 +1,13 @@
 """Full ResNet-20, encrypted, at the secure preset, on real CIFAR-10 test images.
 
-    python benchmarks/resnet20.py [--images 1] [--alpha 13]
+    python benchmarks/resnet20.py [--images 3] [--alpha A --eps-bits E] [--json [PATH]]
 Writes the totals and a per-layer table, with date and machine, to benchmarks/RESULTS.md
 (section "ResNet-20 encrypted inference"), replacing that section's previous run, and the raw
-JSON next to it (benchmarks/resnet20_last.json).
+JSON next to it (benchmarks/resnet20_last.json). Before each image a reference bootstrap (a
+fresh 2^14-slot ciphertext, median of 3) is timed in the same process; ``--json`` also writes,
+per image, total seconds, reference bootstrap seconds, their ratio, bootstraps by slot count,
+encrypted and plaintext predictions, max logit error and peak RSS (default path
+benchmarks/resnet20_images.json).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 from _results import machine, replace_section, today
 from costs import store
 from ckksnet import inference
+from ckksnet.approx.composite import DEFAULT_ALPHA, DEFAULT_EPS_BITS
 from ckksnet.fidelity import NoiseModel, bundled_noise_path
 from ckksnet.runtime import rotation_key_text
 
@@ -48,8 +53,10 @@ def section(res: dict, argv: list[str]) -> str:
                   f"({100 * (costs['estimate_seconds'] - total) / total:+.0f}% vs measured), "
                   f"{res['plan_estimate_seconds_stored_costs']:.0f} s with the stored ones |"]
     for r in res["images"]:
+        ratio = f" = {r['ratio']:.1f} x a reference bootstrap of {r['reference_bootstrap_seconds']:.1f} s" if "ratio" in r else ""
         lines.append(f"| image {r['index']} (label {r['label']}) | plaintext {r['plain_pred']}, encrypted "
-                     f"{r['enc_pred']}, max abs logit diff {r['max_abs_logit_diff']:.2e}, {r['seconds']:.0f} s |")
+                     f"{r['enc_pred']}, max abs logit diff {r['max_abs_logit_diff']:.2e}, {r['seconds']:.0f} s{ratio}, "
+                     f"peak {r['peak_rss_gb']:.1f} GiB |")
     lines += ["", "| step | kind | s | levels in -> out | bootstraps | bootstrap s | rotations (kernel) "
               "| key switches (kernel) | RSS after, GiB | peak so far, GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in rep["steps"]:
@@ -64,16 +71,30 @@ def section(res: dict, argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_image(res: dict, argv: list[str]) -> dict:
+    """The figures issue #20 asks for, per image, with the run's configuration."""
+    keys = ("index", "label", "seconds", "reference_bootstrap_seconds", "ratio", "bootstraps",
+            "bootstraps_by_slots", "enc_pred", "plain_pred", "max_abs_logit_diff", "peak_rss_gb", "probe_seconds")
+    return {"date": today(), "machine": machine(), "command": "python benchmarks/resnet20.py " + " ".join(argv),
+            "preset": res["preset"], "alpha": res["alpha"], "eps_bits": res["eps_bits"], "source": res["source"],
+            "plan_bootstraps": res["plan_bootstraps"], "plan_estimate_seconds": res["plan_estimate_seconds_stored_costs"],
+            "images": [{k: r.get(k) for k in keys} for r in res["images"]]}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=1)
-    ap.add_argument("--alpha", type=int, default=13)
-    ap.add_argument("--eps-bits", type=int, default=9)
+    ap.add_argument("--alpha", type=int, default=DEFAULT_ALPHA)
+    ap.add_argument("--eps-bits", type=int, default=DEFAULT_EPS_BITS)
+    ap.add_argument("--json", nargs="?", const=str(Path(__file__).parent / "resnet20_images.json"),
+                    help="write the per-image figures here (default: benchmarks/resnet20_images.json)")
     args = ap.parse_args(argv)
     res = inference.run(args.images, "secure", alpha=args.alpha, eps_bits=args.eps_bits, progress=True,
                         on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=True,
-                        measure_costs=True)
+                        measure_costs=True, reference_each=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(per_image(res, argv), indent=1) + "\n")
     rep = res["report"]
     store("secure", res["costs"], {"keys_gib": res["peak_rss_gb_after_keygen"],
                                    "one_key_gib": res["key_memory_gb"]["one_key"],

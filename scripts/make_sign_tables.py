@@ -11,8 +11,8 @@ import argparse
 import sys
 import time
 
-from ckksnet.approx.composite import (SHIPPED_ALPHAS, SHIPPED_EPS_BITS, bits, measured_sign_error,
-                                      search, write_table)
+from ckksnet.approx.composite import (BUDGET_TABLES, SHIPPED_ALPHAS, SHIPPED_EPS_BITS, bits, design,
+                                      measured_sign_error, search, write_table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,18 +20,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=int, nargs="*", default=list(SHIPPED_ALPHAS))
     ap.add_argument("--eps-bits", type=int, nargs="*", default=list(SHIPPED_EPS_BITS))
     args = ap.parse_args(argv)
-    for eps_bits in args.eps_bits:
-        for alpha in args.alpha:
-            t = time.time()
-            comp = search(alpha, 2.0 ** -eps_bits)
-            measured = measured_sign_error(comp)
-            if measured > 2.0 ** -alpha:
-                raise SystemExit(f"alpha {alpha}, eps 2^-{eps_bits}: measured error {measured:.3g} "
-                                 f"exceeds the bound {2.0 ** -alpha:.3g}")
-            path = write_table(comp, eps_bits)
-            print(f"alpha {alpha:2d} eps 2^-{eps_bits}: degrees {comp.degrees} depth {comp.depth} "
-                  f"products {comp.products} error 2^-{bits(measured):.2f} ({time.time() - t:.0f} s) -> {path.name}",
-                  flush=True)
+    todo = [(a, e) for e in args.eps_bits for a in args.alpha]
+    if args.alpha == list(SHIPPED_ALPHAS) and args.eps_bits == list(SHIPPED_EPS_BITS):
+        todo += [k for k in BUDGET_TABLES if k not in todo]  # everything shipped: level-budget tables too
+    for alpha, eps_bits in todo:
+        t = time.time()
+        degrees = BUDGET_TABLES.get((alpha, eps_bits))
+        comp = design(2.0 ** -eps_bits, degrees, alpha) if degrees else search(alpha, 2.0 ** -eps_bits)
+        measured = measured_sign_error(comp)
+        if measured > 2.0 ** -alpha:
+            raise SystemExit(f"alpha {alpha}, eps 2^-{eps_bits}: measured error {measured:.3g} "
+                             f"exceeds the bound {2.0 ** -alpha:.3g}")
+        path = write_table(comp, eps_bits)
+        print(f"alpha {alpha:2d} eps 2^-{eps_bits}: degrees {comp.degrees} depth {comp.depth} "
+              f"products {comp.products} error 2^-{bits(measured):.2f} ({time.time() - t:.0f} s) -> {path.name}",
+              flush=True)
     return 0
 
 

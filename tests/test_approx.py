@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ckksnet.approx import (SHIPPED_ALPHAS, SHIPPED_EPS_BITS, RangeReport, ReluApprox, count_products,
+from ckksnet.approx import (BUDGET_TABLES, SHIPPED_ALPHAS, SHIPPED_EPS_BITS, RangeReport, ReluApprox, count_products,
                             count_relinearizations, depth_of, design, eval_odd, load_table)
 from ckksnet.approx.remez import odd_minimax_sign
 from ckksnet.backend.context import Ciphertext
@@ -16,7 +16,7 @@ from ckksnet.backend.tracer import LevelTracer
 from ckksnet.cli import main as cli
 from ckksnet.errors import ApproxError, LevelError
 
-SHIPPED = [(a, e) for e in SHIPPED_EPS_BITS for a in SHIPPED_ALPHAS]
+SHIPPED = [(a, e) for e in SHIPPED_EPS_BITS for a in SHIPPED_ALPHAS] + sorted(BUDGET_TABLES)
 
 
 class CountingServer:
@@ -49,6 +49,14 @@ def test_shipped_table_meets_bound(alpha, eps_bits):
     assert comp.depth == sum(math.ceil(math.log2(d + 1)) for d in comp.degrees)
     assert comp.products == sum(count_products(c) for c in comp.components)
     assert [len(c) for c in comp.components] == [(d + 1) // 2 for d in comp.degrees]
+
+
+def test_level_budget_table_splits_into_two_depth_5_components():
+    """alpha 10 at eps 2^-7: degrees 31, 31 (depth 5 + 5), what 6 usable levels per bootstrap
+    need for a convolution + ReLU in 2 bootstraps ([conv 1 + 5] [5 + x 1])."""
+    comp = load_table(10, 7)
+    assert comp.degrees == BUDGET_TABLES[(10, 7)] == (31, 31) and comp.depth == 10
+    assert ReluApprox.from_table(10, 1.0, 7).stage_depths == [5, 5, 1]  # + the product by x
 
 
 def test_paper_degrees_for_alpha_13():

@@ -34,7 +34,7 @@ def pick_images(k: int, data: str | None = None):
 
 def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint: str | None = None,
         alpha: int = 13, eps_bits: int = 9, progress: bool = True, on_image=None,
-        calibrate_noise: bool = False, measure_costs: bool = False) -> dict:
+        calibrate_noise: bool = False, measure_costs: bool = False, reference_each: bool = False) -> dict:
     """Compile, make keys, and run K images encrypted; returns a JSON-ready report.
 
     ``on_image(record)`` is called after each image (for printing as results come in).
@@ -42,6 +42,10 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     each step's output with the client's key) and return it as ``noise_model``.
     ``measure_costs``: time the cost model's operations and a reference bootstrap (median of 3)
     right after key generation, in this process (``costs``), and report the plan's estimate.
+    ``reference_each``: right before each image, time a reference bootstrap (median of 3, see
+    :func:`ckksnet.backend.measure.reference_bootstrap`) and report the image's time as a ratio to
+    it. The noise probe's own seconds (``calibrate_noise``, first image) are left out of the
+    image's time and reported as ``probe_seconds``.
     """
     model, meta = load_checkpoint(checkpoint) if checkpoint else load_bundled()
     images, labels, indices, source = pick_images(k, data)
@@ -71,15 +75,26 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
 
         probe = NoiseProbe(net, client)
     for i in range(k):
+        ref = None
+        if reference_each:
+            from ckksnet.backend.measure import reference_bootstrap
+
+            ref = reference_bootstrap(client.ckks)
+        timed = _Timed(probe if i == 0 else None)
         t = time.time()
         ct = client.encrypt(images[i])
-        logits = client.decrypt(server.run(ct, progress=progress, probe=probe if i == 0 else None))
+        logits = client.decrypt(server.run(ct, progress=progress, probe=timed if timed.fn else None))
+        seconds = time.time() - t - timed.seconds
         if probe is not None and i == 0:
             input_sd = float(np.std(client.ckks.decrypt(ct) - net.preprocess(images[i])))
         rec = {"index": int(indices[i]), "label": int(labels[i]), "plain_pred": int(plain[i].argmax()),
                "enc_pred": int(logits.argmax()), "max_abs_logit_diff": float(np.max(np.abs(logits - plain[i]))),
-               "seconds": round(time.time() - t, 2), "bootstraps": server.report.bootstraps,
+               "seconds": round(seconds, 2), "bootstraps": server.report.bootstraps,
+               "bootstraps_by_slots": {str(net.preset.slots): server.report.bootstraps},
+               "peak_rss_gb": round(peak_rss_gb(), 2), "probe_seconds": round(timed.seconds, 2),
                "logits": [round(float(v), 5) for v in logits]}
+        if ref is not None:
+            rec.update(reference_bootstrap_seconds=round(ref, 3), ratio=round(seconds / ref, 2))
         records.append(rec)
         first_report = first_report or server.report.to_dict()
         if on_image:
@@ -96,3 +111,15 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             "plan_bootstraps": net.schedule.bootstraps,
             "noise_model": probe and vars(probe.model(net.preset.name, f"measured on image {indices[0]} "
                                                    f"({source}), alpha {alpha}", input_sd))}
+
+
+class _Timed:
+    """A noise probe whose own seconds are counted apart (they are not inference time)."""
+
+    def __init__(self, fn):
+        self.fn, self.seconds = fn, 0.0
+
+    def __call__(self, *args):
+        t = time.time()
+        self.fn(*args)
+        self.seconds += time.time() - t

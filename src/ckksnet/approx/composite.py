@@ -157,7 +157,13 @@ def _products(degrees: tuple[int, ...]) -> int:
 # ---------------------------------------------------------------- shipped tables
 SHIPPED_ALPHAS = tuple(range(6, 14))
 SHIPPED_EPS_BITS = (9, 8, 10)
+DEFAULT_ALPHA = 13
 DEFAULT_EPS_BITS = 9  # the paper's alpha = 13 / degrees 15, 15, 27 corresponds to eps ~ 2^-9
+#: tables designed for the level budget rather than found by :func:`search`: (alpha, eps bits) ->
+#: degrees. (10, 7): two degree-31 components of depth 5, so that a convolution and the first
+#: component (1 + 5) fill the 6 usable levels a secure bootstrap leaves, and the second component
+#: with the product by x (5 + 1) the next: 2 bootstraps per convolution + ReLU instead of 3.
+BUDGET_TABLES = {(10, 7): (31, 31)}
 
 
 def table_path(alpha: int, eps_bits: int) -> Path:

@@ -52,10 +52,19 @@ def measure_costs(client, levels: list[int], repeats: int = 3, bootstraps: int =
         pts["relinearization"].append((lv - 1, _time(lambda: srv.relinearize(prod), repeats)))
         pts["rotation"].append((lv, _time(lambda: srv.rotate_composed(ct, [1]), repeats)))
     coeffs = {op: _fit(p) for op, p in pts.items()}
-    boot = None
-    if client.has_bootstrap_keys:
-        ct = client.encrypt(x, levels_left=1)
-        srv.bootstrap(ct)  # the first call pays one-off set-up
-        boot = _time(lambda: srv.bootstrap(ct), bootstraps)
+    boot = reference_bootstrap(client, bootstraps) if client.has_bootstrap_keys else None
+    if boot is not None:
         coeffs["bootstrap"] = [round(boot, 4), 0.0]
     return {"coefficients": coeffs, "reference_bootstrap_seconds": boot, "points": pts}
+
+
+def reference_bootstrap(client, repeats: int = 3) -> float:
+    """Seconds of one bootstrap of a fresh ciphertext filling all ``client.slots`` slots
+    (uniform values in [-0.5, 0.5], encrypted with 1 level left), median of ``repeats`` after one
+    untimed call (one-off set-up): the unit in which a run's time is reported as a ratio, so that
+    figures from a machine whose speed swings with the hour stay comparable."""
+    srv = client.server()
+    x = np.random.default_rng(1).uniform(-0.5, 0.5, client.slots)
+    ct = client.encrypt(x, levels_left=1)
+    srv.bootstrap(ct)
+    return _time(lambda: srv.bootstrap(ct), repeats)

@@ -49,6 +49,8 @@ class LevelTracer:
     switch). ``costs``: a CostModel; :attr:`seconds` accumulates the estimate.
     """
 
+    levels_only = True  # kernels may skip building plaintext values (only their count matters)
+
     def __init__(self, preset, keys: Iterable[int] | None = None, costs=None):
         self.preset = preset
         self.slots = preset.slots

@@ -84,7 +84,7 @@ _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
                   preset: str | Preset = "secure", image_size: tuple[int, int] = (32, 32),
                   alpha: int = 13, eps_bits: int = 9, margin: float = 1.5,
-                  relu_alpha: dict[str, int] | None = None, rotation_keys: str = "reuse",
+                  relu_alpha: dict[str, int | tuple[int, int]] | None = None, rotation_keys: str = "reuse",
                   lanes: bool | None = None, pooled_dense: bool | None = None,
                   classes: tuple[str, ...] | None = None, mean=None, std=None,
                   relu_extension: float = 1.0) -> Plan:
@@ -97,11 +97,13 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     ``margin`` x max |input| (1.5: on the CIFAR-10 test split one ReLU of the bundled model
     reaches 1.33 x its max over the calibration images, and outside [-B, B] the polynomial
     diverges). ``alpha`` / ``eps_bits`` pick the sign table for every ReLU; ``relu_alpha``
-    overrides alpha per ReLU (step name -> alpha). ``rotation_keys``: "reuse" (default) chains
+    overrides them per ReLU (step name -> alpha, or -> (alpha, eps_bits)). ``rotation_keys``: "reuse" (default) chains
     every rotation from the ~60 rotation keys bootstrapping generates anyway (no extra key
     memory); "pow2" adds keys for +-2^i; "direct" one key per rotation index. ``lanes``: evaluate
-    folded linear maps in lanes (see :mod:`ckksnet.kernels.linear`): None where the cost model
-    says it pays, True wherever possible, False never. ``pooled_dense``: a Linear after global
+    folded linear maps in lanes (see :mod:`ckksnet.kernels.linear`): None where the whole
+    schedule's estimated time says it pays (:func:`ckksnet.compiler.schedule.optimise_variants`:
+    lanes save products but spend a level, which can cost a bootstrap), True wherever possible,
+    False never. ``pooled_dense``: a Linear after global
     pooling as masks and one box sum (:mod:`ckksnet.kernels.pooled_dense`): None where it pays,
     True wherever its output windows fit, False never. ``classes``: output class names (default:
     CIFAR-10's for 10 outputs). ``mean`` / ``std`` (one value, or one per channel): the input
@@ -140,7 +142,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
             m.training = training
     assign_scales(plan, _complete_ranges(ranges, names), margin)
     finalize(plan, options)
-    plan.schedule = schedule_plan(plan)
+    plan.schedule = schedule_plan(plan, optimise=lanes is None)  # an explicit lanes choice is kept
     outputs = plan.output_layout.length
     plan.classes = tuple(classes) if classes else (CIFAR10_CLASSES if outputs == 10 else
                                                     tuple(str(i) for i in range(outputs)))

@@ -8,7 +8,10 @@ the client to add), :func:`schedule_plan`
    where every bootstrap falls and each fresh ciphertext's slack (levels it never uses);
 3. dry-runs it again following the resulting decisions from the lowered input, with the cost
    model, to record each step's levels in and out, bootstraps, key switches and estimated
-   seconds.
+   seconds;
+4. (``optimise``) repeats 1-3 for each kernel variant the steps offer (a linear map with or
+   without lanes: 2 levels and few products, or 1 level and more) and keeps the variants with
+   the least estimated time (:func:`optimise_variants`).
 
 The result is a :class:`Schedule` stored in the plan; servers, clients and the twin follow it.
 """
@@ -104,16 +107,80 @@ def _measured_rotations(preset) -> frozenset:
     return frozenset(client.rotations)
 
 
-def schedule_plan(plan) -> "Schedule":
-    """Tune ``plan``'s kernels to its key set and fix its schedule (see the module doc).
+def schedule_plan(plan, optimise: bool = True) -> "Schedule":
+    """Tune ``plan``'s kernels to its key set and fix its schedule (see the module doc); with
+    ``optimise``, first pick each kernel's variant by :func:`optimise_variants`.
     Raises :class:`CompileError` if the plan needs more levels than the preset gives."""
+    tuner = _Tuner()
+    schedule = _schedule(plan, tuner)
+    return optimise_variants(plan, schedule, tuner) if optimise else schedule
+
+
+def optimise_variants(plan, schedule: "Schedule", tuner=None) -> "Schedule":
+    """Bootstrap placement over kernel variants, at compile time: coordinate descent that offers
+    each step its :meth:`~ckksnet.kernels.base.Kernel.variants` (a linear map in lanes spends 2
+    levels for a quarter of the products, without lanes 1 level), schedules the whole plan with
+    each (greedy placement on the level tracer, every bootstrap's output lowered to the levels
+    its segment uses, each kernel costed at its level by the cost model) and keeps a variant
+    when the estimated seconds drop, until a pass changes nothing (at most 3 passes).
+
+    Why not only the greedy placement: with 6 usable levels per bootstrap a convolution in lanes
+    pushes the next ReLU's first component past a bootstrap boundary (3 bootstraps per pair
+    instead of 2); whether the extra products of a lane-free map cost less than that bootstrap
+    depends on the stage, which only the cost model knows. Without a cost model (presets with no
+    measured constants) the objective is the bootstrap count. Returns the best schedule; the
+    plan's steps are left as that schedule ran them."""
+    tuner = tuner or _Tuner()
+    best = schedule
+    for _ in range(3):
+        improved = False
+        for i in range(len(plan.steps)):
+            step, ins, out = plan.steps[i]
+            for alt in step.variants():
+                kept = list(plan.steps)
+                plan.steps[i] = (alt, ins, out)
+                try:
+                    cand = _schedule(plan, tuner)
+                except CompileError:
+                    cand = None
+                if cand is not None and _objective(cand) < _objective(best):
+                    best, improved = cand, True
+                    break
+                plan.steps = kept
+        if not improved:
+            break
+    return best
+
+
+def _objective(schedule: "Schedule") -> tuple:
+    # seconds rounded to 0.1 s: a variant must pay measurably, not by float noise
+    return (round(schedule.seconds, 1), schedule.bootstraps) if schedule.cost_source else (schedule.bootstraps,)
+
+
+class _Tuner:
+    """step.tuned(keys), remembered per (step, keys): the optimiser schedules a plan many times."""
+
+    def __init__(self):
+        self._done: dict = {}
+
+    def __call__(self, step, keys: frozenset):
+        hit = self._done.get((id(step), keys))
+        if hit is not None and hit[0] is step:
+            return hit[1]
+        tuned = step.tuned(keys)
+        self._done[(id(step), keys)] = (step, tuned)
+        self._done[(id(tuned), keys)] = (tuned, tuned)
+        return tuned
+
+
+def _schedule(plan, tuner: "_Tuner") -> "Schedule":
     from ckksnet.runtime.walker import GreedyRefresh, RunReport, ScheduledRefresh, walk
 
     preset = plan.preset
     boot_keys = bootstrap_rotations(preset)
     extra = plan.key_indices(boot_keys)
     keys = frozenset(boot_keys) | frozenset(extra)
-    plan.steps = [(step.tuned(keys), ins, out) for step, ins, out in plan.steps]
+    plan.steps = [(tuner(step, keys), ins, out) for step, ins, out in plan.steps]
 
     tracer = LevelTracer(preset, keys)
     greedy = GreedyRefresh(tracer)
@@ -121,7 +188,7 @@ def schedule_plan(plan) -> "Schedule":
     if boot_keys and not greedy.count:  # never bootstraps: no bootstrapping keys to chain rotations from
         extra = plan.key_indices(frozenset())
         keys = frozenset(extra)
-        plan.steps = [(step.tuned(keys), ins, out) for step, ins, out in plan.steps]
+        plan.steps = [(tuner(step, keys), ins, out) for step, ins, out in plan.steps]
         tracer = LevelTracer(preset, keys)
         greedy = GreedyRefresh(tracer)
         _dry_run(plan, tracer, preset.depth, greedy, walk)

@@ -10,6 +10,9 @@ A kernel is a dataclass (its fields are its parameters: what a saved plan stores
 * ``finalize(scale_in, scale_out, options)``: once scales are known, a kernel with them folded in;
 * ``tuned(keys)``: the kernel adapted to the rotation keys present (fewest key switches; the
   result is the same);
+* ``variants()``: other kernels computing the same function with another trade of levels
+  against work (a linear map in lanes or not); the compiler's optimiser keeps whichever makes the
+  whole schedule cheapest (:func:`ckksnet.compiler.schedule.optimise_variants`);
 * ``evaluate(ev, inputs, refresh)``: THE algorithm, on any evaluator (ciphertexts, levels only,
   numpy slots: :mod:`ckksnet.backend.evaluator`). ``refresh(value, levels)`` returns the value
   with at least ``levels`` levels left (bootstrapped where the plan's schedule says so); call it
@@ -54,6 +57,9 @@ class Kernel:
 
     def tuned(self, keys: frozenset) -> "Kernel":
         return self
+
+    def variants(self) -> list["Kernel"]:
+        return []
 
     def evaluate(self, ev, inputs: list, refresh: Refresh):
         raise NotImplementedError(f"{type(self).__name__} has no evaluate()")

@@ -225,7 +225,8 @@ class LinearMap:
     def offsets(self) -> np.ndarray:
         """Sorted indices d of the non-zero generalized diagonals (cheap: no dense vectors)."""
         coo = self._product_coo()
-        return np.unique((coo.col - coo.row) % self.slots)
+        nz = coo.data != 0  # explicit zeros make no plaintext (groups() skips all-zero diagonals)
+        return np.unique((coo.col[nz] - coo.row[nz]) % self.slots)
 
     def _sorted_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(bounds, rows, data): entries sorted by diagonal; diagonal offsets[i] holds
@@ -296,6 +297,15 @@ class LinearMap:
         if group:
             yield int(g), group
 
+    def offset_groups(self) -> Iterator[tuple[int, dict[int, None]]]:
+        """:meth:`groups` without the plaintexts (the level tracer needs only which baby steps
+        each giant step multiplies; building 2^14-slot vectors was most of a dry run's time)."""
+        n1 = self.baby_step_size
+        by_giant: dict[int, dict[int, None]] = {}
+        for d in sorted((int(d) for d in self.offsets), key=lambda d: -(d // n1)):
+            by_giant.setdefault(d // n1, {})[d - (d // n1) * n1] = None
+        yield from by_giant.items()
+
     def rotations(self) -> set[int]:
         """Rotation indices this map needs (replication included)."""
         n1 = self.baby_step_size
@@ -327,7 +337,8 @@ class LinearMap:
         rotated = ev.rotate_composed(ct, babies)
         horner = self.giant_plan[1]
         out, last = None, None
-        for g, group in self.groups():  # decreasing g
+        groups = self.offset_groups() if getattr(ev, "levels_only", False) else self.groups()
+        for g, group in groups:  # decreasing g
             # rescaled now, not at the next product: its rotations key-switch one limb fewer
             inner = ev.rescale(ev.dot(((rotated[j], pt) for j, pt in sorted(group.items()))))
             if not horner:  # each partial sum to its place: rot(inner, g n1)
@@ -380,6 +391,13 @@ class LinearStep(Kernel):
 
     def levels(self) -> int:
         return self.kernel.levels()
+
+    def variants(self) -> list["LinearStep"]:
+        """In lanes: the same folded map without lanes (one level instead of two, about q
+        times the products), which can save a bootstrap where levels are tight."""
+        if getattr(self.kernel, "lanes", 1) > 1:
+            return [LinearStep(self.name, replace(self.kernel, lanes=1, baby_step=0))]
+        return []
 
     def rotations(self) -> set[int]:
         return self.kernel.rotations()

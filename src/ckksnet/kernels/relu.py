@@ -33,10 +33,13 @@ class ReluStep(Kernel):
         return activation_bound(self.name, ranges, margin, "ReLU") * self.extension
 
     def finalize(self, scale_in: float, scale_out: float, options: dict) -> "ReluStep":
-        alpha = options.get("relu_alpha", {}).get(self.name, options["alpha"])
+        alpha, eps_bits = options["alpha"], options["eps_bits"]
+        alpha = options.get("relu_alpha", {}).get(self.name, alpha)
+        if isinstance(alpha, (tuple, list)):  # (alpha, eps_bits) for this ReLU alone
+            alpha, eps_bits = alpha
         ext = self.extension
         # scale_out: the scale group's L B (at least this ReLU's own); B = scale_out / L
-        return ReluStep(self.name, ReluApprox.from_table(alpha, scale_out / ext, options["eps_bits"], ext), ext)
+        return ReluStep(self.name, ReluApprox.from_table(int(alpha), scale_out / ext, int(eps_bits), ext), ext)
 
     def levels(self) -> int:
         return self.relu.depth(prescaled=True)
