@@ -20,6 +20,7 @@ from _results import machine, replace_section, today
 from costs import store
 from ckksnet import inference
 from ckksnet.approx.composite import DEFAULT_ALPHA, DEFAULT_EPS_BITS
+from ckksnet.cli import relu_sign_arg
 from ckksnet.fidelity import NoiseModel, bundled_noise_path
 from ckksnet.runtime import rotation_key_text
 
@@ -76,7 +77,9 @@ def per_image(res: dict, argv: list[str]) -> dict:
     keys = ("index", "label", "seconds", "reference_bootstrap_seconds", "ratio", "bootstraps",
             "bootstraps_by_slots", "enc_pred", "plain_pred", "max_abs_logit_diff", "peak_rss_gb", "probe_seconds")
     return {"date": today(), "machine": machine(), "command": "python benchmarks/resnet20.py " + " ".join(argv),
-            "preset": res["preset"], "alpha": res["alpha"], "eps_bits": res["eps_bits"], "source": res["source"],
+            "preset": res["preset"], "alpha": res["alpha"], "eps_bits": res["eps_bits"],
+            "relu_signs": res["relu_signs"], "source": res["source"],
+            "plan_estimate_seconds_same_process_costs": (res.get("costs") or {}).get("estimate_seconds"),
             "plan_bootstraps": res["plan_bootstraps"], "plan_estimate_seconds": res["plan_estimate_seconds_stored_costs"],
             "images": [{k: r.get(k) for k in keys} for r in res["images"]]}
 
@@ -89,12 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps-bits", type=int, default=DEFAULT_EPS_BITS)
     ap.add_argument("--json", nargs="?", const=str(Path(__file__).parent / "resnet20_images.json"),
                     help="write the per-image figures here (default: benchmarks/resnet20_images.json)")
+    ap.add_argument("--relu-sign", action="append", type=relu_sign_arg, default=[], metavar="PATTERN=ALPHA/EPS",
+                    help="per-ReLU sign table, as for ckksnet plan")
+    ap.add_argument("--no-record", action="store_true",
+                    help="a side measurement: leave RESULTS.md, resnet20_last.json, costs.json and the noise model alone")
     args = ap.parse_args(argv)
     res = inference.run(args.images, "secure", alpha=args.alpha, eps_bits=args.eps_bits, progress=True,
-                        on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=True,
-                        measure_costs=True, reference_each=True)
+                        on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=not args.no_record,
+                        measure_costs=True, reference_each=True, relu_signs=args.relu_sign)
     if args.json:
         Path(args.json).write_text(json.dumps(per_image(res, argv), indent=1) + "\n")
+    if args.no_record:
+        print(json.dumps({k: v for k, v in res.items() if k != "report"}, indent=1))
+        return 0
     rep = res["report"]
     store("secure", res["costs"], {"keys_gib": res["peak_rss_gb_after_keygen"],
                                    "one_key_gib": res["key_memory_gb"]["one_key"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -13,7 +14,8 @@ from ckksnet.models import ResNetCifar, save_checkpoint
 from ckksnet.training import calibrate
 
 
-def test_infer_json_reports_each_image(tmp_path, capsys):
+def _small_setup(tmp_path) -> None:
+    """tmp_path/data: a 4-image test folder (8x8, two classes); tmp_path/ck: a small checkpoint."""
     rng = np.random.default_rng(5)
     for c in ("cat", "dog"):
         (tmp_path / "data" / "test" / c).mkdir(parents=True)
@@ -24,6 +26,10 @@ def test_infer_json_reports_each_image(tmp_path, capsys):
     model = ResNetCifar(blocks=1, widths=(2, 4, 8), num_classes=2).eval()
     calib = calibrate(model, rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8))
     save_checkpoint(model, {"calibration": {"relus": calib}, "test": {"accuracy": 50.0}}, tmp_path / "ck")
+
+
+def test_infer_json_reports_each_image(tmp_path, capsys):
+    _small_setup(tmp_path)
     rc = cli(["infer", "--images", "2", "--preset", "test", "--checkpoint", str(tmp_path / "ck"),
               "--data", str(tmp_path / "data"), "--json"])
     assert rc == 0
@@ -41,3 +47,40 @@ def test_infer_json_reports_each_image(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     assert rc == 0 and "(same)" in lines[-2] and lines[-1].startswith("100% of encrypted predictions")
     assert "automorphism keys present" in lines[-1] and lines[-1].endswith("GiB")
+
+
+def test_benchmark_figures_per_image_and_per_relu_sign_tables(tmp_path):
+    """What benchmarks/resnet20.py --json reports per image (issue #20): the time as a ratio to a
+    reference bootstrap timed right before the image in the same process, bootstraps by slot
+    count, predictions, logit error, peak memory; and --relu-sign reaches the compiled ReLUs."""
+    from ckksnet import inference
+
+    _small_setup(tmp_path)
+    res = inference.run(1, "test", str(tmp_path / "data"), str(tmp_path / "ck"), progress=False,
+                        reference_each=True, relu_signs=[("layers.*.relu1", (10, 7))])
+    (rec,) = res["images"]
+    assert rec["reference_bootstrap_seconds"] > 0 and rec["seconds"] > 0
+    assert abs(rec["ratio"] - rec["seconds"] / rec["reference_bootstrap_seconds"]) < 0.01 * rec["ratio"] + 0.01
+    assert rec["bootstraps_by_slots"] == {"2048": rec["bootstraps"]} and rec["bootstraps"] == res["plan_bootstraps"]
+    assert rec["enc_pred"] == rec["plain_pred"] and rec["peak_rss_gb"] > 0 and rec["probe_seconds"] == 0
+    assert res["relu_signs"] == [["layers.*.relu1", [10, 7]]]
+
+
+def test_relu_sign_patterns_pick_tables_per_relu(tmp_path):
+    from ckksnet.compiler import compile
+    from ckksnet.compiler.phases import relu_overrides
+    from ckksnet.errors import CompileError
+    from ckksnet.models import load_checkpoint
+
+    _small_setup(tmp_path)
+    model, meta = load_checkpoint(tmp_path / "ck")
+    relus = meta["calibration"]["relus"]
+    plan = compile(model, calibration=relus, preset="test", image_size=(8, 8),
+                   relu_alpha=relu_overrides([("layers.*.relu1", (10, 7))], relus))
+    degrees = {s.name: s.relu.sign.degrees for s, _, _ in plan.steps if s.kind == "relu"}
+    assert {n for n, d in degrees.items() if d == (31, 31)} == {n for n in relus if n.endswith("relu1")}
+    assert degrees["relu"] == (15, 15, 27)  # the rest keep alpha 13, eps 2^-9
+    with pytest.raises(CompileError, match="matches no ReLU"):
+        relu_overrides([("conv*", (10, 7))], relus)
+    with pytest.raises(SystemExit):  # argparse: PATTERN=ALPHA/EPS expected
+        cli(["plan", "--preset", "test", "--checkpoint", str(tmp_path / "ck"), "--relu-sign", "bad"])

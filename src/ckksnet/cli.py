@@ -7,6 +7,7 @@ import math
 import shlex
 import sys
 
+from ckksnet.compiler.phases import relu_overrides
 from ckksnet.errors import CkksnetError
 from ckksnet.service_cli import add_query, add_serve
 
@@ -137,13 +138,30 @@ def _add_approx(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_approx)
 
 
+# ---------------------------------------------------------------- per-ReLU sign tables
+def relu_sign_arg(text: str) -> tuple[str, tuple[int, int]]:
+    """'PATTERN=ALPHA/EPS_BITS' (argparse type): a glob over ReLU step names and the sign table."""
+    pattern, sep, table = text.partition("=")
+    alpha, slash, eps = table.partition("/")
+    if not (sep and slash and pattern and alpha.isdigit() and eps.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PATTERN=ALPHA/EPS_BITS, e.g. 'layers.*.relu1=10/7'")
+    return pattern, (int(alpha), int(eps))
+
+
+def _add_relu_sign(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--relu-sign", action="append", type=relu_sign_arg, default=[], metavar="PATTERN=ALPHA/EPS",
+                   help="sign table for the ReLUs whose step names match PATTERN (repeatable), e.g. "
+                   "'layers.*.relu1=10/7' (the depth-10 table: 2 bootstraps per convolution + ReLU)")
+
+
 def _cmd_fidelity(args: argparse.Namespace) -> int:
     from ckksnet.fidelity.report import fidelity_report
 
     res = fidelity_report(args.twin, args.encrypted, args.preset, args.data, args.checkpoint, args.alpha,
                           args.eps_bits, args.state, not args.no_noise, args.plots,
                           [int(a) for a in args.alpha_sweep.split(",")] if args.alpha_sweep else None,
-                          args.sweep_images, progress=not args.json, profile_from=args.profile_from)
+                          args.sweep_images, progress=not args.json, profile_from=args.profile_from,
+                          relu_signs=args.relu_sign)
     t, e = res["twin"], res["encrypted"]
     p = res["plain"]
     text = ((f"plaintext accuracy {p['accuracy']}% ({p['images']} images, {res['source']})\n" if p["images"]
@@ -189,6 +207,7 @@ def _add_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", help="folder for the PNG plots (e.g. benchmarks)")
     p.add_argument("--alpha-sweep", help="comma-separated alphas for the fidelity-vs-alpha plot")
     p.add_argument("--sweep-images", type=int, default=1000)
+    _add_relu_sign(p)
     p.add_argument("--profile-from", help="a saved run report (JSON with a 'report') for the profile "
                    "when no image runs encrypted, e.g. benchmarks/resnet20_last.json")
     p.add_argument("--json", action="store_true")
@@ -215,7 +234,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     result = inference.run(args.images, args.preset, args.data, args.checkpoint, args.alpha,
                            args.eps_bits, progress=not args.json,
-                           on_image=None if args.json else _print_image)
+                           on_image=None if args.json else _print_image, relu_signs=args.relu_sign)
     from ckksnet.runtime import rotation_key_text
 
     return _emit(args, result, f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the "
@@ -234,6 +253,7 @@ def _add_infer(sub: argparse._SubParsersAction, name: str = "infer", images: int
     p.add_argument("--data", help="CIFAR-10 location (default: foolbox's official images for K <= 20)")
     p.add_argument("--alpha", type=int, default=13, help="ReLU sign precision (shipped tables: 6..13)")
     p.add_argument("--eps-bits", type=int, default=9)
+    _add_relu_sign(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_infer)
 
@@ -287,8 +307,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from ckksnet.compiler.report import plan_report, plan_text
 
     model, meta = _load_model(args.checkpoint)
-    net = compile(model, calibration=meta["calibration"]["relus"], preset=args.preset, alpha=args.alpha,
-                  eps_bits=args.eps_bits)
+    relus = meta["calibration"]["relus"]
+    net = compile(model, calibration=relus, preset=args.preset, alpha=args.alpha, eps_bits=args.eps_bits,
+                  relu_alpha=relu_overrides(args.relu_sign, relus))
     rep = plan_report(net)
     return _emit(args, rep, plan_text(rep))
 
@@ -300,6 +321,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="secure")
     p.add_argument("--alpha", type=int, default=13)
     p.add_argument("--eps-bits", type=int, default=9)
+    _add_relu_sign(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_plan)
 
@@ -319,8 +341,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from ckksnet.compiler import compile
 
     model, meta = _load_model(args.checkpoint)
-    net = compile(model, calibration=meta["calibration"]["relus"], preset=args.preset, alpha=args.alpha,
-                  eps_bits=args.eps_bits, image_size=(args.image_size, args.image_size))
+    relus = meta["calibration"]["relus"]
+    net = compile(model, calibration=relus, preset=args.preset, alpha=args.alpha, eps_bits=args.eps_bits,
+                  image_size=(args.image_size, args.image_size), relu_alpha=relu_overrides(args.relu_sign, relus))
     folder = net.save(args.out)
     spec = net.client_spec()
     report = {"out": str(folder), "server_plan": str(folder / "server_plan.ckksnet"),
@@ -524,6 +547,7 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=int, default=13)
     p.add_argument("--eps-bits", type=int, default=9)
     p.add_argument("--image-size", type=int, default=32, help="input images are N x N pixels")
+    _add_relu_sign(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_compile)
 

@@ -34,7 +34,8 @@ def pick_images(k: int, data: str | None = None):
 
 def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint: str | None = None,
         alpha: int = 13, eps_bits: int = 9, progress: bool = True, on_image=None,
-        calibrate_noise: bool = False, measure_costs: bool = False, reference_each: bool = False) -> dict:
+        calibrate_noise: bool = False, measure_costs: bool = False, reference_each: bool = False,
+        relu_signs: list | None = None) -> dict:
     """Compile, make keys, and run K images encrypted; returns a JSON-ready report.
 
     ``on_image(record)`` is called after each image (for printing as results come in).
@@ -42,6 +43,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     each step's output with the client's key) and return it as ``noise_model``.
     ``measure_costs``: time the cost model's operations and a reference bootstrap (median of 3)
     right after key generation, in this process (``costs``), and report the plan's estimate.
+    ``relu_signs``: [(glob over ReLU names, (alpha, eps_bits))] overriding the sign table per ReLU.
     ``reference_each``: right before each image, time a reference bootstrap (median of 3, see
     :func:`ckksnet.backend.measure.reference_bootstrap`) and report the image's time as a ratio to
     it. The noise probe's own seconds (``calibrate_noise``, first image) are left out of the
@@ -50,8 +52,11 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     model, meta = load_checkpoint(checkpoint) if checkpoint else load_bundled()
     images, labels, indices, source = pick_images(k, data)
     t = time.time()
-    net = compile(model, calibration=meta["calibration"]["relus"], preset=preset, alpha=alpha,
-                  eps_bits=eps_bits, image_size=images.shape[1:3])
+    from ckksnet.compiler.phases import relu_overrides
+
+    relus = meta["calibration"]["relus"]
+    net = compile(model, calibration=relus, preset=preset, alpha=alpha, eps_bits=eps_bits,
+                  image_size=images.shape[1:3], relu_alpha=relu_overrides(relu_signs or [], relus))
     compile_s = time.time() - t
     t = time.time()
     client = Client(net)
@@ -101,7 +106,8 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             on_image(rec)
     return {"preset": net.preset.name, "source": source, "checkpoint": checkpoint or "bundled",
             "checkpoint_note": meta.get("note", ""), "plain_test_accuracy": meta.get("test", {}).get("accuracy"),
-            "alpha": alpha, "eps_bits": eps_bits, "compile_seconds": round(compile_s, 2),
+            "alpha": alpha, "eps_bits": eps_bits, "relu_signs": [[p, list(t)] for p, t in relu_signs or []],
+            "compile_seconds": round(compile_s, 2),
             "keygen_seconds": round(keygen_s, 2), "rotation_keys": client.key_memory_gb["rotation_keys"],
             "rotation_key_policy": net.rotation_keys, "peak_rss_gb_after_keygen": round(keygen_rss, 2),
             "key_memory_gb": client.key_memory_gb,

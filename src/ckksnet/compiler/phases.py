@@ -149,6 +149,20 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     return plan
 
 
+def relu_overrides(specs: list, names) -> dict[str, tuple[int, int]]:
+    """{ReLU step name: (alpha, eps_bits)} from ``--relu-sign`` specs matched (fnmatch) against
+    ``names``, later specs winning. Raises :class:`CompileError` for a pattern matching no ReLU."""
+    import fnmatch
+
+    out: dict[str, tuple[int, int]] = {}
+    for pattern, table in specs:
+        hits = fnmatch.filter(list(names), pattern)
+        if not hits:
+            raise CompileError(f"--relu-sign {pattern!r} matches no ReLU; ReLUs: {', '.join(names)}")
+        out.update((h, table) for h in hits)
+    return out
+
+
 def model_identity(model: nn.Module) -> str:
     """SHA-256 over the model's class name and state dict (names, dtypes, shapes, values)."""
     h = hashlib.sha256(type(model).__name__.encode())
