@@ -12,7 +12,9 @@ as the real one):
 
 Units: ``levels`` are levels left (rescales a value can still take); rotation ``k`` moves slot
 i + k to slot i (a left rotation by k slots, indices taken mod ``slots``). Plaintext operands are
-1-D float arrays of ``slots`` values or Python floats.
+1-D float arrays of ``slots`` values or Python floats. An evaluator with ``levels_only = True`` (the
+tracer) never reads plaintext values: a kernel may pass None for them there (the linear map skips
+building its diagonals in dry runs).
 """
 from __future__ import annotations
 
