@@ -157,9 +157,13 @@ def test_offline_run_gives_the_served_output(flow):
 
 def test_the_server_is_stopped_when_the_script_fails(inputs, tmp_path):
     """SERVE_TIMEOUT=0: the first health check fails while the server is still starting; the
-    script gives up, and its EXIT trap stops the server it started."""
+    script gives up, and its EXIT trap stops the server it started. The server is started
+    through a wrapper that waits 60 s first, so that no machine load lets it answer in time."""
     work = tmp_path / "work"
-    done = _script(*inputs, work, SERVE_TIMEOUT="0")
+    slow = tmp_path / "slow_ckksnet"
+    slow.write_text(f'#!/bin/bash\nif [ "$1" = serve ]; then sleep 60; fi\nexec {CKKSNET} "$@"\n')
+    slow.chmod(0o755)
+    done = _script(*inputs, work, SERVE_TIMEOUT="0", CKKSNET=str(slow))
     assert done.returncode == 1 and "did not answer on http://127.0.0.1:" in done.stderr, done.stderr[-3000:]
     assert (work / "serve.pid").is_file() and not (work / "decrypt.json").exists()
     assert not _processes_naming(str(work / "serve")), "ckksnet serve outlived the script"
