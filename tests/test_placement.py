@@ -71,7 +71,7 @@ def test_secure_resnet20_with_a_shallow_relu_needs_two_bootstraps_per_pair():
     """Compile only (no keys): ResNet-20 with the depth-10 sign (alpha 10, eps 2^-7). In lanes a
     stage-2/3 convolution spends 2 of the 6 usable levels, so conv + first component (1 + 5)
     no longer fits and every such pair costs 3 bootstraps; the optimiser takes those maps out of
-    lanes (measured: 47 -> 36 bootstraps, 560 -> 519 s estimated)."""
+    lanes (47 -> 36 bootstraps when this was written)."""
     from ckksnet.models import load_bundled
 
     model, meta = load_bundled()
