@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ckksnet.compiler import compile
+from ckksnet.compiler.phases import relu_overrides
 from ckksnet.data import load_cifar10
 from ckksnet.models import load_bundled, load_checkpoint
 from ckksnet.runtime import Client, Server, peak_rss_gb
@@ -52,8 +53,6 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     model, meta = load_checkpoint(checkpoint) if checkpoint else load_bundled()
     images, labels, indices, source = pick_images(k, data)
     t = time.time()
-    from ckksnet.compiler.phases import relu_overrides
-
     relus = meta["calibration"]["relus"]
     net = compile(model, calibration=relus, preset=preset, alpha=alpha, eps_bits=eps_bits,
                   image_size=images.shape[1:3], relu_alpha=relu_overrides(relu_signs or [], relus))

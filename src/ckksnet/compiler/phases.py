@@ -97,14 +97,14 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     ``margin`` x max |input| (1.5: on the CIFAR-10 test split one ReLU of the bundled model
     reaches 1.33 x its max over the calibration images, and outside [-B, B] the polynomial
     diverges). ``alpha`` / ``eps_bits`` pick the sign table for every ReLU; ``relu_alpha``
-    overrides them per ReLU (step name -> alpha, or -> (alpha, eps_bits)). ``rotation_keys``: "reuse" (default) chains
-    every rotation from the ~60 rotation keys bootstrapping generates anyway (no extra key
-    memory); "pow2" adds keys for +-2^i; "direct" one key per rotation index. ``lanes``: evaluate
-    folded linear maps in lanes (see :mod:`ckksnet.kernels.linear`): None where the whole
-    schedule's estimated time says it pays (:func:`ckksnet.compiler.schedule.optimise_variants`:
-    lanes save products but spend a level, which can cost a bootstrap), True wherever possible,
-    False never. ``pooled_dense``: a Linear after global
-    pooling as masks and one box sum (:mod:`ckksnet.kernels.pooled_dense`): None where it pays,
+    overrides them per ReLU (step name -> alpha, or -> (alpha, eps_bits)). ``rotation_keys``:
+    "reuse" (default) chains every rotation from the ~60 rotation keys bootstrapping generates
+    anyway (no extra key memory); "pow2" adds keys for +-2^i; "direct" one key per rotation
+    index. ``lanes``: evaluate folded linear maps in lanes (see :mod:`ckksnet.kernels.linear`):
+    None where the whole schedule's estimated time says it pays
+    (:func:`ckksnet.compiler.schedule.optimise_variants`: lanes save products but spend a level,
+    which can cost a bootstrap), True wherever possible, False never. ``pooled_dense``: a Linear
+    after global pooling as masks and one box sum (:mod:`ckksnet.kernels.pooled_dense`): None where it pays,
     True wherever its output windows fit, False never. ``classes``: output class names (default:
     CIFAR-10's for 10 outputs). ``mean`` / ``std`` (one value, or one per channel): the input
     normalisation, for a model without a :class:`~ckksnet.nn.Normalize` module (its data

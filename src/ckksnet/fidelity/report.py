@@ -20,8 +20,8 @@ def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secur
     ``sweep_images`` images); ``plots``: a folder for the PNG figures; ``profile_from``: a saved
     run report (e.g. benchmarks/resnet20_last.json) for the profile when no image runs encrypted;
     ``relu_signs``: [(glob over ReLU names, (alpha, eps_bits))] overriding the table per ReLU."""
-    from ckksnet.compiler.phases import relu_overrides
     from ckksnet.compiler import compile
+    from ckksnet.compiler.phases import relu_overrides
     from ckksnet.data import load_cifar10
     from ckksnet.models import load_bundled, load_checkpoint
 

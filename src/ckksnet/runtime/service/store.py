@@ -27,6 +27,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from ckksnet.backend.serialize import save
 from ckksnet.runtime.service.errors import ConflictError, StateLockedError
 
 SCHEMA = """
@@ -236,12 +237,10 @@ class Store:
         return done
 
     def save_result(self, job_id: str, worker: str, data: bytes) -> bool:
-        """Write a job's output (whole, then renamed) and mark the job done; if it is no longer
-        ``worker``'s (failed or deleted meanwhile), remove the output again. True if done."""
-        path = self.result_path(job_id)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        """Write a job's output (whole, then renamed: :func:`ckksnet.backend.serialize.save`) and
+        mark the job done; if it is no longer ``worker``'s (failed or deleted meanwhile), remove the
+        output again. True if done. Raises :class:`SerializationError` if it cannot be written."""
+        path = save(data, self.result_path(job_id))
         if not self.finish_job(job_id, worker, len(data)):
             path.unlink(missing_ok=True)
             return False
