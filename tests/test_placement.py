@@ -83,3 +83,8 @@ def test_secure_resnet20_with_a_shallow_relu_needs_two_bootstraps_per_pair():
     assert greedy.schedule.bootstraps > best.schedule.bootstraps == 2 * 18
     assert best.schedule.seconds < greedy.schedule.seconds
     assert all(s.bootstraps <= 1 for s in best.schedule.steps if s.kind == "relu" and s.name != "relu")
+    # alpha 13 (shipped): lanes cost no bootstrap there (2 + 4 of 6 levels), so they are kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecurePresetWarning)
+        shipped = compile(model, calibration=kw["calibration"], preset="secure")
+    assert shipped.schedule.bootstraps == 54 and len(_laned(shipped)) == 11  # all 11 the kernels put in lanes

@@ -177,7 +177,8 @@ def load_table(alpha: int, eps_bits: int = DEFAULT_EPS_BITS) -> CompositeSign:
         have = sorted(p.stem for p in TABLE_DIR.glob("sign_*.json"))
         raise ValueError(f"no shipped sign table for alpha={alpha}, eps=2^-{eps_bits}; shipped: "
                          f"alpha {SHIPPED_ALPHAS[0]}..{SHIPPED_ALPHAS[-1]} x eps bits "
-                         f"{', '.join(map(str, SHIPPED_EPS_BITS))} ({len(have)} files)")
+                         f"{', '.join(map(str, SHIPPED_EPS_BITS))}, and {', '.join(f'{a}/{e}' for a, e in BUDGET_TABLES)} "
+                         f"(alpha/eps bits, level-budget tables) ({len(have)} files)")
     return CompositeSign.from_json(json.loads(path.read_text()))
 
 

@@ -141,7 +141,7 @@ def optimise_variants(plan, schedule: "Schedule", tuner=None) -> "Schedule":
                 plan.steps[i] = (alt, ins, out)
                 try:
                     cand = _schedule(plan, tuner)
-                except CompileError:
+                except (CompileError, LevelError, MissingKeyError):  # the variant cannot run: keep the rest
                     cand = None
                 if cand is not None and _objective(cand) < _objective(best):
                     best, improved = cand, True
