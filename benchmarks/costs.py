@@ -1,4 +1,4 @@
-"""Measure the cost model's constants for a preset and store them in ckksnet/backend/costs.json.
+"""Measure the cost model's constants for a preset and store them in ckksnet/core/costs.json.
 
     python benchmarks/costs.py --preset test|secure [--levels 1,3,5,7,12,20]
 The constants (seconds per operation as c0 + c1 * levels, and the bootstrap) are what
@@ -14,20 +14,21 @@ import warnings
 
 from _results import append_log, machine, peak_rss_gb, today
 from ckksnet.backend import CkksClient
-from ckksnet.backend.costs import COSTS_PATH
+from ckksnet.core.costs import COSTS_PATH
 from ckksnet.backend.measure import measure_costs
 
 HEADER = "## Cost model constants (benchmarks/costs.py)"
 
 
 def store(preset: str, measured: dict, memory: dict, command: str) -> None:
-    """Merge a preset's constants into costs.json (other presets kept)."""
-    table = json.loads(COSTS_PATH.read_text()) if COSTS_PATH.exists() else {}
+    """Merge a preset's OpenFHE constants into costs.json (other presets and backends kept)."""
+    everything = json.loads(COSTS_PATH.read_text()) if COSTS_PATH.exists() else {}
+    table = everything.setdefault("openfhe", {})
     old = table.get(preset, {})
     table[preset] = {"coefficients": measured["coefficients"],
                      "memory": {**old.get("memory", {}), **memory},
                      "source": f"{today()}, {machine()}, `{command}`"}
-    COSTS_PATH.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    COSTS_PATH.write_text(json.dumps(everything, indent=1, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

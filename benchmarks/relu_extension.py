@@ -36,7 +36,7 @@ import torch
 
 from ckksnet.approx import ReluApprox
 from ckksnet.compiler import compile
-from ckksnet.compiler.plan import ActivationRangeWarning
+from ckksnet.core.plan import ActivationRangeWarning
 from ckksnet.compiler.report import plan_report
 from ckksnet.data import load_cifar10
 from ckksnet.fidelity import bundled_noise, summarize
@@ -83,8 +83,8 @@ def scaled_seconds(plan, reference: dict) -> dict:
 
 def beyond_b(plan, images: np.ndarray, noise=None) -> dict:
     """Twin logits and, per ReLU, how many inputs exceeded B and L B (counted in units of B)."""
-    from ckksnet.backend.slots import SlotEvaluator
-    from ckksnet.runtime.walker import ScheduledRefresh, walk
+    from ckksnet.core.slots import SlotEvaluator
+    from ckksnet.core.walker import ScheduledRefresh, walk
 
     counts = {"inputs": 0, "beyond_B": 0, "beyond_LB": 0, "max_ratio": 0.0}
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ from _results import machine, replace_section, today
 from costs import store
 from ckksnet import inference
 from ckksnet.approx.composite import DEFAULT_ALPHA, DEFAULT_EPS_BITS
-from ckksnet.cli import relu_sign_arg
+from ckksnet.deploy.cli import relu_sign_arg
 from ckksnet.fidelity import NoiseModel, bundled_noise_path
 from ckksnet.runtime import rotation_key_text
 

@@ -9,7 +9,7 @@ Each step is the command a user runs, in a process of its own: ``ckksnet compile
 keygen`` (it exits before the server loads the keys: about 11 GiB each), ``ckksnet encrypt``,
 ``ckksnet serve`` in the background on a free loopback port (its own session, stopped at the
 end), then the upload of the evaluation keys, the submission of the ciphertext and the wait
-through :class:`ckksnet.remote.RemoteClient` (what ``ckksnet query`` runs) in this process, then,
+through :class:`ckksnet.deploy.remote.RemoteClient` (what ``ckksnet query`` runs) in this process, then,
 with the server stopped, ``ckksnet decrypt`` and ``ckksnet predict`` (the torch model).
 
 Measured: the wall time and peak RSS of each client process; the upload (bytes, seconds); the
@@ -100,7 +100,7 @@ class Served:
         self.max_rss = {"http_gb": 0.0, "worker_gb": 0.0}
 
     def wait_healthy(self, timeout: float = 300.0) -> float:
-        from ckksnet.remote import RemoteClient, RemoteError
+        from ckksnet.deploy.remote import RemoteClient, RemoteError
 
         t0 = time.monotonic()
         with RemoteClient(self.url) as remote:
@@ -210,8 +210,8 @@ def flow(args: argparse.Namespace, work: Path) -> dict:
 
 def served_part(server: Served, eval_keys: Path, ct_path: Path, out_path: Path, state: Path, poll: float) -> dict:
     """Upload, submit, wait, download; the worker's own records."""
-    from ckksnet.remote import RemoteClient
-    from ckksnet.runtime.service.bundle import tar_length
+    from ckksnet.deploy.remote import RemoteClient
+    from ckksnet.deploy.service.bundle import tar_length
 
     part: dict = {"url": server.url}
     with RemoteClient(server.url) as remote:

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from _results import machine, peak_rss_gb, today
-from ckksnet.backend.memory import rss_gb, trim
+from ckksnet.core.memory import rss_gb, trim
 from ckksnet.backend.presets import build_crypto_context, get_preset
 
 

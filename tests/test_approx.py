@@ -11,9 +11,9 @@ from ckksnet.approx import (BUDGET_TABLES, SHIPPED_ALPHAS, SHIPPED_EPS_BITS, Ran
                             count_relinearizations, depth_of, design, eval_odd, load_table)
 from ckksnet.approx.remez import odd_minimax_sign
 from ckksnet.backend.context import Ciphertext
-from ckksnet.backend.slots import SlotEvaluator
-from ckksnet.backend.tracer import LevelTracer
-from ckksnet.cli import main as cli
+from ckksnet.core.slots import SlotEvaluator
+from ckksnet.core.tracer import LevelTracer
+from ckksnet.deploy.cli import main as cli
 from ckksnet.errors import ApproxError, LevelError
 
 SHIPPED = [(a, e) for e in SHIPPED_EPS_BITS for a in SHIPPED_ALPHAS] + sorted(BUDGET_TABLES)

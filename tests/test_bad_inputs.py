@@ -17,7 +17,7 @@ from ckksnet.approx import ReluApprox
 from ckksnet.backend import CkksClient
 from ckksnet.backend import keys as K
 from ckksnet.backend import serialize as S
-from ckksnet.compiler.artifact import load_client_spec, load_plan
+from ckksnet.runtime import load_client_spec, load_plan
 from ckksnet.data import load_cifar10
 from ckksnet.errors import (ApproxError, CkksnetError, CompileError, ContextMismatchError, CorruptDataError,
                             DataError, InputError, LevelError, MissingKeyError, NonFiniteError, PresetError,

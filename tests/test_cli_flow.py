@@ -21,9 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ckksnet.cli import main as cli
+from ckksnet.deploy.cli import main as cli
 from ckksnet.models import ResNetCifar, save_checkpoint
-from ckksnet.training import calibrate
+from ckksnet.compiler import calibrate
 from tests.helpers import random_batchnorms
 
 ROOT = Path(__file__).resolve().parents[1]

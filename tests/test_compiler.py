@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 
 from ckksnet.backend import get_preset
-from ckksnet.backend.slots import SlotEvaluator
-from ckksnet.backend.tracer import LevelTracer
+from ckksnet.core.slots import SlotEvaluator
+from ckksnet.core.tracer import LevelTracer
 from ckksnet.compiler import compile
 from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
-from ckksnet.compiler.plan import ActivationRangeWarning
+from ckksnet.core.plan import ActivationRangeWarning
 from ckksnet.errors import CompileError, NonFiniteError, RangeError, ShapeError
 from ckksnet.kernels import LinearMap, PooledDense, SumPoolStep
 from ckksnet.kernels.linear import KeySwitchCounter, giant_steps
@@ -28,7 +28,7 @@ from ckksnet.layout import Layout, PooledLayout, VectorLayout
 from ckksnet.layout.rotations import signed_powers_of_two
 from ckksnet.models import PadShortcut, ResNetCifar
 from ckksnet.runtime import Client, RunReport, Server
-from ckksnet.runtime.walker import GreedyRefresh, walk
+from ckksnet.core.walker import GreedyRefresh, walk
 from tests.conftest import make_client
 from tests.helpers import random_bn
 

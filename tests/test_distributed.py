@@ -1,4 +1,4 @@
-"""Many images over Ray workers (ckksnet.distributed), on a real local Ray instance, test preset.
+"""Many images over Ray workers (ckksnet.deploy.distributed), on a real local Ray instance, test preset.
 
 A small CNN (two convolutions and ReLUs, global pooling, a dense layer; it bootstraps) is
 compiled, its keys written to files, and 8 images encrypted. Each image is also run in this
@@ -31,9 +31,9 @@ from ckksnet.backend.keys import load_evaluation_keys, save_keys  # noqa: E402
 from ckksnet.backend.presets import InsecurePresetWarning  # noqa: E402
 from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes, save_ciphertext  # noqa: E402
 from ckksnet.compiler import compile  # noqa: E402
-from ckksnet.compiler.artifact import load_client_spec, load_plan  # noqa: E402
-from ckksnet.distributed import DistributedError, InferenceWorker, run_batch  # noqa: E402
-from ckksnet.distributed.batch import RESULTS_FILE, BatchState, list_inputs  # noqa: E402
+from ckksnet.runtime import load_client_spec, load_plan  # noqa: E402
+from ckksnet.deploy.distributed import DistributedError, InferenceWorker, run_batch  # noqa: E402
+from ckksnet.deploy.distributed.batch import RESULTS_FILE, BatchState, list_inputs  # noqa: E402
 from ckksnet.errors import CkksnetError, InputError  # noqa: E402
 from ckksnet.runtime import Client, Server  # noqa: E402
 from tests.helpers import random_batchnorms  # noqa: E402
@@ -344,7 +344,7 @@ def test_serve_hands_its_queue_to_ray_workers(setup, tmp_path):
     """``ckksnet serve --ray --workers 2`` (a real server process on loopback with its own local
     Ray instance): uploaded keys, three jobs over two actors, outputs equal to the single-process
     results, and the server stops cleanly."""
-    from ckksnet.remote import RemoteClient
+    from ckksnet.deploy.remote import RemoteClient
     from tests.test_service import Served
 
     served = Served(setup["plan"], tmp_path / "state", tmp_path / "server.log").start("--ray", "--workers", "2")

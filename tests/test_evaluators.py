@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ckksnet.backend import CkksServer
-from ckksnet.backend.evaluator import METHODS, Evaluator
-from ckksnet.backend.slots import SlotEvaluator, SlotVector
-from ckksnet.backend.tracer import LevelTracer, TracedCt
+from ckksnet.core.evaluator import METHODS, Evaluator
+from ckksnet.core.slots import SlotEvaluator, SlotVector
+from ckksnet.core.tracer import LevelTracer, TracedCt
 from ckksnet.errors import LevelError
 
 EVALUATORS = (CkksServer, LevelTracer, SlotEvaluator)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import ckksnet
-from ckksnet.backend.slots import SlotEvaluator
+from ckksnet.core.slots import SlotEvaluator
 from ckksnet.compiler import compile
 from ckksnet.errors import CorruptDataError
 from ckksnet.kernels import KERNEL_TYPES, Kernel

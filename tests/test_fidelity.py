@@ -138,7 +138,7 @@ def test_encrypted_sample_is_a_stable_spread_prefix():
 
 
 def test_profile_sums_by_kind_its_text_lines_and_plots(tmp_path):
-    from ckksnet.cli import _profile_line, _summary_line
+    from ckksnet.deploy.cli import _profile_line, _summary_line
     from ckksnet.fidelity import profile
     from ckksnet.fidelity.report import make_plots
 

@@ -347,7 +347,7 @@ def corpus(tmp_path_factory):
     from ckksnet.backend import serialize as S
     from ckksnet.compiler import compile
     from ckksnet.models import ResNetCifar, save_checkpoint
-    from ckksnet.training.calibrate import calibrate
+    from ckksnet.compiler.calibrate import calibrate
     from tests.conftest import make_client
 
     t0 = time.time()

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ckksnet.cli import main as cli
+from ckksnet.deploy.cli import main as cli
 from ckksnet.models import ResNetCifar, save_checkpoint
-from ckksnet.training import calibrate
+from ckksnet.compiler import calibrate
 
 
 def _small_setup(tmp_path) -> None:

@@ -183,7 +183,7 @@ def test_shared_relu_reads_a_module_keyed_calibration_dict():
 
 
 def test_functional_relu_calibration_is_keyed_by_step_name():
-    from ckksnet.training.calibrate import calibrate
+    from ckksnet.compiler.calibrate import calibrate
 
     model = randomize(TwoRelu("F.relu"))
     cal = calibrate(model, IMAGES, q=1.0)

@@ -16,7 +16,7 @@ import pytest
 
 from ckksnet.backend.presets import InsecurePresetWarning
 from ckksnet.compiler import compile
-from ckksnet.compiler.schedule import optimise_variants
+from ckksnet.core.schedule import optimise_variants
 from ckksnet.runtime import Client, Server
 from tests.test_compiler import IMAGES, _check_schedule_predicts, _tiny_resnet
 

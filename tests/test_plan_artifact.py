@@ -23,7 +23,7 @@ import ckksnet
 from ckksnet.backend import serialize as S
 from ckksnet.backend.presets import InsecurePresetWarning
 from ckksnet.compiler import artifact, compile
-from ckksnet.compiler.plan import CLIENT_FILE, SERVER_FILE, ClientSpec, Plan
+from ckksnet.core.plan import CLIENT_FILE, SERVER_FILE, ClientSpec, Plan
 from ckksnet.errors import CorruptDataError, UnsupportedFormatError, WrongFileTypeError
 from ckksnet.kernels import LinearMap, PooledDense
 from ckksnet.runtime import Client, Server

@@ -13,8 +13,8 @@ import torch
 from ckksnet.approx import ReluApprox
 from ckksnet.approx.relu import RangeReport, extension_bits
 from ckksnet.compiler import compile
-from ckksnet.compiler.artifact import load_client_spec, load_plan
-from ckksnet.compiler.plan import ActivationRangeWarning
+from ckksnet.runtime import load_client_spec, load_plan
+from ckksnet.core.plan import ActivationRangeWarning
 from ckksnet.errors import ApproxError, CkksnetError, CompileError, DecryptionError
 from ckksnet.models import ResNetCifar
 from ckksnet.runtime import Client, Server

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ckksnet.backend import serialize as S
+from ckksnet.backend import keys as K, serialize as S
 from ckksnet.errors import (ContextMismatchError, CorruptDataError, SerializationError,
                             WrongFileTypeError)
 from tests.conftest import make_client
@@ -27,10 +27,10 @@ def test_ciphertext_round_trip_bytes_and_file(client, x, tmp_path):
 
 def test_server_from_serialized_keys(client, x, tmp_path):
     """Context, public key, mult, rotation and bootstrap keys all round-trip through files."""
-    folder = S.save_server_keys(client, tmp_path / "keys")
+    folder = K.save_evaluation_keys(client, tmp_path / "keys")
     parts = ("context", "public_key", "mult_keys", "rotation_keys", "bootstrap_keys")
     assert {p.name for p in folder.glob("*.ckks")} == {f"{k}.ckks" for k in parts}  # + raw .bin payloads
-    server = S.load_server_keys(folder)
+    server = K.load_evaluation_keys(folder)
     assert server.context_id == client.context_id
     assert server.rotations == client.rotations and server.has_bootstrap_keys
     assert server.preset == client.preset
@@ -95,4 +95,4 @@ def test_missing_file(tmp_path):
     with pytest.raises(SerializationError, match="no such file"):
         S.load(tmp_path / "nothing.ckks")
     with pytest.raises(SerializationError, match="required"):
-        S.load_server_keys(tmp_path)
+        K.load_evaluation_keys(tmp_path)

@@ -1,4 +1,4 @@
-"""``ckksnet serve`` and ``ckksnet.remote``, end to end at the insecure test preset: a real uvicorn
+"""``ckksnet serve`` and ``ckksnet.deploy.remote``, end to end at the insecure test preset: a real uvicorn
 server in its own process group on a free loopback port, worker subprocesses, SQLite on disk.
 
 The model is a small random-weight CNN (convolution, batch norm, ReLU, pooling, dense) so that a
@@ -32,10 +32,10 @@ from ckksnet.backend import CkksClient, InsecurePresetWarning
 from ckksnet.backend.keys import save_keys
 from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes
 from ckksnet.nn import Normalize
-from ckksnet.remote import JobFailedError, RemoteClient, RemoteError
-from ckksnet.runtime.service.bundle import TarReceiver, tar_length, tar_stream
-from ckksnet.runtime.service.errors import BadUploadError, ConflictError
-from ckksnet.runtime.service.store import Store, token_hash, token_matches
+from ckksnet.deploy.remote import JobFailedError, RemoteClient, RemoteError
+from ckksnet.deploy.service.bundle import TarReceiver, tar_length, tar_stream
+from ckksnet.deploy.errors import BadUploadError, ConflictError
+from ckksnet.deploy.service.store import Store, token_hash, token_matches
 
 IMAGES = np.random.default_rng(3).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
 
@@ -104,7 +104,7 @@ class Served:
 
     def start(self, *flags: str, port: int | None = None) -> "Served":
         self.port = port or _free_port()
-        cmd = [sys.executable, "-m", "ckksnet.cli", "serve", "--plan", str(self.plan),
+        cmd = [sys.executable, "-m", "ckksnet.deploy.cli", "serve", "--plan", str(self.plan),
                "--state", str(self.state), "--port", str(self.port), "--log-level", "warning", *flags]
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -338,7 +338,7 @@ def test_bad_uploads_are_rejected_and_stored_keysets_stay(world, served, owner, 
 def _query(url: str, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "CKKSNET_TOKEN": token} if token else {k: v for k, v in os.environ.items()
                                                                  if k != "CKKSNET_TOKEN"}
-    return subprocess.run([sys.executable, "-m", "ckksnet.cli", "query", "--url", url, "--quiet", *args],
+    return subprocess.run([sys.executable, "-m", "ckksnet.deploy.cli", "query", "--url", url, "--quiet", *args],
                           env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ckksnet.cli import main as cli
+from ckksnet.deploy.cli import main as cli
 from ckksnet.data import Split
 from ckksnet.models import load_checkpoint, resnet20
 from ckksnet.training import TrainConfig, calibrate, evaluate, to_tensor, train

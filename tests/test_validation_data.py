@@ -25,7 +25,7 @@ from ckksnet.errors import ChecksumError, CorruptDataError, DataError, Unverifie
 from ckksnet.models import load_bundled, load_checkpoint, save_checkpoint
 from ckksnet.models.checkpoint import add_checksum
 from ckksnet.models.resnet import ResNetCifar
-from ckksnet.training.calibrate import calibrate
+from ckksnet.compiler.calibrate import calibrate
 from ckksnet.training.export import load_run_state
 
 JPEG_COPY = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -1,9 +1,11 @@
 """ckksnet: encrypted inference of trained PyTorch CNNs with RNS-CKKS (OpenFHE).
 
-Sub-packages: ``backend`` (CKKS context, keys, serialization), ``data`` (CIFAR-10),
-``models`` (ResNet-20), ``training``, ``approx`` (minimax composite ReLU), ``layout`` (slot
-packing), ``kernels`` (encrypted linear maps), ``compiler`` (model -> plan), ``runtime``
-(client and server).
+Sub-packages, bottom to top (each imports only those below it; ``tests/test_layering.py``):
+``layout`` (slot packing), ``core`` (plan, schedule, walker, the evaluator interface, the numpy
+slot evaluator, the level tracer, the file envelope; numpy only), ``approx`` (minimax composite
+ReLU), ``data`` (CIFAR-10), ``backend`` (OpenFHE: context, keys, serialization), ``kernels``,
+``runtime`` (client and server), ``compiler`` / ``training`` / ``models`` (the only torch users),
+``fidelity``, and ``deploy`` (the CLI, the HTTP service, Ray).
 """
 from ckksnet.errors import (ApproxError, CkksnetError, CompileError, ContextMismatchError, CorruptDataError,
                             DataError, InputError, LevelError, MissingKeyError, NonFiniteError,
@@ -22,10 +24,10 @@ def __getattr__(name: str):
         import ckksnet.runtime as rt
         return getattr(rt, name)
     if name in ("load_plan", "load_client_spec"):
-        import ckksnet.compiler.artifact as art
-        return getattr(art, name)
+        import ckksnet.runtime as rt
+        return getattr(rt, name)
     if name in ("Plan", "ClientSpec"):
-        import ckksnet.compiler.plan as plan
+        import ckksnet.core.plan as plan
         return getattr(plan, name)
     raise AttributeError(f"module 'ckksnet' has no attribute {name!r}")
 

@@ -66,8 +66,8 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     if measure_costs:
         from ckksnet.backend.measure import measure_costs as measure
 
-        from ckksnet.backend.costs import CostModel
-        from ckksnet.compiler.schedule import estimate_seconds
+        from ckksnet.core.costs import CostModel
+        from ckksnet.core.schedule import estimate_seconds
 
         costs = measure(client.ckks, [1, 3, 5, 7, 12, 20])
         costs["estimate_seconds"] = round(estimate_seconds(net, CostModel(preset, costs["coefficients"])), 1)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ckksnet.core.artifact import plan_type
 from ckksnet.approx.evaluate import count_products, count_relinearizations, depth_of, eval_odd
 from ckksnet.approx.remez import odd_minimax_sign
 
@@ -28,6 +29,7 @@ TABLE_DIR = Path(__file__).resolve().parent / "tables"
 MAX_COMPONENT_DEPTH = 5  # degree <= 31 per component
 
 
+@plan_type
 @dataclass(frozen=True)
 class CompositeSign:
     """An odd composite polynomial approximating sgn on [-1, -eps] U [eps, 1].
@@ -63,7 +65,7 @@ class CompositeSign:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The composite in float64 (the cleartext twin's order of operations)."""
-        from ckksnet.backend.slots import SlotEvaluator
+        from ckksnet.core.slots import SlotEvaluator
 
         ev = SlotEvaluator()
         for coeffs in self.components:

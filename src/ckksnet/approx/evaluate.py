@@ -2,7 +2,7 @@
 
 The same routine runs on ciphertexts (:class:`ckksnet.backend.CkksServer`), on levels only (the
 compiler's tracer) and on float64 slots or bare arrays
-(:class:`ckksnet.backend.slots.SlotEvaluator`, the cleartext twin), so all perform the same
+(:class:`ckksnet.core.slots.SlotEvaluator`, the cleartext twin), so all perform the same
 operations on the same coefficients in the same order. It uses ``mul`` (by a value or a
 scalar), ``mul_lazy``, ``relinearize`` and ``add`` (a value or a scalar).
 
@@ -97,7 +97,7 @@ def count_relinearizations(odd_coeffs: Sequence[float]) -> int:
 
 
 def _counts(odd_coeffs: Sequence[float]):
-    from ckksnet.backend.slots import SlotEvaluator
+    from ckksnet.core.slots import SlotEvaluator
 
     ev = SlotEvaluator()
     eval_odd(ev, np.zeros(1), odd_coeffs)

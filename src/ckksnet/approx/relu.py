@@ -42,6 +42,7 @@ import math
 
 import numpy as np
 
+from ckksnet.core.artifact import plan_type
 from ckksnet.approx.composite import DEFAULT_EPS_BITS, CompositeSign, load_table
 from ckksnet.approx.evaluate import depth_of, eval_odd
 from ckksnet.errors import ApproxError
@@ -76,6 +77,7 @@ def extension_bits(extension: float) -> int:
     return max(0, math.ceil(math.log2(extension) - 1e-12))
 
 
+@plan_type
 @dataclass(frozen=True)
 class ReluApprox:
     """A ReLU approximation for inputs in [-bound, bound] (bound is B, in activation units), or
@@ -135,7 +137,7 @@ class ReluApprox:
         return [depth_of(d) for d in self.sign.degrees] + [1]
 
     def evaluate(self, ev, x: Any, prescaled: bool = False, refresh=None) -> Any:
-        """The approximation on any evaluator (:mod:`ckksnet.backend.evaluator`); ``prescaled``:
+        """The approximation on any evaluator (:mod:`ckksnet.core.evaluator`); ``prescaled``:
         ``x`` is already divided by :attr:`domain` (L B), and so is the result. Without
         ``refresh`` it needs :meth:`depth` levels (raises ``LevelError`` otherwise); with
         ``refresh(value, levels)`` (the plan's bootstrapping schedule) values may be bootstrapped
@@ -160,7 +162,7 @@ class ReluApprox:
                 report.add(x * self.extension, 1.0, self.extension)
             else:
                 report.add(x, self.bound, self.extension)
-        from ckksnet.backend.slots import SlotEvaluator
+        from ckksnet.core.slots import SlotEvaluator
 
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned
             return self.evaluate(SlotEvaluator(), x, prescaled)

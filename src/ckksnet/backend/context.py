@@ -18,9 +18,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import openfhe as ofhe
 
-from ckksnet.backend.memory import tune_allocator
+from ckksnet.core.memory import tune_allocator
 from ckksnet.backend.presets import Preset, build_crypto_context, get_preset
-from ckksnet.layout.rotations import rotation_chain, rotation_paths
+from ckksnet.layout.rotations import compose_rotations
 from ckksnet.errors import (ContextMismatchError, DecryptionError, InputError, LevelError, MissingKeyError,
                             NonFiniteError, RangeError, ShapeError, WrongTypeError)
 
@@ -255,7 +255,10 @@ def _is_scalar(b) -> bool:
 
 
 class CkksServer(CkksContext):
-    """Evaluation on ciphertexts. Holds public and evaluation keys only; cannot decrypt."""
+    """Evaluation on ciphertexts. Holds public and evaluation keys only; cannot decrypt.
+    Implements :class:`ckksnet.core.evaluator.Evaluator`."""
+
+    levels_only = False  # every operation computes on ciphertexts
 
     # ---------------------------------------------------------------- arithmetic
     def _combine(self, op, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
@@ -384,26 +387,11 @@ class CkksServer(CkksContext):
         unreachable with the keys present."""
         self.check_ciphertext(ct)
         ks = list(dict.fromkeys(_int(k, "a rotation index") for k in ks))
-        parent = rotation_paths(self.slots, self.rotations)
-        first: set[int] = set()  # first hops from ct: computed together, hoisted
-        for k in ks:
-            chain = rotation_chain(parent, k % self.slots)
-            if chain is None:
-                raise MissingKeyError(f"rotation {k} cannot be composed from the {len(self.rotations)} "
-                                      "rotation keys present")
-            first.update(chain[-1:])
-        cache: dict[int, Ciphertext] = {0: ct, **self.rotate_many(ct, sorted(first))}
-        # iterative on purpose: a recursive closure is a reference cycle that would keep every
-        # rotated ciphertext in ``cache`` alive until Python's cycle collector happens to run
-        for k in ks:
-            chain, idx = [], k % self.slots
-            while idx not in cache:
-                chain.append(idx)
-                idx = parent[idx][0]
-            for idx in reversed(chain):
-                prev, step = parent[idx]
-                self.key_switches["rotations"] += 1
-                cache[idx] = self.cc.EvalRotate(cache[prev], self._rotation_index(step))
+        first, further = compose_rotations(self.slots, self.rotations, ks)
+        cache: dict[int, Ciphertext] = {0: ct, **self.rotate_many(ct, first)}
+        for idx, prev, step in further:
+            self.key_switches["rotations"] += 1
+            cache[idx] = self.cc.EvalRotate(cache[prev], self._rotation_index(step))
         return {k: cache[k % self.slots] for k in ks}
 
     # ---------------------------------------------------------------- levels and bootstrapping
@@ -421,6 +409,9 @@ class CkksServer(CkksContext):
         if p.bootstrap_iterations > 1:
             return self.cc.EvalBootstrap(ct, p.bootstrap_iterations, p.bootstrap_precision)
         return self.cc.EvalBootstrap(ct)
+
+    def shortcut(self, ct: Ciphertext, fn, levels: int) -> None:
+        return None  # ciphertexts take no shortcut: kernels run their algorithm
 
     def drop_levels(self, ct: Ciphertext, levels_left: int) -> Ciphertext:
         """Lower ``ct`` to exactly ``levels_left`` levels (no-op if it has that many already)."""

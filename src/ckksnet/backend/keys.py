@@ -55,12 +55,12 @@ import openfhe as ofhe
 
 from ckksnet.backend.context import CkksClient, CkksServer, require_type
 from ckksnet.backend.presets import Preset
-from ckksnet.backend.serialize import (bootstrap_extra, bootstrap_rotations, check_attached, context_from_bytes,
-                                       context_to_bytes, describe_file, has_mult_key, header_field, install_bootstrap_keys,
-                                       install_rotation_keys, key_fields, openfhe_load, openfhe_write, pack,
-                                       preset_from_header, public_key_from_bytes, public_key_to_bytes,
-                                       regular_file, require_mult_key, rotation_groups, save,
-                                       secret_key_to_bytes, unpack_key)
+from ckksnet.backend.serialize import (bootstrap_extra, bootstrap_rotations, context_from_bytes, context_to_bytes,
+                                       has_mult_key, install_bootstrap_keys, install_rotation_keys, key_fields,
+                                       openfhe_load, openfhe_write, preset_from_header, public_key_from_bytes,
+                                       public_key_to_bytes, require_mult_key, rotation_groups, secret_key_to_bytes,
+                                       unpack_key)
+from ckksnet.core.envelope import check_attached, describe_file, header_field, pack, regular_file, save
 from ckksnet.errors import CorruptDataError, MissingKeyError, SerializationError
 
 SECRET_KEY_FILE = "secret_key.ckks"

@@ -1,4 +1,4 @@
-"""Measuring the cost model's constants (:mod:`ckksnet.backend.costs`) on this machine.
+"""Measuring the cost model's constants (:mod:`ckksnet.core.costs`) on this machine.
 
 Each operation a kernel performs is timed on ciphertexts at several levels (median of
 ``repeats``), and seconds = c0 + c1 * levels is fitted by least squares; the bootstrap is timed

@@ -1,4 +1,4 @@
-"""The compiler: a trained torch model -> a :class:`~ckksnet.compiler.plan.Plan`.
+"""The compiler: a trained torch model -> a :class:`~ckksnet.core.plan.Plan`.
 
 It traces the model with torch.fx (registered module types are leaves), lowers each node with
 the kernel registered for its type, folds BatchNorm into the convolution before it, fixes each
@@ -10,6 +10,6 @@ Add a kernel for a new module type with :func:`register` (see ``examples/silu_ke
 from __future__ import annotations
 
 from ckksnet.compiler.phases import compile_model as compile
-from ckksnet.compiler.registry import KERNELS, LoweringContext, register
+from ckksnet.kernels.registry import KERNELS, LoweringContext, register
 
 __all__ = ["compile", "register", "KERNELS", "LoweringContext"]

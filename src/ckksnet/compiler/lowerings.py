@@ -19,7 +19,7 @@ and one box sum, :class:`PooledDense`, where its output windows fit and it pays)
 
 **Spellings.** A module type, a function (``F.relu``, ``torch.flatten``, ``operator.add``) or a
 tensor method (key ``"method:<name>"``, e.g. ``"method:view"``) is registered with
-:func:`ckksnet.compiler.registry.register`. Lowering functions read the traced node's
+:func:`ckksnet.kernels.registry.register`. Lowering functions read the traced node's
 arguments; constant ones (``x.size(3)``, ``planes // 4``) and every tensor's shape come from a
 sample run of the traced model (:class:`GraphContext`). Each result's shape is checked
 against torch's, so a lowering that would compute another tensor is refused, not approximated.
@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from ckksnet.compiler.lower import (PAD_MODES, Affine, channel_affine, conv_dense, pad_dense, probe_dense,
                                     select_dense)
-from ckksnet.compiler.registry import LoweringContext, Value, register
+from ckksnet.core.plan import Value
+from ckksnet.kernels.registry import LoweringContext, register
 from ckksnet.errors import CompileError, ShapeError
 from ckksnet.kernels.add import AddStep
 from ckksnet.kernels.linear import LinearMap, LinearStep
@@ -116,6 +117,9 @@ class GraphContext(LoweringContext):
 
     def fail(self, node: fx.Node, message: str) -> CompileError:
         return CompileError(f"{self.describe(node)}: {message}")
+
+    def materialize(self, value: Value, layout=None) -> Value:
+        return materialize(self, value, layout)
 
 
 # ================================================================ pending maps

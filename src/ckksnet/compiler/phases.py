@@ -1,4 +1,4 @@
-"""``compile``: a trained torch model -> a complete :class:`~ckksnet.compiler.plan.Plan`, in
+"""``compile``: a trained torch model -> a complete :class:`~ckksnet.core.plan.Plan`, in
 named phases, one function each:
 
     trace -> lower -> assign scales -> finalize -> schedule
@@ -7,12 +7,12 @@ named phases, one function each:
   sample run of the traced graph: every tensor's shape, every constant (``x.size(3)``), and a
   check that the graph computes what the model computes;
 * :func:`lower`: each node becomes plan steps through the kernel registered for its module type,
-  function or tensor method (:mod:`ckksnet.compiler.registry`); linear operations compose into
+  function or tensor method (:mod:`ckksnet.kernels.registry`); linear operations compose into
   one map before they become a step (BatchNorm folded into the convolution before it);
 * :func:`assign_scales`: each value's scale: activations' bounds B from calibration (times a
   margin), shared along identity shortcuts so residual additions need no rescaling;
 * :func:`finalize`: every kernel folds its scales in (and picks its approximation);
-* :func:`ckksnet.compiler.schedule.schedule_plan`: keys, baby steps, bootstraps, levels, costs.
+* :func:`ckksnet.core.schedule.schedule_plan`: keys, baby steps, bootstraps, levels, costs.
 
 The caller's model is left as it was (every module's training mode included).
 
@@ -37,12 +37,14 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ckksnet.backend.presets import Preset, get_preset
+from ckksnet.backend.presets import bootstrap_rotations
+from ckksnet.core.params import Preset, get_preset
 from ckksnet.compiler import lowerings
-from ckksnet.compiler.plan import Plan
+from ckksnet.core.plan import Plan
 from ckksnet.compiler.lower import Affine
-from ckksnet.compiler.registry import ACTIVATION_TYPES, KERNELS, Value
-from ckksnet.compiler.schedule import schedule_plan
+from ckksnet.core.plan import Value
+from ckksnet.kernels.registry import ACTIVATION_TYPES, KERNELS
+from ckksnet.core.schedule import schedule_plan
 from ckksnet.errors import CkksnetError, CompileError, ShapeError
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.nn import Normalize
@@ -102,7 +104,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     anyway (no extra key memory); "pow2" adds keys for +-2^i; "direct" one key per rotation
     index. ``lanes``: evaluate folded linear maps in lanes (see :mod:`ckksnet.kernels.linear`):
     None where the whole schedule's estimated time says it pays
-    (:func:`ckksnet.compiler.schedule.optimise_variants`: lanes save products but spend a level,
+    (:func:`ckksnet.core.schedule.optimise_variants`: lanes save products but spend a level,
     which can cost a bootstrap), True wherever possible, False never. ``pooled_dense``: a Linear
     after global pooling as masks and one box sum (:mod:`ckksnet.kernels.pooled_dense`): None where it pays,
     True wherever its output windows fit, False never. ``classes``: output class names (default:
@@ -142,7 +144,8 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
             m.training = training
     assign_scales(plan, _complete_ranges(ranges, names), margin)
     finalize(plan, options)
-    plan.schedule = schedule_plan(plan, optimise=lanes is None)  # an explicit lanes choice is kept
+    plan.schedule = schedule_plan(plan, optimise=lanes is None,  # an explicit lanes choice is kept
+                                  bootstrap_keys=bootstrap_rotations(preset))
     outputs = plan.output_layout.length
     plan.classes = tuple(classes) if classes else (CIFAR10_CLASSES if outputs == 10 else
                                                     tuple(str(i) for i in range(outputs)))
@@ -478,7 +481,7 @@ def _ranges(model: nn.Module, calibration, image_shape: tuple, pipeline=None) ->
         raise CompileError("calibration data is required: images (uint8 NHWC or float NCHW) or a calibration dict")
     if isinstance(calibration, dict):
         return {k: float(v["max_abs"] if isinstance(v, dict) else v) for k, v in calibration.items()}
-    from ckksnet.training.calibrate import calibrate
+    from ckksnet.compiler.calibrate import calibrate
 
     mean, std = pipeline or (None, None)
     return {k: v["max_abs"] for k, v in calibrate(model, calibration, q=1.0, image_shape=image_shape,

@@ -2,19 +2,19 @@
 
 Per step: kind, levels in and out, bootstraps, rotation indices and key switches of its kernel,
 estimated seconds; totals: bootstraps, rotation keys and their memory, estimated time and peak
-memory. Times come from the preset's measured cost model (:mod:`ckksnet.backend.costs`); key
+memory. Times come from the preset's measured cost model (:mod:`ckksnet.core.costs`); key
 memory is the automorphism keys present (bootstrapping's, as measured for the preset, plus the
 plan's own) times one key-switching key; the peak is the resident memory measured after
 generating bootstrapping keys plus the plan's own keys and the run's measured working set.
 """
 from __future__ import annotations
 
-from ckksnet.backend.costs import cost_model
+from ckksnet.core.costs import cost_model
 
 
 def plan_report(plan) -> dict:
     """JSON-ready schedule and totals of ``plan`` (seconds, GiB; None where not measured)."""
-    from ckksnet.compiler.schedule import _stored_rotations
+    from ckksnet.core.schedule import _stored_rotations
 
     sched = plan.schedule
     preset = plan.preset

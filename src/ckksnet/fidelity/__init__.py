@@ -104,7 +104,7 @@ class NoiseProbe:
 
 def step_twin(step, inputs: list[np.ndarray]) -> np.ndarray:
     """One step's kernel on plain slot vectors (levels unchecked, no bootstrap)."""
-    from ckksnet.backend.slots import SlotEvaluator, SlotVector
+    from ckksnet.core.slots import SlotEvaluator, SlotVector
 
     ev = SlotEvaluator(fast=True)
     out = step.evaluate(ev, [SlotVector(np.asarray(x, dtype=np.float64), 1 << 20) for x in inputs],

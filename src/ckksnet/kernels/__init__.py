@@ -1,5 +1,5 @@
 """Encrypted kernels: one class per plan step, its algorithm written once against the evaluator
-interface (:mod:`ckksnet.backend.evaluator`), plus everything a kernel author needs.
+interface (:mod:`ckksnet.core.evaluator`), plus everything a kernel author needs.
 
 Adding a kernel is one class and one registration (``examples/silu_kernel.py``)::
 
@@ -24,8 +24,9 @@ diagonals with baby-step giant-step rotations, or masks and a box sum after pool
 from __future__ import annotations
 
 from ckksnet.approx.evaluate import depth_of, eval_odd
-from ckksnet.backend.evaluator import Evaluator
-from ckksnet.compiler.registry import LoweringContext, Value, register
+from ckksnet.core.evaluator import Evaluator
+from ckksnet.core.plan import Value
+from ckksnet.kernels.registry import LoweringContext, register
 from ckksnet.kernels.base import KERNEL_TYPES, Kernel, Refresh, activation_bound
 from ckksnet.kernels.add import AddStep
 from ckksnet.kernels.linear import LinearMap, LinearStep
@@ -38,9 +39,7 @@ from ckksnet.layout import Layout
 def materialize(ctx: LoweringContext, value: Value) -> Value:
     """A value whose lowering is still pending (a convolution waiting for its BatchNorm) becomes a
     step; call it on every input of a new kernel's lowering."""
-    from ckksnet.compiler.lowerings import materialize as _materialize
-
-    return _materialize(ctx, value)
+    return ctx.materialize(value)
 
 
 __all__ = ["AddStep", "Evaluator", "KERNEL_TYPES", "Kernel", "Layout", "LinearMap", "LinearStep",

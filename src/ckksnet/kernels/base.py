@@ -12,9 +12,9 @@ A kernel is a dataclass (its fields are its parameters: what a saved plan stores
   result is the same);
 * ``variants()``: other kernels computing the same function with another trade of levels
   against work (a linear map in lanes or not); the compiler's optimiser keeps whichever makes the
-  whole schedule cheapest (:func:`ckksnet.compiler.schedule.optimise_variants`);
+  whole schedule cheapest (:func:`ckksnet.core.schedule.optimise_variants`);
 * ``evaluate(ev, inputs, refresh)``: THE algorithm, on any evaluator (ciphertexts, levels only,
-  numpy slots: :mod:`ckksnet.backend.evaluator`). ``refresh(value, levels)`` returns the value
+  numpy slots: :mod:`ckksnet.core.evaluator`). ``refresh(value, levels)`` returns the value
   with at least ``levels`` levels left (bootstrapped where the plan's schedule says so); call it
   before each stage that spends levels;
 * ``domain``: stored inputs must lie in [-domain, domain] (a polynomial approximation's
@@ -27,7 +27,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar
 
-KERNEL_TYPES: dict[str, type] = {}
+from ckksnet.core.artifact import PLAN_TYPES, plan_type
+
+#: the plan-type registry (by class name): every kernel class, and the other parts a plan holds
+KERNEL_TYPES: dict[str, type] = PLAN_TYPES
 
 Refresh = Callable[[Any, int], Any]
 
@@ -41,7 +44,7 @@ class Kernel:
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        KERNEL_TYPES[cls.__name__] = cls
+        plan_type(cls)
 
     def levels(self) -> int:
         return 0

@@ -45,40 +45,41 @@ from typing import Iterable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from ckksnet.core.artifact import plan_type
 from ckksnet.kernels.base import Kernel
-from ckksnet.layout.rotations import rotation_chain, rotation_paths
+from ckksnet.errors import MissingKeyError
+from ckksnet.layout.rotations import compose_rotations, rotation_chain, rotation_paths
 
 
 class KeySwitchCounter:
     """Key switches a baby-step giant-step pass makes with a given set of rotation keys: baby
-    rotations of one ciphertext share the hops of their key chains (rotate_composed), each
-    giant rotation (of its own partial sum) pays its whole chain. Unreachable: infinite."""
+    rotations of one ciphertext share the hops of their key chains (composed as
+    :meth:`~ckksnet.core.evaluator.Evaluator.rotate_composed` does), each giant rotation (of its
+    own partial sum) pays its whole chain. Unreachable: infinite."""
 
     def __init__(self, slots: int, keys: frozenset):
-        self.slots, self.parent, self._walk = slots, rotation_paths(slots, keys), rotation_chain
-        self._chains: dict[int, list[int] | None] = {}
+        self.slots, self.keys = slots, keys
+        self._giants: dict[int, float] = {}
 
     def chain(self, k: int) -> list[int] | None:
         """The nodes a rotation by k passes through (k included, 0 excluded); None: unreachable."""
-        idx = int(k) % self.slots
-        if idx not in self._chains:
-            self._chains[idx] = self._walk(self.parent, idx)
-        return self._chains[idx]
+        return rotation_chain(rotation_paths(self.slots, self.keys), int(k) % self.slots)
+
+    def _count(self, ks) -> float:
+        try:
+            first, further = compose_rotations(self.slots, self.keys, ks)
+        except MissingKeyError:
+            return float("inf")
+        return len(first) + len(further)
 
     def __call__(self, babies: Iterable[int], giants: Iterable[int]) -> float:
-        nodes: set[int] = set()
-        total = 0
-        for k in babies:
-            c = self.chain(k)
-            if c is None:
-                return float("inf")
-            nodes.update(c)
+        total = self._count(babies)
         for k in giants:
-            c = self.chain(k)
-            if c is None:
-                return float("inf")
-            total += len(c)
-        return total + len(nodes)
+            idx = int(k) % self.slots
+            if idx not in self._giants:  # tuning asks for the same giant steps many times
+                self._giants[idx] = self._count([idx])
+            total += self._giants[idx]
+        return total
 
 
 def giant_steps(giants: np.ndarray, n1: int, horner: bool = True) -> list[int]:
@@ -96,6 +97,7 @@ def giant_steps(giants: np.ndarray, n1: int, horner: bool = True) -> list[int]:
 ROTATION_COST = 10
 
 
+@plan_type
 @dataclass
 class LinearMap:
     """y = matrix @ replicate(x) + bias over ``slots`` slots; ``matrix`` is (slots, slots)
@@ -323,12 +325,13 @@ class LinearMap:
         return (self.matrix @ x.T).T + self.bias
 
     def evaluate(self, ev, ct):
-        """The map on any evaluator (:mod:`ckksnet.backend.evaluator`); spends :meth:`levels`
+        """The map on any evaluator (:mod:`ckksnet.core.evaluator`); spends :meth:`levels`
         levels. Products are summed as they are made, so a giant step holds one partial sum, not
         all its products. On the numpy evaluator with ``fast`` set, one sparse product instead."""
         ev.require_levels(ct, self.levels(), f"linear map {self.name}")
-        if getattr(ev, "fast", False):
-            return ev.apply(ct, self.fast_twin, self.levels())
+        short = ev.shortcut(ct, self.fast_twin, self.levels())
+        if short is not None:
+            return short
         ct = self.replicate(ev, ct)
         n1 = self.baby_step_size
         babies = sorted({int(d % n1) for d in self.offsets})
@@ -337,7 +340,7 @@ class LinearMap:
         rotated = ev.rotate_composed(ct, babies)
         horner = self.giant_plan[1]
         out, last = None, None
-        groups = self.offset_groups() if getattr(ev, "levels_only", False) else self.groups()
+        groups = self.offset_groups() if ev.levels_only else self.groups()
         for g, group in groups:  # decreasing g
             # rescaled now, not at the next product: its rotations key-switch one limb fewer
             inner = ev.rescale(ev.dot(((rotated[j], pt) for j, pt in sorted(group.items()))))

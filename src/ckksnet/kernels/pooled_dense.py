@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ckksnet.core.artifact import plan_type
+
 
 def sum_rounds(n: int, stride: int) -> list[list[int]]:
     """Rotations that sum ``n`` values ``stride`` slots apart into the first one. Each round is
@@ -57,6 +59,7 @@ def disjoint_shifts(n: int, box: tuple[tuple[int, int], ...], slots: int) -> lis
     return shifts
 
 
+@plan_type
 @dataclass
 class PooledDense:
     """y = weight @ s + bias for channel sums s at slots ``inputs`` lying in ``box``.
@@ -125,7 +128,7 @@ class PooledDense:
         return vec
 
     def evaluate(self, ev, ct):
-        """The layer on any evaluator (:mod:`ckksnet.backend.evaluator`): one level."""
+        """The layer on any evaluator (:mod:`ckksnet.core.evaluator`): one level."""
         ev.require_levels(ct, 1, f"dense layer {self.name}")
         masks = self.masks()
         rotated = ev.rotate_composed(ct, [r for r, _ in masks])  # first hops hoisted

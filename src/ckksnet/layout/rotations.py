@@ -10,6 +10,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Iterable
 
+from ckksnet.errors import MissingKeyError
+
 
 @lru_cache(maxsize=16)
 def _paths(slots: int, keys: frozenset) -> dict[int, tuple[int, int]]:
@@ -53,3 +55,26 @@ def signed_powers_of_two(slots: int) -> list[int]:
     switches, with 2 log2(slots) - 1 keys."""
     out = {1 << i for i in range(slots.bit_length() - 1)}
     return sorted(out | {(slots - p) % slots for p in out} - {0})
+
+
+def compose_rotations(slots: int, keys: Iterable[int], ks: Iterable[int],
+                      what: str = "rotation keys present") -> tuple[list[int], list[tuple[int, int, int]]]:
+    """How to make every rotation in ``ks`` from the rotation ``keys``, each node once.
+
+    Returns (first hops: indices rotated directly from the input, which can share one hoisted
+    decomposition; then [(index, previous index, key)] for every further node, each after the
+    node it starts from). The key switches this costs are len(first) + len(further). Raises
+    :class:`ckksnet.errors.MissingKeyError` naming the first rotation no chain of keys reaches.
+    """
+    keys = frozenset(int(k) % slots for k in keys)
+    parent = rotation_paths(slots, keys)
+    first: set[int] = set()
+    further: dict[int, tuple[int, int, int]] = {}
+    for k in dict.fromkeys(int(k) % slots for k in ks):
+        chain = rotation_chain(parent, k)
+        if chain is None:
+            raise MissingKeyError(f"rotation {k} cannot be composed from the {len(keys)} {what}")
+        first.update(chain[-1:])
+        for idx in reversed(chain[:-1]):  # from the first hop outwards
+            further.setdefault(idx, (idx, *parent[idx]))
+    return sorted(first), list(further.values())

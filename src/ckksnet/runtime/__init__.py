@@ -13,12 +13,27 @@ from __future__ import annotations
 
 import numpy as np
 import psutil
+from tqdm.auto import tqdm
 
+import ckksnet.kernels  # noqa: F401  (registers the built-in kernel types plans name)
 from ckksnet.backend import CkksClient, CkksServer
-from ckksnet.backend.memory import peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
-from ckksnet.compiler.plan import ClientSpec, Plan
+from ckksnet.core import artifact
+from ckksnet.core.evaluator import Evaluator
+from ckksnet.core.memory import peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
+from ckksnet.core.plan import ClientSpec, Plan
+from ckksnet.core.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
 from ckksnet.errors import ContextMismatchError, LevelError, MissingKeyError, ShapeError, WrongTypeError
-from ckksnet.runtime.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
+
+
+def load_plan(path) -> Plan:
+    """The server artifact at ``path`` -> :class:`Plan` (validated; built-in kernels registered).
+    Raises :class:`ckksnet.errors.CorruptDataError` and the envelope's errors."""
+    return artifact.load_plan(path)
+
+
+def load_client_spec(path) -> ClientSpec:
+    """The client artifact at ``path`` -> :class:`ClientSpec` (validated; holds no weights)."""
+    return artifact.load_client_spec(path)
 
 
 class Client:
@@ -89,18 +104,20 @@ def rotation_key_text(key_memory_gb: dict | None) -> str:
 
 
 class Server:
-    """Runs a plan on ciphertexts. Holds no secret key. Raises :class:`MissingKeyError` at
-    construction, naming the indices, if ``keys`` lack a key the plan's schedule assumes."""
+    """Runs a plan on any evaluator (:class:`ckksnet.core.evaluator.Evaluator`): OpenFHE's
+    :class:`CkksServer`, or another backend's. Holds no secret key. Raises
+    :class:`MissingKeyError` at construction, naming the indices, if ``keys`` lack a key the
+    plan's schedule assumes; :class:`WrongTypeError` for a secret-key holder or a non-evaluator."""
 
     def __init__(self, plan: Plan, keys: CkksServer):
         if not isinstance(plan, Plan) or plan.schedule is None:
             raise WrongTypeError(f"Server needs a compiled Plan (ckksnet.compile or ckksnet.load_plan), "
                                f"got {type(plan).__name__}")
-        if not isinstance(keys, CkksServer):
+        if isinstance(keys, CkksClient) or not isinstance(keys, Evaluator):
             raise WrongTypeError(f"Server needs evaluation keys (a CkksServer: client.evaluation_keys() or "
-                               f"ckksnet.backend.keys.load_evaluation_keys), got {type(keys).__name__}; "
-                               "a server never holds the secret key")
-        if keys.preset != plan.preset:
+                               f"ckksnet.backend.keys.load_evaluation_keys, or another backend's evaluator), "
+                               f"got {type(keys).__name__}; a server never holds the secret key")
+        if getattr(keys, "preset", plan.preset) != plan.preset:
             raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {plan.preset.name!r}")
         check_keys(plan, keys)
         self.plan = plan
@@ -118,19 +135,24 @@ class Server:
         ``probe(index, step, inputs, output)``, if given, sees every step's ciphertexts (the noise
         calibration decrypts them with the client's key; a real server never would).
         """
-        self.ckks.check_ciphertext(ct)
+        check = getattr(self.ckks, "check_ciphertext", None)  # OpenFHE's: key set and type
+        if check is not None:
+            check(ct)
         if self.ckks.levels_left(ct) < self.plan.schedule.input_level:
             raise LevelError(f"the ciphertext has {self.ckks.levels_left(ct)} levels; the plan expects "
                                f"{self.plan.schedule.input_level} (encrypt with a Client of this plan)")
-        self.report = RunReport(rotation_keys=sorted(self.ckks.rotations))
+        self.report = RunReport(rotation_keys=sorted(getattr(self.ckks, "rotations", ())))
         refresh = ScheduledRefresh(self.ckks, self.plan.schedule.decisions())
         after = None if probe is None else (lambda i, step, ins, out: probe(i, step, ins, out))
-        return walk(self.plan, self.ckks, ct, refresh, self.report, progress=progress, on_step=on_step,
-                    after_step=after, free_memory=True)
+        return walk(self.plan, self.ckks, ct, refresh, self.report, progress=tqdm if progress else None,
+                    on_step=on_step, after_step=after, free_memory=True)
 
 
-def check_keys(plan: Plan, keys: CkksServer) -> None:
-    """Raise :class:`MissingKeyError` naming what ``keys`` lack of what ``plan`` assumes."""
+def check_keys(plan: Plan, keys: Evaluator) -> None:
+    """Raise :class:`MissingKeyError` naming what ``keys`` lack of what ``plan`` assumes (an
+    evaluator without a key inventory, e.g. numpy slots, lacks nothing)."""
+    if not hasattr(keys, "rotations"):
+        return
     sched = plan.schedule
     missing = sorted(set(sched.key_rotations) - set(keys.rotations))
     if missing:

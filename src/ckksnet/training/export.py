@@ -12,7 +12,7 @@ from ckksnet.errors import DataError
 from ckksnet.models import save_checkpoint
 from ckksnet.models.checkpoint import check_config_fits, check_state
 from ckksnet.models.resnet import ResNetCifar
-from ckksnet.training.calibrate import calibrate
+from ckksnet.compiler.calibrate import calibrate
 from ckksnet.training.train import TrainConfig, evaluate
 
 

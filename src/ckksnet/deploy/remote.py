@@ -1,4 +1,4 @@
-"""The Python client of ``ckksnet serve`` (see :mod:`ckksnet.runtime.service` for the endpoints).
+"""The Python client of ``ckksnet serve`` (see :mod:`ckksnet.deploy.service` for the endpoints).
 
     remote = RemoteClient("https://host:8443", verify="ca.pem")
     keyset_id, token = remote.upload_keys("keys/eval")   # once; keep the token secret
@@ -88,7 +88,7 @@ class RemoteClient:
         """Upload an evaluation-key folder (streamed as a tar, never held in memory); remember
         and return (keyset_id, token). Checks the server's size and key-set limits first, so
         that a refused bundle is not sent (the server checks them again)."""
-        from ckksnet.runtime.service.bundle import tar_length, tar_stream
+        from ckksnet.deploy.service.bundle import tar_length, tar_stream
 
         length, health = tar_length(eval_folder), self.health()
         limits = health["limits"]

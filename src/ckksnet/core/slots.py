@@ -32,13 +32,14 @@ class SlotVector:
 
 
 class SlotEvaluator:
-    """:class:`ckksnet.backend.evaluator.Evaluator` on float64 slots. Counts ciphertext products
+    """:class:`ckksnet.core.evaluator.Evaluator` on float64 slots. Counts ciphertext products
     and key switches as the encrypted run makes them (rotations: one per index asked for)."""
 
     def __init__(self, slots: int | None = None, levels_after_bootstrap: int = UNLIMITED, fast: bool = False):
         self.slots = slots
         self.levels_after_bootstrap = levels_after_bootstrap
         self.fast = fast
+        self.levels_only = False
         self.key_switches = {"rotations": 0, "relinearizations": 0}
         self.products = 0  #: ciphertext x ciphertext products
         self.bootstraps = 0
@@ -151,7 +152,10 @@ class SlotEvaluator:
         return self._wrap(self._data(ct), levels_left, 2, (ct,))
 
     # ---------------------------------------------------------------- the fast path
-    def apply(self, ct, fn: Callable[[np.ndarray], np.ndarray], levels: int):
-        """fn(slots) spending ``levels`` levels: a kernel's equivalent plain form (``fast`` only)."""
+    def shortcut(self, ct, fn: Callable[[np.ndarray], np.ndarray], levels: int):
+        """fn(slots) spending ``levels`` levels: a kernel's equivalent plain form (with ``fast``;
+        None otherwise, so that the kernel's algorithm runs as written)."""
+        if not self.fast:
+            return None
         self.require_levels(ct, levels)
         return self._wrap(fn(self._data(ct)), self._level(ct) - levels, 2, (ct,))

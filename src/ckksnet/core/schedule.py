@@ -17,17 +17,12 @@ The result is a :class:`Schedule` stored in the plan; servers, clients and the t
 """
 from __future__ import annotations
 
-import json
-import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
-from ckksnet.backend.costs import cost_model
-from ckksnet.backend.tracer import INPUT, LevelTracer
+from ckksnet.core.costs import cost_model
+from ckksnet.core.tracer import INPUT, LevelTracer
 from ckksnet.errors import CompileError, LevelError, MissingKeyError
 
-BOOTSTRAP_ROTATIONS = Path(__file__).resolve().parents[1] / "backend" / "bootstrap_rotations.json"
 
 
 @dataclass(frozen=True)
@@ -78,40 +73,15 @@ class Schedule:
         return [d for s in self.steps for d in s.refreshes]
 
 
-@lru_cache(maxsize=None)
-def _stored_rotations() -> dict:
-    return json.loads(BOOTSTRAP_ROTATIONS.read_text())["presets"]
-
-
-def bootstrap_rotations(preset) -> frozenset:
-    """Rotation indices (mod slots) of the keys OpenFHE's bootstrapping key generation makes for
-    ``preset``: stored for the shipped presets (measured), else measured now by generating
-    bootstrapping keys once (slow at large rings; a warning says so)."""
-    from ckksnet.backend.presets import PRESETS
-
-    if not preset.bootstrap:
-        return frozenset()
-    if preset.name in _stored_rotations() and PRESETS.get(preset.name) == preset:
-        return frozenset(_stored_rotations()[preset.name]["rotations"])
-    warnings.warn(f"preset {preset.name!r} is not a shipped preset: generating its bootstrapping keys "
-                  "once to learn their rotation indices", stacklevel=3)
-    return _measured_rotations(preset)
-
-
-@lru_cache(maxsize=8)
-def _measured_rotations(preset) -> frozenset:
-    from ckksnet.backend import CkksClient
-
-    client = CkksClient(preset)
-    client.gen_bootstrap_keys()
-    return frozenset(client.rotations)
-
-
-def schedule_plan(plan, optimise: bool = True) -> "Schedule":
+def schedule_plan(plan, optimise: bool = True, bootstrap_keys: frozenset = frozenset(),
+                  backend: str = "openfhe") -> "Schedule":
     """Tune ``plan``'s kernels to its key set and fix its schedule (see the module doc); with
     ``optimise``, first pick each kernel's variant by :func:`optimise_variants`.
+    ``bootstrap_keys``: rotation indices (mod slots) whose keys the backend's bootstrapping key
+    generation makes anyway (:func:`ckksnet.backend.bootstrap_rotations` for OpenFHE);
+    ``backend``: whose measured cost constants estimate the seconds (:mod:`ckksnet.core.costs`).
     Raises :class:`CompileError` if the plan needs more levels than the preset gives."""
-    tuner = _Tuner()
+    tuner = _Tuner(frozenset(bootstrap_keys), backend)
     schedule = _schedule(plan, tuner)
     return optimise_variants(plan, schedule, tuner) if optimise else schedule
 
@@ -130,7 +100,7 @@ def optimise_variants(plan, schedule: "Schedule", tuner=None) -> "Schedule":
     depends on the stage, which only the cost model knows. Without a cost model (presets with no
     measured constants) the objective is the bootstrap count. Returns the best schedule; the
     plan's steps are left as that schedule ran them."""
-    tuner = tuner or _Tuner()
+    tuner = tuner or _Tuner(_bootstrap_keys_of(schedule))
     best = schedule
     for _ in range(3):
         improved = False
@@ -157,10 +127,17 @@ def _objective(schedule: "Schedule") -> tuple:
     return (round(schedule.seconds, 1), schedule.bootstraps) if schedule.cost_source else (schedule.bootstraps,)
 
 
-class _Tuner:
-    """step.tuned(keys), remembered per (step, keys): the optimiser schedules a plan many times."""
+def _bootstrap_keys_of(schedule: "Schedule") -> frozenset:
+    """The bootstrapping keys a schedule assumed: its keys less the client's own."""
+    return frozenset(schedule.key_rotations) - frozenset(schedule.client_rotations)
 
-    def __init__(self):
+
+class _Tuner:
+    """step.tuned(keys), remembered per (step, keys): the optimiser schedules a plan many times.
+    Carries what every schedule of the plan shares: the bootstrapping keys and the backend."""
+
+    def __init__(self, bootstrap_keys: frozenset = frozenset(), backend: str = "openfhe"):
+        self.bootstrap_keys, self.backend = bootstrap_keys, backend
         self._done: dict = {}
 
     def __call__(self, step, keys: frozenset):
@@ -174,10 +151,10 @@ class _Tuner:
 
 
 def _schedule(plan, tuner: "_Tuner") -> "Schedule":
-    from ckksnet.runtime.walker import GreedyRefresh, RunReport, ScheduledRefresh, walk
+    from ckksnet.core.walker import GreedyRefresh, RunReport, ScheduledRefresh, walk
 
     preset = plan.preset
-    boot_keys = bootstrap_rotations(preset)
+    boot_keys = tuner.bootstrap_keys if preset.bootstrap else frozenset()
     extra = plan.key_indices(boot_keys)
     keys = frozenset(boot_keys) | frozenset(extra)
     plan.steps = [(tuner(step, keys), ins, out) for step, ins, out in plan.steps]
@@ -197,7 +174,7 @@ def _schedule(plan, tuner: "_Tuner") -> "Schedule":
     decisions = [preset.levels_after_bootstrap - slack[next(boots)] if b else None for b in greedy.decisions]
     input_level = preset.depth - tracer.slack_of(INPUT)
 
-    costs = cost_model(preset.name)
+    costs = cost_model(preset.name, tuner.backend)
     tracer = LevelTracer(preset, keys, costs)
     refresh = ScheduledRefresh(tracer, decisions)
     report, seconds = RunReport(), []
@@ -232,7 +209,7 @@ def _dry_run(plan, tracer, levels: int, refresh, walk) -> None:
 def levels_needed(plan) -> int:
     """Levels the plan spends from input to output without bootstrapping: a dry run with
     unlimited levels, every rotation one key switch."""
-    from ckksnet.runtime.walker import Refresh, walk
+    from ckksnet.core.walker import Refresh, walk
 
     class _Never(Refresh):
         def __call__(self, ct, levels: int):
@@ -248,7 +225,7 @@ def levels_needed(plan) -> int:
 def estimate_seconds(plan, costs) -> float:
     """The plan's estimated run time (seconds) under another cost model (e.g. constants measured
     in the same process as a run, for a like-for-like comparison)."""
-    from ckksnet.runtime.walker import ScheduledRefresh, walk
+    from ckksnet.core.walker import ScheduledRefresh, walk
 
     tracer = LevelTracer(plan.preset, plan.schedule.key_rotations, costs)
     walk(plan, tracer, tracer.fresh(plan.schedule.input_level), ScheduledRefresh(tracer, plan.schedule.decisions()))

@@ -1,7 +1,7 @@
 """One inference worker: a server plan and one client's evaluation keys, loaded once.
 
 :class:`InferenceWorker` is plain Python (no Ray in it), so it is tested and used the same in
-one process and, wrapped by :func:`ray.remote` in :mod:`ckksnet.distributed.driver`, as a Ray
+one process and, wrapped by :func:`ray.remote` in :mod:`ckksnet.deploy.distributed.driver`, as a Ray
 actor in a process of its own on any node. It never holds or opens a secret key: it reads the
 server plan artifact and an evaluation-key folder (``ckksnet keygen``'s ``KEYDIR/eval``).
 """
@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ckksnet.backend.memory import peak_rss_gb, rss_gb
+from ckksnet.core.memory import peak_rss_gb, rss_gb
 from ckksnet.errors import CkksnetError
 
 
@@ -27,8 +27,8 @@ class InferenceWorker:
     """
 
     def __init__(self, plan_path: str | os.PathLike, eval_keys: str | os.PathLike, name: str = "worker"):
-        from ckksnet.backend.memory import tune_allocator
-        from ckksnet.runtime.service import engine
+        from ckksnet.core.memory import tune_allocator
+        from ckksnet.deploy import engine
 
         tune_allocator()
         self.name = name
@@ -48,7 +48,7 @@ class InferenceWorker:
         **info}`` or, for an input this worker refuses (corrupt, another key set, too few
         levels: any :class:`ckksnet.CkksnetError`), ``{"ok": False, "error": "Type: message"}``.
         Other exceptions propagate (a bug: the driver reports it with the image)."""
-        from ckksnet.runtime.service import engine
+        from ckksnet.deploy import engine
 
         t0 = time.monotonic()
         try:

@@ -4,7 +4,7 @@ The compiler's schedule phase runs the plan's own kernels on a :class:`LevelTrac
 no CKKS) to find where every bootstrap falls, how far each fresh ciphertext can be lowered,
 each step's levels in and out, its key switches (rotations chained from the keys the plan
 assumes, as :meth:`ckksnet.backend.CkksServer.rotate_composed` makes them) and its estimated
-seconds under a :class:`ckksnet.backend.costs.CostModel`.
+seconds under a :class:`ckksnet.core.costs.CostModel`.
 
 Slack: levels combine by min and fall by one per product, so a value's level is min over the
 fresh ciphertexts o it derives from (bootstrap number, or -1 for the input) of L_o - drop_o, where
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ckksnet.errors import LevelError, MissingKeyError
-from ckksnet.layout.rotations import rotation_chain, rotation_paths
+from ckksnet.layout.rotations import compose_rotations
 
 INPUT = -1  #: origin of the client's ciphertext; bootstraps are numbered 0, 1, ... in run order
 
@@ -42,7 +42,7 @@ class TracedCt:
 
 
 class LevelTracer:
-    """:class:`ckksnet.backend.evaluator.Evaluator` on levels only.
+    """:class:`ckksnet.core.evaluator.Evaluator` on levels only.
 
     ``keys``: rotation indices (mod slots) whose keys the run will have; rotations are chained
     from them and unreachable ones raise :class:`MissingKeyError` (None: any rotation is one key
@@ -157,19 +157,13 @@ class LevelTracer:
 
     def rotate_composed(self, ct: TracedCt, ks):
         ks = list(dict.fromkeys(int(k) for k in ks))
-        nodes: set[int] = set()
         if self.keys is None:
-            nodes = {k % self.slots for k in ks} - {0}
+            switches = len({k % self.slots for k in ks} - {0})
         else:
-            parent = rotation_paths(self.slots, self.keys)
-            for k in ks:
-                chain = rotation_chain(parent, k % self.slots)
-                if chain is None:
-                    raise MissingKeyError(f"rotation {k} cannot be composed from the {len(self.keys)} "
-                                          "rotation keys the plan assumes")
-                nodes.update(chain)
-        self.key_switches["rotations"] += len(nodes)
-        self._cost("rotation", ct.left, len(nodes))
+            first, further = compose_rotations(self.slots, self.keys, ks, "rotation keys the plan assumes")
+            switches = len(first) + len(further)
+        self.key_switches["rotations"] += switches
+        self._cost("rotation", ct.left, switches)
         return {k: ct.copy() for k in ks}
 
     def bootstrap(self, ct: TracedCt) -> TracedCt:
@@ -179,6 +173,9 @@ class LevelTracer:
         self.bootstraps += 1
         self._cost("bootstrap", self.preset.levels_after_bootstrap)
         return TracedCt({next(self._boots): self.preset.levels_after_bootstrap})
+
+    def shortcut(self, ct: TracedCt, fn, levels: int) -> None:
+        return None  # the algorithm runs, so that its key switches and costs are counted
 
     def drop_levels(self, ct: TracedCt, levels_left: int) -> TracedCt:
         if levels_left > ct.left:

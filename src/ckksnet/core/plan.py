@@ -1,7 +1,7 @@
 """The plan: a compiled network, complete at compile time, and its client half.
 
 A :class:`Plan` holds the values (layout + scale), the steps (kernels with their encoded
-weights), the input preprocessing and the :class:`~ckksnet.compiler.schedule.Schedule`. Nothing
+weights), the input preprocessing and the :class:`~ckksnet.core.schedule.Schedule`. Nothing
 mutates it after :func:`ckksnet.compile`: servers, clients and the twin only read it.
 
 A :class:`ClientSpec` is what a client needs and nothing more: the preset, the input
@@ -10,7 +10,7 @@ and the model's identity. It holds **no weights**, so a model owner can hand it 
 
 ``plan.save(folder)`` writes both halves (``server_plan.ckksnet``, ``client_plan.ckksnet``);
 :func:`ckksnet.load_plan` and :func:`ckksnet.load_client_spec` read them back, validated
-(:mod:`ckksnet.compiler.artifact`).
+(:mod:`ckksnet.core.artifact`).
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckksnet.backend.presets import Preset
-from ckksnet.compiler.registry import Value
+from ckksnet.core.params import Preset
 from ckksnet.errors import RangeError, ShapeError
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.layout.rotations import rotation_paths, signed_powers_of_two
@@ -43,6 +42,19 @@ def preprocess(images: np.ndarray, layout: Layout, mean: np.ndarray, std: np.nda
     x, single = as_images(images, layout.channels, layout.height, layout.width)
     x = (x - mean[None, :, None, None]) / std[None, :, None, None]
     return layout.pack(x / scale), single
+
+
+@dataclass
+class Value:
+    """A tensor of the plan: its layout and its scale (stored slot value = true value / scale).
+    ``pending`` holds lowering state while compiling: a convolution waiting for its BatchNorm,
+    a pooled tensor waiting for its Linear."""
+
+    id: int
+    layout: Layout | VectorLayout
+    scale: float = 1.0
+    pending: dict = field(default_factory=dict)
+
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ class ClientSpec:
         return self.output_layout.unpack(slots) * self.output_scale
 
     def save(self, path) -> Path:
-        from ckksnet.compiler.artifact import save_artifact
+        from ckksnet.core.artifact import save_artifact
 
         return save_artifact("client_plan", self, path)
 
@@ -180,7 +192,7 @@ class Plan:
     # ------------------------------------------------------------ the client half
     def client_spec(self) -> ClientSpec:
         """What a client needs: no weights (see :class:`ClientSpec`)."""
-        from ckksnet.compiler.artifact import plan_id
+        from ckksnet.core.artifact import plan_id
 
         sched = self.schedule
         return ClientSpec(self.preset, self.mean, self.std, self.input_layout, self.values[self.input].scale,
@@ -195,7 +207,7 @@ class Plan:
 
     def save(self, folder) -> Path:
         """Write the server artifact and the client artifact into ``folder``."""
-        from ckksnet.compiler.artifact import save_artifact
+        from ckksnet.core.artifact import save_artifact
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -230,8 +242,8 @@ class Plan:
     def twin_packed(self, packed: np.ndarray, noise=None, rng: np.random.Generator | None = None,
                     reference: bool = False, ranges: dict | None = None) -> np.ndarray:
         """The twin on packed slots (batch, slots) -> logits (batch, classes)."""
-        from ckksnet.backend.slots import SlotEvaluator
-        from ckksnet.runtime.walker import ScheduledRefresh, walk
+        from ckksnet.core.slots import SlotEvaluator
+        from ckksnet.core.walker import ScheduledRefresh, walk
 
         ev = SlotEvaluator(self.preset.slots, self.preset.levels_after_bootstrap, fast=not reference)
         used = lambda v: np.asarray(self.values[v].layout.index).ravel()  # noqa: E731

@@ -1,4 +1,4 @@
-"""The ``ckksnet serve`` and ``ckksnet query`` sub-commands (added to ``ckksnet.cli``'s parser
+"""The ``ckksnet serve`` and ``ckksnet query`` sub-commands (added to ``ckksnet.deploy.cli``'s parser
 by :func:`add_serve` and :func:`add_query`). This module stays outside ``ckksnet.runtime`` and
 imports the service only when a command runs, so building the CLI parser stays cheap (no torch,
 no OpenFHE).
@@ -37,8 +37,8 @@ def size(text: str) -> int:
 
 # ---------------------------------------------------------------- serve
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ckksnet.runtime.service import serve
-    from ckksnet.runtime.service.app import Limits
+    from ckksnet.deploy.service import serve
+    from ckksnet.deploy.service.app import Limits
 
     limits = Limits(max_body=args.max_body, max_ciphertext=args.max_ciphertext, max_keysets=args.max_keysets,
                     max_queued=args.max_queued, min_free_disk=args.min_free_disk)
@@ -49,7 +49,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     """The ``serve`` sub-command."""
-    p = sub.add_parser("serve", help="run the HTTP inference service (see ckksnet.runtime.service)")
+    p = sub.add_parser("serve", help="run the HTTP inference service (see ckksnet.deploy.service)")
     p.add_argument("--plan", required=True, help="the server plan artifact")
     p.add_argument("--state", required=True, help="state folder: SQLite database, key sets, jobs")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -88,7 +88,7 @@ def _write(path: str, data: bytes) -> None:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from ckksnet.remote import RemoteClient
+    from ckksnet.deploy.remote import RemoteClient
 
     verify = args.cacert or not args.insecure
     with RemoteClient(args.url, args.token or os.environ.get("CKKSNET_TOKEN"), args.keyset_id, verify) as remote:

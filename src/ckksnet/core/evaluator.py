@@ -5,16 +5,17 @@ implementations (tinygrad's idea: one small core, a reference backend behind the
 as the real one):
 
 * :class:`ckksnet.backend.CkksServer` -- OpenFHE ciphertexts (the real run; no secret key);
-* :class:`ckksnet.backend.tracer.LevelTracer` -- values that carry only levels (the compiler's
+* :class:`ckksnet.core.tracer.LevelTracer` -- values that carry only levels (the compiler's
   schedule: where bootstraps fall, key switches, estimated seconds);
-* :class:`ckksnet.backend.slots.SlotEvaluator` -- plain float64 slot vectors, a batch at a time
+* :class:`ckksnet.core.slots.SlotEvaluator` -- plain float64 slot vectors, a batch at a time
   (the cleartext twin).
 
 Units: ``levels`` are levels left (rescales a value can still take); rotation ``k`` moves slot
 i + k to slot i (a left rotation by k slots, indices taken mod ``slots``). Plaintext operands are
 1-D float arrays of ``slots`` values or Python floats. An evaluator with ``levels_only = True`` (the
 tracer) never reads plaintext values: a kernel may pass None for them there (the linear map skips
-building its diagonals in dry runs).
+building its diagonals in dry runs). :meth:`Evaluator.shortcut` lets an evaluator on cleartext
+slots (the fast twin) replace a kernel's algorithm by an equivalent plain function.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Evaluator(Protocol):
 
     slots: int
     key_switches: dict
+    #: True: values carry levels only; plaintext operands are never read (may be None)
+    levels_only: bool
 
     def levels_left(self, ct: Value) -> int:
         """Levels ``ct`` can still spend."""
@@ -75,7 +78,26 @@ class Evaluator(Protocol):
     def drop_levels(self, ct: Value, levels_left: int) -> Value:
         """Lower ``ct`` to exactly ``levels_left`` levels."""
 
+    def shortcut(self, ct: Value, fn, levels: int) -> Value | None:
+        """``fn(slots)`` spending ``levels`` levels, where this evaluator holds cleartext slots
+        and takes shortcuts (the fast twin); else None, and the kernel runs its algorithm. ``fn``
+        maps (batch, slots) or (slots,) float64 to the same shape."""
+
 
 #: the methods above, for tests that check each implementation offers all of them
 METHODS = ("levels_left", "require_levels", "add", "sub", "add_many", "add_inplace", "mul", "mul_lazy",
-           "relinearize", "rescale", "dot", "rotate_composed", "bootstrap", "drop_levels")
+           "relinearize", "rescale", "dot", "rotate_composed", "bootstrap", "drop_levels", "shortcut")
+
+#: name -> factory(preset, rotation keys) of every evaluator the conformance suite must pass; a
+#: backend's package adds its own (``ckksnet.backend`` adds "openfhe")
+EVALUATORS: dict = {}
+
+
+def register_evaluator(name: str):
+    """Decorator for a factory ``(preset, rotation_keys) -> (evaluator, encode)``, where
+    ``encode(vector, levels)`` makes a fresh value of that evaluator and ``decode(value)`` is the
+    evaluator's own method or None: the conformance suite runs one computation on each."""
+    def deco(factory):
+        EVALUATORS[name] = factory
+        return factory
+    return deco

@@ -1,7 +1,7 @@
 """A worker process: loads the server plan and one key set, runs queued jobs one at a time.
 
-Started by the server's :class:`~ckksnet.runtime.service.supervisor.Supervisor` as
-``python -m ckksnet.runtime.service.worker --state DIR --plan PATH --name NAME``. It takes the
+Started by the server's :class:`~ckksnet.deploy.service.supervisor.Supervisor` as
+``python -m ckksnet.deploy.service.worker --state DIR --plan PATH --name NAME``. It takes the
 oldest queued job (first in, first out). A worker holds the keys of one key set at most
 (about 13 GiB for a secure-preset job): when the oldest queued job needs another key set, it
 exits with status 0 and the supervisor starts a fresh one, so the memory of the previous keys
@@ -27,10 +27,10 @@ import time
 import traceback
 from pathlib import Path
 
-from ckksnet.backend.memory import peak_rss_gb, rss_gb
+from ckksnet.core.memory import peak_rss_gb, rss_gb
 from ckksnet.errors import CkksnetError
-from ckksnet.runtime.service import engine
-from ckksnet.runtime.service.store import Store
+from ckksnet.deploy import engine
+from ckksnet.deploy.service.store import Store
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
 SWITCH_KEYSET = 0  # exit status: the next job needs another key set (start a fresh worker)

@@ -16,13 +16,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import ClientDisconnect
 
 from ckksnet.errors import CkksnetError
-from ckksnet.runtime.service import engine
-from ckksnet.runtime.service.bundle import TarReceiver
-from ckksnet.runtime.service.errors import (AuthError, BadUploadError, ConflictError, ForbiddenError,
+from ckksnet.deploy import engine
+from ckksnet.deploy.service.bundle import TarReceiver
+from ckksnet.deploy.errors import (AuthError, BadUploadError, ConflictError, ForbiddenError,
                                             InvalidKeysError, NotFoundError, QueueFullError, ServiceError,
                                             StorageError, TooLargeError)
-from ckksnet.runtime.service.store import Store, job_view, token_hash, token_matches
-from ckksnet.runtime.service.supervisor import Supervisor
+from ckksnet.deploy.service.store import Store, job_view, token_hash, token_matches
+from ckksnet.deploy.service.supervisor import Supervisor
 
 GiB, MiB = 1 << 30, 1 << 20
 
@@ -96,7 +96,7 @@ def create_app(svc: Service) -> FastAPI:
         if svc.ray is None:
             supervisor = Supervisor(svc.store, svc.plan_path, svc.workers)
         else:
-            from ckksnet.runtime.service.ray_supervisor import RaySupervisor
+            from ckksnet.deploy.service.ray_supervisor import RaySupervisor
 
             supervisor = RaySupervisor(svc.store, svc.plan_path, svc.workers,
                                        None if svc.ray == "local" else svc.ray)

@@ -36,8 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckksnet.distributed.batch import BatchReport, BatchState, list_inputs
-from ckksnet.distributed.worker import InferenceWorker
+from ckksnet.deploy.distributed.batch import BatchReport, BatchState, list_inputs
+from ckksnet.deploy.distributed.worker import InferenceWorker
 from ckksnet.errors import CkksnetError
 
 #: worker memory = KEY_MEMORY_FACTOR x key files on disk + RUN_MEMORY_GIB (module docstring)
@@ -84,11 +84,11 @@ def worker_actor_class(ray, memory_gib: float, cpus: int):
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(cpus)}})
 
 
-def _ray():
+def import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise DistributedError("ckksnet.distributed needs Ray: pip install 'ckksnet[ray]' (or ray)") from exc
+        raise DistributedError("ckksnet.deploy.distributed needs Ray: pip install 'ckksnet[ray]' (or ray)") from exc
     return ray
 
 
@@ -99,7 +99,7 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     """Run the server plan ``plan`` (``server_plan.ckksnet``) with the evaluation keys in
     ``eval_keys`` (``KEYDIR/eval``) on every ciphertext of ``inputs`` (a folder of ``.ckks``
     files or a list of them) over ``workers`` Ray actors; outputs go to ``out_dir`` (layout and
-    resumption: :mod:`ckksnet.distributed.batch`).
+    resumption: :mod:`ckksnet.deploy.distributed.batch`).
 
     ``address``: a Ray cluster to join (``"auto"``, ``"HOST:6379"``); None starts a local Ray
     instance (and stops it at the end) unless this process is already connected to one.
@@ -116,8 +116,8 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     when no worker can start, ``KeyboardInterrupt`` untouched (results so far are kept).
     """
     from ckksnet.backend.keys import evaluation_keys_id
-    from ckksnet.compiler.artifact import load_plan
-    from ckksnet.compiler.artifact import plan_id as compute_plan_id
+    from ckksnet.runtime import load_plan
+    from ckksnet.core.artifact import plan_id as compute_plan_id
 
     if workers < 1 or worker_cpus < 1 or retries < 0:
         raise CkksnetError("workers and worker_cpus must be >= 1, retries >= 0")
@@ -138,8 +138,8 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     memory = worker_memory_gb if worker_memory_gb is not None else worker_memory_gib(key_bytes)
     run = _Run(state, Path(plan).resolve(), Path(eval_keys).resolve(), memory, worker_cpus, retries, context_id,
                on_event or (lambda kind, **fields: None))
-    ray = _ray()
-    started_ray = _connect(ray, address, workers * worker_cpus)
+    ray = import_ray()
+    started_ray = connect_ray(ray, address, workers * worker_cpus)
     try:
         count = _workers_that_fit(ray, workers, memory, worker_cpus)
         report = run.execute(ray, todo, count, progress)
@@ -151,7 +151,7 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     return report
 
 
-def _connect(ray, address: str | None, cpus: int) -> bool:
+def connect_ray(ray, address: str | None, cpus: int) -> bool:
     """Join ``address`` (or ``$RAY_ADDRESS``, which Ray itself would follow), or start a local
     instance; True when this call connected or started Ray (and should shut it down).
     Raises :class:`DistributedError` when the cluster cannot be reached."""
@@ -237,8 +237,8 @@ class _Run:
         except ray.exceptions.RayActorError as exc:
             slot.died = True
             if not self.idle and not self.running and not self.starting:
-                raise DistributedError(f"worker {slot.name} could not start: {_cause(exc)}") from None
-            warnings.warn(f"worker {slot.name} could not start: {_cause(exc)}", RuntimeWarning, stacklevel=2)
+                raise DistributedError(f"worker {slot.name} could not start: {failure_cause(exc)}") from None
+            warnings.warn(f"worker {slot.name} could not start: {failure_cause(exc)}", RuntimeWarning, stacklevel=2)
             return
         slot.started = self.started_at = time.monotonic()
         self.idle.append(slot)
@@ -322,7 +322,7 @@ class _Run:
             return
         except ray.exceptions.RayTaskError as exc:  # a bug in the worker: this image fails, the worker stays
             self.idle.append(slot)
-            self._failed(task, f"internal error: {_cause(exc)}", slot)
+            self._failed(task, f"internal error: {failure_cause(exc)}", slot)
             return
         self.idle.append(slot)
         if not res.pop("ok"):
@@ -353,7 +353,7 @@ class _Run:
         if self.bar is not None:
             self.bar.write(f"worker {slot.name} died while running {task.path.name}; sending it to another worker")
         if task.attempts > self.retries:
-            self._failed(task, f"{task.attempts} workers died running it (last: {_cause(exc)})", slot)
+            self._failed(task, f"{task.attempts} workers died running it (last: {failure_cause(exc)})", slot)
         else:
             self.retried += 1
             queue.appendleft(task)
@@ -378,7 +378,7 @@ class _Run:
         return info
 
 
-def _cause(exc: Exception) -> str:
+def failure_cause(exc: Exception) -> str:
     """The first line of what a Ray error wraps (a worker's own exception, when there is one)."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):

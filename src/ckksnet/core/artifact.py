@@ -1,7 +1,7 @@
 """Saved plans: the server artifact (a whole :class:`Plan`) and the client artifact
 (:class:`ClientSpec`), as validated files.
 
-Both are envelopes of :mod:`ckksnet.backend.serialize` (the rule every ckksnet file follows:
+Both are envelopes of :mod:`ckksnet.core.envelope` (the rule every ckksnet file follows:
 magic, format version, lengths, a JSON header, the payload, a SHA-256 over all of it), of kinds
 "server_plan" and "client_plan", whose header names the model, the preset and the plan. The payload
 is a uint32-prefixed JSON tree followed by an ``.npz`` archive of its arrays (read with
@@ -21,33 +21,43 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
-from ckksnet.backend import serialize
+from ckksnet.core import envelope
+from ckksnet.core.params import Preset
+from ckksnet.core.plan import ClientSpec, Plan, Value
+from ckksnet.core.schedule import Schedule, StepSchedule
 from ckksnet.errors import CorruptDataError, SerializationError
+from ckksnet.layout import Layout, PooledLayout, VectorLayout
 
-KINDS = tuple(serialize.register_kind(k) for k in ("server_plan", "client_plan"))
+KINDS = tuple(envelope.register_kind(k) for k in ("server_plan", "client_plan"))
+
+
+#: every class a plan file may name, by class name: core's own below; kernels register on
+#: subclassing (:class:`ckksnet.kernels.Kernel`), other plan parts with :func:`plan_type`
+PLAN_TYPES: dict[str, type] = {}
+
+
+def plan_type(cls: type) -> type:
+    """Class decorator: instances of this dataclass may be stored in plan files (by class name;
+    a later class of the same name replaces the earlier one)."""
+    PLAN_TYPES[cls.__name__] = cls
+    return cls
 
 
 def _types() -> dict[str, type]:
-    """Every class a plan file may name: the built-in ones and every registered kernel."""
-    from ckksnet.approx.composite import CompositeSign
-    from ckksnet.approx.relu import ReluApprox
-    from ckksnet.backend.presets import Preset
-    from ckksnet.compiler.plan import ClientSpec, Plan
-    from ckksnet.compiler.registry import Value
-    from ckksnet.compiler.schedule import Schedule, StepSchedule
-    from ckksnet.kernels import KERNEL_TYPES
-    from ckksnet.kernels.linear import LinearMap
-    from ckksnet.kernels.pooled_dense import PooledDense
-    from ckksnet.layout import Layout, PooledLayout, VectorLayout
+    return PLAN_TYPES
 
-    builtin = (CompositeSign, ReluApprox, Preset, ClientSpec, Plan, Value, Schedule, StepSchedule,
-               LinearMap, PooledDense, Layout, PooledLayout, VectorLayout)
-    return {**{t.__name__: t for t in builtin}, **KERNEL_TYPES}
+
+for _cls in (Preset, ClientSpec, Plan, Value, Schedule, StepSchedule, Layout, PooledLayout, VectorLayout):
+    plan_type(_cls)
 
 
 # ---------------------------------------------------------------- the tree
+def _is_sparse(obj) -> bool:
+    # a scipy sparse matrix, recognised without importing scipy (core depends on numpy only)
+    return type(obj).__module__.startswith("scipy.sparse") and hasattr(obj, "tocsr")
+
+
 def _encode(obj, arrays: list):
     if isinstance(obj, (bool, str)) or obj is None:
         return obj
@@ -58,8 +68,8 @@ def _encode(obj, arrays: list):
     if isinstance(obj, np.ndarray):
         arrays.append(obj)
         return {"@array": len(arrays) - 1}
-    if sp.issparse(obj):
-        m = sp.csr_matrix(obj)
+    if _is_sparse(obj):
+        m = obj.tocsr()
         return {"@csr": [_encode(m.data, arrays), _encode(m.indices, arrays), _encode(m.indptr, arrays)],
                 "shape": list(m.shape)}
     if isinstance(obj, tuple):
@@ -88,8 +98,10 @@ def _decode(tree, arrays, types: dict):
     if "@array" in tree:
         return arrays[tree["@array"]]
     if "@csr" in tree:
+        from scipy.sparse import csr_matrix  # only plans of kernels that use scipy hold these
+
         data, indices, indptr = (_decode(v, arrays, types) for v in tree["@csr"])
-        return sp.csr_matrix((data, indices, indptr), shape=tuple(tree["shape"]))
+        return csr_matrix((data, indices, indptr), shape=tuple(tree["shape"]))
     if "@tuple" in tree:
         return tuple(_decode(v, arrays, types) for v in tree["@tuple"])
     if "@dict" in tree:
@@ -137,12 +149,12 @@ def save_artifact(kind: str, obj, path) -> Path:
     payload = to_payload(obj)
     ident = {"model_id": obj.model_id, "preset": obj.preset.name,
              "plan_id": hashlib.sha256(payload).hexdigest() if kind == "server_plan" else obj.plan_id}
-    return serialize.save(serialize.pack(kind, payload, ident), path)
+    return envelope.save(envelope.pack(kind, payload, ident), path)
 
 
 def load_artifact(path, kind: str):
     path = Path(path)
-    payload, _ = serialize.unpack(serialize.load(path), kind)
+    payload, _ = envelope.unpack(envelope.load(path), kind)
     obj = from_payload(payload)
     expected = "Plan" if kind == "server_plan" else "ClientSpec"
     if type(obj).__name__ != expected:

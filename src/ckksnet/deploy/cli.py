@@ -9,7 +9,7 @@ import sys
 
 from ckksnet.compiler.phases import relu_overrides
 from ckksnet.errors import CkksnetError
-from ckksnet.service_cli import add_query, add_serve
+from ckksnet.deploy.service_cli import add_query, add_serve
 
 
 def _emit(args: argparse.Namespace, report: dict, text: str) -> int:
@@ -362,7 +362,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ckksnet.backend.keys import EVAL_DIR, SECRET_KEY_FILE, save_keys
-    from ckksnet.compiler.artifact import load_client_spec
+    from ckksnet.runtime import load_client_spec
     from ckksnet.runtime import Client
 
     out = Path(args.out)
@@ -388,7 +388,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 def _client_from_files(client_artifact: str, keys: str):
     """A runtime Client from a client artifact and a key folder written by keygen."""
     from ckksnet.backend.keys import load_client_keys
-    from ckksnet.compiler.artifact import load_client_spec
+    from ckksnet.runtime import load_client_spec
     from ckksnet.runtime import Client
 
     return Client(load_client_spec(client_artifact), keys=load_client_keys(keys))
@@ -428,7 +428,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _cmd_run_batch(args)
     from ckksnet.backend.keys import load_evaluation_keys
     from ckksnet.backend.serialize import load_ciphertext, save_ciphertext
-    from ckksnet.compiler.artifact import load_plan
+    from ckksnet.runtime import load_plan
     from ckksnet.runtime import Server
 
     plan = load_plan(args.plan)
@@ -445,8 +445,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_batch(args: argparse.Namespace) -> int:
-    """Every ciphertext of a folder over N Ray workers (ckksnet.distributed); resumable."""
-    from ckksnet.distributed import run_batch
+    """Every ciphertext of a folder over N Ray workers (ckksnet.deploy.distributed); resumable."""
+    from ckksnet.deploy.distributed import run_batch
 
     try:
         report = run_batch(args.plan, args.eval_keys, args.input, args.output,

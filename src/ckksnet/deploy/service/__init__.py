@@ -63,7 +63,7 @@ __all__ = ["Limits", "Service", "create_app", "serve"]
 def __getattr__(name: str):
     # lazy: a worker process imports this package without the web framework
     if name in ("Limits", "Service", "create_app"):
-        from ckksnet.runtime.service import app
+        from ckksnet.deploy.service import app
 
         return getattr(app, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -81,17 +81,17 @@ def serve(plan: str | Path, state: str | Path, host: str = "127.0.0.1", port: in
           ssl_keyfile_password: str | None = None, limits=None, workers: int = 1,
           log_level: str = "info", ray: str | None = None) -> None:
     """Run the service until interrupted (SIGINT/SIGTERM stop it cleanly). ``limits``: an
-    :class:`~ckksnet.runtime.service.app.Limits` (default: its defaults). ``ray``: run the
+    :class:`~ckksnet.deploy.service.app.Limits` (default: its defaults). ``ray``: run the
     queue on Ray actors (:mod:`.ray_supervisor`): "local" or a cluster address.
 
-    Raises :class:`~ckksnet.runtime.service.errors.StateLockedError` if another server uses
+    Raises :class:`~ckksnet.deploy.errors.StateLockedError` if another server uses
     ``state``, :class:`ckksnet.SerializationError` if the plan cannot be read.
     """
     import uvicorn
 
-    from ckksnet.runtime.service import engine
-    from ckksnet.runtime.service.app import Limits, Service, create_app
-    from ckksnet.runtime.service.store import Store
+    from ckksnet.deploy import engine
+    from ckksnet.deploy.service.app import Limits, Service, create_app
+    from ckksnet.deploy.service.store import Store
 
     store = Store(state)
     store.lock()  # held until the process exits

@@ -1,5 +1,5 @@
-"""Errors of the inference service. Each carries the HTTP status the service answers with;
-all derive from :class:`ckksnet.CkksnetError`."""
+"""Errors of the deployment area (the inference service, its workers, the Ray workers). Each
+carries the HTTP status the service answers with; all derive from :class:`ckksnet.CkksnetError`."""
 from __future__ import annotations
 
 from ckksnet.errors import CkksnetError

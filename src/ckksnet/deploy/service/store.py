@@ -28,7 +28,7 @@ from contextlib import closing
 from pathlib import Path
 
 from ckksnet.backend.serialize import save
-from ckksnet.runtime.service.errors import ConflictError, StateLockedError
+from ckksnet.deploy.errors import ConflictError, StateLockedError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keysets (

@@ -1,4 +1,4 @@
-"""The kernel registry: torch module type, function or tensor method -> lowering function.
+"""The lowering registry: torch module type, function or tensor method -> lowering function.
 
 Keys, by the kind of torch.fx node they lower:
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ckksnet.layout import Layout, VectorLayout
+from ckksnet.core.plan import Value
 
 KERNELS: dict[Any, Callable] = {}  # module type, function or "method:<name>" -> lowering
 ACTIVATION_TYPES: set = set()  # keys whose inputs' ranges are calibrated (bound B per step)
@@ -56,18 +56,6 @@ def register(*module_types: Any, activation: bool = False) -> Callable:
 
 
 @dataclass
-class Value:
-    """A tensor of the plan: its layout and its scale (stored slot value = true value / scale).
-    ``pending`` holds lowering state while compiling: a convolution waiting for its BatchNorm,
-    a pooled tensor waiting for its Linear."""
-
-    id: int
-    layout: Layout | VectorLayout
-    scale: float = 1.0
-    pending: dict = field(default_factory=dict)
-
-
-@dataclass
 class LoweringContext:
     """What a lowering function may use: the plan under construction and compile options."""
 
@@ -81,3 +69,8 @@ class LoweringContext:
     def add_step(self, step, inputs: list[Value], output: Value) -> Value:
         self.plan.add_step(step, [v.id for v in inputs], output.id)
         return output
+
+    def materialize(self, value: Value) -> Value:
+        """The value itself once nothing is pending; the compiler's context overrides this to
+        turn a pending linear map (a convolution waiting for its BatchNorm) into a step."""
+        return value

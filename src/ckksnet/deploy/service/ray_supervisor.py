@@ -1,6 +1,6 @@
 """``ckksnet serve --ray``: the service's queue run by Ray actors instead of local worker processes.
 
-Each of ``--workers`` slots holds one :class:`ckksnet.distributed.InferenceWorker` actor, the same
+Each of ``--workers`` slots holds one :class:`ckksnet.deploy.distributed.InferenceWorker` actor, the same
 worker ``ckksnet run --workers`` uses: it loads the server plan and one key set once, then runs
 jobs of that key set one after another. A thread of the HTTP process claims the oldest queued job
 for an idle slot (first in, first out, as the local workers do), sends the ciphertext's bytes to
@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckksnet.runtime.service.store import Store
+from ckksnet.deploy.service.store import Store
 
 
 @dataclass
@@ -46,12 +46,12 @@ class RaySupervisor:
         self._started_ray = False
 
     def start(self) -> None:
-        from ckksnet.distributed.driver import _connect, _ray
-        from ckksnet.runtime.service import engine
+        from ckksnet.deploy.distributed.driver import connect_ray, import_ray
+        from ckksnet.deploy import engine
 
         self.steps = engine.describe_plan(engine.load_plan(self.plan_path))["steps"]
-        self.ray = _ray()
-        self._started_ray = _connect(self.ray, self.address, len(self.slots) * self.cpus)
+        self.ray = import_ray()
+        self._started_ray = connect_ray(self.ray, self.address, len(self.slots) * self.cpus)
         self._thread.start()
 
     def _loop(self) -> None:
@@ -99,7 +99,7 @@ class RaySupervisor:
 
     def _replace_actor(self, slot: _RaySlot, keyset: str) -> None:
         from ckksnet.backend.keys import evaluation_keys_id
-        from ckksnet.distributed.driver import worker_actor_class, worker_memory_gib
+        from ckksnet.deploy.distributed.driver import worker_actor_class, worker_memory_gib
 
         if slot.actor is not None:
             self.ray.kill(slot.actor)
@@ -120,16 +120,16 @@ class RaySupervisor:
         try:
             res = self.ray.get(future)
         except self.ray.exceptions.RayActorError as exc:
-            from ckksnet.distributed.driver import _cause
+            from ckksnet.deploy.distributed.driver import failure_cause
 
-            print(f"ckksnet serve: Ray worker {slot.name} died during job {job_id}: {_cause(exc)}", file=sys.stderr)
-            self.store.fail_job(job_id, f"the worker died during the job ({_cause(exc)})", slot.name)
+            print(f"ckksnet serve: Ray worker {slot.name} died during job {job_id}: {failure_cause(exc)}", file=sys.stderr)
+            self.store.fail_job(job_id, f"the worker died during the job ({failure_cause(exc)})", slot.name)
             slot.actor = slot.keyset = None
             return
         except self.ray.exceptions.RayTaskError as exc:
-            from ckksnet.distributed.driver import _cause
+            from ckksnet.deploy.distributed.driver import failure_cause
 
-            self.store.fail_job(job_id, f"internal error: {_cause(exc)}", slot.name)
+            self.store.fail_job(job_id, f"internal error: {failure_cause(exc)}", slot.name)
             return
         if not res["ok"]:
             self.store.fail_job(job_id, res["error"], slot.name)

@@ -19,7 +19,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ckksnet.runtime.service.errors import BadUploadError
+from ckksnet.deploy.errors import BadUploadError
 
 BLOCK = 512
 CHUNK = 1 << 20  # bytes read from a file per yielded chunk

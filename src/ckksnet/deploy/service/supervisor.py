@@ -1,6 +1,6 @@
 """Keeps the worker processes running, in a thread of the HTTP process.
 
-Each worker slot holds one ``python -m ckksnet.runtime.service.worker`` subprocess, in the
+Each worker slot holds one ``python -m ckksnet.deploy.service.worker`` subprocess, in the
 server's process group (a signal to the group reaches them all). When a worker exits, any job
 it was running is marked failed with the reason (a crash of OpenFHE, the kernel's out-of-memory
 killer), and a new worker takes the slot: at once after a voluntary exit (status 0: the next
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckksnet.runtime.service.store import Store
+from ckksnet.deploy.service.store import Store
 
 QUICK_DEATH_S = 10.0  # a worker that dies sooner than this after its start counts toward back-off
 
@@ -58,7 +58,7 @@ class Supervisor:
 
     def _spawn(self, slot: Slot, index: int) -> None:
         slot.name = f"w{index}-{secrets.token_hex(4)}"
-        slot.proc = subprocess.Popen([sys.executable, "-m", "ckksnet.runtime.service.worker", "--state",
+        slot.proc = subprocess.Popen([sys.executable, "-m", "ckksnet.deploy.service.worker", "--state",
                                       str(self.store.root), "--plan", str(self.plan_path), "--name", slot.name])
         slot.started = time.monotonic()
 

@@ -3,7 +3,8 @@
 seconds(op, levels) = c0 + c1 * levels for each operation a kernel performs (an RNS limb per
 level is what each product, rotation and key switch pays for). The constants are measured on
 this machine by ``benchmarks/costs.py`` (least squares over several levels) and stored per
-preset in ``costs.json`` with the machine, date and command; an estimate is only as good as the
+backend and preset in ``costs.json`` (``{"openfhe": {"secure": ...}}``) with the machine, date
+and command: another backend (a GPU library) has other constants for the same preset; an estimate is only as good as the
 hour it was measured in (this machine's speed swings 1.5x), so reports give ratios too.
 """
 from __future__ import annotations
@@ -37,9 +38,9 @@ def _table() -> dict:
     return json.loads(COSTS_PATH.read_text()) if COSTS_PATH.exists() else {}
 
 
-def cost_model(preset_name: str) -> CostModel | None:
-    """The stored cost model of a preset, or None if none was measured."""
-    entry = _table().get(preset_name)
+def cost_model(preset_name: str, backend: str = "openfhe") -> CostModel | None:
+    """The stored cost model of a preset on a backend, or None if none was measured."""
+    entry = _table().get(backend, {}).get(preset_name)
     if entry is None:
         return None
     coeffs = {op: tuple(v) for op, v in entry["coefficients"].items()}

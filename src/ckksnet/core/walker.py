@@ -21,9 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from tqdm import tqdm
-
-from ckksnet.backend.memory import peak_rss_gb, rss_gb, trim
+from ckksnet.core.memory import peak_rss_gb, rss_gb, trim
 from ckksnet.errors import LevelError
 
 
@@ -125,12 +123,14 @@ class ScheduledRefresh(Refresh):
         return self._bootstrap(ct, decision)
 
 
-def walk(plan, ev, x, refresh: Refresh, report: RunReport | None = None, *, progress: bool = False,
+def walk(plan, ev, x, refresh: Refresh, report: RunReport | None = None, *, progress: Callable | None = None,
          on_step: Callable | None = None, after_step: Callable | None = None,
          free_memory: bool = False):
     """Run ``plan``'s steps on ``x`` (the packed input as ``ev`` represents it) through ``ev``.
 
-    ``report``: one StepReport per step is appended. ``on_step(i, n, name)``: called before each
+    ``report``: one StepReport per step is appended. ``progress``: a bar factory called as
+    ``progress(steps, desc=..., unit="step")`` (``tqdm``; the runtime passes it), or None.
+    ``on_step(i, n, name)``: called before each
     step (progress for services). ``after_step(i, step, inputs, output)``: may return a
     replacement output (the twin's noise model) or None. ``free_memory``: collect and trim after
     each step (ciphertexts are large; numpy slots and traced levels are not).
@@ -138,9 +138,10 @@ def walk(plan, ev, x, refresh: Refresh, report: RunReport | None = None, *, prog
     vals = {plan.input: x}
     last = plan.last_use()
     n = len(plan.steps)
-    bar = tqdm(plan.steps, desc="encrypted inference", disable=not progress, unit="step")
-    for i, (step, ins, out) in enumerate(bar):
-        bar.set_postfix_str(step.name)
+    bar = progress(plan.steps, desc="encrypted inference", unit="step") if progress else None
+    for i, (step, ins, out) in enumerate(bar if bar is not None else plan.steps):
+        if bar is not None:
+            bar.set_postfix_str(step.name)
         if on_step is not None:
             on_step(i, n, step.name)
         boots, boot_s = refresh.count, refresh.seconds

@@ -1,4 +1,5 @@
-"""The service's only contact with plans, keys and ciphertexts.
+"""The deployment area's only contact with plans, keys and ciphertexts (the HTTP service and its
+workers, and the Ray workers).
 
 Everything the service needs from the rest of ckksnet goes through these few functions, so
 that a change of the plan-artifact or key-bundle format touches this file alone:
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckksnet.errors import CkksnetError
-from ckksnet.runtime.service.errors import InvalidKeysError
+from ckksnet.deploy.errors import InvalidKeysError
 
 #: file names an evaluation-key folder may hold (``ckksnet.backend.keys.save_evaluation_keys``):
 #: the envelopes and the raw key files they describe
@@ -41,7 +42,7 @@ class BundleInfo:
 def load_plan(path: str | os.PathLike):
     """The server plan artifact at ``path`` (``plan.save(folder)`` writes
     ``folder/server_plan.ckksnet``), validated. Raises :class:`ckksnet.SerializationError`."""
-    from ckksnet.compiler.artifact import load_plan as load
+    from ckksnet.runtime import load_plan as load
 
     return load(path)
 
