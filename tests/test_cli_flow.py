@@ -23,7 +23,7 @@ from PIL import Image
 
 from ckksnet.deploy.cli import main as cli
 from ckksnet.models import ResNetCifar, save_checkpoint
-from ckksnet.compiler import calibrate
+from ckksnet.training import calibrate
 from tests.helpers import random_batchnorms
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -123,3 +123,68 @@ def test_level_errors_are_the_same_on_all_three(client, server):
         for op in (lambda: ev.mul(spent, 0.5), lambda: ev.bootstrap(spent), lambda: ev.mul_lazy(spent, spent)):
             with pytest.raises(LevelError):
                 op()
+
+
+# ---------------------------------------------------------------- the conformance suite
+def _registered():
+    """Every evaluator a backend registered, the example backend of examples/backend_contract.py
+    included (importing it registers it)."""
+    import importlib.util
+    from pathlib import Path
+
+    import ckksnet.backend  # noqa: F401  (registers "openfhe")
+    from ckksnet.core.evaluator import EVALUATORS
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "backend_contract.py"
+    spec = importlib.util.spec_from_file_location("backend_contract", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    return EVALUATORS
+
+
+@pytest.mark.parametrize("name", sorted(_registered()))
+def test_every_registered_evaluator_passes_the_conformance_suite(name):
+    """One computation over every interface method: the same levels as the level tracer at every
+    stage, values within the evaluator's declared tolerance of exact numpy slots, the same
+    relinearizations, the protocol's methods with the interface's parameters."""
+    import warnings
+
+    from ckksnet.backend import InsecurePresetWarning, get_preset
+    from ckksnet.core.evaluator import EVALUATORS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecurePresetWarning)
+        preset = get_preset("test")
+    keys = [1, 2, 5, -1]
+    harness = EVALUATORS[name](preset, keys)
+    ev = harness.evaluator
+    assert isinstance(ev, Evaluator) and ev.slots == preset.slots
+    for method in METHODS:
+        assert list(inspect.signature(getattr(type(ev), method)).parameters) == \
+            list(inspect.signature(getattr(Evaluator, method)).parameters), f"{name}.{method}"
+    rng = np.random.default_rng(5)
+    x, y, vec, vec2 = (rng.uniform(-0.5, 0.5, preset.slots) for _ in range(4))
+    exact = EVALUATORS["numpy-slots"](preset, keys)
+    ref = _computation(exact.evaluator, exact.encode(x, FRESH), exact.encode(y, FRESH), vec, vec2)
+    tracer = LevelTracer(preset, keys)
+    traced = _computation(tracer, tracer.fresh(FRESH), tracer.fresh(FRESH), vec, vec2)
+    got = _computation(ev, harness.encode(x, FRESH), harness.encode(y, FRESH), vec, vec2)
+    assert [(s, ev.levels_left(v)) for s, v in got] == [(s, tracer.levels_left(v)) for s, v in traced]
+    assert ev.key_switches["relinearizations"] == 3
+    if harness.decode is not None:
+        boot = [s for s, _ in got].index("bootstrap")
+        for idx, ((stage, value), (_, want)) in enumerate(zip(got, ref)):
+            err = np.max(np.abs(harness.decode(value) - want.data))
+            assert err <= harness.tolerance[idx >= boot], f"{name} {stage}: {err:.3g}"
+
+
+def test_the_backend_example_runs_a_compiled_plan():
+    """examples/backend_contract.py: ckksnet.runtime.Server runs a compiled CNN on the toy backend,
+    and its logits match torch (the script exits 1 otherwise)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "backend_contract.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "toy backend:" in out.stdout and "prediction" in out.stdout

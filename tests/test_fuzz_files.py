@@ -132,7 +132,8 @@ class _Env:
         self.loader = spec["loader"]
         ref = spec["reference"]
         if self.loader in ("server_plan", "client_plan"):
-            from ckksnet.compiler import artifact  # registers the plan kinds
+            import ckksnet.kernels  # noqa: F401  (registers the kernel types plans name)
+            from ckksnet.core import artifact  # registers the plan kinds
 
             self.artifact = artifact
         self.payloads = {k: S.unpack(Path(p).read_bytes(), k)[0] for k, p in ref.get("envelopes", {}).items()}

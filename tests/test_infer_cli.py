@@ -11,7 +11,7 @@ from PIL import Image
 
 from ckksnet.deploy.cli import main as cli
 from ckksnet.models import ResNetCifar, save_checkpoint
-from ckksnet.compiler import calibrate
+from ckksnet.training import calibrate
 
 
 def _small_setup(tmp_path) -> None:

@@ -22,7 +22,8 @@ import torch
 import ckksnet
 from ckksnet.backend import serialize as S
 from ckksnet.backend.presets import InsecurePresetWarning
-from ckksnet.compiler import artifact, compile
+from ckksnet.compiler import compile
+from ckksnet.core import artifact, envelope
 from ckksnet.core.plan import CLIENT_FILE, SERVER_FILE, ClientSpec, Plan
 from ckksnet.errors import CorruptDataError, UnsupportedFormatError, WrongFileTypeError
 from ckksnet.kernels import LinearMap, PooledDense
@@ -344,7 +345,7 @@ def test_wrong_kind_newer_format_and_garbage(tiny, tmp_path, monkeypatch):
         ckksnet.load_client_spec(server)
     assert type(info.value) is WrongFileTypeError
     # files written by a newer ckksnet: the format version says so
-    monkeypatch.setattr(S, "FORMAT", S.FORMAT + 1)
+    monkeypatch.setattr(envelope, "FORMAT", envelope.FORMAT + 1)  # the envelope writes it
     newer = tiny.plan.save(tmp_path / "newer")
     monkeypatch.undo()
     for filename, load in LOADERS.values():

@@ -1,26 +1,10 @@
-"""Serialization of contexts, keys and ciphertexts, to bytes and to files, validated on load.
+"""Serialization of OpenFHE objects (contexts, keys, ciphertexts), to bytes and to files,
+validated on load.
 
-The envelope (format 2) every ckksnet object is written in::
-
-    offset    bytes  field
-    0         8      magic b"CKKSNET\\n"
-    8         2      format version, uint16 little-endian (``FORMAT``)
-    10        4      header length H, uint32 LE (at most ``MAX_HEADER``)
-    14        8      payload length P, uint64 LE
-    22        H      header: a JSON object (UTF-8) with "kind" and the kind's own fields
-    22+H      P      payload (for OpenFHE objects: their BINARY serialization)
-    22+H+P    32     SHA-256 of every byte before it: magic, version, lengths, header, payload
-
-:func:`unpack` checks, in this order, before anything parses the payload: the magic (data cut
-inside it: :class:`CorruptDataError`; anything else: :class:`WrongFileTypeError`), the version
-(a newer or retired one: :class:`UnsupportedFormatError`), the lengths against the data (cut
-anywhere: "truncated"), the checksum (any altered byte of header or payload), the header's JSON
-and its fields (a missing, renamed or mistyped field: :class:`CorruptDataError` naming it), the
-kind (:class:`WrongFileTypeError`) and the key set (:class:`ContextMismatchError`).
-
-**Kinds** are names registered in :data:`KINDS`; code that writes files of its own (plans)
-registers its kinds once with :func:`register_kind` and then uses :func:`pack` /
-:func:`unpack` / :func:`save` / :func:`load` as they are.
+Every file is an envelope of :mod:`ckksnet.core.envelope` (magic, format version, lengths, a JSON
+header, the payload, a SHA-256 over all of it; see there for the checks :func:`unpack` makes and
+in which order); this module registers the OpenFHE objects' kinds and re-exports the envelope's
+functions.
 
 **Key objects** (context, keys, ciphertexts) carry three more header fields: ``context_id``
 (the key set), ``preset`` (its name) and ``extra`` (per kind: the preset's parameters, rotation

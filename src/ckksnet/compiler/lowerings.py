@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ckksnet.compiler.lower import (PAD_MODES, Affine, channel_affine, conv_dense, pad_dense, probe_dense,
                                     select_dense)
+from ckksnet.core.options import CompileOptions
 from ckksnet.core.plan import Value
 from ckksnet.kernels.registry import LoweringContext, register
 from ckksnet.errors import CompileError, ShapeError
@@ -58,7 +59,7 @@ class GraphContext(LoweringContext):
     other node is a constant); ``names``: node name -> step name; ``where``: node -> its source
     line; ``env``: node name -> lowered :class:`Value`."""
 
-    def __init__(self, plan, slots: int, options: dict, sample: dict, acts: set, names: dict, where,
+    def __init__(self, plan, slots: int, options: CompileOptions, sample: dict, acts: set, names: dict, where,
                  modules: dict, client_normalize: str | None = None):
         super().__init__(plan, slots, options)
         self.sample, self.acts, self.names, self.where = sample, acts, names, where
@@ -165,12 +166,12 @@ def _emit(ctx: LoweringContext, aff: Affine, layout) -> Value:
     src = aff.src
     used = getattr(ctx, "unique", None)
     name = used(aff.name) if used else aff.name
-    lanes = ctx.options.get("lanes")
+    lanes = ctx.options.lanes
     if layout is None and isinstance(src.layout, PooledLayout) and len(aff.shape) == 1:
         dst = VectorLayout(aff.shape[0], ctx.slots)
         matrix, bias = aff.slot_matrix(dst)
         generic = LinearMap.fold(matrix, bias, name, src.layout.span, lanes)
-        choice = ctx.options.get("pooled_dense")
+        choice = ctx.options.pooled_dense
         try:  # masks and one box sum, when its output windows fit (and it is cheaper, unless forced)
             kernel = None if choice is False else PooledDense(aff.matrix.toarray(), aff.bias, src.layout.index,
                                                               src.layout.box, ctx.slots, name)
@@ -302,7 +303,7 @@ def lower_linear(ctx, node, module: nn.Linear, args):
 def lower_relu(ctx, node, module, args):
     src = materialize(ctx, args[0])
     # the approximation is chosen once the bound B is known (phases.assign_scales / finalize)
-    ext = ctx.options.get("relu_extension", 1.0)  # domain extension L (kernels/relu.py)
+    ext = ctx.options.relu_extension  # domain extension L (kernels/relu.py)
     return ctx.add_step(ReluStep(ctx.step_name(node), extension=ext), [src], ctx.new_value(src.layout))
 
 

@@ -38,6 +38,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ckksnet.backend.presets import bootstrap_rotations
+from ckksnet.core.options import CompileOptions
 from ckksnet.core.params import Preset, get_preset
 from ckksnet.compiler import lowerings
 from ckksnet.core.plan import Plan
@@ -126,8 +127,8 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         extension_bits(relu_extension)
     except CkksnetError as exc:
         raise CompileError(str(exc)) from exc
-    options = {"alpha": alpha, "eps_bits": eps_bits, "lanes": lanes, "pooled_dense": pooled_dense,
-               "relu_alpha": dict(relu_alpha or {}), "margin": margin, "relu_extension": float(relu_extension)}
+    options = CompileOptions(alpha, eps_bits, lanes, pooled_dense, dict(relu_alpha or {}), margin,
+                             float(relu_extension))
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -137,7 +138,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         image_shape = (len(mean), int(image_size[0]), int(image_size[1]))
         ranges = _ranges(model, calibration, image_shape, None if norm else (mean, std))
         plan = Plan(preset=preset, rotation_keys=rotation_keys, model_id=model_identity(model),
-                    options={k: v for k, v in options.items() if v is not None})
+                    options=options.record())
         names = lower(plan, graph, model, image_size, options, mean=mean, std=std, client_normalize=norm)
     finally:
         for m, training in modes.items():
@@ -357,7 +358,7 @@ def _live(graph: fx.Graph, acts: set, modules: dict) -> set[str]:
     return live
 
 
-def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: dict, mean=None, std=None,
+def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: CompileOptions, mean=None, std=None,
           client_normalize: str | None = None) -> dict[str, str]:
     """Each live node -> plan steps, through the registry (module types, functions, methods).
     Returns node name -> step name. ``mean`` / ``std``: the client's normalisation (default:
@@ -533,7 +534,7 @@ def assign_scales(plan: Plan, ranges: dict[str, float], margin: float) -> None:
         v.scale = need.get(find(v.id), 1.0)
 
 
-def finalize(plan: Plan, options: dict) -> None:
+def finalize(plan: Plan, options: CompileOptions) -> None:
     """Every kernel folds its input and output scales in (and picks its approximation)."""
     for i, (step, ins, out) in enumerate(plan.steps):  # replaced one by one: old matrices go at once
         new = step.finalize(plan.values[ins[0]].scale, plan.values[out].scale, options)

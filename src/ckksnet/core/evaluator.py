@@ -19,7 +19,8 @@ slots (the fast twin) replace a kernel's algorithm by an equivalent plain functi
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -88,16 +89,27 @@ class Evaluator(Protocol):
 METHODS = ("levels_left", "require_levels", "add", "sub", "add_many", "add_inplace", "mul", "mul_lazy",
            "relinearize", "rescale", "dot", "rotate_composed", "bootstrap", "drop_levels", "shortcut")
 
-#: name -> factory(preset, rotation keys) of every evaluator the conformance suite must pass; a
-#: backend's package adds its own (``ckksnet.backend`` adds "openfhe")
-EVALUATORS: dict = {}
+@dataclass
+class Conformance:
+    """What the conformance suite needs of one evaluator: the evaluator, ``encode(vector,
+    levels)`` -> a fresh value with that many levels, ``decode(value)`` -> its slots (None where
+    values carry no data, as levels only), and the largest |error| against exact numpy slots it
+    promises before and after a bootstrap."""
+
+    evaluator: Evaluator
+    encode: Callable[[np.ndarray, int], Value]
+    decode: Callable[[Value], np.ndarray] | None = None
+    tolerance: tuple[float, float] = (0.0, 0.0)
 
 
-def register_evaluator(name: str):
-    """Decorator for a factory ``(preset, rotation_keys) -> (evaluator, encode)``, where
-    ``encode(vector, levels)`` makes a fresh value of that evaluator and ``decode(value)`` is the
-    evaluator's own method or None: the conformance suite runs one computation on each."""
-    def deco(factory):
+#: name -> factory(preset, rotation_keys) -> :class:`Conformance`, for every evaluator the
+#: conformance suite (tests/test_evaluators.py) must pass; a backend adds its own on import
+EVALUATORS: dict[str, Callable] = {}
+
+
+def register_evaluator(name: str) -> Callable:
+    """Decorator: register a conformance factory ``(preset, rotation_keys) -> Conformance``."""
+    def deco(factory: Callable) -> Callable:
         EVALUATORS[name] = factory
         return factory
     return deco

@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ckksnet.core.evaluator import Conformance, register_evaluator
 from ckksnet.errors import LevelError, ShapeError
 
 UNLIMITED = 1 << 30  #: the level of a bare array
@@ -159,3 +160,9 @@ class SlotEvaluator:
             return None
         self.require_levels(ct, levels)
         return self._wrap(fn(self._data(ct)), self._level(ct) - levels, 2, (ct,))
+
+
+@register_evaluator("numpy-slots")
+def _conformance(preset, rotation_keys) -> Conformance:
+    ev = SlotEvaluator(preset.slots, preset.levels_after_bootstrap, fast=False)
+    return Conformance(ev, ev.fresh, lambda v: v.data)

@@ -19,6 +19,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Iterable
 
+from ckksnet.core.evaluator import Conformance, register_evaluator
 from ckksnet.errors import LevelError, MissingKeyError
 from ckksnet.layout.rotations import compose_rotations
 
@@ -181,3 +182,9 @@ class LevelTracer:
         if levels_left > ct.left:
             raise LevelError(f"cannot raise a value from {ct.left} to {levels_left} levels")
         return self._new([ct], ct.left - levels_left)
+
+
+@register_evaluator("levels-only")
+def _conformance(preset, rotation_keys) -> Conformance:
+    ev = LevelTracer(preset, rotation_keys)
+    return Conformance(ev, lambda vector, levels: ev.fresh(levels))

@@ -55,7 +55,7 @@ class Kernel:
     def input_bound(self, ranges: dict, margin: float) -> float | None:
         return None
 
-    def finalize(self, scale_in: float, scale_out: float, options: dict) -> "Kernel":
+    def finalize(self, scale_in: float, scale_out: float, options: "CompileOptions") -> "Kernel":
         return self
 
     def tuned(self, keys: frozenset) -> "Kernel":

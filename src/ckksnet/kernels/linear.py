@@ -384,7 +384,7 @@ class LinearStep(Kernel):
     kernel: "LinearMap | PooledDense"  # noqa: F821
     kind = "linear"
 
-    def finalize(self, scale_in: float, scale_out: float, options: dict) -> "LinearStep":
+    def finalize(self, scale_in: float, scale_out: float, options: "CompileOptions") -> "LinearStep":
         # stored x = true x / scale_in; stored y must be true y / scale_out
         return LinearStep(self.name, self.kernel.scaled(scale_in / scale_out, scale_out))
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ckksnet.core.options import CompileOptions
 from ckksnet.core.plan import Value
 
 KERNELS: dict[Any, Callable] = {}  # module type, function or "method:<name>" -> lowering
@@ -61,7 +62,7 @@ class LoweringContext:
 
     plan: Any
     slots: int
-    options: dict
+    options: CompileOptions
 
     def new_value(self, layout, scale: float = 1.0) -> Value:
         return self.plan.new_value(layout, scale)

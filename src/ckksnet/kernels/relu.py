@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ckksnet.core.options import CompileOptions
 from ckksnet.approx.relu import ReluApprox, extension_bits
 from ckksnet.kernels.base import Kernel, activation_bound
 
@@ -32,11 +33,8 @@ class ReluStep(Kernel):
     def input_bound(self, ranges: dict, margin: float) -> float:
         return activation_bound(self.name, ranges, margin, "ReLU") * self.extension
 
-    def finalize(self, scale_in: float, scale_out: float, options: dict) -> "ReluStep":
-        alpha, eps_bits = options["alpha"], options["eps_bits"]
-        alpha = options.get("relu_alpha", {}).get(self.name, alpha)
-        if isinstance(alpha, (tuple, list)):  # (alpha, eps_bits) for this ReLU alone
-            alpha, eps_bits = alpha
+    def finalize(self, scale_in: float, scale_out: float, options: CompileOptions) -> "ReluStep":
+        alpha, eps_bits = options.sign_table(self.name)  # this ReLU's own table, else the default
         ext = self.extension
         # scale_out: the scale group's L B (at least this ReLU's own); B = scale_out / L
         return ReluStep(self.name, ReluApprox.from_table(int(alpha), scale_out / ext, int(eps_bits), ext), ext)
