@@ -10,6 +10,6 @@ Add a kernel for a new module type with :func:`register` (see ``examples/silu_ke
 from __future__ import annotations
 
 from ckksnet.compiler.phases import compile_model as compile
-from ckksnet.kernels.registry import KERNELS, LoweringContext, register
+from ckksnet.kernels.registry import LOWERINGS, LoweringContext, register
 
-__all__ = ["compile", "register", "KERNELS", "LoweringContext"]
+__all__ = ["compile", "register", "LOWERINGS", "LoweringContext"]

@@ -44,7 +44,7 @@ from ckksnet.compiler import lowerings
 from ckksnet.core.plan import Plan
 from ckksnet.compiler.lower import Affine
 from ckksnet.core.plan import Value
-from ckksnet.kernels.registry import ACTIVATION_TYPES, KERNELS
+from ckksnet.kernels.registry import ACTIVATION_TYPES, LOWERINGS
 from ckksnet.core.schedule import schedule_plan
 from ckksnet.errors import CkksnetError, CompileError, ShapeError
 from ckksnet.layout import Layout, VectorLayout
@@ -68,7 +68,7 @@ class _Tracer(fx.Tracer):
     it (``node.meta["source"]``: file, line, code; cheaper than ``record_stack_traces``)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m) in KERNELS or super().is_leaf_module(m, qualname)
+        return type(m) in LOWERINGS or super().is_leaf_module(m, qualname)
 
     def create_node(self, *args, **kwargs):
         node = super().create_node(*args, **kwargs)
@@ -187,7 +187,7 @@ def trace(model: nn.Module) -> fx.Graph:
 
 
 # ------------------------------------------------------------------ reading the graph
-def kernel_key(node: fx.Node, modules: dict):
+def lowering_key(node: fx.Node, modules: dict):
     """The registry key of a node: module type, function, or "method:<name>"."""
     if node.op == "call_module":
         return type(modules[node.target])
@@ -225,7 +225,7 @@ def activation_nodes(graph: fx.Graph, modules: dict, types=None) -> dict[str, st
 
 def _safe_key(node, modules):
     try:
-        return kernel_key(node, modules)
+        return lowering_key(node, modules)
     except (KeyError, TypeError):
         return None
 
@@ -389,7 +389,7 @@ def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: Co
             if node.name not in live:
                 continue
             module = modules[node.target] if node.op == "call_module" else None
-            fn = KERNELS.get(kernel_key(node, modules))
+            fn = LOWERINGS.get(lowering_key(node, modules))
             if fn is None:
                 raise ctx.fail(node, "unsupported operation: register a kernel for it with ckksnet.kernels.register")
             args = [env[a.name] for a in node.args if isinstance(a, fx.Node) and a.name in ctx.acts]

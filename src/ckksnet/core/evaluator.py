@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
-Value = Any  #: an encrypted value as an evaluator represents it
+Ciphertext = Any  #: a ciphertext as an evaluator represents it (a plan's tensors are core.plan.Value)
 
 
 @runtime_checkable
@@ -37,49 +37,49 @@ class Evaluator(Protocol):
     #: True: values carry levels only; plaintext operands are never read (may be None)
     levels_only: bool
 
-    def levels_left(self, ct: Value) -> int:
+    def levels_left(self, ct: Ciphertext) -> int:
         """Levels ``ct`` can still spend."""
 
-    def require_levels(self, ct: Value, needed: int, what: str = "operation") -> None:
+    def require_levels(self, ct: Ciphertext, needed: int, what: str = "operation") -> None:
         """Raise :class:`ckksnet.LevelError` unless ``ct`` has ``needed`` levels left."""
 
-    def add(self, a: Value, b: Value | np.ndarray | float) -> Value:
+    def add(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
         """a + b (b: a value, a plaintext vector or a scalar); no level."""
 
-    def sub(self, a: Value, b: Value | np.ndarray | float) -> Value:
+    def sub(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
         """a - b; no level."""
 
-    def add_many(self, cts: list) -> Value:
+    def add_many(self, cts: list) -> Ciphertext:
         """The sum of one or more values; no level."""
 
-    def add_inplace(self, acc: Value, b: Value) -> Value:
+    def add_inplace(self, acc: Ciphertext, b: Ciphertext) -> Ciphertext:
         """acc += b, for an ``acc`` the caller made and owns; returns acc."""
 
-    def mul(self, a: Value, b: Value | np.ndarray | float) -> Value:
+    def mul(self, a: Ciphertext, b: Ciphertext | np.ndarray | float) -> Ciphertext:
         """a * b, relinearized; spends one level (a ciphertext product pays one key switch)."""
 
-    def mul_lazy(self, a: Value, b: Value) -> Value:
+    def mul_lazy(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         """a * b of two values, not relinearized: may only be added until :meth:`relinearize`."""
 
-    def relinearize(self, ct: Value) -> Value:
+    def relinearize(self, ct: Ciphertext) -> Ciphertext:
         """Back to two elements (one key switch if it had three)."""
 
-    def rescale(self, ct: Value) -> Value:
+    def rescale(self, ct: Ciphertext) -> Ciphertext:
         """Rescale a pending product now; levels left unchanged."""
 
-    def dot(self, pairs: Iterable[tuple[Value, np.ndarray]]) -> Value:
+    def dot(self, pairs: Iterable[tuple[Ciphertext, np.ndarray]]) -> Ciphertext:
         """sum_i ct_i * v_i for plaintext vectors v_i; one level."""
 
-    def rotate_composed(self, ct: Value, ks: Iterable[int]) -> dict[int, Value]:
+    def rotate_composed(self, ct: Ciphertext, ks: Iterable[int]) -> dict[int, Ciphertext]:
         """{k: rot(ct, k)} for each k, chained from the rotation keys present (hoisted first hops)."""
 
-    def bootstrap(self, ct: Value) -> Value:
+    def bootstrap(self, ct: Ciphertext) -> Ciphertext:
         """Refresh to ``levels_after_bootstrap`` levels; values must lie in [-1, 1]."""
 
-    def drop_levels(self, ct: Value, levels_left: int) -> Value:
+    def drop_levels(self, ct: Ciphertext, levels_left: int) -> Ciphertext:
         """Lower ``ct`` to exactly ``levels_left`` levels."""
 
-    def shortcut(self, ct: Value, fn, levels: int) -> Value | None:
+    def shortcut(self, ct: Ciphertext, fn, levels: int) -> Ciphertext | None:
         """``fn(slots)`` spending ``levels`` levels, where this evaluator holds cleartext slots
         and takes shortcuts (the fast twin); else None, and the kernel runs its algorithm. ``fn``
         maps (batch, slots) or (slots,) float64 to the same shape."""
@@ -97,8 +97,8 @@ class Conformance:
     promises before and after a bootstrap."""
 
     evaluator: Evaluator
-    encode: Callable[[np.ndarray, int], Value]
-    decode: Callable[[Value], np.ndarray] | None = None
+    encode: Callable[[np.ndarray, int], Ciphertext]
+    decode: Callable[[Ciphertext], np.ndarray] | None = None
     tolerance: tuple[float, float] = (0.0, 0.0)
 
 

@@ -34,7 +34,7 @@ from typing import Any, Callable
 from ckksnet.core.options import CompileOptions
 from ckksnet.core.plan import Value
 
-KERNELS: dict[Any, Callable] = {}  # module type, function or "method:<name>" -> lowering
+LOWERINGS: dict[Any, Callable] = {}  # module type, function or "method:<name>" -> lowering
 ACTIVATION_TYPES: set = set()  # keys whose inputs' ranges are calibrated (bound B per step)
 
 
@@ -49,7 +49,7 @@ def register(*module_types: Any, activation: bool = False) -> Callable:
     """
     def deco(fn: Callable) -> Callable:
         for t in module_types:
-            KERNELS[t] = fn
+            LOWERINGS[t] = fn
             if activation:
                 ACTIVATION_TYPES.add(t)
         return fn
