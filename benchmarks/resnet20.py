@@ -20,7 +20,8 @@ from _results import machine, replace_section, today
 from costs import store
 from ckksnet import inference
 from ckksnet.approx.composite import DEFAULT_ALPHA, DEFAULT_EPS_BITS
-from ckksnet.deploy.cli import relu_sign_arg
+from ckksnet.compiler.checkpoints import SignTables
+from ckksnet.deploy.flags import relu_sign_arg
 from ckksnet.fidelity import NoiseModel, bundled_noise_path
 from ckksnet.runtime import rotation_key_text
 
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-record", action="store_true",
                     help="a side measurement: leave RESULTS.md, resnet20_last.json, costs.json and the noise model alone")
     args = ap.parse_args(argv)
-    res = inference.run(args.images, "secure", alpha=args.alpha, eps_bits=args.eps_bits, progress=True,
-                        on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=not args.no_record,
-                        measure_costs=True, reference_each=True, relu_signs=args.relu_sign)
+    res = inference.run(args.images, "secure", signs=SignTables(args.alpha, args.eps_bits, args.relu_sign),
+                        progress=True, on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=not args.no_record,
+                        measure_costs=True, reference_each=True)
     if args.json:
         Path(args.json).write_text(json.dumps(per_image(res, argv), indent=1) + "\n")
     if args.no_record:

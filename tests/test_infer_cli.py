@@ -56,8 +56,10 @@ def test_benchmark_figures_per_image_and_per_relu_sign_tables(tmp_path):
     from ckksnet import inference
 
     _small_setup(tmp_path)
-    res = inference.run(1, "test", str(tmp_path / "data"), str(tmp_path / "ck"), progress=False,
-                        reference_each=True, relu_signs=[("layers.*.relu1", (10, 7))])
+    from ckksnet.compiler.checkpoints import SignTables
+
+    res = inference.run(1, "test", str(tmp_path / "data"), str(tmp_path / "ck"),
+                        SignTables(relu_sign=[("layers.*.relu1", (10, 7))]), progress=False, reference_each=True)
     (rec,) = res["images"]
     assert rec["reference_bootstrap_seconds"] > 0 and rec["seconds"] > 0
     assert abs(rec["ratio"] - rec["seconds"] / rec["reference_bootstrap_seconds"]) < 0.01 * rec["ratio"] + 0.01

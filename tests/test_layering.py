@@ -150,3 +150,19 @@ def test_the_core_loads_neither_openfhe_nor_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plan", "--help"], ["run", "--help"], ["serve", "--help"]])
+def test_cli_help_loads_no_heavy_library_and_is_fast(argv):
+    """`ckksnet --help` (and a command's) parses without torch, OpenFHE, numpy or Ray: measured
+    0.05-0.07 s here; the bound leaves a wide margin for a loaded machine."""
+    code = ("import sys, time; t = time.perf_counter(); from ckksnet.deploy.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', sorted(m for m in ('torch', 'openfhe', 'numpy', 'ray', 'fastapi') if m in sys.modules),"
+            " time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("LOADED"))
+    loaded, seconds = line.split(" ", 1)[1].rsplit(" ", 1)
+    assert loaded == "[]", f"ckksnet {' '.join(argv)} loads {loaded}"
+    assert float(seconds) < 1.0
+    assert "usage: ckksnet" in out.stdout

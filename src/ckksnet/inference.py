@@ -10,10 +10,8 @@ import time
 import numpy as np
 import torch
 
-from ckksnet.compiler import compile
-from ckksnet.compiler.phases import relu_overrides
+from ckksnet.compiler.checkpoints import SignTables, compile_checkpoint
 from ckksnet.data import load_cifar10
-from ckksnet.models import load_bundled, load_checkpoint
 from ckksnet.runtime import Client, Server, peak_rss_gb
 from ckksnet.training.train import to_tensor
 
@@ -34,9 +32,8 @@ def pick_images(k: int, data: str | None = None):
 
 
 def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint: str | None = None,
-        alpha: int = 13, eps_bits: int = 9, progress: bool = True, on_image=None,
-        calibrate_noise: bool = False, measure_costs: bool = False, reference_each: bool = False,
-        relu_signs: list | None = None) -> dict:
+        signs: SignTables = SignTables(), progress: bool = True, on_image=None,
+        calibrate_noise: bool = False, measure_costs: bool = False, reference_each: bool = False) -> dict:
     """Compile, make keys, and run K images encrypted; returns a JSON-ready report.
 
     ``on_image(record)`` is called after each image (for printing as results come in).
@@ -44,18 +41,15 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     each step's output with the client's key) and return it as ``noise_model``.
     ``measure_costs``: time the cost model's operations and a reference bootstrap (median of 3)
     right after key generation, in this process (``costs``), and report the plan's estimate.
-    ``relu_signs``: [(glob over ReLU names, (alpha, eps_bits))] overriding the sign table per ReLU.
+    ``signs``: the ReLUs' sign tables (default alpha 13, eps 2^-9; per-ReLU overrides).
     ``reference_each``: right before each image, time a reference bootstrap (median of 3, see
     :func:`ckksnet.backend.measure.reference_bootstrap`) and report the image's time as a ratio to
     it. The noise probe's own seconds (``calibrate_noise``, first image) are left out of the
     image's time and reported as ``probe_seconds``.
     """
-    model, meta = load_checkpoint(checkpoint) if checkpoint else load_bundled()
     images, labels, indices, source = pick_images(k, data)
     t = time.time()
-    relus = meta["calibration"]["relus"]
-    net = compile(model, calibration=relus, preset=preset, alpha=alpha, eps_bits=eps_bits,
-                  image_size=images.shape[1:3], relu_alpha=relu_overrides(relu_signs or [], relus))
+    net, model, meta = compile_checkpoint(checkpoint, preset, signs, image_size=images.shape[1:3])
     compile_s = time.time() - t
     t = time.time()
     client = Client(net)
@@ -105,7 +99,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             on_image(rec)
     return {"preset": net.preset.name, "source": source, "checkpoint": checkpoint or "bundled",
             "checkpoint_note": meta.get("note", ""), "plain_test_accuracy": meta.get("test", {}).get("accuracy"),
-            "alpha": alpha, "eps_bits": eps_bits, "relu_signs": [[p, list(t)] for p, t in relu_signs or []],
+            "alpha": signs.alpha, "eps_bits": signs.eps_bits, "relu_signs": [[p, list(t)] for p, t in signs.relu_sign],
             "compile_seconds": round(compile_s, 2),
             "keygen_seconds": round(keygen_s, 2), "rotation_keys": client.key_memory_gb["rotation_keys"],
             "rotation_key_policy": net.rotation_keys, "peak_rss_gb_after_keygen": round(keygen_rss, 2),
@@ -115,7 +109,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             "plan_estimate_seconds_stored_costs": round(net.schedule.seconds, 1),
             "plan_bootstraps": net.schedule.bootstraps,
             "noise_model": probe and vars(probe.model(net.preset.name, f"measured on image {indices[0]} "
-                                                   f"({source}), alpha {alpha}", input_sd))}
+                                                   f"({source}), alpha {signs.alpha}", input_sd))}
 
 
 class _Timed:

@@ -12,7 +12,7 @@ from pathlib import Path
 import openfhe as ofhe
 
 from ckksnet.core.params import (PRESETS, SECURE, TEST, InsecurePresetWarning, Preset, get_preset,  # noqa: F401
-                                 _bootstrap_depth)
+                                 _bootstrap_depth)  # noqa: F401
 from ckksnet.errors import PresetError
 
 BOOTSTRAP_ROTATIONS = Path(__file__).with_name("bootstrap_rotations.json")

@@ -21,12 +21,7 @@ holds the file layout of a key set; the byte functions here (``*_to_bytes``,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import re
-import stat
-import struct
 import tempfile
 import typing
 from dataclasses import asdict
@@ -37,13 +32,12 @@ import openfhe as ofhe
 from ckksnet.backend.context import (CkksClient, CkksContext, CkksServer, Ciphertext, context_id_for,
                                      require_type, rotations_of_automorphisms)
 from ckksnet.backend.presets import Preset, get_preset
-from ckksnet.errors import (ContextMismatchError, CorruptDataError, PresetError, SerializationError,
-                            UnsupportedFormatError, WrongFileTypeError)
+from ckksnet.errors import ContextMismatchError, CorruptDataError, PresetError, SerializationError
 
 # the envelope is generic (core, no OpenFHE); re-exported here, where key files were always read
 from ckksnet.core.envelope import (FORMAT, KINDS, MAGIC, MAX_HEADER, check_attached, describe_file,  # noqa: F401
-                                   file_digest, header_field, load, pack, regular_file, register_kind, save,
-                                   unpack)
+                                   file_digest, header_field, load, pack, regular_file, register_kind, save,  # noqa: F401
+                                   unpack)  # noqa: F401
 
 for _kind in ("context", "public_key", "secret_key", "mult_keys", "rotation_keys", "bootstrap_keys", "ciphertext"):
     register_kind(_kind)

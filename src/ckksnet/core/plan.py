@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ckksnet.core.params import Preset
-from ckksnet.errors import RangeError, ShapeError
+from ckksnet.errors import RangeError
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.layout.rotations import rotation_paths, signed_powers_of_two
 

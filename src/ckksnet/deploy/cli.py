@@ -1,4 +1,6 @@
-"""The ``ckksnet`` command line. Each sub-command lives in one small function below."""
+"""The ``ckksnet`` command line. Each sub-command lives in one small function below; shared
+flags are declared once (:mod:`ckksnet.deploy.flags`), and torch, OpenFHE and numpy are imported
+only inside the commands that use them, so ``ckksnet --help`` starts in well under a second."""
 from __future__ import annotations
 
 import argparse
@@ -7,9 +9,9 @@ import math
 import shlex
 import sys
 
-from ckksnet.compiler.phases import relu_overrides
-from ckksnet.errors import CkksnetError
+from ckksnet.deploy import flags
 from ckksnet.deploy.service_cli import add_query, add_serve
+from ckksnet.errors import CkksnetError
 
 
 def _emit(args: argparse.Namespace, report: dict, text: str) -> int:
@@ -59,11 +61,11 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from ckksnet.compiler.checkpoints import load_model
     from ckksnet.data import load_cifar10
-    from ckksnet.models import load_bundled, load_checkpoint
     from ckksnet.training import evaluate
 
-    model, meta = load_checkpoint(args.checkpoint) if args.checkpoint else load_bundled()
+    model, _ = load_model(args.checkpoint)
     split = load_cifar10("test", args.data)
     if args.limit:
         split = split.subset(args.limit)
@@ -134,34 +136,17 @@ def _add_approx(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=int, default=13, help="sign precision: error <= 2^-alpha on [eps, 1]")
     p.add_argument("--eps-bits", type=int, default=9, help="eps = 2^-EPS_BITS")
     p.add_argument("--points", type=int, default=200_000, help="grid points for the measured errors")
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "json")
     p.set_defaults(func=_cmd_approx)
-
-
-# ---------------------------------------------------------------- per-ReLU sign tables
-def relu_sign_arg(text: str) -> tuple[str, tuple[int, int]]:
-    """'PATTERN=ALPHA/EPS_BITS' (argparse type): a glob over ReLU step names and the sign table."""
-    pattern, sep, table = text.partition("=")
-    alpha, slash, eps = table.partition("/")
-    if not (sep and slash and pattern and alpha.isdigit() and eps.isdigit()):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected PATTERN=ALPHA/EPS_BITS, e.g. 'layers.*.relu1=10/7'")
-    return pattern, (int(alpha), int(eps))
-
-
-def _add_relu_sign(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--relu-sign", action="append", type=relu_sign_arg, default=[], metavar="PATTERN=ALPHA/EPS",
-                   help="sign table for the ReLUs whose step names match PATTERN (repeatable), e.g. "
-                   "'layers.*.relu1=10/7' (the depth-10 table: 2 bootstraps per convolution + ReLU)")
 
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
     from ckksnet.fidelity.report import fidelity_report
 
-    res = fidelity_report(args.twin, args.encrypted, args.preset, args.data, args.checkpoint, args.alpha,
-                          args.eps_bits, args.state, not args.no_noise, args.plots,
+    res = fidelity_report(args.twin, args.encrypted, args.preset, args.data, args.checkpoint,
+                          flags.sign_tables(args), args.state, not args.no_noise, args.plots,
                           [int(a) for a in args.alpha_sweep.split(",")] if args.alpha_sweep else None,
-                          args.sweep_images, progress=not args.json, profile_from=args.profile_from,
-                          relu_signs=args.relu_sign)
+                          args.sweep_images, progress=not args.json, profile_from=args.profile_from)
     t, e = res["twin"], res["encrypted"]
     p = res["plain"]
     text = ((f"plaintext accuracy {p['accuracy']}% ({p['images']} images, {res['source']})\n" if p["images"]
@@ -198,27 +183,23 @@ def _add_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encrypted", type=int, default=0, help="images run encrypted (the first K of a fixed permutation of the test split)")
     p.add_argument("--state", default="runs/fidelity/encrypted.jsonl",
                    help="resumable record of encrypted images (finished ones are never rerun)")
-    p.add_argument("--preset", default="secure")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
-    p.add_argument("--data", help="CIFAR-10 location (default: $CKKSNET_DATA or ../shared/data)")
-    p.add_argument("--alpha", type=int, default=13)
-    p.add_argument("--eps-bits", type=int, default=9)
+    flags.add(p, "preset", "checkpoint", "data", "alpha", "eps-bits")
     p.add_argument("--no-noise", action="store_true", help="exact twin (no CKKS noise model)")
     p.add_argument("--plots", help="folder for the PNG plots (e.g. benchmarks)")
     p.add_argument("--alpha-sweep", help="comma-separated alphas for the fidelity-vs-alpha plot")
     p.add_argument("--sweep-images", type=int, default=1000)
-    _add_relu_sign(p)
+    flags.add(p, "relu-sign")
     p.add_argument("--profile-from", help="a saved run report (JSON with a 'report') for the profile "
                    "when no image runs encrypted, e.g. benchmarks/resnet20_last.json")
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "json")
     p.set_defaults(func=_cmd_fidelity)
 
 
 def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="encrypt, bootstrap and decrypt a vector: time and precision")
-    p.add_argument("--preset", default="secure", help="parameter preset (default: secure, 128-bit)")
+    flags.add(p, "preset")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "json")
     p.set_defaults(func=_cmd_bootstrap)
 
 
@@ -232,9 +213,8 @@ def _print_image(rec: dict) -> None:
 def _cmd_infer(args: argparse.Namespace) -> int:
     from ckksnet import inference
 
-    result = inference.run(args.images, args.preset, args.data, args.checkpoint, args.alpha,
-                           args.eps_bits, progress=not args.json,
-                           on_image=None if args.json else _print_image, relu_signs=args.relu_sign)
+    result = inference.run(args.images, args.preset, args.data, args.checkpoint, flags.sign_tables(args),
+                           progress=not args.json, on_image=None if args.json else _print_image)
     from ckksnet.runtime import rotation_key_text
 
     return _emit(args, result, f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the "
@@ -248,13 +228,9 @@ def _add_infer(sub: argparse._SubParsersAction, name: str = "infer", images: int
                 "ResNet-20" if name == "demo" else "encrypted inference of K real CIFAR-10 test images")
     p = sub.add_parser(name, help=helptext)
     p.add_argument("--images", type=int, default=images, help="number of test images K")
-    p.add_argument("--preset", default="secure", help="secure (128-bit, default) or test")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
+    flags.add(p, "preset", "checkpoint")
     p.add_argument("--data", help="CIFAR-10 location (default: foolbox's official images for K <= 20)")
-    p.add_argument("--alpha", type=int, default=13, help="ReLU sign precision (shipped tables: 6..13)")
-    p.add_argument("--eps-bits", type=int, default=9)
-    _add_relu_sign(p)
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "alpha", "eps-bits", "relu-sign", "json")
     p.set_defaults(func=_cmd_infer)
 
 
@@ -264,7 +240,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a CIFAR ResNet (resumable) and write a checkpoint")
-    p.add_argument("--data", help="CIFAR-10 location (default: $CKKSNET_DATA or ../shared/data)")
+    flags.add(p, "data")
     p.add_argument("--run-dir", default="runs/resnet20", help="resumable state folder")
     p.add_argument("--out", default="runs/resnet20/checkpoint", help="final checkpoint folder")
     p.add_argument("--epochs", type=int, default=100)
@@ -290,26 +266,17 @@ def _add_snapshot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("snapshot", help="write a checkpoint from a training run's latest state")
     p.add_argument("--run-dir", default="runs/resnet20")
     p.add_argument("--out", default="runs/resnet20/checkpoint")
-    p.add_argument("--data")
+    flags.add(p, "data")
     p.add_argument("--calibration-images", type=int, default=10000)
     p.set_defaults(func=_cmd_snapshot)
 
 
-def _load_model(checkpoint: str | None):
-    from ckksnet.models import load_bundled, load_checkpoint
-
-    return load_checkpoint(checkpoint) if checkpoint else load_bundled()
-
-
 def _cmd_plan(args: argparse.Namespace) -> int:
     """Compile and print the schedule: no key is made."""
-    from ckksnet.compiler import compile
+    from ckksnet.compiler.checkpoints import compile_checkpoint
     from ckksnet.compiler.report import plan_report, plan_text
 
-    model, meta = _load_model(args.checkpoint)
-    relus = meta["calibration"]["relus"]
-    net = compile(model, calibration=relus, preset=args.preset, alpha=args.alpha, eps_bits=args.eps_bits,
-                  relu_alpha=relu_overrides(args.relu_sign, relus))
+    net, _, _ = compile_checkpoint(args.checkpoint, args.preset, flags.sign_tables(args))
     rep = plan_report(net)
     return _emit(args, rep, plan_text(rep))
 
@@ -317,33 +284,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="compile and print the schedule (levels, bootstraps, keys, estimated "
                        "time and memory) without making any key")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
-    p.add_argument("--preset", default="secure")
-    p.add_argument("--alpha", type=int, default=13)
-    p.add_argument("--eps-bits", type=int, default=9)
-    _add_relu_sign(p)
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "checkpoint", "preset", "alpha", "eps-bits", "relu-sign")
+    flags.add(p, "json")
     p.set_defaults(func=_cmd_plan)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="plaintext test accuracy of the bundled (or a given) checkpoint")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
+    flags.add(p, "checkpoint")
     p.add_argument("--data", help="CIFAR-10 location, or 'foolbox' for the 20 official images")
     p.add_argument("--limit", type=int, help="first LIMIT test images only")
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "json")
     p.set_defaults(func=_cmd_eval)
 
 
 # ---------------------------------------------------------------- client / server in separate processes
 def _cmd_compile(args: argparse.Namespace) -> int:
     """Compile a checkpoint and write the server and client artifacts (no key is made)."""
-    from ckksnet.compiler import compile
+    from ckksnet.compiler.checkpoints import compile_checkpoint
 
-    model, meta = _load_model(args.checkpoint)
-    relus = meta["calibration"]["relus"]
-    net = compile(model, calibration=relus, preset=args.preset, alpha=args.alpha, eps_bits=args.eps_bits,
-                  image_size=(args.image_size, args.image_size), relu_alpha=relu_overrides(args.relu_sign, relus))
+    net, _, _ = compile_checkpoint(args.checkpoint, args.preset, flags.sign_tables(args),
+                                   image_size=(args.image_size, args.image_size))
     folder = net.save(args.out)
     spec = net.client_spec()
     report = {"out": str(folder), "server_plan": str(folder / "server_plan.ckksnet"),
@@ -524,7 +485,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ckksnet.imagefile import read_image
     from ckksnet.inputs import as_images
 
-    model, _ = _load_model(args.checkpoint)
+    from ckksnet.compiler.checkpoints import load_model
+
+    model, _ = load_model(args.checkpoint)
     channels = len(model.config["mean"])
     out = []
     for image in args.images:
@@ -541,21 +504,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile a checkpoint into server and client artifacts")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
-    p.add_argument("--preset", default="secure")
+    flags.add(p, "checkpoint", "preset")
     p.add_argument("--out", required=True, help="folder for server_plan.ckksnet and client_plan.ckksnet")
-    p.add_argument("--alpha", type=int, default=13)
-    p.add_argument("--eps-bits", type=int, default=9)
-    p.add_argument("--image-size", type=int, default=32, help="input images are N x N pixels")
-    _add_relu_sign(p)
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "alpha", "eps-bits", "image-size", "relu-sign", "json")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("keygen", help="make the keys a client artifact needs (secret key stays here)")
     p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
     p.add_argument("--out", required=True, help="key folder; OUT/eval is what a server gets")
     p.add_argument("--force", action="store_true", help="replace a secret key already in OUT")
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "json")
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("encrypt", help="encrypt images (PNG, JPEG, .npy): one ciphertext file each")
@@ -563,8 +521,7 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keys", required=True, help="key folder written by keygen")
     p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
     p.add_argument("--out", required=True, help="folder for the ciphertexts (<image name>.ckks)")
-    p.add_argument("--resize", action="store_true", help="resize PNG/JPEG images to the model's size")
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "resize", "json")
     p.set_defaults(func=_cmd_encrypt)
 
     p = sub.add_parser("run", help="server side, offline: run the plan on a ciphertext file, or on a folder "
@@ -582,22 +539,19 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
                    help="memory each worker declares to Ray (default 1.7 x the key folder + 0.5 GiB)")
     p.add_argument("--worker-cpus", type=int, default=1, help="cores per worker (its OpenMP threads; default 1)")
     p.add_argument("--retries", type=int, default=2, help="times an image is sent again after its worker died")
-    p.add_argument("--json", action="store_true", help="the per-step report (one file) or the batch report as JSON")
+    flags.add(p, "json", json={"help": "the per-step report (one file) or the batch report as JSON"})
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("decrypt", help="decrypt output ciphertexts: logits, class, probabilities")
     p.add_argument("ciphertext", nargs="+", help="output ciphertext file(s), or a folder of .ckks files")
     p.add_argument("--keys", required=True, help="key folder written by keygen")
     p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "json")
     p.set_defaults(func=_cmd_decrypt)
 
     p = sub.add_parser("predict", help="plaintext prediction of a checkpoint on image files (torch)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled ResNet-20)")
-    p.add_argument("--image-size", type=int, default=32, help="the model's input is N x N pixels")
-    p.add_argument("--resize", action="store_true", help="resize PNG/JPEG images to the model's size")
-    p.add_argument("--json", action="store_true")
+    flags.add(p, "checkpoint", "image-size", "resize", "json")
     p.set_defaults(func=_cmd_predict)
 
 

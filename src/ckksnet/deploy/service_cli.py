@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 from ckksnet.errors import CkksnetError
@@ -157,20 +156,3 @@ def add_query(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True)
     acts.add_parser("delete", help="delete the key set (needs --keyset-id) and its jobs")
     p.set_defaults(func=_cmd_query)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ckksnet")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_serve(sub)
-    add_query(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CkksnetError as exc:
-        print(f"ckksnet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,25 +11,24 @@ from ckksnet.fidelity import bundled_noise, evaluate, summarize
 
 
 def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secure", data: str | None = None,
-                    checkpoint: str | None = None, alpha: int = 13, eps_bits: int = 9,
+                    checkpoint: str | None = None, signs=None,
                     state: str | os.PathLike | None = None, noise: bool = True,
                     plots: str | os.PathLike | None = None, alphas: list[int] | None = None,
                     sweep_images: int = 1000, progress: bool = True,
-                    profile_from: str | os.PathLike | None = None, relu_signs: list | None = None) -> dict:
+                    profile_from: str | os.PathLike | None = None) -> dict:
     """Run the comparison; ``alphas``: also the twin's fidelity for each ReLU alpha (first
     ``sweep_images`` images); ``plots``: a folder for the PNG figures; ``profile_from``: a saved
     run report (e.g. benchmarks/resnet20_last.json) for the profile when no image runs encrypted;
-    ``relu_signs``: [(glob over ReLU names, (alpha, eps_bits))] overriding the table per ReLU."""
-    from ckksnet.compiler import compile
-    from ckksnet.compiler.phases import relu_overrides
+    ``signs``: the ReLUs' sign tables (:class:`~ckksnet.compiler.checkpoints.SignTables`; default
+    alpha 13, eps 2^-9)."""
+    from ckksnet.compiler.checkpoints import SignTables, compile_checkpoint
     from ckksnet.data import load_cifar10
-    from ckksnet.models import load_bundled, load_checkpoint
 
-    model, meta = load_checkpoint(checkpoint) if checkpoint else load_bundled()
+    signs = signs or SignTables()
+    alpha, eps_bits = signs.alpha, signs.eps_bits
     split = load_cifar10("test", data)
+    net, model, meta = compile_checkpoint(checkpoint, preset, signs)
     calib = meta["calibration"]["relus"]
-    net = compile(model, calibration=calib, preset=preset, alpha=alpha, eps_bits=eps_bits,
-                  relu_alpha=relu_overrides(relu_signs or [], calib))
     noise_model = bundled_noise(preset) if noise else None
     res = evaluate(net, model, split.images, split.labels, twin, encrypted, state, noise_model, progress)
     res.update(source=split.source, checkpoint=checkpoint or "bundled", alpha=alpha, eps_bits=eps_bits,

@@ -25,6 +25,8 @@ with a kernel defined outside ckksnet needs the module that defines it imported 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from typing import Any, Callable, ClassVar
 
 from ckksnet.core.artifact import PLAN_TYPES, plan_type
@@ -33,6 +35,9 @@ from ckksnet.core.artifact import PLAN_TYPES, plan_type
 KERNEL_TYPES: dict[str, type] = PLAN_TYPES
 
 Refresh = Callable[[Any, int], Any]
+
+if TYPE_CHECKING:
+    from ckksnet.core.options import CompileOptions
 
 
 class Kernel:

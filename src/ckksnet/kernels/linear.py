@@ -38,6 +38,8 @@ and 2q - 1 masked products. :meth:`fold` picks lanes when its cost model says th
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Iterable, Iterator
@@ -49,6 +51,9 @@ from ckksnet.core.artifact import plan_type
 from ckksnet.kernels.base import Kernel
 from ckksnet.errors import MissingKeyError
 from ckksnet.layout.rotations import compose_rotations, rotation_chain, rotation_paths
+
+if TYPE_CHECKING:
+    from ckksnet.core.options import CompileOptions
 
 
 class KeySwitchCounter:

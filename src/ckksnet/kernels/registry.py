@@ -28,7 +28,7 @@ written once (``evaluate``, :mod:`ckksnet.kernels.base`) and runs encrypted, tra
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ckksnet.core.options import CompileOptions

@@ -1,0 +1,56 @@
+"""Command-line flags shared by several ``ckksnet`` commands, declared once.
+
+``add(parser, "json", "checkpoint", ...)`` adds the named flags; :func:`sign_tables` turns the
+parsed ``--alpha``/``--eps-bits``/``--relu-sign`` into the compiler's typed
+:class:`~ckksnet.compiler.checkpoints.SignTables`. Importing this module imports neither torch
+nor OpenFHE (``ckksnet --help`` stays fast).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def relu_sign_arg(text: str) -> tuple[str, tuple[int, int]]:
+    """'PATTERN=ALPHA/EPS_BITS' (argparse type): a glob over ReLU step names and the sign table."""
+    pattern, sep, table = text.partition("=")
+    alpha, slash, eps = table.partition("/")
+    if not (sep and slash and pattern and alpha.isdigit() and eps.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PATTERN=ALPHA/EPS_BITS, e.g. 'layers.*.relu1=10/7'")
+    return pattern, (int(alpha), int(eps))
+
+
+#: name -> (flags, keyword arguments of add_argument)
+FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
+    "json": (("--json",), {"action": "store_true", "help": "print the report as JSON"}),
+    "checkpoint": (("--checkpoint",), {"help": "checkpoint folder (default: the bundled ResNet-20)"}),
+    "preset": (("--preset",), {"default": "secure",
+                               "help": "CKKS parameter preset: secure (128-bit, default) or test (INSECURE)"}),
+    "data": (("--data",), {"help": "CIFAR-10 location (default: $CKKSNET_DATA or ../shared/data)"}),
+    "alpha": (("--alpha",), {"type": int, "default": 13,
+                             "help": "ReLU sign precision in bits (shipped tables: 6..13; default 13)"}),
+    "eps-bits": (("--eps-bits",), {"type": int, "default": 9,
+                                   "help": "the sign is accurate beyond 2^-EPS_BITS (default 9)"}),
+    "relu-sign": (("--relu-sign",), {"action": "append", "type": relu_sign_arg, "default": [],
+                                     "metavar": "PATTERN=ALPHA/EPS_BITS",
+                                     "help": "sign table for the ReLUs whose step names match PATTERN "
+                                             "(repeatable), e.g. 'layers.*.relu1=10/7' (the depth-10 table)"}),
+    "image-size": (("--image-size",), {"type": int, "default": 32, "help": "the model's input is N x N pixels"}),
+    "resize": (("--resize",), {"action": "store_true", "help": "resize PNG/JPEG images to the model's size"}),
+}
+#: the flags of a compiled plan's sign tables, together
+SIGN_TABLES = ("alpha", "eps-bits", "relu-sign")
+
+
+def add(parser: argparse.ArgumentParser, *names: str, **overrides) -> None:
+    """Add the shared flags ``names`` to ``parser``; ``overrides`` maps a name (with _ for -) to
+    keyword arguments that replace the shared ones (e.g. ``preset={"default": "test"}``)."""
+    for name in names:
+        flags, kwargs = FLAGS[name]
+        parser.add_argument(*flags, **{**kwargs, **overrides.get(name.replace("-", "_"), {})})
+
+
+def sign_tables(args: argparse.Namespace):
+    """The parsed sign-table flags as the compiler's typed SignTables."""
+    from ckksnet.compiler.checkpoints import SignTables  # torch: only when a command compiles
+
+    return SignTables(args.alpha, args.eps_bits, list(args.relu_sign))
