@@ -60,7 +60,7 @@ from ckksnet.backend.serialize import (bootstrap_extra, bootstrap_rotations, con
                                        openfhe_load, openfhe_write, preset_from_header, public_key_from_bytes,
                                        public_key_to_bytes, require_mult_key, rotation_groups, secret_key_to_bytes,
                                        unpack_key)
-from ckksnet.core.envelope import check_attached, describe_file, header_field, pack, regular_file, save
+from ckksnet.core.envelope import atomic_path, check_attached, describe_file, header_field, pack, regular_file, save
 from ckksnet.errors import CorruptDataError, MissingKeyError, SerializationError
 
 SECRET_KEY_FILE = "secret_key.ckks"
@@ -123,11 +123,9 @@ def save_evaluation_keys(client: CkksClient, folder: str | os.PathLike) -> Path:
 def _write_attached(folder: Path, name: str, what: str, write: Callable[[str], bool]) -> dict:
     """Let OpenFHE write a raw payload file (under a temporary name, renamed once complete)
     and return its ``files`` entry (name, length, SHA-256, hashed in blocks)."""
-    tmp = folder / (name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    openfhe_write(what, write, str(tmp))
-    entry = describe_file(tmp)
-    os.replace(tmp, folder / name)
+    with atomic_path(folder / name) as tmp:
+        openfhe_write(what, write, str(tmp))
+        entry = describe_file(tmp)
     return {**entry, "name": name}
 
 

@@ -34,9 +34,12 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import stat
 import struct
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ckksnet.errors import (ContextMismatchError, CorruptDataError, SerializationError, UnsupportedFormatError,
                             WrongFileTypeError)
@@ -167,18 +170,36 @@ def header_field(header: dict, name: str, types: type | tuple[type, ...], what: 
 
 
 # ---------------------------------------------------------------- files
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A name beside ``path`` no other writer uses (``<name>.<pid>.<random>.tmp``): two processes
+    writing the same file at once never share a temporary file; the last rename wins whole."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s new contents to; renamed over ``path`` when the
+    block ends normally, removed when it raises (a crash never leaves half a file)."""
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def save(data: bytes, path: str | os.PathLike, mode: int = 0o644) -> Path:
     """Write ``data`` to ``path`` atomically (a temporary file, then a rename). The file is
     created with permission bits ``mode`` (less the umask), so 0o600 is never readable by others,
     not even for a moment. Raises :class:`SerializationError` if it cannot be written."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.unlink(missing_ok=True)  # a leftover of a crash; O_EXCL below must create afresh
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
     except OSError as exc:
         raise SerializationError(f"{path}: cannot write ({exc})") from exc
     return path

@@ -37,6 +37,7 @@ from ckksnet.data.sources import (
     load_foolbox,
     load_official,
 )
+from ckksnet.core.envelope import atomic_path
 from ckksnet.errors import DataError
 
 __all__ = ["CLASSES", "Split", "load_cifar10", "find_data", "cache_dir", "check_split", "download_official"]
@@ -136,10 +137,9 @@ def _write_cache(cached: Path, split: Split) -> None:
     """Store ``split`` atomically; a cache that cannot be written only costs a warning."""
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
-        np.savez(tmp, images=split.images, labels=split.labels,
-                 classes=np.array(split.classes), source=np.array(split.source))
-        tmp.replace(cached)
+        with atomic_path(cached) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+            np.savez(fh, images=split.images, labels=split.labels,
+                     classes=np.array(split.classes), source=np.array(split.source))
     except OSError as exc:
         warnings.warn(f"cannot write the data cache {cached}: {exc}", stacklevel=3)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ckksnet.data.checked import official_batch, read_tar, unpickle
+from ckksnet.core.envelope import atomic_path
 from ckksnet.errors import DataError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -49,6 +50,15 @@ class Split:
     def subset(self, n: int) -> "Split":
         """The first ``n`` images (in file order)."""
         return Split(self.images[:n], self.labels[:n], self.classes, self.source)
+
+    def stratified(self, n: int) -> "Split":
+        """``n`` images taken from every class in turn (class 0's first, class 1's first, ...,
+        then each class's second, ...), in file order within a class: the class-sorted copies
+        of CIFAR-10 give all airplanes for a plain prefix."""
+        per_class = [np.flatnonzero(self.labels == c) for c in range(len(self.classes))]
+        order = [idx[k] for k in range(max(map(len, per_class), default=0)) for idx in per_class if k < len(idx)]
+        pick = np.sort(np.asarray(order[:n], dtype=np.int64))
+        return Split(self.images[pick], self.labels[pick], self.classes, self.source)
 
 
 # ---------------------------------------------------------------- official format
@@ -111,12 +121,11 @@ def download_official(cache_dir: str | os.PathLike) -> Path:
     target = Path(cache_dir) / OFFICIAL_ARCHIVE
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
         try:
-            urllib.request.urlretrieve(OFFICIAL_URL, tmp)
+            with atomic_path(target) as tmp:  # a name of its own: two downloads never share a file
+                urllib.request.urlretrieve(OFFICIAL_URL, tmp)
         except OSError as exc:
             raise DataError(f"cannot download {OFFICIAL_URL}: {exc}") from exc
-        tmp.rename(target)
     digest = hashlib.md5(target.read_bytes()).hexdigest()
     if digest != OFFICIAL_MD5:
         raise DataError(f"{target}: MD5 {digest} does not match the official {OFFICIAL_MD5}")

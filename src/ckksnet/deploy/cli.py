@@ -32,9 +32,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, seed=args.seed, limit=args.limit,
                       blocks=args.blocks, widths=tuple(args.widths), threads=args.threads,
-                      device=args.device, cutout=args.cutout, label_smoothing=args.label_smoothing)
+                      device=args.device, cutout=args.cutout, label_smoothing=args.label_smoothing,
+                      amp=args.amp, teacher=args.teacher, kd_weight=args.kd_weight,
+                      kd_temperature=args.kd_temperature)
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
+    if args.teacher_depth:  # a teacher first, same recipe, in RUN_DIR/teacher; then the distilled student
+        from dataclasses import replace
+        from pathlib import Path
+
+        teacher_cfg = replace(cfg, blocks=(args.teacher_depth - 2) // 6, epochs=args.teacher_epochs or cfg.epochs,
+                              teacher=None, kd_weight=0.0)
+        train(teacher_cfg, train_split, Path(args.run_dir) / "teacher", progress=args.progress)
+        cfg = replace(cfg, teacher=str(Path(args.run_dir) / "teacher"), kd_weight=args.kd_weight or 0.7)
     model, run = train(cfg, train_split, args.run_dir, test_split if args.eval_each_epoch else None,
                        progress=args.progress)
     folder, result = export_checkpoint(model, cfg, run["history"], train_split, test_split, args.out,
@@ -68,11 +78,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, _ = load_model(args.checkpoint)
     split = load_cifar10("test", args.data)
     if args.limit:
-        split = split.subset(args.limit)
+        split = split.stratified(args.limit)  # the test split is class-sorted: every class, in turn
     result = evaluate(model, split)
+    if args.limit:
+        result["subset"] = f"stratified: {args.limit} images taken from each class in turn"
     per_class = "".join(f"\n  {name:>10}: {acc:.2f}%" for name, acc in result["per_class"].items())
+    subset = " (a stratified subset: each class in turn)" if args.limit else ""
     return _emit(args, result, f"accuracy {result['accuracy']:.2f}% on {result['images']} images of "
-                 f"{result['source']}{per_class}")
+                 f"{result['source']}{subset}{per_class}")
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -255,7 +268,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cutout", type=int, default=0, help="cutout square side in pixels (0 = off)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--device", default="cpu",
-                   help="torch device for the model, e.g. cuda (a resumed run may switch devices)")
+                   help="torch device, e.g. cuda: data, augmentation and sums stay on it (a resumed run may "
+                        "switch devices)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="on a GPU: float32, no bf16 autocast")
+    p.add_argument("--teacher", help="distil from this checkpoint or run folder (with --kd-weight)")
+    p.add_argument("--teacher-depth", type=int, help="first train a ResNet of this depth (e.g. 56) as the "
+                   "teacher, same recipe, in RUN_DIR/teacher; then distil from it")
+    p.add_argument("--teacher-epochs", type=int, help="the teacher's epochs (default: --epochs)")
+    p.add_argument("--kd-weight", type=float, default=0.0,
+                   help="weight w of the distillation term, (1 - w) CE + w T^2 KL (default 0; 0.7 with "
+                        "--teacher-depth)")
+    p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature T (default 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="epoch lines only, no bars")
     p.add_argument("--calibration-images", type=int, default=10000)
     p.add_argument("--eval-each-epoch", action="store_true", help="report test accuracy per epoch")
@@ -293,7 +316,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="plaintext test accuracy of the bundled (or a given) checkpoint")
     flags.add(p, "checkpoint")
     p.add_argument("--data", help="CIFAR-10 location, or 'foolbox' for the 20 official images")
-    p.add_argument("--limit", type=int, help="first LIMIT test images only")
+    p.add_argument("--limit", type=int, help="LIMIT test images, taken from each class in turn")
     flags.add(p, "json")
     p.set_defaults(func=_cmd_eval)
 

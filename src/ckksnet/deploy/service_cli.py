@@ -20,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+from ckksnet.core.envelope import atomic_path
 from ckksnet.errors import CkksnetError
 
 _UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
@@ -80,10 +81,8 @@ def _read(path: str) -> bytes:
 
 
 def _write(path: str, data: bytes) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(p)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _cmd_query(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ckksnet.core.envelope import atomic_path
 from ckksnet.errors import ChecksumError, DataError, UnverifiedCheckpointWarning
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "resnet20"
@@ -306,9 +307,8 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
 # ---------------------------------------------------------------- writing
 def _write_atomic(path: Path, write) -> None:
     """Write through a temporary file and rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def _json_text(meta: dict) -> str:

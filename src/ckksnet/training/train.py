@@ -1,5 +1,12 @@
 """Train a CIFAR ResNet: SGD + Nesterov momentum, weight decay, warm-up + cosine schedule,
-random crop (padding 4) and horizontal flip. Deterministic for a given seed, resumable per epoch.
+random crop (padding 4), horizontal flip and cutout; optionally knowledge distillation from a
+teacher (Hinton et al. 2015: (1 - w) CE + w T^2 KL(teacher_T || student_T)). Deterministic for a
+given seed on a given device, resumable per epoch.
+
+One epoch loop serves every device. The training split is uploaded to the device once (uint8,
+zero-padded); crops, flips and cutout are drawn there from a generator on that device, and loss
+and accuracy are summed there, so a GPU never waits for the host inside an epoch. On a GPU the
+forward and backward passes run in bf16 autocast with channels-last tensors (``amp``).
 
 The run folder holds ``state.pt`` (model, optimizer, epoch, history), rewritten atomically after
 every epoch, so an interrupted run resumes where it stopped with the same random stream.
@@ -18,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ckksnet.core.envelope import atomic_path
 from ckksnet.data import Split
 from ckksnet.models.resnet import ResNetCifar
 
@@ -39,11 +47,15 @@ class TrainConfig:
     widths: tuple[int, int, int] = (16, 32, 64)
     limit: int | None = None  # use only the first `limit` training images (tests)
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    device: str = "cpu"  # "cuda" trains on a GPU; augmentation stays on the CPU (same random stream)
+    device: str = "cpu"  # "cuda": the whole epoch on the GPU (data, augmentation, sums)
+    amp: bool = True  # on a GPU: bf16 autocast and channels-last (ignored on the CPU)
+    teacher: str | None = None  # distil from this checkpoint folder or run folder (state.pt)
+    kd_weight: float = 0.0  # w: weight of the distillation term (0: plain cross-entropy)
+    kd_temperature: float = 4.0  # T: softmax temperature of the distillation term
 
 
 # Settings that may differ between the sessions of one resumed run (they change speed, not the run).
-_MACHINE_KEYS = ("threads", "device")
+_MACHINE_KEYS = ("threads", "device", "amp")
 
 
 def same_run(saved: dict, cfg: TrainConfig) -> bool:
@@ -54,13 +66,15 @@ def same_run(saved: dict, cfg: TrainConfig) -> bool:
 
 
 def augment(padded: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crops of zero-padded uint8 NHWC images plus random flips -> float NCHW in [0, 1]."""
+    """Random 32x32 crops of zero-padded uint8 NHWC images plus random flips -> float NCHW in [0, 1].
+    Runs where ``padded`` and ``gen`` live (CPU or GPU): no host round trip on a GPU."""
     b = len(idx)
     size = padded.shape[1] - 8
-    oy = torch.randint(0, 9, (b,), generator=gen)
-    ox = torch.randint(0, 9, (b,), generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
-    ar = torch.arange(size)
+    dev = padded.device
+    oy = torch.randint(0, 9, (b,), generator=gen, device=dev)
+    ox = torch.randint(0, 9, (b,), generator=gen, device=dev)
+    flip = torch.rand(b, generator=gen, device=dev) < 0.5
+    ar = torch.arange(size, device=dev)
     rows = (oy[:, None] + ar)[:, :, None]
     cols = ox[:, None] + ar
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]
@@ -72,9 +86,10 @@ def cut_out(x: torch.Tensor, side: int, gen: torch.Generator) -> torch.Tensor:
     """Zero one random ``side`` x ``side`` square per image (DeVries & Taylor 2017); the square's
     centre is uniform over the image, so it may be clipped at the border."""
     b, _, h, w = x.shape
-    cy = torch.randint(0, h, (b, 1, 1), generator=gen)
-    cx = torch.randint(0, w, (b, 1, 1), generator=gen)
-    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    dev = x.device
+    cy = torch.randint(0, h, (b, 1, 1), generator=gen, device=dev)
+    cx = torch.randint(0, w, (b, 1, 1), generator=gen, device=dev)
+    ys, xs = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
     hole = ((ys - cy).abs() <= side // 2 - (1 - side % 2) * (ys >= cy)) & \
         ((xs - cx).abs() <= side // 2 - (1 - side % 2) * (xs >= cx))
     return x.masked_fill_(hole[:, None], 0.0)
@@ -111,9 +126,8 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> dict:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write never leaves a broken state file
+    with atomic_path(path) as tmp:  # a kill mid-write never leaves a broken state file
+        torch.save(state, tmp)
 
 
 def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
@@ -148,37 +162,12 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
                 group[k] = v.to(cfg.device)
 
     images = train_split.images[: cfg.limit] if cfg.limit else train_split.images
-    labels = torch.from_numpy(train_split.labels[: len(images)])
-    padded = torch.from_numpy(np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0))))
-    n = len(images)
-    steps = math.ceil(n / cfg.batch_size)
+    data = _DeviceData(images, train_split.labels[: len(images)], cfg.device)
+    teacher = load_teacher(cfg.teacher, cfg.device) if cfg.teacher and cfg.kd_weight > 0 else None
+    if _amp(cfg):
+        model.to(memory_format=torch.channels_last)
     for epoch in range(start, cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # per epoch: resume is exact
-        order = torch.randperm(n, generator=gen)
-        model.train()
-        t0, seen, loss_sum, hits = time.time(), 0, 0.0, 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=False)
-        for s in bar:
-            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            x = augment(padded, idx, gen)
-            if cfg.cutout:
-                x = cut_out(x, cfg.cutout, gen)
-            x = x.to(cfg.device, non_blocking=True)
-            y = labels[idx].to(cfg.device, non_blocking=True)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, epoch * steps + s, steps)
-            out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += len(idx)
-            loss_sum += float(loss) * len(idx)
-            hits += int((out.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * hits / seen:.1f}")
-        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": 100 * hits / seen,
-                  "seconds": time.time() - t0, "device": cfg.device}
+        record = _epoch(model, opt, data, cfg, epoch, teacher, progress)
         if test_split is not None:
             record["test_acc"] = evaluate(model, test_split)["accuracy"]
         history.append(record)
@@ -187,7 +176,101 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
         _save_state(state_path, {"config": asdict(cfg), "model": _cpu(model.state_dict()),
                                  "optimizer": opt.state_dict(), "epoch": epoch + 1,
                                  "history": history})
+    model.to(memory_format=torch.contiguous_format)
     return model.cpu().eval(), {"history": history, "config": asdict(cfg)}
+
+
+def _amp(cfg: TrainConfig) -> bool:
+    return cfg.amp and cfg.device != "cpu"
+
+
+class _DeviceData:
+    """The training split on the device, once: uint8 zero-padded images (N, H+8, W+8, 3) and
+    int64 labels (a 50,000-image CIFAR-10 split is 90 MB)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device: str):
+        self.padded = torch.from_numpy(np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))).to(device)
+        self.labels = torch.from_numpy(labels).to(device)
+        self.n = len(images)
+
+
+def _epoch(model: nn.Module, opt, data: _DeviceData, cfg: TrainConfig, epoch: int, teacher, progress: bool) -> dict:
+    """One epoch; the device is never synchronised with the host inside it. The random stream is
+    a generator on the device seeded by (seed, epoch), so a resumed run draws the same batches."""
+    dev = data.padded.device
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(data.n, generator=gen, device=dev)
+    steps = math.ceil(data.n / cfg.batch_size)
+    model.train()
+    t0 = time.time()
+    loss_sum = torch.zeros((), device=dev)
+    hits = torch.zeros((), dtype=torch.int64, device=dev)
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+    for s in bar:
+        idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        x = augment(data.padded, idx, gen)
+        if cfg.cutout:
+            x = cut_out(x, cfg.cutout, gen)
+        y = data.labels[idx]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, epoch * steps + s, steps)
+        out, loss = _step_loss(model, x, y, cfg, teacher)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach() * len(idx)
+        hits += (out.argmax(1) == y).sum()
+    seen = data.n
+    return {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_acc": 100 * int(hits) / seen,
+            "seconds": time.time() - t0, "device": cfg.device}
+
+
+def _step_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, teacher):
+    """(logits, loss) of one batch: cross-entropy, plus the distillation term with a teacher."""
+    amp = _amp(cfg)
+    if amp:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(x).float()
+            loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * distillation_loss(out.float(), soft, cfg.kd_temperature)
+    return out, loss
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(teacher / T) || softmax(student / T)), batch mean (Hinton et al. 2015; the
+    T^2 keeps its gradients on the scale of the cross-entropy's)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
+                    reduction="batchmean") * t * t
+
+
+def load_teacher(path: str | os.PathLike, device: str) -> nn.Module:
+    """A frozen teacher in eval mode on ``device``: a checkpoint folder (model.pt + model.json) or
+    a run folder / state file of :func:`train`. Raises :class:`ckksnet.errors.DataError`."""
+    from ckksnet.errors import DataError
+
+    path = Path(path)
+    state_file = path if path.is_file() else path / "state.pt"
+    if state_file.name == "state.pt" and state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        cfg = state["config"]
+        model = ResNetCifar(cfg["blocks"], tuple(cfg["widths"]), state["model"]["fc.weight"].shape[0])
+        model.load_state_dict(state["model"])
+    elif (path / "model.json").is_file():
+        from ckksnet.models import load_checkpoint
+
+        model, _ = load_checkpoint(path)
+    else:
+        raise DataError(f"{path}: not a teacher (expected a checkpoint folder with model.json or a "
+                        "run folder with state.pt)")
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def _cpu(tree):

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import ClientDisconnect
 
+from ckksnet.core.envelope import atomic_path
 from ckksnet.errors import CkksnetError
 from ckksnet.deploy import engine
 from ckksnet.deploy.service.bundle import TarReceiver
@@ -206,9 +207,8 @@ def _enqueue(svc: Service, keyset_id: str, data: bytes) -> dict:
         raise QueueFullError(f"{svc.limits.max_queued} jobs are queued already; try again later")
     job_id = secrets.token_hex(16)
     path = svc.store.input_path(job_id)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     svc.store.add_job(job_id, keyset_id, len(data))
     return _job_answer(svc, svc.store.job(job_id))
 

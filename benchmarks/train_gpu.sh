@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One prepared command for a short accelerator lease (issue #31): a ResNet-56 teacher, then a
+# ResNet-20 distilled from it, both on the GPU-resident training path, inside BUDGET_S seconds.
+#
+#   OUT=DIR [DATA=PATH] [BUDGET_S=480] [DEVICE=cuda] [PYTHON=python3] bash benchmarks/train_gpu.sh [lease options]
+#
+# Writes DIR/teacher/state.pt, DIR/student/state.pt (after every epoch: a cut-short lease still
+# leaves usable states), DIR/summary.json and DIR/log.txt; nothing else, so all of it comes back
+# from the lease. DATA defaults to .devdata/cifar10-jpeg.tar.gz (the JPEG copy carried along),
+# else ../shared/data. Needs torch only (no OpenFHE). Back on a CPU machine:
+#   ckksnet snapshot --run-dir DIR/student --out CHECKPOINT; ckksnet eval --checkpoint CHECKPOINT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder for the results}"
+DATA=${DATA:-.devdata/cifar10-jpeg.tar.gz}
+[ -e "$DATA" ] || DATA=../shared/data
+BUDGET_S=${BUDGET_S:-480}
+DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export CKKSNET_CACHE=${CKKSNET_CACHE:-$(mktemp -d)}  # decoded arrays stay out of OUT
+{
+  echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; $PYTHON -m ckksnet.training.lease; budget ${BUDGET_S} s"
+  if [ "$DEVICE" != cpu ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; fi
+  "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+} 2>&1 | tee "$OUT/log.txt"
+set -o pipefail
+"$PYTHON" -m ckksnet.training.lease --out "$OUT" --data "$DATA" --budget-s "$BUDGET_S" --device "$DEVICE" "$@" \
+  2>&1 | tee -a "$OUT/log.txt"

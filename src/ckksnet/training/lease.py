@@ -1,0 +1,127 @@
+"""Teacher, then distilled student, inside a fixed time budget: one prepared command for a short
+accelerator lease (``benchmarks/train_gpu.sh`` runs it; it runs on the CPU too, for tests).
+
+Steps, each logged with its seconds: load CIFAR-10 (the JPEG copy by default); probe the seconds
+per epoch of the teacher and of the student with distillation on a slice of the data (warm-up
+excluded); choose both epoch counts so that everything fits the budget (the teacher gets
+``teacher_share`` of the training time); train the teacher; train the student distilled from
+it; evaluate both on the test split; write ``OUT/summary.json``. Each run folder keeps its
+``state.pt`` after every epoch, so whatever the lease ends with is usable
+(``ckksnet snapshot --run-dir OUT/student``).
+
+Usage: ``python -m ckksnet.training.lease --out OUT [--budget-s 480] [--device cuda] ...``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from ckksnet.training.train import TrainConfig, evaluate, train
+
+
+def _log(t0: float, text: str) -> None:
+    print(f"[{time.time() - t0:7.1f} s] {text}", flush=True)
+
+
+def probe_epoch_seconds(cfg: TrainConfig, split, run_dir: Path, images: int) -> float:
+    """Seconds of one full epoch of ``cfg`` (its device, model, teacher), measured on the second
+    of two epochs over ``images`` images (the first warms up kernels and allocators)."""
+    cfg = replace(cfg, epochs=2, limit=min(images, len(split)), warmup_epochs=0.0)
+    _, run = train(cfg, split, run_dir, progress=False)
+    per_image = run["history"][-1]["seconds"] / cfg.limit
+    return per_image * len(split)
+
+
+def plan_epochs(budget_s: float, t_teacher: float, t_student: float, share: float,
+                max_epochs: tuple[int, int]) -> tuple[int, int]:
+    """(teacher epochs, student epochs) that fit ``budget_s`` seconds of training, the teacher
+    taking ``share`` of it; each at least 1 and at most its ``max_epochs`` entry."""
+    teacher = max(1, min(max_epochs[0], math.floor(share * budget_s / t_teacher)))
+    student = max(1, min(max_epochs[1], math.floor((budget_s - teacher * t_teacher) / t_student)))
+    return teacher, student
+
+
+def run(out: str, data: str | None = None, budget_s: float = 480.0, device: str = "cuda",
+        teacher_depth: int = 56, student_depth: int = 20, batch_size: int = 256, lr: float = 0.2,
+        cutout: int = 16, kd_weight: float = 0.7, kd_temperature: float = 4.0, teacher_share: float = 0.4,
+        max_epochs: tuple[int, int] = (200, 300), limit: int | None = None, probe_images: int = 10_000,
+        reserve_s: float = 25.0, seed: int = 0) -> dict:
+    """The whole lease; returns (and writes to OUT/summary.json) the recipe and the figures."""
+    from ckksnet.data import load_cifar10
+
+    t0 = time.time()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_split, test_split = load_cifar10("train", data), load_cifar10("test", data)
+    if limit:
+        train_split = train_split.stratified(limit)  # the copies are class-sorted
+    _log(t0, f"data: {len(train_split)} train, {len(test_split)} test images ({train_split.source})")
+    base = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, cutout=cutout, seed=seed, device=device,
+                       warmup_epochs=2.0, threads=TrainConfig().threads)
+    t_cfg = replace(base, blocks=(teacher_depth - 2) // 6)
+    probe_dir = out_dir / "probe"
+    t_teacher = probe_epoch_seconds(t_cfg, train_split, probe_dir / "teacher", probe_images)
+    s_probe = replace(base, blocks=(student_depth - 2) // 6, teacher=str(probe_dir / "teacher"),
+                      kd_weight=kd_weight, kd_temperature=kd_temperature)
+    t_student = probe_epoch_seconds(s_probe, train_split, probe_dir / "student", probe_images)
+    shutil.rmtree(probe_dir)  # only its timings matter; the lease brings back few files
+    left = budget_s - (time.time() - t0) - reserve_s
+    n_teacher, n_student = plan_epochs(left, t_teacher, t_student, teacher_share, max_epochs)
+    _log(t0, f"probe: teacher ResNet-{teacher_depth} {t_teacher:.2f} s/epoch, student ResNet-{student_depth} "
+             f"with distillation {t_student:.2f} s/epoch; {left:.0f} s left -> {n_teacher} + {n_student} epochs")
+
+    t_cfg = replace(t_cfg, epochs=n_teacher)
+    teacher, t_run = train(t_cfg, train_split, out_dir / "teacher", progress=False)
+    t_acc = evaluate(teacher, test_split)
+    _log(t0, f"teacher: {t_acc['accuracy']:.2f}% on {test_split.source} test")
+    s_cfg = replace(s_probe, epochs=n_student, teacher=str(out_dir / "teacher"))
+    student, s_run = train(s_cfg, train_split, out_dir / "student", progress=False)
+    s_acc = evaluate(student, test_split)
+    _log(t0, f"student: {s_acc['accuracy']:.2f}% on {test_split.source} test")
+    summary = {
+        "device": device, "budget_s": budget_s, "seconds": round(time.time() - t0, 1),
+        "data": train_split.source,
+        "probe_seconds_per_epoch": {"teacher": round(t_teacher, 3), "student_kd": round(t_student, 3)},
+        "teacher": {"depth": teacher_depth, "epochs": n_teacher, "test_accuracy": t_acc["accuracy"],
+                    "config": asdict(t_cfg), "epoch_seconds": [round(h["seconds"], 3) for h in t_run["history"]]},
+        "student": {"depth": student_depth, "epochs": n_student, "test_accuracy": s_acc["accuracy"],
+                    "config": asdict(s_cfg), "epoch_seconds": [round(h["seconds"], 3) for h in s_run["history"]]},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ckksnet.training.lease", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="folder for the run folders, summary.json")
+    ap.add_argument("--data", help="CIFAR-10 location (default: $CKKSNET_DATA or ../shared/data)")
+    ap.add_argument("--budget-s", type=float, default=480.0, help="seconds for everything (default 480)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--teacher-depth", type=int, default=56)
+    ap.add_argument("--student-depth", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=0.2)
+    ap.add_argument("--cutout", type=int, default=16)
+    ap.add_argument("--kd-weight", type=float, default=0.7)
+    ap.add_argument("--kd-temperature", type=float, default=4.0)
+    ap.add_argument("--teacher-share", type=float, default=0.4)
+    ap.add_argument("--max-epochs", type=int, nargs=2, default=(200, 300), metavar=("TEACHER", "STUDENT"))
+    ap.add_argument("--limit", type=int, help="train on the first LIMIT images only (tests)")
+    ap.add_argument("--probe-images", type=int, default=10_000)
+    ap.add_argument("--reserve-s", type=float, default=25.0, help="seconds kept for evaluation and writing")
+    a = ap.parse_args(argv)
+    summary = run(a.out, a.data, a.budget_s, a.device, a.teacher_depth, a.student_depth, a.batch_size, a.lr,
+                  a.cutout, a.kd_weight, a.kd_temperature, a.teacher_share, tuple(a.max_epochs), a.limit,
+                  a.probe_images, a.reserve_s)
+    print(json.dumps({k: summary[k] for k in ("seconds", "probe_seconds_per_epoch")}
+                     | {w: {k: summary[w][k] for k in ("epochs", "test_accuracy")} for w in ("teacher", "student")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
