@@ -77,11 +77,11 @@ def run(out: str, data: str | None = None, budget_s: float = 480.0, device: str 
 
     t_cfg = replace(t_cfg, epochs=n_teacher)
     teacher, t_run = train(t_cfg, train_split, out_dir / "teacher", progress=False)
-    t_acc = evaluate(teacher, test_split)
+    t_acc = evaluate(teacher.to(device), test_split)  # on the device: seconds, not a minute
     _log(t0, f"teacher: {t_acc['accuracy']:.2f}% on {test_split.source} test")
     s_cfg = replace(s_probe, epochs=n_student, teacher=str(out_dir / "teacher"))
     student, s_run = train(s_cfg, train_split, out_dir / "student", progress=False)
-    s_acc = evaluate(student, test_split)
+    s_acc = evaluate(student.to(device), test_split)
     _log(t0, f"student: {s_acc['accuracy']:.2f}% on {test_split.source} test")
     summary = {
         "device": device, "budget_s": budget_s, "seconds": round(time.time() - t0, 1),
