@@ -8,6 +8,7 @@ key loading take the same path as a real bundle (0.38 GB here, ~11 GiB at the se
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -352,6 +353,30 @@ def test_query_command_runs_a_ciphertext(world, served, owner, tmp_path):
     assert health.returncode == 0 and '"preset": "test"' in health.stdout
     refused = _query(served.url, "status", "0" * 32, token="not-a-token")
     assert refused.returncode == 2 and "HTTP 404" in refused.stderr
+
+
+def test_query_prints_json_takes_options_after_the_action_and_deletes_by_token(world, served, owner, tmp_path):
+    """submit prints {"job": id} like upload prints JSON; --token may follow the action; status
+    shows UTC times; delete needs no key set id: the token names its key set."""
+    (tmp_path / "in.ckks").write_bytes(world.cts[2])
+    sub = _query(served.url, "submit", "--in", str(tmp_path / "in.ckks"), "--token", owner.token)
+    assert sub.returncode == 0, sub.stderr
+    job = json.loads(sub.stdout)["job"]
+    status = _query(served.url, "status", job, "--token", owner.token)
+    assert status.returncode == 0, status.stderr
+    view = json.loads(status.stdout)
+    assert view["id"] == job and view["created_utc"].endswith("+00:00")
+    owner.wait(job, progress=False)
+    # a key set of its own (b), then deleted knowing only its token
+    other = RemoteClient(served.url)
+    keyset_b, token_b = other.upload_keys(world.eval["b"])
+    other.close()
+    with RemoteClient(served.url, token_b) as by_token:
+        assert by_token.keyset()["keyset_id"] == keyset_b
+    gone = _query(served.url, "delete", token=token_b)
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout) == {"deleted": keyset_b}
+    assert not (served.state / "keysets" / keyset_b).exists()
 
 
 def _running_job(db: Path) -> str | None:

@@ -287,10 +287,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_snapshot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("snapshot", help="write a checkpoint from a training run's latest state")
-    p.add_argument("--run-dir", default="runs/resnet20")
-    p.add_argument("--out", default="runs/resnet20/checkpoint")
+    p.add_argument("--run-dir", default="runs/resnet20", help="the run folder (its state.pt; default runs/resnet20)")
+    p.add_argument("--out", default="runs/resnet20/checkpoint", help="checkpoint folder to write "
+                   "(default runs/resnet20/checkpoint)")
     flags.add(p, "data")
-    p.add_argument("--calibration-images", type=int, default=10000)
+    p.add_argument("--calibration-images", type=int, default=10000,
+                   help="training images whose ReLU inputs set each bound (default 10000)")
     p.set_defaults(func=_cmd_snapshot)
 
 
@@ -386,6 +388,9 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
     from ckksnet.errors import InputError
     from ckksnet.imagefile import read_image
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give the folder for the ciphertexts")
     client = _client_from_files(args.client, args.keys)
     lay = client.spec.input_layout
     names = [Path(p).stem + ".ckks" for p in args.images]
@@ -412,9 +417,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _cmd_run_batch(args)
     from ckksnet.backend.keys import load_evaluation_keys
     from ckksnet.backend.serialize import load_ciphertext, save_ciphertext
-    from ckksnet.runtime import load_plan
-    from ckksnet.runtime import Server
+    from ckksnet.runtime import Server, load_plan
 
+    _check_writable(args.output)  # before any work: a secure run takes 15-25 minutes
     plan = load_plan(args.plan)
     sched = plan.schedule
     keys = load_evaluation_keys(args.eval_keys, rotations=sched.key_rotations,
@@ -426,6 +431,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _emit(args, {"in": args.input, "out": args.output, "report": rep},
                  f"{len(rep['steps'])} steps, {rep['bootstraps']} bootstraps in {rep['seconds']:.1f} s "
                  f"(peak memory {rep['peak_rss_gb']:.2f} GiB); wrote {args.output}")
+
+
+def _check_writable(path: str) -> None:
+    """Raise :class:`CkksnetError` now if ``path`` could not be written later: its folder is
+    missing or not writable, or it is a folder."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise CkksnetError(f"--out {path} is a folder; give a file name (e.g. {p / 'out.ckks'})")
+    if not folder.is_dir():
+        raise CkksnetError(f"--out {path}: the folder {folder} does not exist (create it first)")
+    if not os.access(folder, os.W_OK):
+        raise CkksnetError(f"--out {path}: the folder {folder} is not writable")
 
 
 def _cmd_run_batch(args: argparse.Namespace) -> int:
@@ -587,17 +608,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line a user can act on, without the Python source line that raised them."""
+    return f"ckksnet: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", 0) is None:
         import os
 
         args.threads = os.cpu_count() or 1
+    shown, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         return args.func(args)
     except CkksnetError as exc:
         print(f"ckksnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ckksnet ... --json | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ class RemoteClient:
         headers = kwargs.pop("headers", {})
         if auth:
             if not self.token:
-                raise RemoteError("no access token: upload keys first or pass token=")
+                raise RemoteError("no access token: upload keys first, or give the token (ckksnet query --token or "
+                                  "$CKKSNET_TOKEN; RemoteClient(token=...) in Python)")
             headers["Authorization"] = f"Bearer {self.token}"
         try:
             response = self.http.request(method, path, headers=headers, **kwargs)
@@ -107,9 +108,11 @@ class RemoteClient:
         """The key set's facts and its jobs."""
         return self._request("GET", f"/keysets/{self._keyset()}").json()
 
-    def delete_keys(self) -> None:
-        """Delete the key set, its jobs and results from the server."""
-        self._request("DELETE", f"/keysets/{self._keyset()}")
+    def delete_keys(self) -> str:
+        """Delete the key set, its jobs and results from the server; returns its id."""
+        keyset = self._keyset()
+        self._request("DELETE", f"/keysets/{keyset}")
+        return keyset
 
     def submit(self, ciphertext: bytes) -> str:
         """Queue a ciphertext envelope for inference; its job id."""
@@ -153,8 +156,9 @@ class RemoteClient:
         return self.result(job)
 
     def _keyset(self) -> str:
+        """The key set id: given, from the upload, or asked of the server for the token."""
         if not self.keyset_id:
-            raise RemoteError("no key set id: upload keys first or pass keyset_id=")
+            self.keyset_id = self._request("GET", "/keyset").json()["keyset_id"]
         return self.keyset_id
 
 

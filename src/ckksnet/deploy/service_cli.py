@@ -6,9 +6,11 @@ no OpenFHE).
     ckksnet serve --plan SERVER_PLAN --state DIR [--host 127.0.0.1] [--port 8000] ...
     ckksnet query --url URL upload --keys EVAL_DIR            -> {"keyset_id", "token"}
     ckksnet query --url URL --token T run --in CT --out CT    submit, wait (progress), save
-    ckksnet query --url URL --token T submit --in CT          -> job id
+    ckksnet query --url URL --token T submit --in CT          -> {"job": id}
     ckksnet query --url URL --token T status JOB | wait JOB [--out CT] | result JOB --out CT
-    ckksnet query --url URL --token T delete                  delete the key set (--keyset-id)
+    ckksnet query --url URL --token T delete                  delete the token's key set
+
+The connection options (--url, --token, ...) may stand before or after the action.
 
 The token may also come from ``$CKKSNET_TOKEN`` (kept out of shell history and ``ps``).
 """
@@ -18,6 +20,8 @@ import argparse
 import json
 import os
 import re
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ckksnet.core.envelope import atomic_path
@@ -53,7 +57,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", required=True, help="the server plan artifact")
     p.add_argument("--state", required=True, help="state folder: SQLite database, key sets, jobs")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--ssl-certfile", help="TLS certificate (PEM); serve HTTPS")
     p.add_argument("--ssl-keyfile", help="TLS private key (PEM)")
     p.add_argument("--ssl-keyfile-password", help="password of an encrypted --ssl-keyfile")
@@ -92,7 +96,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     with RemoteClient(args.url, args.token or os.environ.get("CKKSNET_TOKEN"), args.keyset_id, verify) as remote:
         out = _QUERY[args.action](remote, args)
     if out is not None:
-        print(json.dumps(out, indent=2) if isinstance(out, dict) else out)
+        print(json.dumps(out, indent=2))
     return 0
 
 
@@ -101,9 +105,9 @@ def _q_upload(remote, args) -> dict:
     return {"keyset_id": keyset_id, "token": token}
 
 
-def _q_run(remote, args) -> str:
+def _q_run(remote, args) -> dict:
     _write(args.out, remote.run(_read(args.input), progress=not args.quiet))
-    return args.out
+    return {"out": args.out}
 
 
 def _q_wait(remote, args) -> dict:
@@ -113,45 +117,77 @@ def _q_wait(remote, args) -> dict:
     return job
 
 
-def _q_result(remote, args) -> str:
+def _q_result(remote, args) -> dict:
     _write(args.out, remote.result(args.job))
-    return args.out
+    return {"out": args.out}
 
 
-def _q_delete(remote, args) -> str:
-    remote.delete_keys()
-    return "deleted"
+def _q_delete(remote, args) -> dict:
+    return {"deleted": remote.delete_keys()}
+
+
+def _q_status(remote, args) -> dict:
+    return readable_job(remote.status(args.job))
+
+
+def readable_job(job: dict) -> dict:
+    """A job's status with ISO 8601 times (UTC) beside the epoch seconds, and for a running job
+    the seconds it has run and an estimate of those left (elapsed / steps done x steps left)."""
+    out = dict(job)
+    for key in ("created", "started", "finished"):
+        if isinstance(job.get(key), (int, float)):
+            out[f"{key}_utc"] = datetime.fromtimestamp(job[key], timezone.utc).isoformat(timespec="seconds")
+    if job.get("state") == "running" and job.get("started") and job.get("steps"):
+        elapsed = time.time() - job["started"]
+        done = max(int(job.get("step") or 1) - 1, 0)
+        out["elapsed_seconds"] = round(elapsed, 1)
+        if done:
+            out["eta_seconds"] = round(elapsed / done * (job["steps"] - done), 1)
+    return out
 
 
 _QUERY = {"upload": _q_upload, "run": _q_run, "wait": _q_wait, "result": _q_result, "delete": _q_delete,
-          "submit": lambda remote, args: remote.submit(_read(args.input)),
-          "status": lambda remote, args: remote.status(args.job),
-          "health": lambda remote, args: remote.health()}
+          "submit": lambda remote, args: {"job": remote.submit(_read(args.input))},
+          "status": _q_status, "health": lambda remote, args: remote.health()}
+
+
+def _connection_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """--url, --token, ... on ``query`` and on each action: either place works. On an action they
+    default to SUPPRESS, so that they never overwrite a value given before the action."""
+    quiet = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("--url", required=top, help="e.g. http://127.0.0.1:8000", **quiet)
+    p.add_argument("--token", help="access token (default: $CKKSNET_TOKEN)", **quiet)
+    p.add_argument("--keyset-id", help="key set id (default: the one the token or the ciphertext names)", **quiet)
+    p.add_argument("--cacert", help="CA bundle to verify the server's TLS certificate", **quiet)
+    p.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate", **quiet)
+    p.add_argument("--quiet", action="store_true", help="no progress bars", **quiet)
 
 
 def add_query(sub: argparse._SubParsersAction) -> None:
     """The ``query`` sub-command and its actions."""
     p = sub.add_parser("query", help="talk to a ckksnet serve instance (upload keys, run ciphertexts)")
-    p.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
-    p.add_argument("--token", help="access token (default: $CKKSNET_TOKEN)")
-    p.add_argument("--keyset-id", help="key set id (default: the one the ciphertext names)")
-    p.add_argument("--cacert", help="CA bundle to verify the server's TLS certificate")
-    p.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _connection_options(p, top=True)
     acts = p.add_subparsers(dest="action", required=True)
-    acts.add_parser("health", help="server status, plan and limits")
-    acts.add_parser("upload", help="upload an evaluation-key folder").add_argument("--keys", required=True)
-    for name, what in (("run", "submit, wait and save the result"), ("submit", "queue a ciphertext")):
+
+    def action(name: str, what: str) -> argparse.ArgumentParser:
         a = acts.add_parser(name, help=what)
+        _connection_options(a, top=False)
+        return a
+
+    action("health", "server status, plan and limits")
+    action("upload", "upload an evaluation-key folder; prints keyset_id and token").add_argument(
+        "--keys", required=True, help="the evaluation-key folder keygen wrote (KEYDIR/eval)")
+    for name, what in (("run", "submit, wait and save the result"), ("submit", "queue a ciphertext")):
+        a = action(name, what)
         a.add_argument("--in", dest="input", required=True, help="ciphertext file")
         if name == "run":
             a.add_argument("--out", required=True, help="output ciphertext file")
-    acts.add_parser("status", help="a job's state").add_argument("job")
-    w = acts.add_parser("wait", help="wait for a job (progress bar); --out saves the result")
-    w.add_argument("job")
-    w.add_argument("--out")
-    r = acts.add_parser("result", help="save a done job's output ciphertext")
-    r.add_argument("job")
-    r.add_argument("--out", required=True)
-    acts.add_parser("delete", help="delete the key set (needs --keyset-id) and its jobs")
+    action("status", "a job's state, times (UTC) and, while it runs, an ETA").add_argument("job", help="job id")
+    w = action("wait", "wait for a job (progress bar); --out saves the result")
+    w.add_argument("job", help="job id")
+    w.add_argument("--out", help="save the output ciphertext here")
+    r = action("result", "save a done job's output ciphertext")
+    r.add_argument("job", help="job id")
+    r.add_argument("--out", required=True, help="output ciphertext file")
+    action("delete", "delete the token's key set (or --keyset-id) and its jobs")
     p.set_defaults(func=_cmd_query)

@@ -50,7 +50,7 @@ def run(out: str, data: str | None = None, budget_s: float = 480.0, device: str 
         teacher_depth: int = 56, student_depth: int = 20, batch_size: int = 256, lr: float = 0.2,
         cutout: int = 16, kd_weight: float = 0.7, kd_temperature: float = 4.0, teacher_share: float = 0.4,
         max_epochs: tuple[int, int] = (200, 300), limit: int | None = None, probe_images: int = 10_000,
-        reserve_s: float = 25.0, seed: int = 0) -> dict:
+        reserve_s: float = 25.0, seed: int = 0, deterministic: bool = True) -> dict:
     """The whole lease; returns (and writes to OUT/summary.json) the recipe and the figures."""
     from ckksnet.data import load_cifar10
 
@@ -62,7 +62,7 @@ def run(out: str, data: str | None = None, budget_s: float = 480.0, device: str 
         train_split = train_split.stratified(limit)  # the copies are class-sorted
     _log(t0, f"data: {len(train_split)} train, {len(test_split)} test images ({train_split.source})")
     base = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, cutout=cutout, seed=seed, device=device,
-                       warmup_epochs=2.0, threads=TrainConfig().threads)
+                       warmup_epochs=2.0, threads=TrainConfig().threads, deterministic=deterministic)
     t_cfg = replace(base, blocks=(teacher_depth - 2) // 6)
     probe_dir = out_dir / "probe"
     t_teacher = probe_epoch_seconds(t_cfg, train_split, probe_dir / "teacher", probe_images)
@@ -114,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="train on the first LIMIT images only (tests)")
     ap.add_argument("--probe-images", type=int, default=10_000)
     ap.add_argument("--reserve-s", type=float, default=25.0, help="seconds kept for evaluation and writing")
+    ap.add_argument("--autotune", action="store_true",
+                    help="autotuned (non-deterministic) cuDNN algorithms: faster, not bit-reproducible")
     a = ap.parse_args(argv)
     summary = run(a.out, a.data, a.budget_s, a.device, a.teacher_depth, a.student_depth, a.batch_size, a.lr,
                   a.cutout, a.kd_weight, a.kd_temperature, a.teacher_share, tuple(a.max_epochs), a.limit,
-                  a.probe_images, a.reserve_s)
+                  a.probe_images, a.reserve_s, deterministic=not a.autotune)
     print(json.dumps({k: summary[k] for k in ("seconds", "probe_seconds_per_epoch")}
                      | {w: {k: summary[w][k] for k in ("epochs", "test_accuracy")} for w in ("teacher", "student")}))
     return 0

@@ -52,10 +52,11 @@ class TrainConfig:
     teacher: str | None = None  # distil from this checkpoint folder or run folder (state.pt)
     kd_weight: float = 0.0  # w: weight of the distillation term (0: plain cross-entropy)
     kd_temperature: float = 4.0  # T: softmax temperature of the distillation term
+    deterministic: bool = True  # on a GPU: deterministic cuDNN algorithms (False: autotuned, faster)
 
 
 # Settings that may differ between the sessions of one resumed run (they change speed, not the run).
-_MACHINE_KEYS = ("threads", "device", "amp")
+_MACHINE_KEYS = ("threads", "device", "amp", "deterministic")
 
 
 def same_run(saved: dict, cfg: TrainConfig) -> bool:
@@ -135,7 +136,8 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
     """Train (or resume) in ``run_dir``; returns the model in eval mode and the run history."""
     torch.set_num_threads(cfg.threads)
     if cfg.device != "cpu":
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.backends.cudnn.deterministic = cfg.deterministic
+        torch.backends.cudnn.benchmark = not cfg.deterministic
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.pt"

@@ -136,6 +136,7 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     if not todo:
         return report
     memory = worker_memory_gb if worker_memory_gb is not None else worker_memory_gib(key_bytes)
+    worker_cpus = local_worker_cpus(worker_cpus, address)
     run = _Run(state, Path(plan).resolve(), Path(eval_keys).resolve(), memory, worker_cpus, retries, context_id,
                on_event or (lambda kind, **fields: None))
     ray = import_ray()
@@ -185,6 +186,20 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     except OSError as exc:
         raise DistributedError(f"no Ray cluster answers at {address} ({exc}); start one with "
                                f"`ray start --head --port {port}`") from exc
+
+
+def local_worker_cpus(cpus: int, address: str | None) -> int:
+    """``cpus`` per worker, clamped with a warning to this machine's cores when the run starts a
+    local Ray instance: OpenMP threads beyond the free cores make OpenFHE 5-30x slower. (A
+    cluster's nodes declare their own CPUs, which the placement already respects.)"""
+    if address is not None or os.environ.get("RAY_ADDRESS"):
+        return cpus
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus > cores:
+        warnings.warn(f"--worker-cpus {cpus} exceeds this machine's {cores} core(s): OpenMP threads beyond the "
+                      f"free cores make OpenFHE 5-30x slower; each worker gets {cores}", RuntimeWarning, stacklevel=3)
+        return cores
+    return cpus
 
 
 def _workers_that_fit(ray, wanted: int, memory_gib: float, cpus: int = 1) -> int:

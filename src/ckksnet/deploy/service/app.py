@@ -232,6 +232,14 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         """Upload an evaluation-key bundle (an uncompressed tar, application/x-tar)."""
         return await upload_keyset(svc, request)
 
+    @app.get("/keyset")
+    def get_own_keyset(token: str = Depends(_token)) -> dict:
+        """The id of the key set the token grants (a client that kept only its token)."""
+        row = svc.store.keyset_of_token(token)
+        if row is None:
+            raise ForbiddenError("this token grants no key set")
+        return {"keyset_id": row["id"]}
+
     @app.get("/keysets/{keyset_id}")
     def get_keyset(keyset_id: str, token: str = Depends(_token)) -> dict:
         """The key set's files and jobs."""

@@ -165,6 +165,10 @@ class Store:
     def keyset(self, keyset_id: str) -> sqlite3.Row | None:
         return self._one("SELECT * FROM keysets WHERE id = ?", (keyset_id,))
 
+    def keyset_of_token(self, token: str) -> sqlite3.Row | None:
+        """The key set whose token this is (tokens are unique), or None; looked up by hash."""
+        return self._one("SELECT * FROM keysets WHERE token_sha256 = ?", (token_hash(token),))
+
     def keyset_count(self) -> int:
         return self._one("SELECT COUNT(*) FROM keysets")[0]
 
