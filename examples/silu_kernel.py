@@ -57,3 +57,33 @@ class SiLUStep(Kernel):
 def lower_silu(ctx, node, module, args):
     src = materialize(ctx, args[0])
     return ctx.add_step(SiLUStep(node.target), [src], ctx.new_value(src.layout))
+
+
+def main() -> int:
+    """Compile a small CNN with SiLU at the test preset and compare the twin (the plan's kernels on
+    numpy slots, what an encrypted run computes) with torch; prints one line, exit 1 if far off."""
+    import warnings
+
+    import torch
+
+    import ckksnet
+
+    warnings.simplefilter("ignore")  # the test preset's insecurity warning: this is a demo
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.SiLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    net = ckksnet.compile(model, calibration=images, preset="test", image_size=(8, 8))
+    twin = net.twin(images)
+    with torch.no_grad():
+        want = model(torch.tensor(images).permute(0, 3, 1, 2).float() / 255).numpy()
+    err = float(np.max(np.abs(twin - want)))
+    step = next(s for s, _, _ in net.steps if s.kind == "silu")
+    print(f"SiLU kernel: {step.name} (degree {step.degree}, {step.levels()} levels); twin vs torch on "
+          f"{len(images)} images: max |logit difference| {err:.2e}, same top-1 on "
+          f"{int((twin.argmax(1) == want.argmax(1)).sum())} of {len(images)}")
+    return 0 if err < 1e-2 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -89,3 +89,27 @@ def test_a_limited_evaluation_takes_every_class():
     sub = split.stratified(50)
     assert len(sub) == 50 and np.bincount(sub.labels, minlength=10).tolist() == [5] * 10
     assert split.subset(50).labels.tolist() == [0] * 50  # the prefix: why eval --limit does not use it
+
+
+def test_the_cifar_example_at_the_test_preset_ends_in_one_clear_line():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "encrypted_cifar.py"
+    out = subprocess.run([sys.executable, str(script), "--preset", "test"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "CompileError: the input (3, 32, 32) does not fit one ciphertext of preset 'test'" in out.stderr
+
+
+def test_resize_centre_crops_by_default_and_stretches_on_request(tmp_path):
+    from PIL import Image
+
+    from ckksnet.imagefile import read_image
+
+    bands = np.zeros((32, 96, 3), np.uint8)  # red | green | blue, 32 pixels wide each
+    bands[:, :32, 0] = bands[:, 32:64, 1] = bands[:, 64:, 2] = 255
+    Image.fromarray(bands).save(tmp_path / "wide.png")
+    crop, note = read_image(tmp_path / "wide.png", 3, 8, 8, resize=True)
+    assert "centre-cropped" in note and np.all(crop[:, :, 1] > 200) and np.all(crop[:, :, [0, 2]] < 60)
+    stretch, note = read_image(tmp_path / "wide.png", 3, 8, 8, resize="stretch")
+    assert "stretched" in note and stretch[:, 0, 0].min() > 200 and stretch[:, -1, 2].min() > 200

@@ -4,7 +4,9 @@
 (H, W, C), or (H, W) for one channel; a ``.npy`` file's array as stored), after checking the
 size and channel count a plan or model expects. Nothing is converted silently: a PNG with an
 alpha channel, a grayscale image for an RGB model, or a wrong size is an error naming what was
-found and what is expected; ``resize=True`` resizes a PNG / JPEG explicitly and says so.
+found and what is expected; ``resize`` resizes a PNG / JPEG explicitly and says so: "crop"
+(``True``) keeps the aspect ratio and takes the centre (Pillow's ``ImageOps.fit``), "stretch"
+scales each axis to the model's size.
 """
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 _MODES = {3: ("RGB", "P"), 1: ("L",)}
 
 
+RESIZE_MODES = ("crop", "stretch")
+
+
 def read_image(path: str | os.PathLike, channels: int, height: int, width: int,
-               resize: bool = False) -> tuple[np.ndarray, str | None]:
+               resize: bool | str = False) -> tuple[np.ndarray, str | None]:
     """One image file -> (pixels, note). ``note`` says how the image was resized (None if not).
 
     Raises :class:`InputError` (a file type other than PNG, JPEG, .npy; a colour mode that does
@@ -41,8 +46,8 @@ def read_image(path: str | os.PathLike, channels: int, height: int, width: int,
     raise InputError(f"{path}: unsupported image file type {path.suffix!r}; use PNG, JPEG or .npy")
 
 
-def _read_pil(path: Path, channels: int, height: int, width: int, resize: bool) -> tuple[np.ndarray, str | None]:
-    from PIL import Image
+def _read_pil(path: Path, channels: int, height: int, width: int, resize) -> tuple[np.ndarray, str | None]:
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
@@ -59,8 +64,13 @@ def _read_pil(path: Path, channels: int, height: int, width: int, resize: bool) 
         if not resize:
             raise ShapeError(f"{path} is {im.size[0]}x{im.size[1]} pixels; the model expects "
                              f"{width}x{height} (pass --resize to resize it)")
-        note = f"{path}: resized from {im.size[0]}x{im.size[1]} to {width}x{height} pixels (Lanczos)"
-        im = im.resize((width, height), Image.Resampling.LANCZOS)
+        mode = "crop" if resize is True else resize
+        if mode not in RESIZE_MODES:
+            raise InputError(f"resize mode {resize!r} unknown; use one of {', '.join(RESIZE_MODES)}")
+        how = "centre-cropped to the model's aspect ratio and resized" if mode == "crop" else "stretched"
+        note = f"{path}: {how} from {im.size[0]}x{im.size[1]} to {width}x{height} pixels (Lanczos)"
+        im = (ImageOps.fit(im, (width, height), Image.Resampling.LANCZOS) if mode == "crop"
+              else im.resize((width, height), Image.Resampling.LANCZOS))
     return np.asarray(im, dtype=np.uint8), note
 
 

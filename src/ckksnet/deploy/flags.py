@@ -35,7 +35,9 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
                                      "help": "sign table for the ReLUs whose step names match PATTERN "
                                              "(repeatable), e.g. 'layers.*.relu1=10/7' (the depth-10 table)"}),
     "image-size": (("--image-size",), {"type": int, "default": 32, "help": "the model's input is N x N pixels"}),
-    "resize": (("--resize",), {"action": "store_true", "help": "resize PNG/JPEG images to the model's size"}),
+    "resize": (("--resize",), {"nargs": "?", "const": "crop", "choices": ("crop", "stretch"), "default": False,
+                               "help": "resize PNG/JPEG images to the model's size: crop (default: keep the "
+                                       "aspect ratio, take the centre) or stretch"}),
 }
 #: the flags of a compiled plan's sign tables, together
 SIGN_TABLES = ("alpha", "eps-bits", "relu-sign")
