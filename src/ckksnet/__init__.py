@@ -8,9 +8,9 @@ ReLU), ``data`` (CIFAR-10), ``backend`` (OpenFHE: context, keys, serialization),
 ``fidelity``, and ``deploy`` (the CLI, the HTTP service, Ray).
 """
 from ckksnet.errors import (ApproxError, CkksnetError, CompileError, ContextMismatchError, CorruptDataError,
-                            DataError, InputError, LevelError, MissingKeyError, NonFiniteError,
+                            DataError, InputError, InsufficientMemoryError, LevelError, MissingKeyError, NonFiniteError,
                             PresetError, RangeError, SerializationError, ShapeError,
-                            WrongFileTypeError)
+                            VersionMismatchError, WrongFileTypeError)
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ckksnet' has no attribute {name!r}")
 
 __all__ = ["ApproxError", "CkksnetError", "CompileError", "ContextMismatchError", "CorruptDataError", "DataError",
-           "InputError", "LevelError", "MissingKeyError", "NonFiniteError", "PresetError",
-           "RangeError", "SerializationError", "ShapeError", "WrongFileTypeError", "__version__", "compile", "Client", "Server",
+           "InputError", "InsufficientMemoryError", "LevelError", "MissingKeyError", "NonFiniteError", "PresetError",
+           "RangeError", "SerializationError", "ShapeError", "VersionMismatchError", "WrongFileTypeError", "__version__", "compile", "Client", "Server",
            "load_plan", "load_client_spec", "Plan", "ClientSpec"]

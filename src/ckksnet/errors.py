@@ -41,6 +41,11 @@ class MissingKeyError(CkksnetError):
     """An operation needs an evaluation key (rotation, bootstrap) that was not generated or loaded."""
 
 
+class InsufficientMemoryError(CkksnetError, MemoryError):
+    """Refused before starting: the work (key generation, a key load) needs more memory than this
+    process may allocate; the message names both figures in GiB and the override."""
+
+
 class LevelError(CkksnetError):
     """A ciphertext has fewer levels left than an operation needs."""
 
@@ -66,6 +71,11 @@ class UnsupportedFormatError(WrongFileTypeError):
 
 class CorruptDataError(SerializationError):
     """The data is truncated or its checksum does not match."""
+
+
+class VersionMismatchError(SerializationError):
+    """A key or ciphertext file written by another OpenFHE version than the one installed: its
+    binary objects may not read back correctly. The message names both versions."""
 
 
 class ContextMismatchError(SerializationError):

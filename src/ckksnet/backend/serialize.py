@@ -32,7 +32,8 @@ import openfhe as ofhe
 from ckksnet.backend.context import (CkksClient, CkksContext, CkksServer, Ciphertext, context_id_for,
                                      require_type, rotations_of_automorphisms)
 from ckksnet.backend.presets import Preset, get_preset
-from ckksnet.errors import ContextMismatchError, CorruptDataError, PresetError, SerializationError
+from ckksnet.errors import (ContextMismatchError, CorruptDataError, PresetError, SerializationError,
+                            VersionMismatchError)
 
 # the envelope is generic (core, no OpenFHE); re-exported here, where key files were always read
 from ckksnet.core.envelope import (FORMAT, KINDS, MAGIC, MAX_HEADER, check_attached, describe_file,  # noqa: F401
@@ -71,22 +72,34 @@ def _via_file(write) -> bytes:
 
 
 # ---------------------------------------------------------------- key objects: headers
+#: the OpenFHE version that writes key and ciphertext files here (its binary format is its own)
+OPENFHE_VERSION = str(getattr(ofhe, "__version__", "unknown"))
+
+
 def key_fields(ctx: CkksContext, extra: dict | None = None, files: list[dict] | None = None) -> dict:
-    """Header fields of a key object of ``ctx``'s key set (``files``: attached payload files)."""
+    """Header fields of a key object of ``ctx``'s key set (``files``: attached payload files),
+    with the OpenFHE version that wrote it."""
     require_type(ctx, CkksContext, "the key set", "a CkksClient or CkksServer")
-    fields = {"context_id": ctx.context_id, "preset": ctx.preset.name, "extra": extra or {}}
+    fields = {"context_id": ctx.context_id, "preset": ctx.preset.name, "extra": extra or {},
+              "openfhe": OPENFHE_VERSION}
     if files is not None:
         fields["files"] = files
     return fields
 
 
 def unpack_key(data: bytes, kind: str, context_id: str | None = None) -> tuple[bytes, dict]:
-    """:func:`unpack` plus the key-object fields (context_id, preset, extra) checked."""
+    """:func:`unpack` plus the key-object fields (context_id, preset, extra, openfhe) checked.
+    Raises :class:`VersionMismatchError` for a file another OpenFHE version wrote; a file
+    without the field predates it (ckksnet before 2026-12-04) and is read as before."""
     payload, header = unpack(data, kind)
     what = f"{kind} header"
     cid = header_field(header, "context_id", str, what)
     header_field(header, "preset", str, what)
     header_field(header, "extra", dict, what)
+    if "openfhe" in header and header_field(header, "openfhe", str, what) != OPENFHE_VERSION:
+        raise VersionMismatchError(f"this {kind} was written by OpenFHE {header['openfhe']}, and OpenFHE "
+                                   f"{OPENFHE_VERSION} is installed: its binary objects may not read back; "
+                                   "make the keys and ciphertexts again with this version, or install that one")
     if context_id is not None and cid != context_id:
         raise ContextMismatchError(f"{kind} belongs to another key set ({cid[:12]}..., "
                                    f"expected {context_id[:12]}...)")

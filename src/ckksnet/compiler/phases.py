@@ -28,6 +28,7 @@ import linecache
 import operator
 import re
 import sys
+import warnings
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -38,6 +39,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ckksnet.backend.presets import bootstrap_rotations
+from ckksnet.compiler.model_forms import prepare_model
 from ckksnet.core.options import CompileOptions
 from ckksnet.core.params import Preset, get_preset
 from ckksnet.compiler import lowerings
@@ -129,6 +131,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         raise CompileError(str(exc)) from exc
     options = CompileOptions(alpha, eps_bits, lanes, pooled_dense, dict(relu_alpha or {}), margin,
                              float(relu_extension))
+    model = prepare_model(model)  # unwrapped, float32; TorchScript and NaN weights refused
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -150,7 +153,56 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     outputs = plan.output_layout.length
     plan.classes = tuple(classes) if classes else (CIFAR10_CLASSES if outputs == 10 else
                                                     tuple(str(i) for i in range(outputs)))
+    if not isinstance(calibration, dict):
+        check_depth(plan, model, calibration, image_shape, None if norm else (mean, std), options)
     return plan
+
+
+class ApproximationDriftWarning(UserWarning):
+    """The compiled plan's cleartext twin is further from the model than deep networks should be."""
+
+
+#: thresholds of :func:`check_depth`: max |twin - torch| logit difference, top-1 agreement
+DRIFT_LOGIT_ERROR = 1e-2
+DRIFT_AGREEMENT = 1.0
+FINEST_SIGN_TABLE = (13, 12)
+
+
+def check_depth(plan: Plan, model: nn.Module, images, image_shape: tuple, pipeline, options: CompileOptions,
+                n: int = 16) -> dict:
+    """The twin against torch on the first ``n`` calibration images (the approximation error grows
+    with depth); warns (:class:`ApproximationDriftWarning`) when the largest logit difference
+    passes DRIFT_LOGIT_ERROR or a top-1 prediction differs, naming the finer sign table to try.
+    Returns {"max_logit_error", "agreement", "images"}."""
+    from ckksnet.inputs import as_images
+
+    x, _ = as_images(np.asarray(images)[:n], *image_shape)
+    if pipeline is not None:
+        mean, std = (np.asarray(v, dtype=np.float64) for v in pipeline)
+        x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            want = model(torch.from_numpy(np.ascontiguousarray(x)).float()).double().numpy()
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ranges beyond B are the twin's own report, not this check's
+        twin = plan.twin(np.asarray(images)[:n])
+    err = float(np.max(np.abs(twin - want)))
+    agree = float(np.mean(twin.argmax(1) == want.argmax(1)))
+    if err > DRIFT_LOGIT_ERROR or agree < DRIFT_AGREEMENT:
+        finest = (options.alpha, options.eps_bits) == FINEST_SIGN_TABLE and not options.relu_alpha
+        hint = ("the finest shipped table is in use already: a larger margin or relu_extension may help" if finest
+                else f"try the finest shipped sign table: alpha={FINEST_SIGN_TABLE[0]}, "
+                     f"eps_bits={FINEST_SIGN_TABLE[1]} (--alpha {FINEST_SIGN_TABLE[0]} --eps-bits {FINEST_SIGN_TABLE[1]})")
+        warnings.warn(f"on {len(x)} calibration images the compiled plan's cleartext twin is up to {err:.2e} off the "
+                      f"model's logits (top-1 agreement {100 * agree:.0f}%; thresholds {DRIFT_LOGIT_ERROR:g} and "
+                      f"{100 * DRIFT_AGREEMENT:.0f}%): each ReLU's approximation error grows through the layers; "
+                      f"{hint}", ApproximationDriftWarning, stacklevel=3)
+    return {"max_logit_error": err, "agreement": agree, "images": len(x)}
 
 
 def relu_overrides(specs: list, names) -> dict[str, tuple[int, int]]:

@@ -57,3 +57,78 @@ def rss_gb() -> float:
             return int(f.read().split()[1]) * resource.getpagesize() / 2**30
     except OSError:
         return 0.0
+
+
+# ---------------------------------------------------------------- checking before keys
+#: set to 1 to skip :func:`check_memory` (``--skip-memory-check`` on the command line)
+SKIP_ENV = "CKKSNET_SKIP_MEMORY_CHECK"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _cgroup_room() -> float | None:
+    """Bytes this process's cgroup may still take (v2 memory.max - memory.current, or v1's limit
+    - usage); None without a limit."""
+    for limit_file, used_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                   "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, used = _read(limit_file), _read(used_file)
+        if limit is None or limit.strip() == "max":
+            continue
+        if int(limit) >= 1 << 60:  # v1 writes a huge number for "no limit"
+            continue
+        return max(int(limit) - int(used or 0), 0)
+    return None
+
+
+def _address_space_room() -> float | None:
+    """Bytes of address space RLIMIT_AS still allows this process (limit - VmSize); None if unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    status = _read("/proc/self/status") or ""
+    vm = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmSize:")), 0)
+    return max(soft - vm, 0)
+
+
+def _available() -> float | None:
+    meminfo = _read("/proc/meminfo") or ""
+    kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemAvailable:")), None)
+    return None if kb is None else kb * 1024
+
+
+def memory_room_gib() -> tuple[float | None, str]:
+    """(GiB this process can still allocate, which limit says so): the least of RLIMIT_AS's
+    room, the cgroup's room and MemAvailable; (None, "") where none is known."""
+    rooms = [(r, what) for r, what in ((_address_space_room(), "the process's address-space limit (RLIMIT_AS)"),
+                                       (_cgroup_room(), "the container's memory limit (cgroup memory.max)"),
+                                       (_available(), "the memory available on this machine (MemAvailable)"))
+             if r is not None]
+    if not rooms:
+        return None, ""
+    room, what = min(rooms)
+    return room / 2**30, what
+
+
+def check_memory(needed_gib: float | None, what: str, override: bool = False) -> None:
+    """Raise :class:`ckksnet.errors.InsufficientMemoryError` before ``what`` (key generation, a key
+    load) if it needs more than this process can allocate (GiB, see :func:`memory_room_gib`);
+    OpenFHE would otherwise abort (std::bad_alloc) or the kernel kill the process minutes in.
+    ``override`` (or the environment variable CKKSNET_SKIP_MEMORY_CHECK=1) skips the check."""
+    import os
+
+    from ckksnet.errors import InsufficientMemoryError
+
+    if needed_gib is None or override or os.environ.get(SKIP_ENV) == "1":
+        return
+    room, limit = memory_room_gib()
+    if room is not None and needed_gib > room:
+        raise InsufficientMemoryError(
+            f"{what} needs about {needed_gib:.1f} GiB, but {limit} leaves {room:.1f} GiB: give the process "
+            f"more memory, or skip this check with --skip-memory-check (or {SKIP_ENV}=1) if you know better")

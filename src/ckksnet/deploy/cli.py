@@ -243,7 +243,7 @@ def _add_infer(sub: argparse._SubParsersAction, name: str = "infer", images: int
     p.add_argument("--images", type=int, default=images, help="number of test images K")
     flags.add(p, "preset", "checkpoint")
     p.add_argument("--data", help="CIFAR-10 location (default: foolbox's official images for K <= 20)")
-    flags.add(p, "alpha", "eps-bits", "relu-sign", "json")
+    flags.add(p, "alpha", "eps-bits", "relu-sign", "skip-memory-check", "json")
     p.set_defaults(func=_cmd_infer)
 
 
@@ -557,7 +557,7 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
     p.add_argument("--out", required=True, help="key folder; OUT/eval is what a server gets")
     p.add_argument("--force", action="store_true", help="replace a secret key already in OUT")
-    flags.add(p, "json")
+    flags.add(p, "skip-memory-check", "json")
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("encrypt", help="encrypt images (PNG, JPEG, .npy): one ciphertext file each")
@@ -583,6 +583,7 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
                    help="memory each worker declares to Ray (default 1.7 x the key folder + 0.5 GiB)")
     p.add_argument("--worker-cpus", type=int, default=1, help="cores per worker (its OpenMP threads; default 1)")
     p.add_argument("--retries", type=int, default=2, help="times an image is sent again after its worker died")
+    flags.add(p, "skip-memory-check")
     flags.add(p, "json", json={"help": "the per-step report (one file) or the batch report as JSON"})
     p.set_defaults(func=_cmd_run)
 
@@ -621,6 +622,12 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         args.threads = os.cpu_count() or 1
+    if getattr(args, "skip_memory_check", False):
+        import os
+
+        from ckksnet.core.memory import SKIP_ENV
+
+        os.environ[SKIP_ENV] = "1"  # this process and the workers it starts
     shown, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         return args.func(args)

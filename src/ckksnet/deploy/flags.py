@@ -34,6 +34,10 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
                                      "metavar": "PATTERN=ALPHA/EPS_BITS",
                                      "help": "sign table for the ReLUs whose step names match PATTERN "
                                              "(repeatable), e.g. 'layers.*.relu1=10/7' (the depth-10 table)"}),
+    "skip-memory-check": (("--skip-memory-check",), {
+        "action": "store_true",
+        "help": "do not refuse to start when the keys need more memory than this process may take "
+                "(RLIMIT_AS, cgroup memory.max, MemAvailable); also CKKSNET_SKIP_MEMORY_CHECK=1"}),
     "image-size": (("--image-size",), {"type": int, "default": 32, "help": "the model's input is N x N pixels"}),
     "resize": (("--resize",), {"nargs": "?", "const": "crop", "choices": ("crop", "stretch"), "default": False,
                                "help": "resize PNG/JPEG images to the model's size: crop (default: keep the "

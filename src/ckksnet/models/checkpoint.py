@@ -269,6 +269,17 @@ def _verify(meta: dict, state: dict[str, torch.Tensor], folder: Path) -> None:
                             "recorded in model.json: the checkpoint was altered or damaged")
 
 
+def _unwrapped(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """A state dict saved from a DataParallel / DistributedDataParallel model (every key
+    ``module.<name>``) without the wrapper's prefix, with a warning; others as they are."""
+    if state and all(k.startswith("module.") for k in state):
+        warnings.warn(f"{path}: the weights were saved from a DataParallel/DistributedDataParallel wrapper "
+                      "(keys 'module.<name>'); reading them without the prefix (save model.module next time)",
+                      UserWarning, stacklevel=5)
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
 def _load(folder: Path) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]:
     """Read, verify and rebuild; returns (model in eval mode, metadata, state dict)."""
     from ckksnet.models.resnet import build
@@ -283,6 +294,7 @@ def _load(folder: Path) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]
         check_calibration(meta["calibration"], where)
     state = _read_state(folder / "model.pt")
     _verify(meta, state, folder)
+    state = _unwrapped(state, folder / "model.pt")
     check_config_fits(config, state, where)
     model = build(config)
     check_state(model.state_dict(), state, str(folder / "model.pt"))
@@ -328,6 +340,12 @@ def save_checkpoint(model: torch.nn.Module, meta: dict, folder: str | os.PathLik
     from ckksnet.models.resnet import build
 
     folder = Path(folder)
+    while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        model = model.module  # the wrapper only spreads training over devices
+    if not hasattr(model, "config"):
+        raise DataError(f"save_checkpoint writes ckksnet's CIFAR ResNets (they carry a .config); a "
+                        f"{type(model).__name__} has none: compile it with ckksnet.compile(model, calibration=...) "
+                        "and save the plan (net.save(folder)) instead")
     meta = {"config": model.config, **{k: v for k, v in meta.items() if k != "checksum"}}
     meta = json.loads(_json_text(meta))  # what will be read back, so the digests match
     config = check_config(meta["config"], "checkpoint metadata")

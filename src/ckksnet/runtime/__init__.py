@@ -19,7 +19,8 @@ import ckksnet.kernels  # noqa: F401  (registers the built-in kernel types plans
 from ckksnet.backend import CkksClient, CkksServer
 from ckksnet.core import artifact
 from ckksnet.core.evaluator import Evaluator
-from ckksnet.core.memory import peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
+from ckksnet.core.costs import cost_model
+from ckksnet.core.memory import check_memory, peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
 from ckksnet.core.plan import ClientSpec, Plan
 from ckksnet.core.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
 from ckksnet.errors import ContextMismatchError, LevelError, MissingKeyError, ShapeError, WrongTypeError
@@ -41,7 +42,8 @@ class Client:
     encrypts images and decrypts logits. Built from a :class:`ClientSpec` (no weights) or, for
     convenience, a whole :class:`Plan` (only its client half is kept)."""
 
-    def __init__(self, spec: ClientSpec | Plan, keys: CkksClient | None = None, bootstrap_keys: bool = True):
+    def __init__(self, spec: ClientSpec | Plan, keys: CkksClient | None = None, bootstrap_keys: bool = True,
+                 memory_check: bool = True):
         if isinstance(spec, Plan):
             spec = spec.client_spec()
         if not isinstance(spec, ClientSpec):
@@ -54,6 +56,8 @@ class Client:
                 raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {spec.preset.name!r}")
             self.ckks, self.key_memory_gb = keys, {}
             return
+        check_memory(key_memory_estimate_gib(spec, bootstrap_keys),
+                      f"generating the keys of preset {spec.preset.name!r}", override=not memory_check)
         self.ckks, self.key_memory_gb = _generate_keys(spec, bootstrap_keys)
 
     def encrypt(self, image: np.ndarray):
@@ -72,6 +76,29 @@ class Client:
     def evaluation_keys(self) -> CkksServer:
         """The server's view of the keys: public and evaluation keys only (no secret key)."""
         return self.ckks.server()
+
+
+#: measured at the secure preset (2026-12-04): a context 0.32 GiB; 20 rotation keys 7.34 GiB resident
+#: and 9.04 GiB at the peak of their generation, so a key in memory is about 3 x its serialized
+#: size (``one_key_gib``) and generation peaks 1.25 x above the resident keys
+KEY_RESIDENT_FACTOR = 3.0
+KEYGEN_PEAK_FACTOR = 1.25
+CONTEXT_GIB = 0.4
+
+
+def key_memory_estimate_gib(spec: ClientSpec, bootstrap_keys: bool = True) -> float | None:
+    """GiB that generating ``spec``'s keys takes at its peak, from the preset's measured constants
+    (``core/costs.json``: the whole key set of a bootstrapping plan, one key-switching key's size)
+    and the factors above; None where the preset has no measured constants."""
+    costs = cost_model(spec.preset.name)
+    memory = costs.memory if costs else {}
+    if "one_key_gib" not in memory:
+        return None
+    per_key = float(memory["one_key_gib"]) * KEY_RESIDENT_FACTOR * KEYGEN_PEAK_FACTOR
+    own = len(spec.rotation_keys) * per_key  # the plan's rotation keys beyond bootstrapping's
+    if bootstrap_keys and spec.bootstrap and "keys_gib" in memory:
+        return round(float(memory["keys_gib"]) + own, 2)
+    return round(CONTEXT_GIB + per_key + own, 2)  # the context, relinearization and rotation keys
 
 
 def _generate_keys(spec: ClientSpec, bootstrap_keys: bool) -> tuple[CkksClient, dict]:
@@ -154,10 +181,11 @@ def check_keys(plan: Plan, keys: Evaluator) -> None:
     if not hasattr(keys, "rotations"):
         return
     sched = plan.schedule
+    if sched.bootstrap_slots and not keys.has_bootstrap_keys:  # first: it also explains missing rotations
+        raise MissingKeyError(f"the plan bootstraps ({sched.bootstraps} times) but the evaluation keys hold no "
+                              "bootstrapping keys: make the keys with bootstrapping (ckksnet keygen does; in "
+                              "Python, ckksnet.Client(plan) without bootstrap_keys=False)")
     missing = sorted(set(sched.key_rotations) - set(keys.rotations))
     if missing:
         raise MissingKeyError(f"the evaluation keys lack {len(missing)} rotation key(s) the plan needs: "
                               f"indices {missing[:20]}{' ...' if len(missing) > 20 else ''} (mod {plan.preset.slots})")
-    if sched.bootstrap_slots and not keys.has_bootstrap_keys:
-        raise MissingKeyError(f"the plan bootstraps ({sched.bootstraps} times) but the evaluation keys "
-                              "hold no bootstrapping keys")

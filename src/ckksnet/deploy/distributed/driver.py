@@ -40,9 +40,6 @@ from ckksnet.deploy.distributed.batch import BatchReport, BatchState, list_input
 from ckksnet.deploy.distributed.worker import InferenceWorker
 from ckksnet.errors import CkksnetError
 
-#: worker memory = KEY_MEMORY_FACTOR x key files on disk + RUN_MEMORY_GIB (module docstring)
-KEY_MEMORY_FACTOR = 1.7
-RUN_MEMORY_GIB = 0.5
 #: seconds to wait for a first worker before giving up (a secure worker loads its keys in ~1 min;
 #: a worker Ray cannot place, for want of memory or CPUs, never starts)
 START_TIMEOUT_S = 1800.0
@@ -72,8 +69,11 @@ class _Task:
 
 
 def worker_memory_gib(key_bytes: int) -> float:
-    """Memory to declare per worker (GiB) for an evaluation-key folder of ``key_bytes``."""
-    return round(KEY_MEMORY_FACTOR * key_bytes / 2**30 + RUN_MEMORY_GIB, 2)
+    """Memory to declare per worker (GiB) for an evaluation-key folder of ``key_bytes``: what
+    loading it needs (:func:`ckksnet.backend.keys.load_memory_gib`, checked again in the worker)."""
+    from ckksnet.backend.keys import load_memory_gib
+
+    return load_memory_gib(key_bytes)
 
 
 def worker_actor_class(ray, memory_gib: float, cpus: int):
