@@ -34,7 +34,7 @@ setup() {
   fi
   if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     echo "installing ckksnet and its dependencies into .venv (torch is large; the pip cache helps)" >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,notebook]'
     # foolbox ships the 20 bit-exact official CIFAR-10 test images; only its data files are used.
     .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps foolbox==3.3.4
     touch .venv/.installed
