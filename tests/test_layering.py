@@ -166,3 +166,28 @@ def test_cli_help_loads_no_heavy_library_and_is_fast(argv):
     assert loaded == "[]", f"ckksnet {' '.join(argv)} loads {loaded}"
     assert float(seconds) < 1.0
     assert "usage: ckksnet" in out.stdout
+
+
+def test_every_name_imported_from_ckksnet_exists():
+    """`from ckksnet.x import name` anywhere in src, inside functions too, names something that
+    exists: a moved function is caught here, not when a rarely run command reaches it."""
+    import importlib
+
+    missing = []
+    for mod, path, is_pkg in _modules():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level or not (node.module or "").startswith("ckksnet"):
+                continue
+            try:
+                target = importlib.import_module(node.module)
+            except ImportError as exc:
+                missing.append(f"{mod}:{node.lineno} {node.module} ({exc})")
+                continue
+            for alias in node.names:
+                if not hasattr(target, alias.name):
+                    try:
+                        importlib.import_module(f"{node.module}.{alias.name}")
+                    except ImportError:
+                        missing.append(f"{mod}:{node.lineno} {node.module}.{alias.name}")
+    assert not missing, "imports of names that do not exist:\n" + "\n".join(missing)

@@ -78,6 +78,12 @@ def bootstrap_rotations(preset) -> frozenset:
     return _measured_rotations(preset)
 
 
+def bootstrap_automorphism_count(preset) -> int:
+    """Automorphism keys OpenFHE's bootstrapping key generation makes for a shipped preset (0 if
+    not recorded): what ``ckksnet plan`` counts into the key memory."""
+    return len(_stored_rotations().get(preset.name, {}).get("automorphisms", []))
+
+
 @lru_cache(maxsize=8)
 def _measured_rotations(preset) -> frozenset:
     from ckksnet.backend.context import CkksClient  # the context module imports this one

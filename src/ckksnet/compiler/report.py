@@ -14,13 +14,13 @@ from ckksnet.core.costs import cost_model
 
 def plan_report(plan) -> dict:
     """JSON-ready schedule and totals of ``plan`` (seconds, GiB; None where not measured)."""
-    from ckksnet.core.schedule import _stored_rotations
+    from ckksnet.backend.presets import bootstrap_automorphism_count
 
     sched = plan.schedule
     preset = plan.preset
     costs = cost_model(preset.name)
     mem = costs.memory if costs else {}
-    boot_auto = len(_stored_rotations().get(preset.name, {}).get("automorphisms", [])) if sched.bootstrap_slots else 0
+    boot_auto = bootstrap_automorphism_count(preset) if sched.bootstrap_slots else 0
     keys = boot_auto + len(sched.client_rotations)
     one = mem.get("one_key_gib")
     key_gib = round(keys * one, 2) if one else None
