@@ -113,3 +113,16 @@ def test_resize_centre_crops_by_default_and_stretches_on_request(tmp_path):
     assert "centre-cropped" in note and np.all(crop[:, :, 1] > 200) and np.all(crop[:, :, [0, 2]] < 60)
     stretch, note = read_image(tmp_path / "wide.png", 3, 8, 8, resize="stretch")
     assert "stretched" in note and stretch[:, 0, 0].min() > 200 and stretch[:, -1, 2].min() > 200
+
+
+def test_training_threads_beyond_the_machine_are_clamped_with_a_warning():
+    import os
+
+    from ckksnet.training.train import usable_threads
+
+    cores = len(os.sched_getaffinity(0))
+    with pytest.warns(RuntimeWarning, match=f"--threads {8 * cores} exceeds the {cores} core"):
+        assert usable_threads(8 * cores) == cores
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a setting the machine holds passes silently
+        assert usable_threads(1) == 1

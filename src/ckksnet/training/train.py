@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,10 +132,23 @@ def _save_state(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def usable_threads(requested: int) -> int:
+    """``requested`` torch threads, clamped with a ``RuntimeWarning`` to the cores this process may
+    run on (``os.sched_getaffinity``): threads beyond them make every step several times slower,
+    and the run would end as if nothing were wrong."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested > cores:
+        warnings.warn(f"--threads {requested} exceeds the {cores} core(s) this process may use: threads "
+                      f"beyond them slow training down several times; using {cores}", RuntimeWarning,
+                      stacklevel=3)
+        return cores
+    return requested
+
+
 def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
           test_split: Split | None = None, progress: bool = True) -> tuple[ResNetCifar, dict]:
     """Train (or resume) in ``run_dir``; returns the model in eval mode and the run history."""
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(usable_threads(cfg.threads))
     if cfg.device != "cpu":
         torch.backends.cudnn.deterministic = cfg.deterministic
         torch.backends.cudnn.benchmark = not cfg.deterministic
