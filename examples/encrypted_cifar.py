@@ -2,8 +2,9 @@
 
     .venv/bin/python examples/encrypted_cifar.py [--images 1] [--preset secure]
 
-At the secure preset (128-bit, N = 2^16) one image takes about 14-16 minutes on 2 cores (806 s on
-2026-12-04) and 13.15 GiB of peak memory (measured; benchmarks/RESULTS.md). The test preset's
+At the secure preset (128-bit, N = 2^16), measured (benchmarks/RESULTS.md):
+13-15 minutes of inference per image on 2 cores (806 s on 2026-12-04, 863 s on 2026-11-30),
+54 bootstraps, 37-45 s of key generation, 13.15 GiB of peak memory. The test preset's
 2,048 slots do not hold the bundled model's 3x32x32 input: there it stops with a clear error.
 """
 from __future__ import annotations

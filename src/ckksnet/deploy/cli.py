@@ -421,7 +421,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ckksnet.backend.serialize import load_ciphertext, save_ciphertext
     from ckksnet.runtime import Server, load_plan
 
-    _check_writable(args.output)  # before any work: a secure run takes 15-25 minutes
+    _check_writable(args.output)  # before any work: a secure image takes 13-15 minutes of inference
     plan = load_plan(args.plan)
     sched = plan.schedule
     keys = load_evaluation_keys(args.eval_keys, rotations=sched.key_rotations,
