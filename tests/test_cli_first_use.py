@@ -3,6 +3,7 @@ warnings, a closed pipe, query options on either side of the action, readable jo
 cores clamped, stratified subsets."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -126,3 +127,13 @@ def test_resize_centre_crops_by_default_and_stretches_on_request(tmp_path):
     assert "centre-cropped" in note and np.all(crop[:, :, 1] > 200) and np.all(crop[:, :, [0, 2]] < 60)
     stretch, note = read_image(tmp_path / "wide.png", 3, 8, 8, resize="stretch")
     assert "stretched" in note and stretch[:, 0, 0].min() > 200 and stretch[:, -1, 2].min() > 200
+
+
+def test_eval_with_a_limit_says_its_subset_is_stratified(capsys):
+    """`ckksnet eval --limit` on the 20 official images: the report names the stratified subset."""
+    assert main(["eval", "--data", "foolbox", "--limit", "10"]) == 0
+    text = capsys.readouterr().out
+    assert "on 10 images of" in text and "(a stratified subset: each class in turn)" in text
+    assert main(["eval", "--data", "foolbox", "--limit", "10", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 10 and report["subset"].startswith("stratified")
