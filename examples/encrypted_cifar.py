@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ def main() -> int:
                          "hold 3x8x8 but not 3x32x32)")
     args = ap.parse_args()
     size = args.image_size or (8 if args.preset == "test" else 32)
+    # a warning (the test preset's InsecurePresetWarning) as one line, without the library's source line
+    warnings.formatwarning = lambda message, category, *where, **kw: f"warning: {message}\n"
     try:
         run(args.images, args.preset, size)
     except ckksnet.CkksnetError as exc:  # a clear line, not a traceback
