@@ -18,8 +18,8 @@
 # (no HTTP, no serve).
 #
 # usage: examples/client_server.sh PRESET CHECKPOINT IMAGE [WORKDIR]
-#   PRESET      secure (128-bit; ~11 GiB of evaluation keys, twice on disk once uploaded; 15-25 min
-#               of inference) or test (insecure, small)
+#   PRESET      secure (128-bit; ~11 GiB of evaluation keys, twice on disk once uploaded; 13-15 min
+#               of inference per image on 2 cores) or test (insecure, small)
 #   CHECKPOINT  a checkpoint folder, or "bundled" for the shipped ResNet-20
 #   IMAGE       PNG, JPEG or .npy; PNG/JPEG of another size are resized (and it says so)
 #   WORKDIR     where the artifacts, keys, ciphertexts and the server's state and log go

@@ -3,6 +3,8 @@ warnings, a closed pipe, query options on either side of the action, readable jo
 cores clamped, stratified subsets."""
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import time
@@ -91,14 +93,27 @@ def test_a_limited_evaluation_takes_every_class():
     assert split.subset(50).labels.tolist() == [0] * 50  # the prefix: why eval --limit does not use it
 
 
-def test_the_cifar_example_at_the_test_preset_ends_in_one_clear_line():
+def _cifar_example(*args: str) -> subprocess.CompletedProcess:
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "examples" / "encrypted_cifar.py"
-    out = subprocess.run([sys.executable, str(script), "--preset", "test"], capture_output=True, text=True,
-                         timeout=300)
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_the_cifar_example_with_whole_images_at_the_test_preset_ends_in_one_clear_line():
+    out = _cifar_example("--preset", "test", "--image-size", "32")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "CompileError: the input (3, 32, 32) does not fit one ciphertext of preset 'test'" in out.stderr
+
+
+def test_the_cifar_example_runs_at_the_test_preset_on_image_centres():
+    """ResNet-20 on the 8x8 centre of official image 0: about 100 s on one loaded core."""
+    out = _cifar_example("--preset", "test", "--images", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "each image's 8x8 centre" in out.stdout
+    assert "warning: CKKS preset 'test' is NOT secure" in out.stderr and "preset = " not in out.stderr
+    match = re.search(r"image 0: label 3, plaintext (\d), encrypted (\d), max \|logit diff\| (\S+),", out.stdout)
+    assert match and match[1] == match[2] and float(match[3]) < 1e-2, out.stdout
 
 
 def test_resize_centre_crops_by_default_and_stretches_on_request(tmp_path):
@@ -126,3 +141,13 @@ def test_training_threads_beyond_the_machine_are_clamped_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a setting the machine holds passes silently
         assert usable_threads(1) == 1
+
+
+def test_eval_with_a_limit_says_its_subset_is_stratified(capsys):
+    """`ckksnet eval --limit` on the 20 official images: the report names the stratified subset."""
+    assert main(["eval", "--data", "foolbox", "--limit", "10"]) == 0
+    text = capsys.readouterr().out
+    assert "on 10 images of" in text and "(a stratified subset: each class in turn)" in text
+    assert main(["eval", "--data", "foolbox", "--limit", "10", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 10 and report["subset"].startswith("stratified")

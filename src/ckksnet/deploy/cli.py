@@ -145,7 +145,7 @@ def _cmd_approx(args: argparse.Namespace) -> int:
 
 def _add_approx(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("approx", help="inspect the shipped minimax composite approximations")
-    p.add_argument("function", choices=["relu"])
+    p.add_argument("function", choices=["relu"], help="the approximated function (relu)")
     p.add_argument("--alpha", type=int, default=13, help="sign precision: error <= 2^-alpha on [eps, 1]")
     p.add_argument("--eps-bits", type=int, default=9, help="eps = 2^-EPS_BITS")
     p.add_argument("--points", type=int, default=200_000, help="grid points for the measured errors")
@@ -200,7 +200,7 @@ def _add_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-noise", action="store_true", help="exact twin (no CKKS noise model)")
     p.add_argument("--plots", help="folder for the PNG plots (e.g. benchmarks)")
     p.add_argument("--alpha-sweep", help="comma-separated alphas for the fidelity-vs-alpha plot")
-    p.add_argument("--sweep-images", type=int, default=1000)
+    p.add_argument("--sweep-images", type=int, default=1000, help="twin images per alpha of --alpha-sweep")
     flags.add(p, "relu-sign")
     p.add_argument("--profile-from", help="a saved run report (JSON with a 'report') for the profile "
                    "when no image runs encrypted, e.g. benchmarks/resnet20_last.json")
@@ -211,7 +211,7 @@ def _add_fidelity(sub: argparse._SubParsersAction) -> None:
 def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="encrypt, bootstrap and decrypt a vector: time and precision")
     flags.add(p, "preset")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random test vector")
     flags.add(p, "json")
     p.set_defaults(func=_cmd_bootstrap)
 
@@ -256,17 +256,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     flags.add(p, "data")
     p.add_argument("--run-dir", default="runs/resnet20", help="resumable state folder")
     p.add_argument("--out", default="runs/resnet20/checkpoint", help="final checkpoint folder")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=100, help="training epochs; the learning rate decays over them")
+    p.add_argument("--batch-size", type=int, default=128, help="images per SGD step")
+    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and augmentation")
     p.add_argument("--blocks", type=int, default=3, help="basic blocks per stage (3 = ResNet-20)")
-    p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64])
+    p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64], metavar="W",
+                   help="channels of the three stages")
     p.add_argument("--limit", type=int, help="train on the first LIMIT images only")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every core)")
     p.add_argument("--cutout", type=int, default=0, help="cutout square side in pixels (0 = off)")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (0 = off)")
     p.add_argument("--device", default="cpu",
                    help="torch device, e.g. cuda: data, augmentation and sums stay on it (a resumed run may "
                         "switch devices)")
@@ -280,7 +281,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "--teacher-depth)")
     p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature T (default 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="epoch lines only, no bars")
-    p.add_argument("--calibration-images", type=int, default=10000)
+    p.add_argument("--calibration-images", type=int, default=10000,
+                   help="training images whose ReLU inputs set each bound")
     p.add_argument("--eval-each-epoch", action="store_true", help="report test accuracy per epoch")
     p.set_defaults(func=_cmd_train)
 
@@ -419,7 +421,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ckksnet.backend.serialize import load_ciphertext, save_ciphertext
     from ckksnet.runtime import Server, load_plan
 
-    _check_writable(args.output)  # before any work: a secure run takes 15-25 minutes
+    _check_writable(args.output)  # before any work: a secure image takes 13-15 minutes of inference
     plan = load_plan(args.plan)
     sched = plan.schedule
     keys = load_evaluation_keys(args.eval_keys, rotations=sched.key_rotations,
@@ -561,7 +563,7 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("encrypt", help="encrypt images (PNG, JPEG, .npy): one ciphertext file each")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, .npy)")
     p.add_argument("--keys", required=True, help="key folder written by keygen")
     p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
     p.add_argument("--out", required=True, help="folder for the ciphertexts (<image name>.ckks)")
@@ -595,9 +597,32 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_decrypt)
 
     p = sub.add_parser("predict", help="plaintext prediction of a checkpoint on image files (torch)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, .npy)")
     flags.add(p, "checkpoint", "image-size", "resize", "json")
     p.set_defaults(func=_cmd_predict)
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states every option's default: appended as '(default X)' where the text does not
+    already say it; empty defaults (None, off switches, empty lists) are left unsaid."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        # identity, not ==: a default of 0 is worth saying, an off switch is not
+        unsaid = any(action.default is v for v in (None, False, True, argparse.SUPPRESS)) or action.default == []
+        unsaid = unsaid or not action.option_strings
+        if unsaid or "default" in text:
+            return text
+        return f"{text} (default %(default)s)"
+
+
+def _every_parser(parser: argparse.ArgumentParser):
+    """``parser`` and all its subcommand parsers, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _every_parser(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -606,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_demo, _add_infer, _add_plan, _add_client_server, _add_fidelity, _add_bootstrap, _add_train,
                 _add_snapshot, _add_eval, _add_approx, add_serve, add_query):
         add(sub)
+    for each in _every_parser(parser):  # add_parser does not pass the formatter down
+        each.formatter_class = _DefaultsFormatter
     return parser
 
 

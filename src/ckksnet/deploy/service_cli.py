@@ -72,7 +72,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queued", type=int, default=64, help="jobs waiting at once (default 64)")
     p.add_argument("--min-free-disk", type=size, default="1GiB",
                    help="free disk space an upload must leave in the state folder (default 1GiB)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log verbosity")
     p.add_argument("--skip-memory-check", action="store_true",
                    help="workers load keys even when they seem not to fit (also CKKSNET_SKIP_MEMORY_CHECK=1)")
     p.set_defaults(func=_cmd_serve)

@@ -1,0 +1,79 @@
+"""Help for every command (issues #27, #30): each option says what it does and its default, and
+every command's --help, in a fresh process, loads no heavy library and returns fast."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from ckksnet.deploy.cli import _every_parser, build_parser
+
+HEAVY = ("torch", "openfhe", "numpy", "ray", "fastapi", "uvicorn", "httpx")
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path, e.g. ('query', 'upload'), the top level included as ()."""
+    found = [path]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found += _commands(child, path + (name,))
+    return found
+
+
+def _has_a_default(action: argparse.Action) -> bool:
+    """A default worth saying: not unset, not an off switch, not an empty list (0 counts)."""
+    empty = (None, False, True, argparse.SUPPRESS)
+    return not any(action.default is e for e in empty) and action.default != []
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    missing, unsaid = [], []
+    for parser in _every_parser(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            name = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
+            if not action.help:
+                missing.append(name)
+            elif (action.option_strings and _has_a_default(action)
+                  and "default" not in formatter._expand_help(action)):
+                unsaid.append(name)
+    assert not missing, f"options without a help text: {missing}"
+    assert not unsaid, f"options whose help does not give the default: {unsaid}"
+
+
+def test_the_default_of_zero_is_said_and_an_off_switch_is_not():
+    train = next(p for p in _every_parser(build_parser()) if p.prog == "ckksnet train")
+    text = " ".join(train.format_help().split())
+    assert "augmentation (default 0)" in text
+    assert "no bf16 autocast (default" not in text
+
+
+def test_every_command_help_loads_no_heavy_library():
+    """All --help pages in one fresh process; none may pull in torch, OpenFHE, numpy, Ray or the
+    web stack (issue #30: help took 4-10 s and 687 MB with torch imported up front)."""
+    commands = [list(c) for c in _commands(build_parser())]
+    code = ("import sys\nfrom ckksnet.deploy.cli import main\n"
+            f"for argv in {commands!r}:\n"
+            "    try:\n        main(argv + ['--help'])\n    except SystemExit:\n        pass\n"
+            f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("usage: ckksnet") == len(commands)
+    assert out.stdout.splitlines()[-1] == "LOADED []"
+
+
+def test_ckksnet_help_as_a_whole_process_is_fast():
+    """Wall time of `python -m ckksnet.deploy.cli --help`, interpreter start included: measured
+    0.1-0.2 s on the 2-core development machine under load; 3 s is a wide margin (the issue asks
+    for under 1 s; with torch up front it was 4-10 s)."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "ckksnet.deploy.cli", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    seconds = time.perf_counter() - start
+    print(f"ckksnet --help: {seconds:.2f} s wall")
+    assert out.returncode == 0 and "usage: ckksnet" in out.stdout
+    assert seconds < 3.0
