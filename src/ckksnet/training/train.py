@@ -167,8 +167,9 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
     images = train_split.images[: cfg.limit] if cfg.limit else train_split.images
     data = _DeviceData(images, train_split.labels[: len(images)], cfg.device)
     teacher = load_teacher(cfg.teacher, cfg.device) if cfg.teacher and cfg.kd_weight > 0 else None
-    if _amp(cfg):
-        model.to(memory_format=torch.channels_last)
+    if _amp(cfg):  # the teacher too: a layout change per convolution would cost more than it computes
+        for m in (model, teacher) if teacher is not None else (model,):
+            m.to(memory_format=torch.channels_last)
     step = make_step(model, cfg, teacher)
     for epoch in range(start, cfg.epochs):
         record = _epoch(model, opt, data, cfg, epoch, step, progress)
