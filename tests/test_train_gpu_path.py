@@ -55,6 +55,39 @@ def test_augmentation_draws_uniform_offsets_and_fair_flips_where_the_data_lives(
     assert float(zeroed.max()) == pytest.approx(64 / 1024) and 0.02 < float(zeroed.mean()) < 64 / 1024
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_cuda_graph_steps_train_as_the_eager_steps(device):
+    """The lease's own check: teacher and distilled student, 2 epochs each with warm-up, capture,
+    replays and a last partial batch, trained with and without CUDA graphs end with the same
+    weights (on the CPU both runs are eager: the check then shows the runs are deterministic)."""
+    from ckksnet.training.lease import check_graph
+
+    figures = check_graph(device, 16)
+    assert figures["teacher_max_weight_difference"] <= (0.0 if device == "cpu" else 1e-3)
+    assert figures["student_max_weight_difference"] <= (0.0 if device == "cpu" else 1e-3)
+    assert len(figures["student_graph_seconds"]) == 2
+
+
+def test_make_step_replays_a_graph_only_on_a_cuda_device():
+    from ckksnet.models.resnet import ResNetCifar
+    from ckksnet.training.train import TrainConfig, _EagerStep, _GraphStep, make_step
+
+    model = ResNetCifar(1, (4, 8, 8), 10)
+    assert type(make_step(model, TrainConfig(device="cpu", graph=True), None)) is _EagerStep
+    assert type(make_step(model, TrainConfig(device="cuda", graph=False), None)) is _EagerStep
+    assert type(make_step(model, TrainConfig(device="cuda", graph=True), None)) is _GraphStep
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback where CUDA graphs cannot run")
+def test_a_failed_graph_check_makes_the_lease_run_eagerly():
+    """The check runs in a child process; where it fails (here: no CUDA device), the lease is told
+    not to use graphs and gets the child's error to log."""
+    from ckksnet.training.lease import graph_check_in_child
+
+    use, figures = graph_check_in_child("cuda", 16, True, timeout_s=120)
+    assert use is False and figures["error"]
+
+
 def test_distillation_loss_is_zero_only_for_the_teachers_distribution():
     t = torch.randn(8, 10)
     assert float(distillation_loss(t, t, 4.0)) == pytest.approx(0.0, abs=1e-6)

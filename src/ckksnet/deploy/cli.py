@@ -34,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       blocks=args.blocks, widths=tuple(args.widths), threads=args.threads,
                       device=args.device, cutout=args.cutout, label_smoothing=args.label_smoothing,
                       amp=args.amp, teacher=args.teacher, kd_weight=args.kd_weight,
-                      kd_temperature=args.kd_temperature)
+                      kd_temperature=args.kd_temperature, graph=args.graph)
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
     if args.teacher_depth:  # a teacher first, same recipe, in RUN_DIR/teacher; then the distilled student
@@ -272,6 +272,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="torch device, e.g. cuda: data, augmentation and sums stay on it (a resumed run may "
                         "switch devices)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="on a GPU: float32, no bf16 autocast")
+    p.add_argument("--no-graph", dest="graph", action="store_false",
+                   help="on a GPU: eager steps (default: each full batch replayed from a CUDA graph)")
     p.add_argument("--teacher", help="distil from this checkpoint or run folder (with --kd-weight)")
     p.add_argument("--teacher-depth", type=int, help="first train a ResNet of this depth (e.g. 56) as the "
                    "teacher, same recipe, in RUN_DIR/teacher; then distil from it")

@@ -1,7 +1,8 @@
 """Teacher, then distilled student, inside a fixed time budget: one prepared command for a short
 accelerator lease (``benchmarks/train_gpu.sh`` runs it; it runs on the CPU too, for tests).
 
-Steps, each logged with its seconds: load CIFAR-10 (the JPEG copy by default); probe the seconds
+Steps, each logged with its seconds: on a GPU, check in a child process that the CUDA-graph step
+trains exactly as the eager one (else the whole lease runs eagerly); load CIFAR-10 (the JPEG copy by default); probe the seconds
 per epoch of the teacher and of the student with distillation on a slice of the data (warm-up
 excluded); choose both epoch counts so that everything fits the budget (the teacher gets
 ``teacher_share`` of the training time); train the teacher; train the student distilled from
@@ -16,7 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -30,11 +35,68 @@ def _log(t0: float, text: str) -> None:
 
 def probe_epoch_seconds(cfg: TrainConfig, split, run_dir: Path, images: int) -> float:
     """Seconds of one full epoch of ``cfg`` (its device, model, teacher), measured on the second
-    of two epochs over ``images`` images (the first warms up kernels and allocators)."""
+    of two epochs over ``images`` images (the first warms up kernels, allocators and captures the
+    CUDA graph), scaled to the whole split, plus the per-epoch cost outside the epoch loop (state
+    saving; over-estimated by the one-off set-up, which the budget may well afford)."""
     cfg = replace(cfg, epochs=2, limit=min(images, len(split)), warmup_epochs=0.0)
+    start = time.time()
     _, run = train(cfg, split, run_dir, progress=False)
-    per_image = run["history"][-1]["seconds"] / cfg.limit
-    return per_image * len(split)
+    epochs = [h["seconds"] for h in run["history"]]
+    outside = max(0.0, time.time() - start - sum(epochs)) / len(epochs)
+    return epochs[-1] / cfg.limit * len(split) + outside
+
+
+def _synthetic_split(n: int, seed: int = 0):
+    """``n`` random 32x32 images of 10 classes: data for the graph check, no files needed."""
+    import numpy as np
+
+    from ckksnet.data import Split
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return Split(images, rng.integers(0, 10, n).astype(np.int64), tuple(f"c{i}" for i in range(10)), "synthetic")
+
+
+def check_graph(device: str, batch_size: int, deterministic: bool = True) -> dict:
+    """Train a small ResNet-8 teacher, then a student distilled from it, each for 2 epochs, once
+    eagerly and once with CUDA graphs (``TrainConfig.graph``); the largest absolute difference
+    between the two runs' weights, per model, and their seconds per epoch. The data covers the
+    graph's warm-up, capture, replays and a last partial batch in each epoch."""
+    split = _synthetic_split(7 * batch_size + batch_size // 3)
+    base = TrainConfig(epochs=2, batch_size=batch_size, lr=0.1, cutout=8, blocks=1, device=device,
+                       deterministic=deterministic, threads=TrainConfig().threads)
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cfg in (("teacher", base),
+                          ("student", replace(base, teacher=f"{tmp}/teacher-eager", kd_weight=0.7))):
+            models = {}
+            for mode in ("eager", "graph"):
+                model, run = train(replace(cfg, graph=mode == "graph"), split, f"{tmp}/{name}-{mode}", progress=False)
+                models[mode] = model.state_dict()
+                result[f"{name}_{mode}_seconds"] = [round(h["seconds"], 3) for h in run["history"]]
+            diff = max(float((a.double() - models["graph"][k].double()).abs().max())
+                       for k, a in models["eager"].items())
+            result[f"{name}_max_weight_difference"] = diff
+    return result
+
+
+def graph_check_in_child(device: str, batch_size: int, deterministic: bool, tolerance: float = 1e-3,
+                         timeout_s: float = 120.0) -> tuple[bool, dict]:
+    """(whether the lease may use CUDA graphs, the check's figures), from :func:`check_graph` run
+    in a child process, so that a failed capture cannot leave this process's CUDA context broken."""
+    cmd = [sys.executable, "-m", "ckksnet.training.lease", "--check-graph", "--device", device,
+           "--batch-size", str(batch_size)] + ([] if deterministic else ["--autotune"])
+    src = str(Path(__file__).resolve().parents[2])  # the child imports this very ckksnet
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return False, {"error": f"graph check timed out after {timeout_s:.0f} s"}
+    if res.returncode != 0:
+        return False, {"error": (res.stderr or res.stdout).strip()[-1500:]}
+    figures = json.loads(res.stdout.strip().splitlines()[-1])
+    worst = max(figures["teacher_max_weight_difference"], figures["student_max_weight_difference"])
+    return worst <= tolerance, figures
 
 
 def plan_epochs(budget_s: float, t_teacher: float, t_student: float, share: float,
@@ -50,19 +112,24 @@ def run(out: str, data: str | None = None, budget_s: float = 480.0, device: str 
         teacher_depth: int = 56, student_depth: int = 20, batch_size: int = 256, lr: float = 0.2,
         cutout: int = 16, kd_weight: float = 0.7, kd_temperature: float = 4.0, teacher_share: float = 0.4,
         max_epochs: tuple[int, int] = (200, 300), limit: int | None = None, probe_images: int = 10_000,
-        reserve_s: float = 25.0, seed: int = 0, deterministic: bool = True) -> dict:
+        reserve_s: float = 25.0, seed: int = 0, deterministic: bool = True, graph: bool = True) -> dict:
     """The whole lease; returns (and writes to OUT/summary.json) the recipe and the figures."""
     from ckksnet.data import load_cifar10
 
     t0 = time.time()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    graph_check = None
+    if graph and device.startswith("cuda"):
+        graph, graph_check = graph_check_in_child(device, batch_size, deterministic)
+        _log(t0, f"CUDA graph check: {'used' if graph else 'NOT used (eager steps)'}; {json.dumps(graph_check)}")
     train_split, test_split = load_cifar10("train", data), load_cifar10("test", data)
     if limit:
         train_split = train_split.stratified(limit)  # the copies are class-sorted
     _log(t0, f"data: {len(train_split)} train, {len(test_split)} test images ({train_split.source})")
     base = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, cutout=cutout, seed=seed, device=device,
-                       warmup_epochs=2.0, threads=TrainConfig().threads, deterministic=deterministic)
+                       warmup_epochs=2.0, threads=TrainConfig().threads, deterministic=deterministic,
+                       graph=graph)
     t_cfg = replace(base, blocks=(teacher_depth - 2) // 6)
     probe_dir = out_dir / "probe"
     t_teacher = probe_epoch_seconds(t_cfg, train_split, probe_dir / "teacher", probe_images)
@@ -74,26 +141,31 @@ def run(out: str, data: str | None = None, budget_s: float = 480.0, device: str 
     n_teacher, n_student = plan_epochs(left, t_teacher, t_student, teacher_share, max_epochs)
     _log(t0, f"probe: teacher ResNet-{teacher_depth} {t_teacher:.2f} s/epoch, student ResNet-{student_depth} "
              f"with distillation {t_student:.2f} s/epoch; {left:.0f} s left -> {n_teacher} + {n_student} epochs")
-
+    summary = {"device": device, "budget_s": budget_s, "cuda_graph": graph, "graph_check": graph_check,
+               "data": train_split.source,
+               "probe_seconds_per_epoch": {"teacher": round(t_teacher, 3), "student_kd": round(t_student, 3)}}
     t_cfg = replace(t_cfg, epochs=n_teacher)
-    teacher, t_run = train(t_cfg, train_split, out_dir / "teacher", progress=False)
-    t_acc = evaluate(teacher.to(device), test_split)  # on the device: seconds, not a minute
-    _log(t0, f"teacher: {t_acc['accuracy']:.2f}% on {test_split.source} test")
     s_cfg = replace(s_probe, epochs=n_student, teacher=str(out_dir / "teacher"))
-    student, s_run = train(s_cfg, train_split, out_dir / "student", progress=False)
-    s_acc = evaluate(student.to(device), test_split)
-    _log(t0, f"student: {s_acc['accuracy']:.2f}% on {test_split.source} test")
-    summary = {
-        "device": device, "budget_s": budget_s, "seconds": round(time.time() - t0, 1),
-        "data": train_split.source,
-        "probe_seconds_per_epoch": {"teacher": round(t_teacher, 3), "student_kd": round(t_student, 3)},
-        "teacher": {"depth": teacher_depth, "epochs": n_teacher, "test_accuracy": t_acc["accuracy"],
-                    "config": asdict(t_cfg), "epoch_seconds": [round(h["seconds"], 3) for h in t_run["history"]]},
-        "student": {"depth": student_depth, "epochs": n_student, "test_accuracy": s_acc["accuracy"],
-                    "config": asdict(s_cfg), "epoch_seconds": [round(h["seconds"], 3) for h in s_run["history"]]},
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    for name, cfg, depth in (("teacher", t_cfg, teacher_depth), ("student", s_cfg, student_depth)):
+        summary[name] = {"depth": depth, "epochs": cfg.epochs, "config": asdict(cfg), "finished": False}
+        _write_summary(out_dir, summary, t0)  # a lease cut short still says what it was doing
+        summary[name] |= _train_and_test(cfg, train_split, test_split, out_dir / name)
+        _log(t0, f"{name}: {summary[name]['test_accuracy']:.2f}% on {test_split.source} test")
+    _write_summary(out_dir, summary, t0)
     return summary
+
+
+def _train_and_test(cfg: TrainConfig, train_split, test_split, run_dir: Path) -> dict:
+    """Train ``cfg`` in ``run_dir``, then its test accuracy (%) and seconds per epoch."""
+    model, run = train(cfg, train_split, run_dir, progress=False)
+    acc = evaluate(model.to(cfg.device), test_split)  # on the device: seconds, not a minute
+    return {"finished": True, "test_accuracy": acc["accuracy"],
+            "epoch_seconds": [round(h["seconds"], 3) for h in run["history"]]}
+
+
+def _write_summary(out_dir: Path, summary: dict, t0: float) -> None:
+    summary["seconds"] = round(time.time() - t0, 1)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reserve-s", type=float, default=25.0, help="seconds kept for evaluation and writing")
     ap.add_argument("--autotune", action="store_true",
                     help="autotuned (non-deterministic) cuDNN algorithms: faster, not bit-reproducible")
+    ap.add_argument("--no-graph", action="store_true", help="eager steps on a GPU (no CUDA graphs)")
+    ap.add_argument("--check-graph", action="store_true",
+                    help="only compare CUDA-graph and eager training on synthetic data; print JSON")
     a = ap.parse_args(argv)
+    if a.check_graph:
+        print(json.dumps(check_graph(a.device, a.batch_size, not a.autotune)))
+        return 0
     summary = run(a.out, a.data, a.budget_s, a.device, a.teacher_depth, a.student_depth, a.batch_size, a.lr,
                   a.cutout, a.kd_weight, a.kd_temperature, a.teacher_share, tuple(a.max_epochs), a.limit,
-                  a.probe_images, a.reserve_s, deterministic=not a.autotune)
+                  a.probe_images, a.reserve_s, deterministic=not a.autotune, graph=not a.no_graph)
     print(json.dumps({k: summary[k] for k in ("seconds", "probe_seconds_per_epoch")}
                      | {w: {k: summary[w][k] for k in ("epochs", "test_accuracy")} for w in ("teacher", "student")}))
     return 0
