@@ -37,5 +37,5 @@ def test_no_other_secure_duration_is_quoted():
     """A range of minutes in the user-facing texts is the measured one (stale 14-16 and 15-25 were)."""
     for doc in ["README.md", "examples/encrypted_cifar.py", "examples/encrypted_cifar.ipynb",
                 "examples/client_server.sh", "src/ckksnet/deploy/cli.py"]:
-        ranges = set(re.findall(r"\b(\d+-\d+) min", _words(ROOT / doc)))
-        assert ranges <= {"13-15"}, f"{doc} quotes {ranges - {'13-15'}} minutes"
+        ranges = {r for r in re.findall(r"\b(\d+-\d+) min", _words(ROOT / doc)) if int(r.split("-")[0]) >= 5}
+        assert ranges <= {"13-15"}, f"{doc} quotes {ranges - {'13-15'}} minutes"  # test-preset minutes are short

@@ -556,8 +556,11 @@ def _input_value(plan: Plan, image_shape: tuple, mean: np.ndarray, std: np.ndarr
     try:
         layout = Layout(*image_shape, 1, plan.preset.slots)
     except ShapeError as exc:
+        c, h, w = image_shape
+        fits = int((plan.preset.slots // max(c, 1)) ** 0.5)
         raise CompileError(f"the input {image_shape} does not fit one ciphertext of preset "
-                           f"{plan.preset.name!r}: {exc}") from exc
+                           f"{plan.preset.name!r}: {exc} (a model that takes smaller images fits: at most about "
+                           f"{fits}x{fits} with {c} channel(s), e.g. --image-size {1 << (fits.bit_length() - 1)})") from exc
     plan.set_input(layout, mean, std)
     return plan.values[plan.input]
 

@@ -154,7 +154,12 @@ def save_artifact(kind: str, obj, path) -> Path:
 
 def load_artifact(path, kind: str):
     path = Path(path)
-    payload, _ = envelope.unpack(envelope.load(path), kind)
+    try:
+        payload, _ = envelope.unpack(envelope.load(path), kind)
+    except SerializationError as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc  # the file named, same error class
     obj = from_payload(payload)
     expected = "Plan" if kind == "server_plan" else "ClientSpec"
     if type(obj).__name__ != expected:

@@ -77,11 +77,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     model, _ = load_model(args.checkpoint)
     split = load_cifar10("test", args.data)
-    if args.limit:
+    if args.limit is not None:
+        if args.limit < 1:
+            raise CkksnetError(f"--limit must be at least 1 image, not {args.limit}")
         split = split.stratified(args.limit)  # the test split is class-sorted: every class, in turn
     result = evaluate(model, split)
-    if args.limit:
-        result["subset"] = f"stratified: {args.limit} images taken from each class in turn"
+    if args.limit is not None:
+        result["subset"] = (f"stratified: {result['images']} images in all, taken from each class in turn "
+                            f"({len(result['per_class'])} classes)")
     per_class = "".join(f"\n  {name:>10}: {acc:.2f}%" for name, acc in result["per_class"].items())
     subset = " (a stratified subset: each class in turn)" if args.limit else ""
     return _emit(args, result, f"accuracy {result['accuracy']:.2f}% on {result['images']} images of "
@@ -305,7 +308,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from ckksnet.compiler.checkpoints import compile_checkpoint
     from ckksnet.compiler.report import plan_report, plan_text
 
-    net, _, _ = compile_checkpoint(args.checkpoint, args.preset, flags.sign_tables(args))
+    net, _, _ = compile_checkpoint(args.checkpoint, args.preset, flags.sign_tables(args),
+                                   image_size=(args.image_size, args.image_size))
     rep = plan_report(net)
     return _emit(args, rep, plan_text(rep))
 
@@ -313,7 +317,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="compile and print the schedule (levels, bootstraps, keys, estimated "
                        "time and memory) without making any key")
-    flags.add(p, "checkpoint", "preset", "alpha", "eps-bits", "relu-sign")
+    flags.add(p, "checkpoint", "preset", "alpha", "eps-bits", "relu-sign", "image-size")
     flags.add(p, "json")
     p.set_defaults(func=_cmd_plan)
 

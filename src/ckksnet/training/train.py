@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ckksnet.core.envelope import atomic_path
 from ckksnet.data import Split
+from ckksnet.errors import InputError
 from ckksnet.models.resnet import ResNetCifar
 
 
@@ -46,7 +47,7 @@ class TrainConfig:
     seed: int = 0
     blocks: int = 3
     widths: tuple[int, int, int] = (16, 32, 64)
-    limit: int | None = None  # use only the first `limit` training images (tests)
+    limit: int | None = None  # train on `limit` images taken from each class in turn (tests, probes)
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     device: str = "cpu"  # "cuda": the whole epoch on the GPU (data, augmentation, sums)
     amp: bool = True  # on a GPU: bf16 autocast and channels-last (ignored on the CPU)
@@ -59,6 +60,14 @@ class TrainConfig:
 
 # Settings that may differ between the sessions of one resumed run (they change speed, not the run).
 _MACHINE_KEYS = ("threads", "device", "amp", "deterministic", "graph")
+
+
+def _differences(saved: dict, cfg: TrainConfig) -> str:
+    """'lr 0.2 (saved) vs 0.1 (now), ...' for the recipe fields that differ."""
+    now = asdict(cfg)
+    saved = {**now, **saved}
+    diff = [f"{k} {saved[k]} (saved) vs {now[k]} (now)" for k in now if k not in _MACHINE_KEYS and saved[k] != now[k]]
+    return ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
 
 
 def same_run(saved: dict, cfg: TrainConfig) -> bool:
@@ -148,7 +157,11 @@ def usable_threads(requested: int) -> int:
 
 def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
           test_split: Split | None = None, progress: bool = True) -> tuple[ResNetCifar, dict]:
-    """Train (or resume) in ``run_dir``; returns the model in eval mode and the run history."""
+    """Train (or resume) in ``run_dir``; returns the model in eval mode and the run history.
+    Raises :class:`ckksnet.errors.InputError` for fewer than one epoch, or for a run folder
+    holding a run of another configuration."""
+    if cfg.epochs < 1 or (cfg.limit is not None and cfg.limit < 1):
+        raise InputError(f"training needs at least 1 epoch and 1 image (epochs {cfg.epochs}, limit {cfg.limit})")
     torch.set_num_threads(usable_threads(cfg.threads))
     if cfg.device != "cpu":
         torch.backends.cudnn.deterministic = cfg.deterministic
@@ -168,7 +181,8 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if not same_run(state["config"], cfg):
-            raise ValueError(f"{state_path}: saved run has another configuration: {state['config']}")
+            raise InputError(f"{state_path} holds a run of another configuration ({_differences(state['config'], cfg)}): "
+                             "give another --run-dir to start a new run, or the same options to resume that one")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"]
@@ -178,8 +192,8 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
             if torch.is_tensor(v):
                 group[k] = v.to(cfg.device)
 
-    images = train_split.images[: cfg.limit] if cfg.limit else train_split.images
-    data = _DeviceData(images, train_split.labels[: len(images)], cfg.device)
+    split = train_split.stratified(cfg.limit) if cfg.limit else train_split  # the copies are class-sorted
+    data = _DeviceData(split.images, split.labels, cfg.device)
     teacher = load_teacher(cfg.teacher, cfg.device) if cfg.teacher and cfg.kd_weight > 0 else None
     if _amp(cfg):  # the teacher too: a layout change per convolution would cost more than it computes
         for m in (model, teacher) if teacher is not None else (model,):
