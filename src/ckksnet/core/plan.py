@@ -56,7 +56,6 @@ class Value:
     pending: dict = field(default_factory=dict)
 
 
-
 @dataclass(frozen=True)
 class ClientSpec:
     """The client artifact. ``input_level``: levels the client encrypts with; ``rotation_keys``:
