@@ -56,7 +56,7 @@ def run(k: int, preset: str, size: int = 32) -> None:
     model, meta = load_bundled()
     official = load_cifar10("test", "foolbox")
     test = official.subset(k)
-    print(f"model: {meta['architecture']}, plaintext accuracy {meta['test']['accuracy']}% (32x32)")
+    print(f"model: {meta['architecture']}, plaintext accuracy {meta['test']['accuracy']}% on the CIFAR-10 test split (JPEG copy, 32x32)")
     calibration = meta["calibration"]["relus"]
     if size != test.images.shape[1]:
         # the stored ReLU bounds were measured on whole images: bound the centres on the centres
