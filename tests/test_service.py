@@ -367,16 +367,16 @@ def test_query_prints_json_takes_options_after_the_action_and_deletes_by_token(w
     view = json.loads(status.stdout)
     assert view["id"] == job and view["created_utc"].endswith("+00:00")
     owner.wait(job, progress=False)
-    # a key set of its own (b), then deleted knowing only its token
+    # a key set of its own (c: no other test stores it), then deleted knowing only its token
     other = RemoteClient(served.url)
-    keyset_b, token_b = other.upload_keys(world.eval["b"])
+    keyset_c, token_c = other.upload_keys(world.eval["c"])
     other.close()
-    with RemoteClient(served.url, token_b) as by_token:
-        assert by_token.keyset()["keyset_id"] == keyset_b
-    gone = _query(served.url, "delete", token=token_b)
+    with RemoteClient(served.url, token_c) as by_token:
+        assert by_token.keyset()["keyset_id"] == keyset_c
+    gone = _query(served.url, "delete", token=token_c)
     assert gone.returncode == 0, gone.stderr
-    assert json.loads(gone.stdout) == {"deleted": keyset_b}
-    assert not (served.state / "keysets" / keyset_b).exists()
+    assert json.loads(gone.stdout) == {"deleted": keyset_c}
+    assert not (served.state / "keysets" / keyset_c).exists()
 
 
 def _running_job(db: Path) -> str | None:
