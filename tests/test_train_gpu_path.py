@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from ckksnet.core.envelope import temporary_path
-from ckksnet.data import Split
 from ckksnet.training.train import augment, cut_out, distillation_loss
+from tests.test_training import _synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -95,14 +95,6 @@ def test_distillation_loss_is_zero_only_for_the_teachers_distribution():
     # T^2 scaling: a temperature change keeps the gradient scale of the cross-entropy's order
     s = torch.randn(8, 10)
     assert float(distillation_loss(s, t, 1.0)) > 0 and float(distillation_loss(s, t, 8.0)) > 0
-
-
-def _synthetic(n: int, seed: int = 0) -> Split:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    base = np.where(labels[:, None, None, None] == 1, 170, 70)
-    images = np.clip(base + rng.normal(0, 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
-    return Split(images, labels.astype(np.int64), ("dark", "bright"), "synthetic")
 
 
 def test_train_with_a_teacher_first_records_it_in_the_checkpoint(tmp_path, monkeypatch):
