@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 import ckksnet.kernels  # noqa: F401  (registers the built-in kernel types plans name)
 from ckksnet.backend import CkksClient, CkksServer
 from ckksnet.core import artifact
-from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.costs import cost_model
+from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.memory import check_memory, peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
 from ckksnet.core.plan import ClientSpec, Plan
 from ckksnet.core.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
