@@ -5,6 +5,9 @@
 #
 #   OUT=DIR [DATA=PATH] [BUDGET_S=480] [DEVICE=cuda] [PYTHON=python3] bash benchmarks/train_gpu.sh [lease options]
 #
+# With `--teacher CHECKPOINT` (e.g. src/ckksnet/models/bundled/resnet20) no teacher is trained and the
+# student takes the whole budget: the run that made the bundled checkpoint (RESULTS.md, issue #31).
+#
 # Writes DIR/teacher/state.pt, DIR/student/state.pt (after every epoch: a cut-short lease still
 # leaves usable states), DIR/summary.json (rewritten at each phase) and DIR/log.txt; nothing else,
 # so all of it comes back from the lease. DATA defaults to .devdata/cifar10-jpeg.tar.gz (the JPEG

@@ -45,6 +45,17 @@ def test_every_option_says_what_it_does_and_its_default():
     assert not unsaid, f"options whose help does not give the default: {unsaid}"
 
 
+def test_every_command_help_opens_with_what_the_command_does():
+    """``ckksnet plan --help`` says what plan does, in the words of ``ckksnet --help``'s list."""
+    parser = build_parser()
+    for path in _commands(parser)[1:]:
+        sub = parser
+        for name in path:
+            sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        text = sub.format_help()
+        assert sub.description and sub.description.rstrip(".").lower() in " ".join(text.split()).lower(), path
+
+
 def test_the_default_of_zero_is_said_and_an_off_switch_is_not():
     train = next(p for p in _every_parser(build_parser()) if p.prog == "ckksnet train")
     text = " ".join(train.format_help().split())

@@ -86,6 +86,7 @@ def test_a_failed_graph_check_makes_the_lease_run_eagerly():
 
     use, figures = graph_check_in_child("cuda", 16, True, timeout_s=120)
     assert use is False and figures["error"]
+    assert "usage:" not in figures["error"]  # the child ran the check (it once stopped at a missing --out)
 
 
 def test_distillation_loss_is_zero_only_for_the_teachers_distribution():
@@ -150,6 +151,28 @@ def test_the_prepared_lease_command_runs_within_its_budget_on_the_cpu(tmp_path):
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["log.txt", "student/state.pt", "summary.json", "teacher/state.pt"]
     assert "probe:" in (out / "log.txt").read_text()
+
+
+def test_a_lease_with_a_given_teacher_trains_only_the_student(tmp_path):
+    """``--teacher CHECKPOINT``: no teacher phase; the student distils from the given teacher, whose
+    path the summary's recipe records; the probe's estimate is the epoch itself, not the set-up."""
+    from ckksnet.models.resnet import ResNetCifar
+    from ckksnet.models import save_checkpoint
+    from ckksnet.training.lease import main as lease
+
+    data = _image_folder(tmp_path / "data", 24)
+    teacher = tmp_path / "teacher"
+    save_checkpoint(ResNetCifar(1, (4, 8, 8), 2).eval(), {}, teacher)
+    out = tmp_path / "out"
+    rc = lease(["--out", str(out), "--data", str(data), "--device", "cpu", "--teacher", str(teacher),
+                "--student-depth", "8", "--batch-size", "16", "--probe-images", "32", "--max-epochs", "1", "2",
+                "--budget-s", "30", "--reserve-s", "0"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "teacher" not in summary and summary["student"]["finished"]
+    assert summary["student"]["config"]["teacher"] == str(teacher)
+    assert summary["probe_seconds_per_epoch"]["teacher"] == 0.0
+    assert summary["probe_seconds_per_epoch"]["student_kd"] < 3 * max(summary["student"]["epoch_seconds"]) + 1
 
 
 def test_two_writers_never_share_a_temporary_file(tmp_path):

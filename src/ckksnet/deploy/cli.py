@@ -631,6 +631,17 @@ def _every_parser(parser: argparse.ArgumentParser):
                 yield from _every_parser(child)
 
 
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's one-line help, as listed under ``ckksnet --help``, also heads its own
+    ``--help`` (argparse shows a subcommand's description there, not its help)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                if child.description is None and helps.get(name):
+                    child.description = helps[name][0].upper() + helps[name][1:] + "."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckksnet", description="Encrypted inference of trained CNNs with RNS-CKKS (OpenFHE).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -639,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     for each in _every_parser(parser):  # add_parser does not pass the formatter down
         each.formatter_class = _DefaultsFormatter
+        _describe(each)
     return parser
 
 
