@@ -100,6 +100,26 @@ def test_state_of_another_run_is_refused(tmp_path):
         EncryptedLog(path, {"preset": "test", "steps": 4})
 
 
+def test_a_state_of_another_run_is_refused_before_the_twin_and_ignored_without_encrypted_images(tiny, tmp_path):
+    """The record of encrypted images is checked first (once it was checked after 20 minutes of
+    twin, which were lost); a twin-only run neither reads nor writes it."""
+    model, plan, _ = tiny
+    path = tmp_path / "s.jsonl"
+    EncryptedLog(path, {"preset": "test", "steps": 1})
+    calls = []
+    twin = plan.twin
+    plan.twin = lambda *a, **k: calls.append(1) or twin(*a, **k)
+    try:
+        with pytest.raises(DataError, match="another run"):
+            evaluate(plan, model, IMAGES, LABELS, twin=8, encrypted=1, state=path, progress=False)
+        assert not calls
+        report = evaluate(plan, model, IMAGES, LABELS, twin=8, encrypted=0, state=path, progress=False)
+    finally:
+        del plan.twin
+    assert report["twin"]["images"] == 8 and calls
+    assert len(path.read_text().splitlines()) == 1  # untouched
+
+
 def test_noise_probe_and_noisy_twin(tiny, tmp_path):
     model, plan, client = tiny
     server = Server(plan, client.evaluation_keys())

@@ -245,6 +245,9 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
     if max(twin, encrypted) > len(images):
         raise DataError(f"asked for {max(twin, encrypted)} images, the data set has {len(images)}")
     idx = encrypted_sample(len(images), encrypted)
+    # opened before any work: a record of another run is refused now, not after the twin's minutes;
+    # without encrypted images no record is read or written
+    log = EncryptedLog(state if encrypted else None, plan_identity(plan))
 
     def plain_logits(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -259,7 +262,6 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
     ]) if twin else np.zeros((0, plain.shape[1]))
     relus = relu_reports(plan, seen)
     twin_enc = plan.twin(images[idx], noise=noise, seed=len(images)) if idx else np.zeros((0, plain.shape[1]))
-    log = EncryptedLog(state, plan_identity(plan))
     records = run_encrypted(plan, images[idx], idx, log, progress, client_factory)
     enc_logits = np.array([r["logits"] for r in records]).reshape(len(records), plain.shape[1])
     plain_set, plain_lab = (plain, labels[:twin]) if twin else (plain_enc, labels[idx])
