@@ -21,3 +21,15 @@ def random_batchnorms(model: nn.Module, gen: torch.Generator) -> nn.Module:
         if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.running_mean is not None:
             random_bn(m, gen)
     return model.eval()
+
+
+def deep_plain_cnn(layers: int = 48, channels: int = 8) -> nn.Sequential:
+    """A plain (no skip connections) CNN: ``layers`` x (3x3 conv without bias, BatchNorm, ReLU),
+    global average pooling and a Linear to 10 classes; the architecture of the trained fixture
+    ``tests/data/deep_plain_48x8.pt`` (made by ``tests/data/make_deep_plain.py``)."""
+    blocks, c = [], 3
+    for _ in range(layers):
+        blocks += [nn.Conv2d(c, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()]
+        c = channels
+    blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)]
+    return nn.Sequential(*blocks)

@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +20,11 @@ import ckksnet
 from ckksnet.backend import InsecurePresetWarning
 from ckksnet.compiler.model_forms import ModelFormWarning
 from ckksnet.errors import CompileError, InsufficientMemoryError, MissingKeyError, VersionMismatchError
-from tests.helpers import random_batchnorms
+from tests.helpers import deep_plain_cnn, random_batchnorms
 
 pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.backend.presets.InsecurePresetWarning")
 IMAGES = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+DEEP_PLAIN = Path(__file__).parent / "data" / "deep_plain_48x8.pt"  # tests/data/make_deep_plain.py
 
 
 def _cnn(relus: int = 1) -> nn.Module:
@@ -103,23 +105,36 @@ def test_a_checkpoint_saved_from_a_wrapper_loads_without_its_prefix(tmp_path):
     assert torch.equal(loaded.fc.weight, model.fc.weight)
 
 
-def test_a_drifting_twin_warns_and_names_the_finer_table():
-    """check_depth compares the plan's twin with torch on calibration images; a model that no
-    longer computes what the plan computes (here: other weights) drifts and is reported."""
-    from ckksnet.compiler.phases import ApproximationDriftWarning, check_depth
+def test_a_deep_trained_cnn_drifts_and_the_finest_table_brings_it_back():
+    """check_depth compares the plan's twin with torch on the first 16 calibration images. A
+    trained 48-layer plain CNN (8 channels, 8x8 CIFAR-10; tests/data/make_deep_plain.py)
+    accumulates the ReLU approximation's error through its layers: 1.13e-2 off torch with the
+    default sign table (alpha 13, eps_bits 9), which warns and names the finest table;
+    7.0e-4 with that table (alpha 13, eps_bits 12), which does not warn."""
+    from ckksnet.compiler.phases import DRIFT_LOGIT_ERROR, ApproximationDriftWarning, check_depth
     from ckksnet.core.options import CompileOptions
 
-    model = _cnn(3)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", ApproximationDriftWarning)  # an honest compile does not warn
-        net = _compile(model, alpha=10, eps_bits=9)
-    drifted = copy.deepcopy(model)
-    with torch.no_grad():
-        drifted[-1].weight.mul_(1.5)
+        warnings.simplefilter("error", ApproximationDriftWarning)  # an honest shallow compile does not warn
+        _compile(_cnn(3))
+    fixture = torch.load(DEEP_PLAIN)
+    model = deep_plain_cnn(48, 8)
+    model.load_state_dict(fixture["state_dict"])
+    images = fixture["calibration"].numpy()  # 256 test images, uint8 8x8x3
+    assert images.shape == (256, 8, 8, 3)
+    compile_deep = lambda **kw: ckksnet.compile(model.eval(), calibration=images, preset="test",  # noqa: E731
+                                                image_size=(8, 8), **kw)
     with pytest.warns(ApproximationDriftWarning, match=r"alpha=13, eps_bits=12 \(--alpha 13 --eps-bits 12\)"):
-        figures = check_depth(net, drifted, IMAGES, (3, 8, 8), None, CompileOptions(alpha=10))
-    assert figures["max_logit_error"] > 1e-2 and figures["images"] == 16
-    assert check_depth(net, model, IMAGES, (3, 8, 8), None, CompileOptions(alpha=10))["max_logit_error"] < 1e-2
+        default = compile_deep()
+    with pytest.warns(ApproximationDriftWarning):
+        coarse = check_depth(default, model, images, (3, 8, 8), None, CompileOptions())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ApproximationDriftWarning)
+        finest = compile_deep(alpha=13, eps_bits=12)
+        fine = check_depth(finest, model, images, (3, 8, 8), None, CompileOptions(alpha=13, eps_bits=12))
+    assert coarse["images"] == fine["images"] == 16 and coarse["agreement"] == fine["agreement"] == 1.0
+    assert 1.1e-2 < coarse["max_logit_error"] < 1.2e-2 and coarse["max_logit_error"] > DRIFT_LOGIT_ERROR
+    assert fine["max_logit_error"] < 1e-3 < DRIFT_LOGIT_ERROR and fine["max_logit_error"] < coarse["max_logit_error"] / 10
 
 
 def test_keys_without_bootstrapping_are_named_as_such():
