@@ -133,7 +133,7 @@ def test_a_deep_trained_cnn_drifts_and_the_finest_table_brings_it_back():
         finest = compile_deep(alpha=13, eps_bits=12)
         fine = check_depth(finest, model, images, (3, 8, 8), None, CompileOptions(alpha=13, eps_bits=12))
     assert coarse["images"] == fine["images"] == 16 and coarse["agreement"] == fine["agreement"] == 1.0
-    assert 1.1e-2 < coarse["max_logit_error"] < 1.2e-2 and coarse["max_logit_error"] > DRIFT_LOGIT_ERROR
+    assert DRIFT_LOGIT_ERROR < coarse["max_logit_error"] < 5e-2  # measured 1.13e-2
     assert fine["max_logit_error"] < 1e-3 < DRIFT_LOGIT_ERROR and fine["max_logit_error"] < coarse["max_logit_error"] / 10
 
 
