@@ -4,13 +4,25 @@ fidelity, the benchmarks).
 :class:`SignTables` is the typed form of ``--alpha``, ``--eps-bits`` and ``--relu-sign``;
 :func:`compile_checkpoint` loads a checkpoint (the bundled ResNet-20 by default), compiles it
 with the ReLU calibration stored in it and returns the plan with the model and its metadata.
+
+Any other ``nn.Module`` comes from a factory instead (``--model package.module:factory``,
+:func:`load_factory_model`): a callable taking no arguments that returns the model, its weights
+from a state dict (``--weights``, :func:`load_weights`), its ReLU bounds measured on calibration
+images (``--calibration images.npz|.npy|DIR``, :func:`read_calibration`), its input shape given
+(``--input-shape C H W``) or told by the model (its first convolution, its Normalize module).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ckksnet.compiler.phases import compile_model, relu_overrides
 from ckksnet.core.plan import Plan
+from ckksnet.errors import CompileError, DataError
 
 
 @dataclass(frozen=True)
@@ -30,19 +42,246 @@ class SignTables:
                 "relu_alpha": relu_overrides(list(self.relu_sign), relu_names)}
 
 
-def load_model(checkpoint: str | None = None):
-    """(model, metadata) of a checkpoint folder, or of the bundled ResNet-20 for None."""
+def load_model(checkpoint: str | None = None, factory: str | None = None, weights: str | None = None):
+    """(model, metadata) of a checkpoint folder, of a factory (``package.module:attr`` with an
+    optional state dict file ``weights``; metadata: {"model": factory, "weights": weights}), or
+    of the bundled ResNet-20 when neither is given. Raises :class:`CompileError` (a factory that
+    cannot be imported, called or gives no ``nn.Module``; both sources given; weights without a
+    factory) and :class:`DataError` (a checkpoint or weights file missing, unreadable or not fitting)."""
     from ckksnet.models import load_bundled, load_checkpoint
 
-    return load_checkpoint(checkpoint) if checkpoint else load_bundled()
+    if factory is None:
+        if weights is not None:
+            raise CompileError("--weights loads a state dict into the model of --model package.module:factory; "
+                               "give --model too (a checkpoint folder holds its own weights)")
+        return load_checkpoint(checkpoint) if checkpoint else load_bundled()
+    if checkpoint is not None:
+        raise CompileError(f"give either --checkpoint ({checkpoint}) or --model ({factory}), not both")
+    model = load_factory_model(factory)
+    if weights is not None:
+        load_weights(model, weights, factory)
+    return model.eval(), {"model": factory, "weights": weights}
+
+
+def load_factory_model(spec: str):
+    """The ``nn.Module`` of ``package.module:attr`` (or ``path/to/file.py:attr``): ``attr`` (dots
+    allowed) is a class or function called with no arguments, or a module instance. The module
+    is imported from sys.path or the current directory. Raises :class:`CompileError` saying
+    which part failed."""
+    import torch.nn as nn
+
+    module_name, sep, attr = str(spec).partition(":")
+    if not (sep and module_name and attr):
+        raise CompileError(f"--model {spec!r}: expected MODULE:FACTORY, e.g. mypackage.models:make_model "
+                           "(a function or class, called with no arguments, that returns the torch.nn.Module)")
+    module = _import(module_name, spec)
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CompileError(f"--model {spec}: {module_name} has no attribute {attr!r} "
+                               f"(it defines: {', '.join(n for n in dir(module) if not n.startswith('_'))[:300]})") from None
+    if isinstance(obj, nn.Module):
+        return obj
+    if not callable(obj):
+        raise CompileError(f"--model {spec}: {attr} is of type {type(obj).__name__!r}, not callable; give a function or "
+                           "class that returns the torch.nn.Module when called with no arguments")
+    try:
+        model = obj()
+    except Exception as exc:
+        raise CompileError(f"--model {spec}: calling {attr}() failed: {type(exc).__name__}: {exc} (the factory is "
+                           "called with no arguments)") from exc
+    if not isinstance(model, nn.Module):
+        raise CompileError(f"--model {spec}: {attr}() returned an object of type {type(model).__name__!r}, not a torch.nn.Module")
+    return model
+
+
+def _import(module_name: str, spec: str):
+    """``module_name`` imported from sys.path or the current directory, or a .py file by path."""
+    path = Path(module_name)
+    if module_name.endswith(".py"):
+        if not path.is_file():
+            raise CompileError(f"--model {spec}: no such file {module_name}")
+        loader = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(loader)
+        sys.modules.setdefault(path.stem, module)  # dataclasses and pickling look modules up there
+        try:
+            loader.loader.exec_module(module)
+        except Exception as exc:
+            raise CompileError(f"--model {spec}: importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
+        return module
+    added = os.getcwd() not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise CompileError(f"--model {spec}: cannot import {module_name!r} ({exc}); the module must be on "
+                           f"PYTHONPATH or in the current directory ({os.getcwd()})") from exc
+    except Exception as exc:
+        raise CompileError(f"--model {spec}: importing {module_name} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+
+
+def load_weights(model, path: str, spec: str = "the model") -> None:
+    """Load the state dict file ``path`` (``torch.save(model.state_dict(), path)``; a dict holding
+    it under "state_dict" too) into ``model``, strictly. Raises :class:`DataError` for a missing or
+    unreadable file and for weights that do not fit (missing and unexpected keys, shapes: named)."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--weights {p}: no such file")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        import pickle
+
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's own text runs on for lines
+        if isinstance(exc, pickle.UnpicklingError):  # torch suggests weights_only=False: not for a file we were handed
+            first = "garbled, or it holds Python objects beyond tensors"
+        raise DataError(f"--weights {p}: not a readable torch state dict, as torch.save(model.state_dict(), path) "
+                        f"writes ({type(exc).__name__}: {first})") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise DataError(f"--weights {p}: expected a state dict (names -> tensors, torch.save(model.state_dict(), "
+                        f"path)), got a {type(state).__name__}")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} where the model has {tuple(expected[k].shape)}"
+              for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"missing keys {_names(missing)}" if missing else "",
+                 f"unexpected keys {_names(unexpected)}" if unexpected else "",
+                 f"shapes differ: {'; '.join(shapes[:5])}" if shapes else ""]
+        raise DataError(f"--weights {p} does not fit {spec}: " + ", ".join(x for x in parts if x))
+    model.load_state_dict(state)
+
+
+def _names(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def model_input_shape(model, meta: dict | None = None, input_shape=None, image_size=None) -> tuple[int, int, int]:
+    """(C, H, W) of the model's input: ``input_shape`` if given (checked against ``image_size``),
+    else the checkpoint's recorded ``input_shape`` (its size replaced by ``image_size`` if given),
+    else the channels the model tells (its first convolution, its Normalize module) at
+    ``image_size`` (N for N x N, or (H, W); default 32 x 32). Raises :class:`CompileError` where
+    the model cannot tell (give --input-shape) or two disagree."""
+    from ckksnet.compiler.phases import _input_size, input_normalization, trace
+
+    size = _pair(image_size)
+    if input_shape is not None:
+        channels, hw = _input_size(tuple(input_shape), size)
+        input_normalization(trace(model), dict(model.named_modules()), expected=channels)  # the model agrees
+        return (channels, *hw)
+    recorded = (meta or {}).get("input_shape")
+    if recorded is not None:
+        try:
+            channels, hw = _input_size(tuple(recorded), None)
+        except (CompileError, TypeError) as exc:
+            raise DataError(f"the checkpoint's input_shape {recorded!r} is malformed: {exc}") from exc
+        return (channels, *(size or hw))
+    _, hw = _input_size(None, size)
+    _, mean, _ = input_normalization(trace(model), dict(model.named_modules()))
+    return (len(mean), *hw)
+
+
+def _pair(size):
+    """N -> (N, N); (H, W) as a tuple; None stays None."""
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)) or hasattr(size, "__len__"):
+        return tuple(size)
+    return (size, size)
+
+
+def read_calibration(path: str, input_shape: tuple[int, int, int]):
+    """Calibration images for ``input_shape`` (C, H, W) as float (N, C, H, W) in [0, 1], from an
+    ``.npz`` (its one array, or the one named ``images`` or ``x``), an ``.npy``, or a folder of
+    PNG / JPEG / .npy images (sorted by name; each of the model's size). Arrays: uint8
+    (N, H, W, C) 0..255 or float (N, C, H, W) in [0, 1] (1 channel: (N, H, W) too). Raises
+    :class:`DataError` for a file or folder that cannot be read and the input errors
+    (:class:`ShapeError`, :class:`RangeError`, ...) naming the file for images that do not fit."""
+    import numpy as np
+
+    from ckksnet.errors import InputError
+    from ckksnet.imagefile import PIL_SUFFIXES, read_image
+    from ckksnet.inputs import as_images
+
+    c, h, w = input_shape
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in PIL_SUFFIXES + (".npy",))
+        if not files:
+            raise DataError(f"--calibration {p}: the folder holds no PNG, JPEG or .npy image")
+        out = []
+        for f in files:
+            pixels, _ = read_image(f, c, h, w)
+            out.append(as_images(pixels, c, h, w)[0])
+        return np.concatenate(out)
+    if not p.is_file():
+        raise DataError(f"--calibration {p}: no such file or folder")
+    try:
+        if p.suffix.lower() == ".npz":
+            import zipfile
+
+            if not zipfile.is_zipfile(p):
+                raise DataError(f"--calibration {p}: not an .npz archive (numpy.savez writes one)")
+            with np.load(p, allow_pickle=False) as data:
+                names = list(data.files)
+                name = names[0] if len(names) == 1 else next((k for k in ("images", "x") if k in names), None)
+                if name is None:
+                    raise DataError(f"--calibration {p}: holds the arrays {', '.join(names) or 'none'}; "
+                                    "expected one array, or one named 'images' or 'x'")
+                arr = data[name]
+        elif p.suffix.lower() == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        else:
+            raise DataError(f"--calibration {p}: expected an .npz or .npy file of images, or a folder of images")
+    except DataError:
+        raise
+    except Exception as exc:  # zip, pickle and format errors: numpy raises many kinds
+        raise DataError(f"--calibration {p}: not a readable numpy file ({type(exc).__name__}: {exc})") from exc
+    try:
+        return as_images(arr, c, h, w)[0]
+    except InputError as exc:
+        raise type(exc)(f"--calibration {p}: {exc}") from exc
 
 
 def compile_checkpoint(checkpoint: str | None = None, preset: str = "secure",
-                       signs: SignTables = SignTables(), **options) -> tuple[Plan, object, dict]:
-    """Compile a checkpoint with its stored ReLU calibration; returns (plan, model, metadata).
-    ``options``: further :func:`ckksnet.compile` arguments (``image_size``, ``margin``, ...).
-    Raises the checkpoint's :class:`ckksnet.errors.DataError` kinds and :class:`CompileError`."""
-    model, meta = load_model(checkpoint)
+                       signs: SignTables = SignTables(), factory: str | None = None, weights: str | None = None,
+                       calibration: str | None = None, input_shape=None, image_size=None,
+                       **options) -> tuple[Plan, object, dict]:
+    """Compile a checkpoint with its stored ReLU calibration, or a factory's model
+    (:func:`load_model`) with calibration images read from ``calibration``
+    (:func:`read_calibration`; for a checkpoint they replace the stored bounds); returns (plan,
+    model, metadata). The input is ``input_shape`` (C, H, W) or ``image_size`` (N for N x N, or
+    (H, W)) (:func:`model_input_shape`). ``options``: further :func:`ckksnet.compile` arguments
+    (``margin``, ...). Raises the checkpoint's :class:`ckksnet.errors.DataError` kinds and
+    :class:`CompileError`."""
+    model, meta = load_model(checkpoint, factory, weights)
+    shape = model_input_shape(model, meta, input_shape, image_size)
+    if calibration is not None:
+        images = read_calibration(calibration, shape)
+        from ckksnet.compiler.phases import activation_nodes, trace
+
+        relus = list(activation_nodes(trace(model), dict(model.named_modules())).values())
+        plan = compile_model(model, calibration=images, preset=preset, input_shape=shape,
+                             **signs.compile_kwargs(relus), **options)
+        return plan, model, meta
+    if factory is not None:
+        raise CompileError(f"--model {factory}: give --calibration images (an .npz or .npy file, or a folder of "
+                           "images) to measure the ReLU inputs' ranges on")
     relus = meta["calibration"]["relus"]
-    plan = compile_model(model, calibration=relus, preset=preset, **signs.compile_kwargs(relus), **options)
+    plan = compile_model(model, calibration=relus, preset=preset, input_shape=shape,
+                         **signs.compile_kwargs(relus), **options)
     return plan, model, meta

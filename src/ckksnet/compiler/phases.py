@@ -87,12 +87,12 @@ _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 
 
 def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
-                  preset: str | Preset = "secure", image_size: tuple[int, int] = (32, 32),
+                  preset: str | Preset = "secure", image_size: tuple[int, int] | None = None,
                   alpha: int = 13, eps_bits: int = 9, margin: float = 1.5,
                   relu_alpha: dict[str, int | tuple[int, int]] | None = None, rotation_keys: str = "reuse",
                   lanes: bool | None = None, pooled_dense: bool | None = None,
                   classes: tuple[str, ...] | None = None, mean=None, std=None,
-                  relu_extension: float = 1.0) -> Plan:
+                  relu_extension: float = 1.0, input_shape: tuple[int, int, int] | None = None) -> Plan:
     """Compile a trained model into a complete encrypted-inference plan (schedule included).
 
     calibration: images (uint8 NHWC with values 0..255, or float NCHW in [0, 1], as ``twin`` and
@@ -116,6 +116,10 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     pipeline normalised); without either, pixels in [0, 1] go in as they are.
     ``relu_extension`` L (1: off): every ReLU stays accurate up to L B instead of B (domain
     extension, :mod:`ckksnet.kernels.relu`), for about ceil(log2 L) more levels per ReLU.
+    ``input_shape`` (C, H, W): the model's input, channels included; needed where the model does
+    not tell its channels (no convolution, no per-channel mean/std: an MLP that starts with
+    ``nn.Flatten``); ``image_size`` (H, W) gives the size alone (default 32 x 32). The plan
+    records the shape (``plan.input_shape``), so a client needs no size.
 
     Raises :class:`CompileError` naming the module or node (and its source line) for anything
     it cannot compute exactly, for missing calibration, for a Normalize module together with
@@ -137,7 +141,8 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     try:
         graph = trace(model)
         modules = dict(model.named_modules())
-        norm, mean, std = input_normalization(graph, modules, mean, std)
+        channels, image_size = _input_size(input_shape, image_size)
+        norm, mean, std = input_normalization(graph, modules, mean, std, channels)
         image_shape = (len(mean), int(image_size[0]), int(image_size[1]))
         ranges = _ranges(model, calibration, image_shape, None if norm else (mean, std))
         plan = Plan(preset=preset, rotation_keys=rotation_keys, model_id=model_identity(model),
@@ -295,8 +300,32 @@ def source_line(node: fx.Node) -> str:
     return f"{Path(path).name}:{line}: {str(code).strip()}"
 
 
-def input_normalization(graph: fx.Graph, modules: dict, mean=None, std=None):
-    """(name of the Normalize node the client applies or None, mean, std) per input channel."""
+def _input_size(input_shape, image_size) -> tuple[int | None, tuple[int, int]]:
+    """(channels or None, (H, W)) from compile's ``input_shape`` (C, H, W) and ``image_size``
+    (H, W); CompileError for a malformed shape or two that disagree."""
+    def positive(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+
+    size = None
+    if image_size is not None:
+        size = tuple(image_size)
+        if len(size) != 2 or not all(positive(v) for v in size):
+            raise CompileError(f"image_size must be (height, width), two positive integers, not {image_size!r}")
+    if input_shape is None:
+        return None, tuple(int(v) for v in (size or (32, 32)))
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(positive(v) for v in shape):
+        raise CompileError(f"input_shape must be (channels, height, width), three positive integers, "
+                           f"not {input_shape!r}")
+    if size is not None and tuple(int(v) for v in size) != tuple(int(v) for v in shape[1:]):
+        raise CompileError(f"image_size {tuple(size)} disagrees with input_shape {shape} (pass one of them)")
+    return int(shape[0]), (int(shape[1]), int(shape[2]))
+
+
+def input_normalization(graph: fx.Graph, modules: dict, mean=None, std=None, expected: int | None = None):
+    """(name of the Normalize node the client applies or None, mean, std) per input channel.
+    ``expected``: the channel count the caller gives (compile's ``input_shape``); a model or
+    mean/std that says otherwise is refused."""
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
     if len(inputs) != 1:
         raise CompileError(f"the model's forward must take one tensor (the images), not {len(inputs)} arguments")
@@ -319,10 +348,16 @@ def input_normalization(graph: fx.Graph, modules: dict, mean=None, std=None):
                  if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)]
         if convs:
             channels.add(convs[0].in_channels)
+    if expected is not None:
+        if channels and channels != {expected}:
+            raise CompileError(f"input_shape (--input-shape) gives {expected} input channel(s) but the model (its first "
+                               f"convolution or its mean/std) takes {sorted(channels)[0] if len(channels) == 1 else sorted(channels)}")
+        channels = {int(expected)}
     if len(channels) != 1:
         raise CompileError("cannot tell how many channels the input has" + (
             f" (mean/std and the model say {sorted(channels)})" if channels else
-            ": pass mean and std with one value per channel"))
+            ": pass input_shape=(channels, height, width) (--input-shape C H W), or mean and std with "
+            "one value per channel"))
     c = channels.pop()
     out = []
     for name, v, default in (("mean", mean, 0.0), ("std", std, 1.0)):

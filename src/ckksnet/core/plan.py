@@ -80,6 +80,12 @@ class ClientSpec:
     def bootstrap(self) -> bool:
         return bool(self.bootstrap_slots)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the client encrypts."""
+        lay = self.input_layout
+        return (lay.channels, lay.height, lay.width)
+
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, C) / (H, W, C) or float (N, C, H, W) / (C, H, W) in [0, 1] -> packed
         slots, (N, slots) or (slots,)."""
@@ -138,6 +144,12 @@ class Plan:
     @property
     def input_layout(self):
         return self.values[self.input].layout
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the model takes."""
+        lay = self.input_layout
+        return (lay.channels, lay.height, lay.width)
 
     @property
     def output_layout(self):

@@ -71,16 +71,26 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ckksnet.compiler.checkpoints import load_model
+    from ckksnet.compiler.checkpoints import load_model, model_input_shape
     from ckksnet.data import load_cifar10
     from ckksnet.training import evaluate
 
-    model, _ = load_model(args.checkpoint)
+    if args.limit is not None and args.limit < 1:
+        raise CkksnetError(f"--limit must be at least 1 image, not {args.limit}")
+    model, meta = load_model(args.checkpoint, args.model, args.weights)
+    c, h, w = model_input_shape(model, meta, args.input_shape, args.image_size)
+    if c != 3 or h > 32 or w > 32:
+        raise CkksnetError(f"eval reads CIFAR-10's 3x32x32 test images; the model takes {c}x{h}x{w} "
+                           "(a model for 3 channels and at most 32x32 pixels is evaluated on the images' centres)")
     split = load_cifar10("test", args.data)
     if args.limit is not None:
-        if args.limit < 1:
-            raise CkksnetError(f"--limit must be at least 1 image, not {args.limit}")
         split = split.stratified(args.limit)  # the test split is class-sorted: every class, in turn
+    if (h, w) != split.images.shape[1:3]:
+        from dataclasses import replace
+
+        top, left = (split.images.shape[1] - h) // 2, (split.images.shape[2] - w) // 2
+        split = replace(split, images=split.images[:, top:top + h, left:left + w].copy(),
+                        source=f"{split.source}, each image's {h}x{w} centre")
     result = evaluate(model, split)
     if args.limit is not None:
         result["subset"] = (f"stratified: {result['images']} images in all, taken from each class in turn "
@@ -308,8 +318,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from ckksnet.compiler.checkpoints import compile_checkpoint
     from ckksnet.compiler.report import plan_report, plan_text
 
-    net, _, _ = compile_checkpoint(args.checkpoint, args.preset, flags.sign_tables(args),
-                                   image_size=(args.image_size, args.image_size))
+    net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), **flags.model_source(args))
     rep = plan_report(net)
     return _emit(args, rep, plan_text(rep))
 
@@ -317,14 +326,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="compile and print the schedule (levels, bootstraps, keys, estimated "
                        "time and memory) without making any key")
-    flags.add(p, "checkpoint", "preset", "alpha", "eps-bits", "relu-sign", "image-size")
+    flags.add(p, *flags.MODEL, "calibration", "preset", "alpha", "eps-bits", "relu-sign")
     flags.add(p, "json")
     p.set_defaults(func=_cmd_plan)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="plaintext test accuracy of the bundled (or a given) checkpoint")
-    flags.add(p, "checkpoint")
+    p = sub.add_parser("eval", help="plaintext test accuracy of the bundled (or a given) checkpoint, or of "
+                       "your own model (--model)")
+    flags.add(p, *flags.MODEL)
     p.add_argument("--data", help="CIFAR-10 location, or 'foolbox' for the 20 official images")
     p.add_argument("--limit", type=int, help="LIMIT test images, taken from each class in turn")
     flags.add(p, "json")
@@ -336,17 +346,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     """Compile a checkpoint and write the server and client artifacts (no key is made)."""
     from ckksnet.compiler.checkpoints import compile_checkpoint
 
-    net, _, _ = compile_checkpoint(args.checkpoint, args.preset, flags.sign_tables(args),
-                                   image_size=(args.image_size, args.image_size))
+    net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), **flags.model_source(args))
     folder = net.save(args.out)
     spec = net.client_spec()
     report = {"out": str(folder), "server_plan": str(folder / "server_plan.ckksnet"),
               "client_plan": str(folder / "client_plan.ckksnet"), "preset": net.preset.name,
               "steps": len(net.steps), "bootstraps": net.schedule.bootstraps, "input_level": spec.input_level,
               "rotation_keys": len(spec.rotation_keys), "bootstrap_keys": spec.bootstrap,
-              "classes": list(spec.classes)}
+              "classes": list(spec.classes), "input_shape": list(spec.input_shape)}
     return _emit(args, report, f"compiled {report['steps']} steps ({report['bootstraps']} bootstraps, preset "
-                 f"{report['preset']}) into {folder}: give client_plan.ckksnet to the client, keep "
+                 f"{report['preset']}, input {'x'.join(map(str, spec.input_shape))}) into {folder}: give client_plan.ckksnet to the client, keep "
                  "server_plan.ckksnet on the server")
 
 
@@ -401,6 +410,7 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out} is a file; give the folder for the ciphertexts")
     client = _client_from_files(args.client, args.keys)
     lay = client.spec.input_layout
+    _check_input_shape(args, client.spec.input_shape)
     names = [Path(p).stem + ".ckks" for p in args.images]
     if len(set(names)) != len(names):
         raise InputError("two images share a file name; each gives CT_DIR/<name>.ckks")
@@ -414,6 +424,17 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
         save_ciphertext(client.ckks, client.encrypt(pixels), out / name)
         done.append({"image": image, "ciphertext": str(out / name), "resized": note is not None})
     return _emit(args, {"ciphertexts": done}, "\n".join(f"{d['image']} -> {d['ciphertext']}" for d in done))
+
+
+def _check_input_shape(args: argparse.Namespace, shape: tuple) -> None:
+    """--input-shape / --image-size, where given, must be the client plan's input (it records it)."""
+    c, h, w = shape
+    if args.input_shape is not None and tuple(args.input_shape) != (c, h, w):
+        raise CkksnetError(f"--input-shape {' '.join(map(str, args.input_shape))} disagrees with the client plan, "
+                           f"compiled for {c}x{h}x{w} inputs (the plan records its input: drop the flag)")
+    if args.image_size is not None and (args.image_size, args.image_size) != (h, w):
+        raise CkksnetError(f"--image-size {args.image_size} disagrees with the client plan, compiled for "
+                           f"{h}x{w} images (the plan records its input: drop the flag)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -533,20 +554,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from ckksnet.compiler.checkpoints import load_model, model_input_shape
     from ckksnet.compiler.phases import CIFAR10_CLASSES
     from ckksnet.imagefile import read_image
     from ckksnet.inputs import as_images
 
-    from ckksnet.compiler.checkpoints import load_model
-
-    model, _ = load_model(args.checkpoint)
-    channels = len(model.config["mean"])
+    model, meta = load_model(args.checkpoint, args.model, args.weights)
+    channels, height, width = model_input_shape(model, meta, args.input_shape, args.image_size)
     out = []
     for image in args.images:
-        pixels, note = read_image(image, channels, args.image_size, args.image_size, args.resize)
+        pixels, note = read_image(image, channels, height, width, args.resize)
         if note:
             print(note, file=sys.stderr)
-        x, _ = as_images(pixels, channels, args.image_size, args.image_size)
+        x, _ = as_images(pixels, channels, height, width)
         with torch.no_grad():
             logits = model(torch.from_numpy(x).float()).double().numpy()[0]
         out.append({"image": image, **_prediction(np.asarray(logits), CIFAR10_CLASSES)})
@@ -555,10 +575,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_client_server(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compile", help="compile a checkpoint into server and client artifacts")
-    flags.add(p, "checkpoint", "preset")
+    p = sub.add_parser("compile", help="compile a checkpoint, or your own model (--model), into server and "
+                       "client artifacts")
+    flags.add(p, *flags.MODEL, "calibration", "preset")
     p.add_argument("--out", required=True, help="folder for server_plan.ckksnet and client_plan.ckksnet")
-    flags.add(p, "alpha", "eps-bits", "image-size", "relu-sign", "json")
+    flags.add(p, "alpha", "eps-bits", "relu-sign", "json")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("keygen", help="make the keys a client artifact needs (secret key stays here)")
@@ -574,6 +595,9 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--client", required=True, help="client artifact (client_plan.ckksnet)")
     p.add_argument("--out", required=True, help="folder for the ciphertexts (<image name>.ckks)")
     flags.add(p, "resize", "json")
+    flags.add(p, "input-shape", "image-size",
+              input_shape={"help": "not needed: the client plan records its input; if given, it must agree"},
+              image_size={"help": "not needed: the client plan records its input; if given, it must agree"})
     p.set_defaults(func=_cmd_encrypt)
 
     p = sub.add_parser("run", help="server side, offline: run the plan on a ciphertext file, or on a folder "
@@ -602,9 +626,10 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     flags.add(p, "json")
     p.set_defaults(func=_cmd_decrypt)
 
-    p = sub.add_parser("predict", help="plaintext prediction of a checkpoint on image files (torch)")
+    p = sub.add_parser("predict", help="plaintext prediction of a checkpoint, or your own model (--model), on "
+                       "image files (torch)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, .npy)")
-    flags.add(p, "checkpoint", "image-size", "resize", "json")
+    flags.add(p, *flags.MODEL, "resize", "json")
     p.set_defaults(func=_cmd_predict)
 
 

@@ -38,13 +38,30 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
         "action": "store_true",
         "help": "do not refuse to start when the keys need more memory than this process may take "
                 "(RLIMIT_AS, cgroup memory.max, MemAvailable); also CKKSNET_SKIP_MEMORY_CHECK=1"}),
-    "image-size": (("--image-size",), {"type": int, "default": 32, "help": "the model's input is N x N pixels"}),
+    "image-size": (("--image-size",), {"type": int, "help": "the model's input is N x N pixels (default: the "
+                                                           "checkpoint's recorded size, else 32)"}),
+    "model": (("--model",), {"metavar": "MODULE:FACTORY",
+                             "help": "your own model instead of a checkpoint: a function or class in an importable "
+                                     "module (on PYTHONPATH or in the current directory; or path/to/file.py:FACTORY), "
+                                     "called with no arguments, that returns the torch.nn.Module"}),
+    "weights": (("--weights",), {"metavar": "STATE_DICT",
+                                 "help": "with --model: the weights, a file written by "
+                                         "torch.save(model.state_dict(), path)"}),
+    "input-shape": (("--input-shape",), {"type": int, "nargs": 3, "metavar": ("C", "H", "W"),
+                                         "help": "the model's input: channels, height, width (needed where the "
+                                                 "model has no convolution to tell its channels, e.g. an MLP)"}),
+    "calibration": (("--calibration",), {"metavar": "IMAGES",
+                                         "help": "images to measure each ReLU's input range on (required with "
+                                                 "--model): an .npz or .npy array (uint8 N,H,W,C or float N,C,H,W "
+                                                 "in [0, 1]) or a folder of PNG/JPEG/.npy images of the model's size"}),
     "resize": (("--resize",), {"nargs": "?", "const": "crop", "choices": ("crop", "stretch"), "default": False,
                                "help": "resize PNG/JPEG images to the model's size: crop (default: keep the "
                                        "aspect ratio, take the centre) or stretch"}),
 }
 #: the flags of a compiled plan's sign tables, together
 SIGN_TABLES = ("alpha", "eps-bits", "relu-sign")
+#: where a command's model comes from: a checkpoint, or a factory with its weights and input shape
+MODEL = ("checkpoint", "model", "weights", "input-shape", "image-size")
 
 
 def add(parser: argparse.ArgumentParser, *names: str, **overrides) -> None:
@@ -53,6 +70,17 @@ def add(parser: argparse.ArgumentParser, *names: str, **overrides) -> None:
     for name in names:
         flags, kwargs = FLAGS[name]
         parser.add_argument(*flags, **{**kwargs, **overrides.get(name.replace("-", "_"), {})})
+
+
+def model_source(args: argparse.Namespace, calibration: bool = True) -> dict:
+    """The parsed model flags (:data:`MODEL`, and ``--calibration``) as keyword arguments of
+    :func:`ckksnet.compiler.checkpoints.compile_checkpoint` (``calibration=False``: of
+    ``load_model`` and ``model_input_shape`` alone)."""
+    out = {"checkpoint": args.checkpoint, "factory": args.model, "weights": args.weights,
+           "input_shape": tuple(args.input_shape) if args.input_shape else None, "image_size": args.image_size}
+    if calibration:
+        out["calibration"] = args.calibration
+    return out
 
 
 def sign_tables(args: argparse.Namespace):
