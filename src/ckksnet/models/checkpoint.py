@@ -345,7 +345,10 @@ def save_checkpoint(model: torch.nn.Module, meta: dict, folder: str | os.PathLik
     if not hasattr(model, "config"):
         raise DataError(f"save_checkpoint writes ckksnet's CIFAR ResNets (they carry a .config); a "
                         f"{type(model).__name__} has none: compile it with ckksnet.compile(model, calibration=...) "
-                        "and save the plan (net.save(folder)) instead")
+                        "and save the plan (net.save(folder)) instead, or save its state dict "
+                        "(torch.save(model.state_dict(), path)) and give the command line the model itself: "
+                        "ckksnet compile --model MODULE:FACTORY --weights path --calibration IMAGES "
+                        "(README, 'Your own model')")
     meta = {"config": model.config, **{k: v for k, v in meta.items() if k != "checksum"}}
     meta = json.loads(_json_text(meta))  # what will be read back, so the digests match
     config = check_config(meta["config"], "checkpoint metadata")
