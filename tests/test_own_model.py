@@ -127,6 +127,12 @@ def test_the_command_line_takes_a_factory_model(own, tmp_path, capsys, monkeypat
                 "8", "--json"]) == 0
     (plain,) = json.loads(capsys.readouterr().out)["predictions"]
     assert np.max(np.abs(np.array(plain["logits"]) - want)) < 1e-5  # the same torch model
+    assert cli(["predict", "digit.npy", "--model", "own_nets:TinyNet", "--weights", "tiny.pt"]) == 2
+    err = capsys.readouterr().err  # 32x32 by default: the .npy is 8x8
+    assert "digit.npy: images of shape (1, 8, 8)" in err and "(1, 32, 32)" in err, err
+    np.save(folder / "big.npy", np.zeros((1, 16, 16)))
+    assert cli(["predict", "big.npy", "--model", "own_nets:TinyNet", "--weights", "tiny.pt", "--image-size", "16"]) == 2
+    assert "the model does not run on 1x16x16 images" in capsys.readouterr().err
     # the flags still work when given, and a mismatch is refused
     assert cli(["encrypt", str(folder / "digit.npy"), *keys, *client, "--out", str(tmp_path / "ct2"),
                 "--input-shape", "1", "8", "8", "--image-size", "8"]) == 0

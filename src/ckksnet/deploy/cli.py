@@ -91,7 +91,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         top, left = (split.images.shape[1] - h) // 2, (split.images.shape[2] - w) // 2
         split = replace(split, images=split.images[:, top:top + h, left:left + w].copy(),
                         source=f"{split.source}, each image's {h}x{w} centre")
-    result = evaluate(model, split)
+    try:
+        result = evaluate(model, split)
+    except RuntimeError as exc:  # torch's shape errors: the model takes another input than said
+        raise CkksnetError(f"the model does not run on {c}x{h}x{w} images ({exc}); give its input with "
+                           "--input-shape C H W or --image-size N") from exc
     if args.limit is not None:
         result["subset"] = (f"stratified: {result['images']} images in all, taken from each class in turn "
                             f"({len(result['per_class'])} classes)")
@@ -567,8 +571,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if note:
             print(note, file=sys.stderr)
         x, _ = as_images(pixels, channels, height, width)
-        with torch.no_grad():
-            logits = model(torch.from_numpy(x).float()).double().numpy()[0]
+        try:
+            with torch.no_grad():
+                logits = model(torch.from_numpy(x).float()).double().numpy()[0]
+        except RuntimeError as exc:  # torch's shape errors: the model takes another input than said
+            raise CkksnetError(f"the model does not run on {channels}x{height}x{width} images ({exc}); give its "
+                               "input with --input-shape C H W or --image-size N") from exc
         out.append({"image": image, **_prediction(np.asarray(logits), CIFAR10_CLASSES)})
     return _emit(args, {"predictions": out},
                  "\n".join(_prediction_text(f"plaintext prediction of {p['image']}", p) for p in out))
