@@ -151,7 +151,7 @@ def test_plan_takes_a_factory_model_without_convolution(own, capsys, monkeypatch
     assert cli(["plan", "--model", "own_nets:mlp", "--weights", "mlp.pt", "--input-shape", "1", "8", "8",
                 "--calibration", "calibration.npz", "--preset", "test", *SIGNS, "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert [s["kind"] for s in rep["steps"]] == ["linear", "relu", "linear"]
+    assert [s["kind"] for s in rep["steps"]] == ["linear", "relu", "linear"] and rep["input_shape"] == [1, 8, 8]
     assert cli(["plan", "--model", "own_nets:mlp", "--weights", "mlp.pt", "--calibration", "calibration.npz",
                 "--preset", "test"]) == 2
     assert "cannot tell how many channels the input has" in capsys.readouterr().err
@@ -265,3 +265,24 @@ def test_a_calibration_folder_and_a_module_instance(own, tmp_path, monkeypatch):
     assert isinstance(load_factory_model(f"{folder / 'own_nets.py'}:mlp"), nn.Sequential)
     with pytest.raises(CompileError, match="no such file"):
         load_factory_model(f"{folder / 'missing.py'}:mlp")
+
+
+def test_a_checkpoint_may_record_its_input_shape(tmp_path, capsys):
+    """``save_checkpoint(model, {..., "input_shape": [3, 8, 8]}, folder)``: plan and predict need no
+    --image-size (the ResNet is fully convolutional: --image-size still overrides the size)."""
+    from ckksnet.models import ResNetCifar, save_checkpoint
+    from ckksnet.training import calibrate
+
+    torch.manual_seed(0)
+    model = random_batchnorms(ResNetCifar(blocks=1, widths=(2, 4, 8)), torch.Generator().manual_seed(1))
+    images = np.random.default_rng(5).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    ck = save_checkpoint(model, {"calibration": {"relus": calibrate(model, images)}, "input_shape": [3, 8, 8]},
+                         tmp_path / "ck")
+    assert cli(["plan", "--checkpoint", str(ck), "--preset", "test", *SIGNS, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_shape"] == [3, 8, 8]
+    np.save(tmp_path / "img.npy", images[0].transpose(2, 0, 1) / 255.0)
+    assert cli(["predict", str(tmp_path / "img.npy"), "--checkpoint", str(ck), "--json"]) == 0
+    (pred,) = json.loads(capsys.readouterr().out)["predictions"]
+    assert np.allclose(pred["logits"], _torch_logits(model, images[:1].transpose(0, 3, 1, 2) / 255.0)[0], atol=1e-5)
+    assert cli(["plan", "--checkpoint", str(ck), "--preset", "test", "--image-size", "32"]) == 2
+    assert "does not fit one ciphertext" in capsys.readouterr().err

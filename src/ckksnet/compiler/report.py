@@ -32,7 +32,7 @@ def plan_report(plan) -> dict:
               "estimated_seconds": s.seconds} for s in sched.steps]
     return {"preset": preset.name, "secure": preset.secure, "ring_dim": preset.ring_dim, "slots": preset.slots,
             "depth": preset.depth, "levels_after_bootstrap": preset.levels_after_bootstrap,
-            "input_level": sched.input_level, "steps": steps,
+            "input_level": sched.input_level, "input_shape": list(plan.input_shape), "steps": steps,
             "totals": {"steps": len(steps), "bootstraps": sched.bootstraps, "key_switches": sched.key_switches,
                        "rotation_keys_assumed": len(sched.key_rotations),
                        "rotation_keys_client_makes": len(sched.client_rotations),
@@ -55,7 +55,8 @@ def plan_text(rep: dict) -> str:
     est = "n/a" if t["estimated_seconds"] is None else f"{t['estimated_seconds']:.0f} s ({t['estimated_seconds'] / 60:.1f} min)"
     key = "n/a" if t["rotation_key_gib"] is None else f"{t['rotation_key_gib']} GiB"
     peak = "n/a" if t["estimated_peak_gib"] is None else f"{t['estimated_peak_gib']} GiB"
-    rows.append(f"preset {rep['preset']} (N={rep['ring_dim']}, {rep['slots']} slots, input at {rep['input_level']} "
+    shape = "x".join(map(str, rep["input_shape"])) + " " if rep.get("input_shape") else ""
+    rows.append(f"preset {rep['preset']} (N={rep['ring_dim']}, {rep['slots']} slots, input {shape}at {rep['input_level']} "
                 f"levels): {t['bootstraps']} bootstraps, {t['key_switches']} key switches, "
                 f"{t['rotation_keys_client_makes']} rotation keys made beyond bootstrapping's "
                 f"({t['automorphism_keys']} automorphism keys, {key}); estimated {est}, peak memory {peak}")
