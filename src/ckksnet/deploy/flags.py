@@ -72,15 +72,12 @@ def add(parser: argparse.ArgumentParser, *names: str, **overrides) -> None:
         parser.add_argument(*flags, **{**kwargs, **overrides.get(name.replace("-", "_"), {})})
 
 
-def model_source(args: argparse.Namespace, calibration: bool = True) -> dict:
-    """The parsed model flags (:data:`MODEL`, and ``--calibration``) as keyword arguments of
-    :func:`ckksnet.compiler.checkpoints.compile_checkpoint` (``calibration=False``: of
-    ``load_model`` and ``model_input_shape`` alone)."""
-    out = {"checkpoint": args.checkpoint, "factory": args.model, "weights": args.weights,
-           "input_shape": tuple(args.input_shape) if args.input_shape else None, "image_size": args.image_size}
-    if calibration:
-        out["calibration"] = args.calibration
-    return out
+def model_source(args: argparse.Namespace) -> dict:
+    """The parsed model flags (:data:`MODEL` and ``--calibration``) as keyword arguments of
+    :func:`ckksnet.compiler.checkpoints.compile_checkpoint`."""
+    return {"checkpoint": args.checkpoint, "factory": args.model, "weights": args.weights,
+            "input_shape": tuple(args.input_shape) if args.input_shape else None, "image_size": args.image_size,
+            "calibration": args.calibration}
 
 
 def sign_tables(args: argparse.Namespace):
