@@ -32,6 +32,7 @@ import openfhe as ofhe
 from ckksnet.backend.context import (CkksClient, CkksContext, CkksServer, Ciphertext, context_id_for,
                                      require_type, rotations_of_automorphisms)
 from ckksnet.backend.presets import Preset, get_preset
+from ckksnet.core.tiles import Tiles, tiles_of
 from ckksnet.errors import (ContextMismatchError, CorruptDataError, PresetError, SerializationError,
                             VersionMismatchError)
 
@@ -198,9 +199,20 @@ def bootstrap_keys_to_bytes(ctx: CkksContext) -> bytes:
     return pack("bootstrap_keys", payload, key_fields(ctx, extra))
 
 
+#: the most ciphertexts one file holds (a tensor over several ciphertexts: :mod:`ckksnet.core.tiles`)
+MAX_TILES = 4096
+
+
 def ciphertext_to_bytes(ctx: CkksContext, ct: Ciphertext) -> bytes:
-    require_type(ctx, CkksContext, "the key set", "a CkksClient or CkksServer").check_ciphertext(ct)
-    return pack("ciphertext", ofhe.Serialize(ct, ofhe.BINARY), key_fields(ctx))
+    """One ciphertext, or the :class:`~ckksnet.core.tiles.Tiles` of a tensor over several (their
+    payloads one after another, each one's length in the header's ``tiles`` list)."""
+    require_type(ctx, CkksContext, "the key set", "a CkksClient or CkksServer")
+    parts = tiles_of(ct)
+    for c in parts:
+        ctx.check_ciphertext(c)
+    payloads = [ofhe.Serialize(c, ofhe.BINARY) for c in parts]
+    extra = {"tiles": [len(p) for p in payloads]} if isinstance(ct, Tiles) else None
+    return pack("ciphertext", b"".join(payloads), key_fields(ctx) | (extra or {}))
 
 
 # ---------------------------------------------------------------- key objects: from bytes
@@ -208,7 +220,19 @@ def ciphertext_from_bytes(ctx: CkksContext, data: bytes) -> Ciphertext:
     """Load a ciphertext of ``ctx``'s key set. Raises :class:`ContextMismatchError` (another
     key set's) or the envelope's errors."""
     require_type(ctx, CkksContext, "the key set", "a CkksClient or CkksServer")
-    payload, _ = unpack_key(data, "ciphertext", ctx.context_id)
+    payload, header = unpack_key(data, "ciphertext", ctx.context_id)
+    if "tiles" not in header:
+        return _one_ciphertext(ctx, payload)
+    sizes = header_field(header, "tiles", list, "ciphertext header")
+    ok = 1 <= len(sizes) <= MAX_TILES and all(type(n) is int and n > 0 for n in sizes)
+    if not ok or sum(sizes) != len(payload):
+        raise CorruptDataError(f"the ciphertext header's tiles ({len(sizes)} entries) do not describe its "
+                               f"{len(payload)}-byte payload")
+    ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+    return Tiles(_one_ciphertext(ctx, payload[e - n:e]) for n, e in zip(sizes, ends))
+
+
+def _one_ciphertext(ctx: CkksContext, payload: bytes) -> Ciphertext:
     ct = openfhe_load("ciphertext", ofhe.DeserializeCiphertextString, payload, ofhe.BINARY)
     if ct.GetKeyTag() != ctx.key_tag:
         raise CorruptDataError("the ciphertext's payload belongs to another key set than its header says")
@@ -216,7 +240,8 @@ def ciphertext_from_bytes(ctx: CkksContext, data: bytes) -> Ciphertext:
 
 
 def save_ciphertext(ctx: CkksContext, ct: Ciphertext, path: str | os.PathLike) -> Path:
-    """Write one ciphertext file (a few MB at the test preset, up to ~25 MB at secure)."""
+    """Write one ciphertext file (a few MB at the test preset, up to ~25 MB at secure), or the
+    tiles of a tensor over several ciphertexts in one file."""
     return save(ciphertext_to_bytes(ctx, ct), path)
 
 

@@ -253,7 +253,8 @@ class Affine:
         return Layout(*self.shape, 1, slots)
 
     def slot_matrix(self, dst) -> tuple[sp.csr_matrix, np.ndarray]:
-        """(matrix, bias) on slots from ``src``'s layout to ``dst``."""
+        """(matrix, bias) on packed slots from ``src``'s layout to ``dst``: (dst ciphertexts *
+        slots, src ciphertexts * slots) and (dst ciphertexts * slots,)."""
         src = self.src.layout
         shape = (dst.channels, dst.height, dst.width) if isinstance(dst, Layout) else (dst.length,)
         if int(np.prod(shape)) != int(np.prod(self.shape)):
@@ -262,7 +263,8 @@ class Affine:
         nz = coo.data != 0
         rows = np.asarray(dst.index).ravel()[coo.row[nz]]
         cols = np.asarray(src.index).ravel()[coo.col[nz]]
-        slots = src.slots
-        bias = np.zeros(slots)
+        slots = src.slots  # over several ciphertexts: tile t is rows/columns [t * slots, (t + 1) * slots)
+        n_out, n_in = dst.ciphertexts * slots, src.ciphertexts * slots
+        bias = np.zeros(n_out)
         bias[np.asarray(dst.index).ravel()] = self.bias
-        return sp.csr_matrix((coo.data[nz], (rows, cols)), shape=(slots, slots)), bias
+        return sp.csr_matrix((coo.data[nz], (rows, cols)), shape=(n_out, n_in)), bias

@@ -42,7 +42,7 @@ from ckksnet.core.plan import Value
 from ckksnet.kernels.registry import LoweringContext, register
 from ckksnet.errors import CompileError, ShapeError
 from ckksnet.kernels.add import AddStep
-from ckksnet.kernels.linear import LinearMap, LinearStep
+from ckksnet.kernels.linear import BlockLinearMap, LinearMap, LinearStep, tile_spans
 from ckksnet.kernels.pool import SumPoolStep
 from ckksnet.kernels.pooled_dense import PooledDense
 from ckksnet.kernels.relu import ReluStep
@@ -167,7 +167,8 @@ def _emit(ctx: LoweringContext, aff: Affine, layout) -> Value:
     used = getattr(ctx, "unique", None)
     name = used(aff.name) if used else aff.name
     lanes = ctx.options.lanes
-    if layout is None and isinstance(src.layout, PooledLayout) and len(aff.shape) == 1:
+    if (layout is None and isinstance(src.layout, PooledLayout) and len(aff.shape) == 1
+            and src.layout.ciphertexts == 1 and aff.shape[0] <= ctx.slots):
         dst = VectorLayout(aff.shape[0], ctx.slots)
         matrix, bias = aff.slot_matrix(dst)
         generic = LinearMap.fold(matrix, bias, name, src.layout.span, lanes)
@@ -186,7 +187,10 @@ def _emit(ctx: LoweringContext, aff: Affine, layout) -> Value:
     except ShapeError as exc:
         raise CompileError(f"{aff.name}: {exc}") from exc
     matrix, bias = aff.slot_matrix(dst)
-    kernel = LinearMap.fold(matrix, bias, name, src.layout.span, lanes)
+    if src.layout.ciphertexts == 1 and dst.ciphertexts == 1:
+        kernel = LinearMap.fold(matrix, bias, name, src.layout.span, lanes)
+    else:  # several ciphertexts in or out: one block per (output, input) ciphertext pair
+        kernel = BlockLinearMap.split(matrix, bias, ctx.slots, name, tile_spans(src.layout))
     return ctx.add_step(LinearStep(name, kernel), [src], ctx.new_value(dst))
 
 
@@ -334,6 +338,8 @@ def _avg_pool(ctx, node, fn) -> Value:
         src = materialize(ctx, ctx.value(x))
         if not isinstance(src.layout, Layout):
             raise ctx.fail(node, "global pooling needs a feature map")
+        if not src.layout.aligned:  # a channel's grid split between ciphertexts: sum it as a linear map
+            return _apply(ctx, node, x, matrix, np.zeros(matrix.shape[0]), out_shape, heavy=True)
         name = ctx.unique(ctx.step_name(node))
         pooled = ctx.add_step(SumPoolStep(name, src.layout), [src], ctx.new_value(PooledLayout(src.layout)))
         # per-channel sums; the 1 / (H W) waits for the next linear layer

@@ -1,7 +1,8 @@
 """What a compiled plan will cost, before any key exists: ``ckksnet plan``'s report.
 
-Per step: kind, levels in and out, bootstraps, rotation indices and key switches of its kernel,
-estimated seconds; totals: bootstraps, rotation keys and their memory, estimated time and peak
+Per step: kind, the ciphertexts its output spans (an activation larger than one ciphertext spans
+several: work, bootstraps and key switches count every ciphertext), levels in and out,
+bootstraps, rotation indices and key switches of its kernel, estimated seconds; totals: bootstraps, rotation keys and their memory, estimated time and peak
 memory. Times come from the preset's measured cost model (:mod:`ckksnet.core.costs`); key
 memory is the automorphism keys present (bootstrapping's, as measured for the preset, plus the
 plan's own) times one key-switching key; the peak is the resident memory measured after
@@ -27,12 +28,14 @@ def plan_report(plan) -> dict:
     peak = None
     if "keys_gib" in mem and one:
         peak = round(mem["keys_gib"] + len(sched.client_rotations) * one + mem.get("run_overhead_gib", 0.0), 2)
-    steps = [{"step": s.name, "kind": s.kind, "level_in": s.level_in, "level_out": s.level_out,
+    widths = [getattr(plan.values[o].layout, "ciphertexts", 1) for _, _, o in plan.steps]
+    steps = [{"step": s.name, "kind": s.kind, "ciphertexts": k, "level_in": s.level_in, "level_out": s.level_out,
               "bootstraps": s.bootstraps, "rotations": s.rotations, "key_switches": s.key_switches,
-              "estimated_seconds": s.seconds} for s in sched.steps]
+              "estimated_seconds": s.seconds} for s, k in zip(sched.steps, widths)]
     return {"preset": preset.name, "secure": preset.secure, "ring_dim": preset.ring_dim, "slots": preset.slots,
             "depth": preset.depth, "levels_after_bootstrap": preset.levels_after_bootstrap,
-            "input_level": sched.input_level, "input_shape": list(plan.input_shape), "steps": steps,
+            "input_level": sched.input_level, "input_shape": list(plan.input_shape),
+            "input_ciphertexts": getattr(plan.input_layout, "ciphertexts", 1), "steps": steps,
             "totals": {"steps": len(steps), "bootstraps": sched.bootstraps, "key_switches": sched.key_switches,
                        "rotation_keys_assumed": len(sched.key_rotations),
                        "rotation_keys_client_makes": len(sched.client_rotations),
@@ -47,17 +50,19 @@ def plan_report(plan) -> dict:
 
 def plan_text(rep: dict) -> str:
     """The report as a table and a totals line."""
-    rows = [f"{'step':<22} {'kind':<7} {'levels':>9} {'boots':>5} {'rots':>5} {'ks':>5} {'est s':>8}"]
+    rows = [f"{'step':<22} {'kind':<7} {'cts':>3} {'levels':>9} {'boots':>5} {'rots':>5} {'ks':>5} {'est s':>8}"]
     for s in rep["steps"]:
-        rows.append(f"{s['step']:<22} {s['kind']:<7} {s['level_in']:>4}->{s['level_out']:<3} {s['bootstraps']:>5} "
+        rows.append(f"{s['step']:<22} {s['kind']:<7} {s.get('ciphertexts', 1):>3} "
+                    f"{s['level_in']:>4}->{s['level_out']:<3} {s['bootstraps']:>5} "
                     f"{s['rotations']:>5} {s['key_switches']:>5} {s['estimated_seconds']:>8.2f}")
     t = rep["totals"]
     est = "n/a" if t["estimated_seconds"] is None else f"{t['estimated_seconds']:.0f} s ({t['estimated_seconds'] / 60:.1f} min)"
     key = "n/a" if t["rotation_key_gib"] is None else f"{t['rotation_key_gib']} GiB"
     peak = "n/a" if t["estimated_peak_gib"] is None else f"{t['estimated_peak_gib']} GiB"
-    shape = "x".join(map(str, rep["input_shape"])) + " " if rep.get("input_shape") else ""
-    rows.append(f"preset {rep['preset']} (N={rep['ring_dim']}, {rep['slots']} slots, input {shape}at {rep['input_level']} "
-                f"levels): {t['bootstraps']} bootstraps, {t['key_switches']} key switches, "
+    shape = "x".join(map(str, rep["input_shape"])) + " in " if rep.get("input_shape") else ""
+    rows.append(f"preset {rep['preset']} (N={rep['ring_dim']}, {rep['slots']} slots, input {shape}"
+                f"{rep.get('input_ciphertexts', 1)} ciphertext(s) at {rep['input_level']} levels): "
+                f"{t['bootstraps']} bootstraps (one per ciphertext refreshed), {t['key_switches']} key switches, "
                 f"{t['rotation_keys_client_makes']} rotation keys made beyond bootstrapping's "
                 f"({t['automorphism_keys']} automorphism keys, {key}); estimated {est}, peak memory {peak}")
     rows.append(f"cost model: {rep['cost_model']}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ckksnet.core.params import Preset
+from ckksnet.core.tiles import join, split_packed, tiles_of
 from ckksnet.errors import RangeError
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.layout.rotations import rotation_paths, signed_powers_of_two
@@ -260,23 +261,31 @@ class Plan:
         used = lambda v: np.asarray(self.values[v].layout.index).ravel()  # noqa: E731
         x = packed if noise is None else noise.perturb("input", packed, rng, used(self.input))
         after = _twin_observer(self, noise, rng, used, ranges if ranges is not None else {})
+        fresh = join([ev.fresh(part, self.schedule.input_level) for part in split_packed(x, self.preset.slots)])
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, not warned
-            out = walk(self, ev, ev.fresh(x, self.schedule.input_level),
-                       ScheduledRefresh(ev, self.schedule.decisions()), after_step=after)
-        return self.output_layout.unpack(out.data * self.values[self.output].scale)
+            out = walk(self, ev, fresh, ScheduledRefresh(ev, self.schedule.decisions()), after_step=after)
+        return self.output_layout.unpack(_slots(out) * self.values[self.output].scale)
+
+
+def _slots(value) -> np.ndarray:
+    """A twin value's slots, (batch, ciphertexts * slots): its tiles side by side."""
+    return np.concatenate([t.data for t in tiles_of(value)], axis=-1)
 
 
 def _twin_observer(plan: Plan, noise, rng, used, ranges: dict):
     """after_step for the twin: range figures of kernels with a ``domain``, then noise."""
     def after(i, step, inputs, out):
         if step.domain is not None:
-            x = np.abs(inputs[0].data)
+            x = np.abs(_slots(inputs[0]))
             r = ranges.setdefault(step.name, {"domain": step.domain, "total": 0, "outside": 0, "max_ratio": 0.0})
             r["total"] += int(x.size)
             r["outside"] += int(np.count_nonzero(~(x <= step.domain)))
             r["max_ratio"] = max(r["max_ratio"], float(np.nanmax(x, initial=0.0)) / step.domain)
         if noise is not None:
-            out.data = noise.perturb(step.name, out.data, rng, used(plan.steps[i][2]))
+            idx, slots = used(plan.steps[i][2]), plan.preset.slots
+            for t, part in enumerate(tiles_of(out)):  # each tile's own used slots
+                mine = idx[(idx >= t * slots) & (idx < (t + 1) * slots)] - t * slots
+                part.data = noise.perturb(step.name, part.data, rng, mine)
         return out
     return after
 

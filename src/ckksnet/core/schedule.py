@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ckksnet.core.costs import cost_model
+from ckksnet.core.tiles import join
 from ckksnet.core.tracer import INPUT, LevelTracer
 from ckksnet.errors import CompileError, LevelError, MissingKeyError
 
@@ -171,7 +172,9 @@ def _schedule(plan, tuner: "_Tuner") -> "Schedule":
         _dry_run(plan, tracer, preset.depth, greedy, walk)
     slack = [tracer.slack_of(b) for b in range(greedy.count)]
     boots = iter(range(greedy.count))
-    decisions = [preset.levels_after_bootstrap - slack[next(boots)] if b else None for b in greedy.decisions]
+    # a call that bootstrapped k ciphertexts (one value's tiles) lowers them all alike: by their least slack
+    decisions = [preset.levels_after_bootstrap - min(slack[next(boots)] for _ in range(k)) if k else None
+                 for k in greedy.decisions]
     input_level = preset.depth - tracer.slack_of(INPUT)
 
     costs = cost_model(preset.name, tuner.backend)
@@ -179,7 +182,7 @@ def _schedule(plan, tuner: "_Tuner") -> "Schedule":
     refresh = ScheduledRefresh(tracer, decisions)
     report, seconds = RunReport(), []
     calls = []
-    walk(plan, tracer, tracer.fresh(input_level), refresh, report,
+    walk(plan, tracer, _fresh_input(plan, tracer, input_level), refresh, report,
          on_step=lambda i, n, name: (seconds.append(tracer.seconds), calls.append(refresh.calls)))
     seconds.append(tracer.seconds)
     calls.append(refresh.calls)
@@ -192,9 +195,14 @@ def _schedule(plan, tuner: "_Tuner") -> "Schedule":
                     steps, costs.source if costs else "", dict(costs.memory) if costs else {})
 
 
+def _fresh_input(plan, tracer, levels: int):
+    """The client's input as the tracer sees it: one traced ciphertext per tile of its layout."""
+    return join([tracer.fresh(levels) for _ in range(getattr(plan.input_layout, "ciphertexts", 1))])
+
+
 def _dry_run(plan, tracer, levels: int, refresh, walk) -> None:
     try:
-        walk(plan, tracer, tracer.fresh(levels), refresh)
+        walk(plan, tracer, _fresh_input(plan, tracer, levels), refresh)
     except (MissingKeyError, LevelError) as exc:
         if not plan.preset.bootstrap:
             raise CompileError(f"the plan needs {levels_needed(plan)} levels; preset {plan.preset.name!r} offers "
@@ -218,7 +226,7 @@ def levels_needed(plan) -> int:
 
     unlimited = 1 << 20
     tracer = LevelTracer(plan.preset)
-    walk(plan, tracer, tracer.fresh(unlimited), _Never(tracer))
+    walk(plan, tracer, _fresh_input(plan, tracer, unlimited), _Never(tracer))
     return unlimited - tracer.slack_of(INPUT)
 
 
@@ -228,5 +236,6 @@ def estimate_seconds(plan, costs) -> float:
     from ckksnet.core.walker import ScheduledRefresh, walk
 
     tracer = LevelTracer(plan.preset, plan.schedule.key_rotations, costs)
-    walk(plan, tracer, tracer.fresh(plan.schedule.input_level), ScheduledRefresh(tracer, plan.schedule.decisions()))
+    walk(plan, tracer, _fresh_input(plan, tracer, plan.schedule.input_level),
+         ScheduledRefresh(tracer, plan.schedule.decisions()))
     return tracer.seconds

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ckksnet.core.memory import peak_rss_gb, rss_gb, trim
+from ckksnet.core.tiles import Tiles, tiled
 from ckksnet.errors import LevelError
 
 
@@ -70,13 +71,16 @@ class RunReport:
 
 
 class Refresh:
-    """Counts bootstraps and their seconds; subclasses decide when to bootstrap."""
+    """Counts bootstraps (one per ciphertext: a value over k ciphertexts takes k) and their
+    seconds; subclasses decide when to bootstrap. A decision covers all of a value's tiles."""
 
     def __init__(self, ev):
-        self.ev = ev
+        self.ev = tiled(ev)
         self.count, self.seconds = 0, 0.0
 
     def _bootstrap(self, ct, levels_left: int | None):
+        if isinstance(ct, Tiles):
+            return Tiles(self._bootstrap(c, levels_left) for c in ct)
         t = time.time()
         fresh = self.ev.bootstrap(ct)
         if levels_left is not None and levels_left < self.ev.levels_left(fresh):
@@ -87,15 +91,16 @@ class Refresh:
 
 
 class GreedyRefresh(Refresh):
-    """Bootstrap when fewer than ``levels + 1`` are left; records each call's decision."""
+    """Bootstrap when fewer than ``levels + 1`` are left; records each call's decision: the
+    number of ciphertexts it bootstrapped (0: none)."""
 
     def __init__(self, ev):
         super().__init__(ev)
-        self.decisions: list[bool] = []
+        self.decisions: list[int] = []
 
     def __call__(self, ct, levels: int):
         keep = self.ev.levels_left(ct) >= levels + 1
-        self.decisions.append(not keep)
+        self.decisions.append(0 if keep else len(ct) if isinstance(ct, Tiles) else 1)
         if keep:
             self.ev.require_levels(ct, levels + 1, "a stage")  # the dry run records this margin
             return ct
@@ -135,6 +140,7 @@ def walk(plan, ev, x, refresh: Refresh, report: RunReport | None = None, *, prog
     replacement output (the twin's noise model) or None. ``free_memory``: collect and trim after
     each step (ciphertexts are large; numpy slots and traced levels are not).
     """
+    ev = tiled(ev)  # values over several ciphertexts run tile by tile
     vals = {plan.input: x}
     last = plan.last_use()
     n = len(plan.steps)

@@ -156,6 +156,16 @@ class LinearMap:
                 return laned if lanes or laned.cost() < folded.cost() else folded
         return cls(sp.csr_matrix(matrix), bias, name)
 
+    @classmethod
+    def with_period(cls, matrix: sp.spmatrix, bias: np.ndarray, name: str, period: int) -> "LinearMap":
+        """The map folded with a given replication ``period`` (its input zero beyond it)."""
+        coo = sp.coo_matrix(matrix)
+        s = coo.shape[0]
+        if period >= s:
+            return cls(sp.csr_matrix(coo), bias, name)
+        cols = (coo.row + (coo.col - coo.row) % period) % s
+        return cls(sp.csr_matrix((coo.data, (coo.row, cols)), shape=coo.shape), bias, name, period)
+
     @property
     def slots(self) -> int:
         return self.matrix.shape[0]
@@ -386,7 +396,7 @@ class LinearStep(Kernel):
     :class:`ckksnet.kernels.pooled_dense.PooledDense`."""
 
     name: str
-    kernel: "LinearMap | PooledDense"  # noqa: F821
+    kernel: "LinearMap | BlockLinearMap | PooledDense"  # noqa: F821
     kind = "linear"
 
     def finalize(self, scale_in: float, scale_out: float, options: "CompileOptions") -> "LinearStep":
@@ -412,3 +422,194 @@ class LinearStep(Kernel):
 
     def evaluate(self, ev, inputs, refresh):
         return self.kernel.evaluate(ev, refresh(inputs[0], self.levels()))
+
+
+def tile_spans(layout) -> list[int]:
+    """Per ciphertext of ``layout``, the slots [0, span) that may hold non-zero values."""
+    total, slots = layout.span, layout.slots
+    return [max(1, min(slots, total - t * slots)) for t in range(layout.ciphertexts)]
+
+
+def best_period(blocks: list, span: int, slots: int) -> int:
+    """The replication period (a power of two >= ``span`` dividing ``slots``, or ``slots``) with
+    the fewest distinct diagonals over all ``blocks`` (square sparse matrices reading one input)."""
+    diffs = [((c.col - c.row).astype(np.int64)) for c in map(sp.coo_matrix, blocks) if c.nnz]
+    if not diffs or slots & (slots - 1):
+        return slots
+    d = np.concatenate(diffs)
+    best, count = slots, len(np.unique(d % slots))
+    p = slots // 2
+    while p >= span:
+        c = len(np.unique(d % p))
+        best, count = (p, c) if c < count else (best, count)
+        p //= 2
+    return best
+
+
+@plan_type
+@dataclass
+class BlockLinearMap:
+    """y = M x + b between tensors over several ciphertexts: output ciphertext o is
+    y_o = sum_i M[o, i] x_i + b_o, each block M[o, i] a :class:`LinearMap` (its diagonals; output
+    o's bias in its first block). One level.
+
+    Baby-step giant-step over blocks: all blocks share one baby step n1, so each input tile's
+    baby rotations are made once (hoisted) for every output, and each output sums the products
+    of all its inputs before its giant rotations:
+
+        y_o = sum_g rot( sum_i sum_j rot(diag_(o,i,g*n1+j), -g*n1) * rot(x_i, j), g*n1 ) + b_o
+
+    k_in + k_out rotation groups instead of k_in * k_out. Input tiles that use only part of
+    their slots are replicated first, with one period per input tile (see :class:`LinearMap`)."""
+
+    blocks: list
+    inputs: int
+    outputs: int
+    name: str = "linear"
+    baby_step: int = 0
+
+    @classmethod
+    def split(cls, matrix: sp.spmatrix, bias: np.ndarray, slots: int, name: str,
+              spans: list[int]) -> "BlockLinearMap":
+        """Blocks of a (outputs * slots, inputs * slots) slot matrix; ``spans``: per input tile,
+        the slots that may hold non-zero values (for folding)."""
+        m = sp.csr_matrix(matrix)
+        outputs, inputs = m.shape[0] // slots, m.shape[1] // slots
+        cut = {(o, i): m[o * slots:(o + 1) * slots, i * slots:(i + 1) * slots]
+               for o in range(outputs) for i in range(inputs)}
+        cut = {k: b for k, b in cut.items() if b.nnz and np.any(b.data)}
+        periods = {}
+        for i in range(inputs):  # one replication period per input tile, good for all its blocks
+            periods[i] = best_period([b for (o, j), b in cut.items() if j == i], spans[i], slots)
+        blocks = []
+        for o in range(outputs):
+            b = np.asarray(bias[o * slots:(o + 1) * slots], dtype=np.float64)
+            mine = [(i, blk) for (oo, i), blk in cut.items() if oo == o]
+            if not mine:  # only a bias (or zeros): an empty block carries it
+                blocks.append((o, 0, LinearMap(sp.csr_matrix((slots, slots)), b, f"{name}[{o},0]",
+                                               periods.get(0, slots))))
+            for n, (i, blk) in enumerate(mine):
+                blocks.append((o, i, LinearMap.with_period(blk, b if n == 0 else np.zeros(slots),
+                                                           f"{name}[{o},{i}]", periods[i])))
+        return cls(blocks, inputs, outputs, name)
+
+    @property
+    def slots(self) -> int:
+        return self.blocks[0][2].slots
+
+    def levels(self) -> int:
+        return 1
+
+    def cost(self) -> int:
+        return sum(len(m.offsets) for _, _, m in self.blocks) + ROTATION_COST * len(self.rotations())
+
+    def scaled(self, factor: float, bias_divisor: float) -> "BlockLinearMap":
+        return replace(self, blocks=[(o, i, m.scaled(factor, bias_divisor)) for o, i, m in self.blocks])
+
+    # ---------------------------------------------------------------- the shared split
+    def _offsets(self, by: int, which: int) -> np.ndarray:
+        """Diagonal offsets of the blocks whose input (by=1) or output (by=0) is ``which``."""
+        ds = [m.offsets for blk in self.blocks if blk[by] == which for m in [blk[2]]]
+        return np.unique(np.concatenate(ds)).astype(np.int64) if ds else np.zeros(0, np.int64)
+
+    def _rotation_sets(self, n1: int) -> tuple[list, list]:
+        """(per input: baby steps j != 0, per output: giant rotations (Horner))."""
+        babies = [sorted({int(d % n1) for d in self._offsets(1, i)} - {0}) for i in range(self.inputs)]
+        giants = [giant_steps(np.unique(self._offsets(0, o) // n1), n1) for o in range(self.outputs)]
+        return babies, giants
+
+    def _best_n1(self, keys: frozenset | None) -> int:
+        limit = int(4 * np.sqrt(self.slots)) + 1
+        candidates = sorted(set(range(1, min(limit, self.slots) + 1)) | {1 << k for k in range(self.slots.bit_length())})
+        count = KeySwitchCounter(self.slots, keys) if keys is not None else None
+        best = None
+        for n1 in candidates:
+            babies, giants = self._rotation_sets(n1)
+            if count is None:
+                cost = sum(map(len, babies)) + sum(map(len, giants))
+            else:
+                cost = sum(count(b, []) for b in babies) + sum(count([], g) for g in giants)
+            if best is None or cost < best[0]:
+                best = (cost, n1)
+        return best[1]
+
+    @property
+    def n1(self) -> int:
+        return self.baby_step or self._best_n1(None)
+
+    def tuned(self, keys: Iterable[int]) -> "BlockLinearMap":
+        """The same map with the baby step of fewest key switches for the keys present."""
+        return replace(self, baby_step=self._best_n1(frozenset(int(k) % self.slots for k in keys)))
+
+    def _inputs_map(self) -> dict[int, LinearMap]:
+        """One block per input tile: its replication (the same for all its blocks)."""
+        return {i: m for _, i, m in reversed(self.blocks)}
+
+    def rotations(self) -> set[int]:
+        babies, giants = self._rotation_sets(self.n1)
+        out = set().union(*map(set, babies), *map(set, giants))
+        for m in self._inputs_map().values():
+            out |= {self.slots - span for span in m.shifts}
+        return out
+
+    # ---------------------------------------------------------------- evaluation
+    def fast_twin(self, x: np.ndarray) -> np.ndarray:
+        """(batch, inputs * slots) -> (batch, outputs * slots) on float64 slots."""
+        s = self.slots
+        out = np.zeros(np.shape(x)[:-1] + (self.outputs * s,))
+        for o, i, m in self.blocks:
+            out[..., o * s:(o + 1) * s] += m.fast_twin(np.asarray(x)[..., i * s:(i + 1) * s])
+        return out
+
+    def evaluate(self, ev, ct):
+        """The map on any evaluator (:mod:`ckksnet.core.evaluator`); ``ct``: the input tiles (or one
+        ciphertext). Returns the output tiles (or one ciphertext). One level."""
+        from ckksnet.core.tiles import join, tiles_of
+
+        xs = tiles_of(ct)
+        if len(xs) != self.inputs:
+            raise ValueError(f"{self.name}: {len(xs)} input ciphertext(s), the map reads {self.inputs}")
+        ev.require_levels(ct, 1, f"linear map {self.name}")
+        short = self._shortcut(ev, xs)
+        if short is not None:
+            return join(short)
+        n1 = self.n1
+        babies, _ = self._rotation_sets(n1)
+        reps = self._inputs_map()
+        rotated = {}
+        for i, x in enumerate(xs):
+            if i in reps:  # each input tile replicated and rotated once, for every output
+                rep = reps[i].replicate(ev, x)
+                rotated[i] = {0: rep, **ev.rotate_composed(rep, babies[i])}
+        return join([self._output(ev, o, rotated, xs, n1) for o in range(self.outputs)])
+
+    def _shortcut(self, ev, xs) -> list | None:
+        outs: list = [None] * self.outputs
+        for o, i, m in self.blocks:
+            y = ev.shortcut(xs[i], m.fast_twin, 1)
+            if y is None:
+                return None
+            outs[o] = y if outs[o] is None else ev.add(outs[o], y)
+        return outs
+
+    def _output(self, ev, o: int, rotated: dict, xs: list, n1: int):
+        """y_o: the products of every input summed per giant step, then Horner over giant steps."""
+        terms: dict[int, list] = {}
+        bias = np.zeros(self.slots)
+        for oo, i, m in self.blocks:
+            if oo != o:
+                continue
+            bias = bias + m.bias
+            m = replace(m, baby_step=n1, horner=True)
+            for g, group in (m.offset_groups() if ev.levels_only else m.groups()):
+                terms.setdefault(g, []).extend((rotated[i][j], pt) for j, pt in group.items())
+        out, last = None, None
+        for g in sorted(terms, reverse=True):
+            inner = ev.rescale(ev.dot(terms.pop(g)))
+            out = inner if out is None else ev.add_inplace(LinearMap._rotate(ev, out, (last - g) * n1), inner)
+            last = g
+        if last:
+            out = LinearMap._rotate(ev, out, last * n1)
+        if out is None:  # no input reaches this output: zeros, one level spent like any map
+            out = ev.mul(xs[0], 0.0)
+        return ev.add(out, bias) if np.any(bias) else out

@@ -21,6 +21,12 @@ its ``height x width`` output at the grid's top-left (:meth:`Layout.resized`)::
                                           (rows 0-3, columns 0-3 of each channel's grid)
 
 Slots not covered by the layout hold zeros.
+
+**Several ciphertexts.** A layout needing more than ``slots`` slots spans
+``ciphertexts = ceil(used / slots)`` ciphertexts: packed value i lives in slot ``i % slots`` of
+ciphertext ``i // slots`` (:mod:`ckksnet.core.tiles`). Grids never straddle two ciphertexts
+when ``slots`` is a multiple of the grid's size (:attr:`Layout.aligned`), which rotate-and-sum
+pooling needs; linear maps work across any split.
 """
 from __future__ import annotations
 
@@ -54,9 +60,6 @@ class Layout:
         if self.gap * self.height > self.grid_h or self.gap * self.width > self.grid_w:
             raise ShapeError(f"layout {self.channels}x{self.height}x{self.width} (gap {self.gap}) does not "
                              f"fit its {self.grid_h}x{self.grid_w} grid")
-        if self.used > self.slots:
-            raise ShapeError(f"layout {self.channels}x{self.height}x{self.width} (gap {self.gap}) "
-                             f"needs {self.used} slots; the ciphertext has {self.slots}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -73,8 +76,18 @@ class Layout:
 
     @property
     def span(self) -> int:
-        """Slots [0, span) hold every non-zero value; the rest are zero (kernels may fold)."""
+        """Packed positions [0, span) hold every non-zero value; the rest are zero (kernels may fold)."""
         return self.used
+
+    @property
+    def ciphertexts(self) -> int:
+        """Ciphertexts the layout spans (1 when it fits one)."""
+        return -(-self.used // self.slots)
+
+    @property
+    def aligned(self) -> bool:
+        """Each channel grid lies within one ciphertext (rotate-and-sum pooling needs it)."""
+        return self.ciphertexts == 1 or self.slots % (self.grid_h * self.grid_w) == 0
 
     @cached_property
     def index(self) -> np.ndarray:
@@ -87,16 +100,17 @@ class Layout:
         return b * self.grid_h * self.grid_w + (g * y + r // g) * self.grid_w + (g * x + r % g)
 
     def pack(self, chw: np.ndarray) -> np.ndarray:
-        """(channels, height, width) or (batch, channels, height, width) -> (..., slots)."""
+        """(channels, height, width) or (batch, channels, height, width) -> (..., ciphertexts *
+        slots): ciphertext t's slots are [t * slots, (t + 1) * slots)."""
         chw = np.asarray(chw, dtype=np.float64)
         if chw.shape[-3:] != (self.channels, self.height, self.width):
             raise ShapeError(f"expected (..., {self.channels}, {self.height}, {self.width}), got {chw.shape}")
-        out = np.zeros(chw.shape[:-3] + (self.slots,))
+        out = np.zeros(chw.shape[:-3] + (self.ciphertexts * self.slots,))
         out[..., self.index.ravel()] = chw.reshape(chw.shape[:-3] + (-1,))
         return out
 
     def unpack(self, vec: np.ndarray) -> np.ndarray:
-        """(..., slots) -> (..., channels, height, width)."""
+        """(..., ciphertexts * slots) -> (..., channels, height, width)."""
         vec = np.asarray(vec)
         return vec[..., self.index.ravel()].reshape(vec.shape[:-1] + (self.channels, self.height, self.width))
 
@@ -115,15 +129,14 @@ class Layout:
            stride-2 stages), when both strides are equal and the output fits that lattice;
         2. the same grid and gap, the output at the grid's top-left (a valid convolution, a
            stride that does not divide the size);
-        3. a fresh gap-1 layout of ``height x width`` grids.
+        3. a fresh gap-1 layout of ``height x width`` grids;
 
-        Raises ShapeError if even the last does not fit the slots."""
+        where none fits one ciphertext, the one that spans the fewest (ties: in that order)."""
         gaps = ([self.gap * stride[0]] if stride[0] == stride[1] and stride[0] > 1 else []) + [self.gap]
-        for g in gaps:
-            fits = g * height <= self.grid_h and g * width <= self.grid_w
-            if fits and -(-channels // (g * g)) * self.grid_h * self.grid_w <= self.slots:
-                return Layout(channels, height, width, g, self.slots, self.grid_h, self.grid_w)
-        return Layout(channels, height, width, 1, self.slots)
+        options = [Layout(channels, height, width, g, self.slots, self.grid_h, self.grid_w)
+                   for g in gaps if g * height <= self.grid_h and g * width <= self.grid_w]
+        options.append(Layout(channels, height, width, 1, self.slots))
+        return min(options, key=lambda lay: lay.ciphertexts)
 
 
 @dataclass(frozen=True)
@@ -143,13 +156,18 @@ class VectorLayout:
     def span(self) -> int:
         return self.length if self.positions is None else max(self.positions) + 1
 
+    @property
+    def ciphertexts(self) -> int:
+        """Ciphertexts the vector spans (a long one, e.g. a wide hidden layer, more than one)."""
+        return -(-self.span // self.slots)
+
     @cached_property
     def index(self) -> np.ndarray:
         return np.arange(self.length) if self.positions is None else np.array(self.positions, dtype=np.int64)
 
     def pack(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64)
-        out = np.zeros(v.shape[:-1] + (self.slots,))
+        out = np.zeros(v.shape[:-1] + (self.ciphertexts * self.slots,))
         out[..., self.index] = v
         return out
 
@@ -173,9 +191,13 @@ class PooledLayout:
         return self.source.slots
 
     @property
+    def ciphertexts(self) -> int:
+        return self.source.ciphertexts
+
+    @property
     def span(self) -> int:
-        """Partial sums may wrap around to any slot (pooling rotates left)."""
-        return self.source.slots
+        """Partial sums may wrap around to any slot (pooling rotates left), in every ciphertext."""
+        return self.source.ciphertexts * self.source.slots
 
     @cached_property
     def index(self) -> np.ndarray:

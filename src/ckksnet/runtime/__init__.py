@@ -22,6 +22,7 @@ from ckksnet.core.costs import cost_model
 from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.memory import check_memory, peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
 from ckksnet.core.plan import ClientSpec, Plan
+from ckksnet.core.tiles import join, split_packed, tiles_of, width
 from ckksnet.core.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
 from ckksnet.errors import ContextMismatchError, LevelError, MissingKeyError, ShapeError, WrongTypeError
 
@@ -67,11 +68,12 @@ class Client:
         packed = self.spec.preprocess(image)
         if packed.ndim != 1:
             raise ShapeError("encrypt takes one image; call it once per image of a batch")
-        return self.ckks.encrypt(packed, levels_left=self.spec.input_level)
+        parts = split_packed(packed, self.spec.preset.slots)  # an input over several ciphertexts: Tiles
+        return join([self.ckks.encrypt(p, levels_left=self.spec.input_level) for p in parts])
 
     def decrypt(self, ct) -> np.ndarray:
-        """The output ciphertext -> logits (float64)."""
-        return self.spec.postprocess(self.ckks.decrypt(ct))
+        """The output ciphertext(s) -> logits (float64)."""
+        return self.spec.postprocess(np.concatenate([self.ckks.decrypt(c) for c in tiles_of(ct)]))
 
     def evaluation_keys(self) -> CkksServer:
         """The server's view of the keys: public and evaluation keys only (no secret key)."""
@@ -163,11 +165,16 @@ class Server:
         calibration decrypts them with the client's key; a real server never would).
         """
         check = getattr(self.ckks, "check_ciphertext", None)  # OpenFHE's: key set and type
-        if check is not None:
-            check(ct)
-        if self.ckks.levels_left(ct) < self.plan.schedule.input_level:
-            raise LevelError(f"the ciphertext has {self.ckks.levels_left(ct)} levels; the plan expects "
-                               f"{self.plan.schedule.input_level} (encrypt with a Client of this plan)")
+        want = getattr(self.plan.input_layout, "ciphertexts", 1)
+        if width(ct) != want:
+            raise ShapeError(f"the input is {width(ct)} ciphertext(s); the plan reads {want} (encrypt with a "
+                             "Client of this plan)")
+        for c in tiles_of(ct):
+            if check is not None:
+                check(c)
+            if self.ckks.levels_left(c) < self.plan.schedule.input_level:
+                raise LevelError(f"the ciphertext has {self.ckks.levels_left(c)} levels; the plan expects "
+                                 f"{self.plan.schedule.input_level} (encrypt with a Client of this plan)")
         self.report = RunReport(rotation_keys=sorted(getattr(self.ckks, "rotations", ())))
         refresh = ScheduledRefresh(self.ckks, self.plan.schedule.decisions())
         after = None if probe is None else (lambda i, step, ins, out: probe(i, step, ins, out))
