@@ -32,7 +32,7 @@ import openfhe as ofhe
 from ckksnet.backend.context import (CkksClient, CkksContext, CkksServer, Ciphertext, context_id_for,
                                      require_type, rotations_of_automorphisms)
 from ckksnet.backend.presets import Preset, get_preset
-from ckksnet.core.tiles import Tiles, tiles_of
+from ckksnet.core.tiles import Tiles, join, tiles_of
 from ckksnet.errors import (ContextMismatchError, CorruptDataError, PresetError, SerializationError,
                             VersionMismatchError)
 
@@ -229,7 +229,7 @@ def ciphertext_from_bytes(ctx: CkksContext, data: bytes) -> Ciphertext:
         raise CorruptDataError(f"the ciphertext header's tiles ({len(sizes)} entries) do not describe its "
                                f"{len(payload)}-byte payload")
     ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
-    return Tiles(_one_ciphertext(ctx, payload[e - n:e]) for n, e in zip(sizes, ends))
+    return join([_one_ciphertext(ctx, payload[e - n:e]) for n, e in zip(sizes, ends)])
 
 
 def _one_ciphertext(ctx: CkksContext, payload: bytes) -> Ciphertext:
