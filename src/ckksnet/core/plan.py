@@ -89,7 +89,8 @@ class ClientSpec:
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, C) / (H, W, C) or float (N, C, H, W) / (C, H, W) in [0, 1] -> packed
-        slots, (N, slots) or (slots,)."""
+        slots, (N, ciphertexts * slots) or (ciphertexts * slots,): ciphertext t's slots are
+        [t * slots, (t + 1) * slots) (one ciphertext unless the input layout spans several)."""
         packed, single = preprocess(images, self.input_layout, self.mean, self.std, self.input_scale)
         return packed[0] if single else packed
 
@@ -253,7 +254,7 @@ class Plan:
 
     def twin_packed(self, packed: np.ndarray, noise=None, rng: np.random.Generator | None = None,
                     reference: bool = False, ranges: dict | None = None) -> np.ndarray:
-        """The twin on packed slots (batch, slots) -> logits (batch, classes)."""
+        """The twin on packed slots (batch, ciphertexts * slots) -> logits (batch, classes)."""
         from ckksnet.core.slots import SlotEvaluator
         from ckksnet.core.walker import ScheduledRefresh, walk
 

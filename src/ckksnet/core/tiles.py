@@ -68,6 +68,8 @@ class TiledEvaluator:
         self.base = base
 
     def __getattr__(self, name: str):  # slots, key_switches, levels_only, a backend's extras
+        if name == "base":  # not yet set (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.base, name)
 
     # ---------------------------------------------------------------- helpers

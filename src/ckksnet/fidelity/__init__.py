@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from ckksnet.core.tiles import TiledEvaluator, join, split_packed, tiles_of
 from ckksnet.errors import DataError
 
 _BUNDLED = Path(__file__).parent
@@ -89,10 +90,12 @@ class NoiseProbe:
         self.errors: dict[str, list[float]] = {}  # step name -> [std, max abs] per run
 
     def __call__(self, index: int, step, inputs, output) -> None:
-        dec = self.client.ckks.decrypt
+        def dec(value):  # a value over several ciphertexts: their slots side by side
+            return np.concatenate([self.client.ckks.decrypt(c) for c in tiles_of(value)])
+
         out_id = self.plan.steps[index][2]
         used = np.asarray(self.plan.values[out_id].layout.index).ravel()
-        want = step_twin(step, [dec(c) for c in inputs])
+        want = step_twin(step, [dec(c) for c in inputs], self.plan.preset.slots)
         err = (dec(output) - want)[used]
         self.errors.setdefault(step.name, []).append((float(err.std()), float(np.abs(err).max())))
 
@@ -102,14 +105,16 @@ class NoiseProbe:
         return NoiseModel(preset, steps, input_sd, source)
 
 
-def step_twin(step, inputs: list[np.ndarray]) -> np.ndarray:
-    """One step's kernel on plain slot vectors (levels unchecked, no bootstrap)."""
+def step_twin(step, inputs: list[np.ndarray], slots: int | None = None) -> np.ndarray:
+    """One step's kernel on plain slot vectors (levels unchecked, no bootstrap); with ``slots``,
+    inputs longer than that are values over several ciphertexts (split, and the output joined)."""
     from ckksnet.core.slots import SlotEvaluator, SlotVector
 
-    ev = SlotEvaluator(fast=True)
-    out = step.evaluate(ev, [SlotVector(np.asarray(x, dtype=np.float64), 1 << 20) for x in inputs],
-                        lambda v, levels: v)
-    return out.data
+    ev = TiledEvaluator(SlotEvaluator(slots, fast=True))
+    values = [join([SlotVector(np.asarray(p, dtype=np.float64), 1 << 20)
+                    for p in (split_packed(x, slots) if slots else [x])]) for x in inputs]
+    out = step.evaluate(ev, values, lambda v, levels: v)
+    return np.concatenate([t.data for t in tiles_of(out)], axis=-1)
 
 
 def relu_reports(plan, seen: dict) -> dict[str, dict]:
