@@ -18,7 +18,7 @@
 # (no HTTP, no serve).
 #
 # usage: examples/client_server.sh PRESET CHECKPOINT IMAGE [WORKDIR]
-#   PRESET      secure (128-bit; ~11 GiB of evaluation keys, twice on disk once uploaded; 13-15 min
+#   PRESET      secure (128-bit; ~7.8 GiB of evaluation keys on disk, ~11 GiB loaded, twice on disk once uploaded; 13-15 min
 #               of inference per image on 2 cores) or test (insecure, small)
 #   CHECKPOINT  a checkpoint folder, or "bundled" for the shipped ResNet-20
 #   IMAGE       PNG, JPEG or .npy; PNG/JPEG of another size are resized (and it says so)
@@ -35,6 +35,10 @@ if [ $# -lt 3 ] || [ $# -gt 4 ]; then
     exit 2
 fi
 PRESET=$1 CHECKPOINT=$2 IMAGE=$3
+if [ ! -f "$IMAGE" ]; then  # before any key is made or uploaded
+    echo "client_server.sh: $IMAGE: no such image file (examples/photo.png is one: an official CIFAR-10 test image)" >&2
+    exit 2
+fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CKKSNET=${CKKSNET:-$(command -v ckksnet || echo "$ROOT/.venv/bin/ckksnet")}
 PYTHON=${PYTHON:-python3}
@@ -84,7 +88,7 @@ PLAN=$WORK/plan KEYS=$WORK/keys
 "$CKKSNET" compile "${CK[@]}" --preset "$PRESET" --out "$PLAN" --image-size "$SIZE" \
     --alpha "${ALPHA:-13}" --eps-bits "${EPS_BITS:-9}" --json > "$WORK/compile.json"
 say "compiled $PLAN"
-# client: the keys (this process exits before the server loads them: ~11 GiB each at secure)
+# client: the keys (this process exits before the server loads them: ~11 GiB each in memory at secure)
 "$CKKSNET" keygen --client "$PLAN/client_plan.ckksnet" --out "$KEYS" --json > "$WORK/keygen.json"
 say "keys in $KEYS (evaluation keys: $KEYS/eval)"
 

@@ -29,8 +29,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1, help="official test images to run (1-20)")
     ap.add_argument("--preset", default="secure", help="secure (128-bit, default) or test (INSECURE)")
     ap.add_argument("--image-size", type=int, metavar="N",
-                    help="use each image's N x N centre (default 32; 8 at the test preset, whose 2,048 slots "
-                         "hold 3x8x8 but not 3x32x32)")
+                    help="use each image's N x N centre (default 32; 8 at the test preset, where 3x8x8 fits "
+                         "one 2,048-slot ciphertext: whole 32x32 images span several, about 14 min)")
     args = ap.parse_args()
     size = args.image_size or (8 if args.preset == "test" else 32)
     # a warning (the test preset's InsecurePresetWarning) as one line, without the library's source line

@@ -284,5 +284,7 @@ def test_a_checkpoint_may_record_its_input_shape(tmp_path, capsys):
     assert cli(["predict", str(tmp_path / "img.npy"), "--checkpoint", str(ck), "--json"]) == 0
     (pred,) = json.loads(capsys.readouterr().out)["predictions"]
     assert np.allclose(pred["logits"], _torch_logits(model, images[:1].transpose(0, 3, 1, 2) / 255.0)[0], atol=1e-5)
-    assert cli(["plan", "--checkpoint", str(ck), "--preset", "test", "--image-size", "32"]) == 2
-    assert "does not fit one ciphertext" in capsys.readouterr().err
+    # --image-size overrides it: 3x32x32 spans two 2,048-slot ciphertexts at the test preset
+    assert cli(["plan", "--checkpoint", str(ck), "--preset", "test", "--image-size", "32", *SIGNS, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["input_shape"] == [3, 32, 32] and rep["input_ciphertexts"] == 2

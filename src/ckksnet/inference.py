@@ -5,6 +5,7 @@ else K images spread evenly over the test split of the data set in use.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -48,9 +49,15 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     image's time and reported as ``probe_seconds``.
     """
     images, labels, indices, source = pick_images(k, data)
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
+    say(f"compiling the plan of preset {preset!r} for {k} image(s) of {images.shape[1]}x{images.shape[2]} ...")
     t = time.time()
     net, model, meta = compile_checkpoint(checkpoint, preset, signs, image_size=images.shape[1:3])
     compile_s = time.time() - t
+    est = net.schedule.seconds
+    say(f"compiled in {compile_s:.0f} s: {net.schedule.bootstraps} bootstraps per image"
+        + (f", about {est / 60:.0f} min per image on 2 cores (estimate)" if est else "")
+        + "; generating the keys (the secure preset: about 40 s and 11-13 GiB) ...")
     t = time.time()
     client = Client(net)
     keygen_s = time.time() - t

@@ -254,7 +254,9 @@ def read_calibration(path: str, input_shape: tuple[int, int, int]):
     try:
         return as_images(arr, c, h, w)[0]
     except InputError as exc:
-        raise type(exc)(f"--calibration {p}: {exc}") from exc
+        hint = (f" (the model input is {c}x{h}x{w}: give the images' size with --image-size N or "
+                "--input-shape C H W)") if arr.ndim == 4 and tuple(arr.shape[1:]) not in {(c, h, w), (h, w, c)} else ""
+        raise type(exc)(f"--calibration {p}: {exc}{hint}") from exc
 
 
 def compile_checkpoint(checkpoint: str | None = None, preset: str = "secure",

@@ -48,7 +48,7 @@ from ckksnet.compiler.lower import Affine
 from ckksnet.core.plan import Value
 from ckksnet.kernels.registry import ACTIVATION_TYPES, LOWERINGS
 from ckksnet.core.schedule import schedule_plan
-from ckksnet.errors import CkksnetError, CompileError, ShapeError
+from ckksnet.errors import CkksnetError, CompileError
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.nn import Normalize
 
@@ -588,14 +588,8 @@ def _complete_ranges(ranges: dict[str, float], names: dict[str, str]) -> dict[st
 
 
 def _input_value(plan: Plan, image_shape: tuple, mean: np.ndarray, std: np.ndarray) -> Value:
-    try:
-        layout = Layout(*image_shape, 1, plan.preset.slots)
-    except ShapeError as exc:
-        c, h, w = image_shape
-        fits = int((plan.preset.slots // max(c, 1)) ** 0.5)
-        raise CompileError(f"the input {image_shape} does not fit one ciphertext of preset "
-                           f"{plan.preset.name!r}: {exc} (a model that takes smaller images fits: at most about "
-                           f"{fits}x{fits} with {c} channel(s), e.g. --image-size {1 << (fits.bit_length() - 1)})") from exc
+    # an input larger than one ciphertext spans several (ckksnet.core.tiles)
+    layout = Layout(*image_shape, 1, plan.preset.slots)
     plan.set_input(layout, mean, std)
     return plan.values[plan.input]
 
