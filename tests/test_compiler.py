@@ -251,8 +251,9 @@ def test_layout_round_trip_and_multiplexing():
     x = np.random.default_rng(0).normal(size=(8, 4, 4))
     assert np.array_equal(lay.unpack(lay.pack(x)), x)
     assert len(np.unique(lay.index)) == 8 * 16 and lay.used == 2 * 64
+    assert Layout(64, 32, 32, 1, SLOTS).ciphertexts == 64 * 1024 // SLOTS  # larger: several ciphertexts
     with pytest.raises(ShapeError):
-        Layout(64, 32, 32, 1, SLOTS)
+        Layout(0, 32, 32, 1, SLOTS)
 
 
 # ---------------------------------------------------------------- compiler
