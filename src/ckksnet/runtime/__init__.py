@@ -116,8 +116,10 @@ def _generate_keys(spec: ClientSpec, bootstrap_keys: bool) -> tuple[CkksClient, 
     present = ckks.automorphism_key_count()
     #: resident memory added by key generation, GiB (bootstrapping includes its precomputations),
     #: and the rotation keys present (bootstrapping's, reused, and the kernels' own): their
-    #: count and their size, count x one key-switching key
-    return ckks, {"bootstrap_and_relinearization": round(mid - start, 2), "rotation": round(rss() - mid, 2),
+    #: count and their size, count x one key-switching key. Differences of resident memory, so memory the
+    #: process frees meanwhile (a compile's matrices) lowers them: never below 0
+    return ckks, {"bootstrap_and_relinearization": max(0.0, round(mid - start, 2)),
+                  "rotation": max(0.0, round(rss() - mid, 2)),
                   "rotation_keys": len(spec.rotation_keys), "bootstrap_rotation_keys_reused": reused,
                   "automorphism_keys_present": present, "one_key": round(one_key, 4),
                   "automorphism_keys": round(present * one_key, 2)}
