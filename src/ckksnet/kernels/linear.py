@@ -536,7 +536,10 @@ class BlockLinearMap:
 
     def tuned(self, keys: Iterable[int]) -> "BlockLinearMap":
         """The same map with the baby step of fewest key switches for the keys present."""
-        return replace(self, baby_step=self._best_n1(frozenset(int(k) % self.slots for k in keys)))
+        n1 = self._best_n1(frozenset(int(k) % self.slots for k in keys))
+        # the blocks carry the shared split, so a run need not copy them (and their diagonals) again
+        return replace(self, baby_step=n1, blocks=[(o, i, replace(m, baby_step=n1, horner=True))
+                                                   for o, i, m in self.blocks])
 
     def _inputs_map(self) -> dict[int, LinearMap]:
         """One block per input tile: its replication (the same for all its blocks)."""
@@ -597,7 +600,8 @@ class BlockLinearMap:
             if oo != o:
                 continue
             bias = bias + m.bias
-            m = replace(m, baby_step=n1, horner=True)
+            if (m.baby_step, m.horner) != (n1, True):  # untuned: a copy with the shared split
+                m = replace(m, baby_step=n1, horner=True)
             for g, group in (m.offset_groups() if ev.levels_only else m.groups()):
                 terms.setdefault(g, []).extend((rotated[i][j], pt) for j, pt in group.items())
         out, last = None, None
