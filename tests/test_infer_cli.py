@@ -86,3 +86,25 @@ def test_relu_sign_patterns_pick_tables_per_relu(tmp_path):
         relu_overrides([("conv*", (10, 7))], relus)
     with pytest.raises(SystemExit):  # argparse: PATTERN=ALPHA/EPS expected
         cli(["plan", "--preset", "test", "--checkpoint", str(tmp_path / "ck"), "--relu-sign", "bad"])
+
+
+def test_bundled_resnet20_full_size_encrypted_at_test_preset():
+    """Issue #29's done-when, as a user types it: `ckksnet infer --images 1 --preset test --json`
+    runs the bundled ResNet-20 on the first official CIFAR-10 test image (3x32x32, bit-exact) at
+    the test preset, its activations spread over 2-8 ciphertexts, and the encrypted prediction
+    equals the plaintext one (about 3 minutes on 2 cores; a real subprocess)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ckksnet.deploy.cli", "infer", "--images", "1", "--preset", "test",
+                           "--json"], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    (rec,) = out["images"]
+    assert out["preset"] == "test" and out["checkpoint"] == "bundled" and "official" in out["source"].lower()
+    assert rec["index"] == 0 and rec["enc_pred"] == rec["plain_pred"]
+    assert rec["max_abs_logit_diff"] < 0.05  # measured 6e-4
+    # full size: the input spans 2 ciphertexts, stage 1 spans 8, each refreshed one by one
+    assert rec["bootstraps"] == out["plan_bootstraps"] > 54
+    steps = out["report"]["steps"]
+    assert sum(s["bootstraps"] for s in steps) == rec["bootstraps"] and max(s["bootstraps"] for s in steps) >= 8

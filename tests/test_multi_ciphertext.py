@@ -97,12 +97,12 @@ class _Wide(nn.Module):
 
 
 class _PoolWide(nn.Module):
-    """Global pooling and the dense layer on a tensor over 2 ciphertexts (16 ch x 16 x 16)."""
+    """Global pooling and the dense layer on a tensor over 3 ciphertexts (24 ch x 16 x 16)."""
 
     def __init__(self):
         super().__init__()
-        self.c1, self.b1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.fc = nn.Linear(16, 5)
+        self.c1, self.b1 = nn.Conv2d(1, 24, 3, padding=1), nn.BatchNorm2d(24)
+        self.fc = nn.Linear(24, 5)
 
     def forward(self, x):
         return self.fc(torch.relu(self.b1(self.c1(x))).mean((2, 3)))
@@ -165,6 +165,12 @@ def test_the_plan_changes_k_along_the_network(wide):
     assert any(isinstance(s, LinearStep) and isinstance(s.kernel, BlockLinearMap) for s, _, _ in plan.steps)
     # bootstraps count ciphertexts: a refresh of a 3-ciphertext value takes 3
     assert plan.schedule.bootstraps >= 3
+
+
+def test_pooling_reads_three_ciphertexts(pool_wide):
+    _, plan, _ = pool_wide
+    kinds = [(s.kind, a, b) for (s, _, _), (_, a, b) in zip(plan.steps, _widths(plan))]
+    assert ("relu", 3, 3) in kinds and any(k == "pool" and a == 3 for k, a, _ in kinds)
 
 
 @pytest.mark.parametrize("which", ["wide", "pool_wide"])

@@ -15,6 +15,7 @@ from ckksnet.compiler.checkpoints import SignTables, compile_checkpoint
 from ckksnet.data import load_cifar10
 from ckksnet.runtime import Client, Server, peak_rss_gb
 from ckksnet.training.train import to_tensor
+from ckksnet.core.text import count
 
 
 def pick_images(k: int, data: str | None = None):
@@ -55,7 +56,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     net, model, meta = compile_checkpoint(checkpoint, preset, signs, image_size=images.shape[1:3])
     compile_s = time.time() - t
     est = net.schedule.seconds
-    say(f"compiled in {compile_s:.0f} s: {net.schedule.bootstraps} bootstraps per image"
+    say(f"compiled in {compile_s:.0f} s: {count(net.schedule.bootstraps, 'bootstrap')} per image"
         + (f", about {est / 60:.0f} min per image on 2 cores (estimate)" if est else "")
         + "; generating the keys (the secure preset: about 40 s and 11-13 GiB) ...")
     t = time.time()

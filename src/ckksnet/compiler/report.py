@@ -11,6 +11,7 @@ generating bootstrapping keys plus the plan's own keys and the run's measured wo
 from __future__ import annotations
 
 from ckksnet.core.costs import cost_model
+from ckksnet.core.text import count
 
 
 def plan_report(plan) -> dict:
@@ -62,7 +63,7 @@ def plan_text(rep: dict) -> str:
     shape = "x".join(map(str, rep["input_shape"])) + " in " if rep.get("input_shape") else ""
     rows.append(f"preset {rep['preset']} (N={rep['ring_dim']}, {rep['slots']} slots, input {shape}"
                 f"{rep.get('input_ciphertexts', 1)} ciphertext(s) at {rep['input_level']} levels): "
-                f"{t['bootstraps']} bootstraps (one per ciphertext refreshed), {t['key_switches']} key switches, "
+                f"{count(t['bootstraps'], 'bootstrap')} (one per ciphertext refreshed), {t['key_switches']} key switches, "
                 f"{t['rotation_keys_client_makes']} rotation keys made beyond bootstrapping's "
                 f"({t['automorphism_keys']} automorphism keys, {key}); estimated {est}, peak memory {peak}")
     rows.append(f"cost model: {rep['cost_model']}")

@@ -12,6 +12,7 @@ import sys
 from ckksnet.deploy import flags
 from ckksnet.deploy.service_cli import add_query, add_serve
 from ckksnet.errors import CkksnetError
+from ckksnet.core.text import count
 
 
 def _emit(args: argparse.Namespace, report: dict, text: str) -> int:
@@ -203,7 +204,7 @@ def _profile_line(prof: dict) -> str:
     from ckksnet.runtime import rotation_key_text
 
     key_text = rotation_key_text(prof.get("key_memory_gb"))
-    return (f"profile ({which}): {prof['seconds']:.0f} s, {prof['bootstraps']} bootstraps; {kinds}; "
+    return (f"profile ({which}): {prof['seconds']:.0f} s, {count(prof['bootstraps'], 'bootstrap')}; {kinds}; "
             f"peak RSS {prof['peak_rss_gb']:.2f} GiB" + (f"; {key_text}" if key_text else ""))
 
 
@@ -237,7 +238,7 @@ def _print_image(rec: dict) -> None:
     mark = "same" if rec["plain_pred"] == rec["enc_pred"] else "DIFFERENT"
     print(f"image {rec['index']:5d}: label {rec['label']}, plaintext {rec['plain_pred']}, encrypted "
           f"{rec['enc_pred']} ({mark}), max |logit diff| {rec['max_abs_logit_diff']:.2e}, "
-          f"{rec['seconds']:.1f} s, {rec['bootstraps']} bootstraps", flush=True)
+          f"{rec['seconds']:.1f} s, {count(rec['bootstraps'], 'bootstrap')}", flush=True)
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
@@ -358,7 +359,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
               "steps": len(net.steps), "bootstraps": net.schedule.bootstraps, "input_level": spec.input_level,
               "rotation_keys": len(spec.rotation_keys), "bootstrap_keys": spec.bootstrap,
               "classes": list(spec.classes), "input_shape": list(spec.input_shape)}
-    return _emit(args, report, f"compiled {report['steps']} steps ({report['bootstraps']} bootstraps, preset "
+    return _emit(args, report, f"compiled {report['steps']} steps ({count(report['bootstraps'], 'bootstrap')}, preset "
                  f"{report['preset']}, input {'x'.join(map(str, spec.input_shape))}) into {folder}: give client_plan.ckksnet to the client, keep "
                  "server_plan.ckksnet on the server")
 
@@ -462,7 +463,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     save_ciphertext(keys, out, args.output)
     rep = server.report.to_dict()
     return _emit(args, {"in": args.input, "out": args.output, "report": rep},
-                 f"{len(rep['steps'])} steps, {rep['bootstraps']} bootstraps in {rep['seconds']:.1f} s "
+                 f"{len(rep['steps'])} steps, {count(rep['bootstraps'], 'bootstrap')} in {rep['seconds']:.1f} s "
                  f"(peak memory {rep['peak_rss_gb']:.2f} GiB); wrote {args.output}")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ckksnet.fidelity import bundled_noise, evaluate, summarize
+from ckksnet.core.text import count
 
 
 def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secure", data: str | None = None,
@@ -105,7 +106,7 @@ def make_plots(res: dict, errors: dict, folder: Path) -> list[Path]:
         ax.set_ylabel("seconds")
         which = f" (image {prof['image']})" if "image" in prof else ""
         ax.set_title(f"Per-layer time, one encrypted image{which}: {prof['seconds']:.0f} s, "
-                     f"{prof['bootstraps']} bootstraps")
+                     f"{count(prof['bootstraps'], 'bootstrap')}")
         ax.legend()
         paths.append(_save(fig, folder / "fidelity_layer_time.png"))
 
