@@ -257,3 +257,21 @@ def test_the_command_line_flow_with_a_two_ciphertext_input(tmp_path):
     plain = json.loads((work / "predict.json").read_text())["predictions"][0]
     assert enc["predicted"] == plain["predicted"]
     assert np.max(np.abs(np.array(enc["logits"]) - plain["logits"])) < 2e-2  # alpha-8 ReLU + CKKS noise
+
+
+def test_dense_layers_read_and_write_several_ciphertexts():
+    """An MLP on flattened 3x32x32 images: dense 3,072 -> 2,500 (2 ciphertexts -> 2), ReLU on 2,
+    dense 2,500 -> 10 (2 -> 1); twin and encrypted against torch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2500), nn.ReLU(), nn.Linear(2500, 10)).eval()
+    images = np.random.default_rng(2).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the insecure test preset says so
+        plan = compile(model, calibration=images, preset="test", input_shape=(3, 32, 32), alpha=8, eps_bits=8)
+    assert [(s.kind, a, b) for (s, _, _), (_, a, b) in zip(plan.steps, _widths(plan))] == \
+        [("linear", 2, 2), ("relu", 2, 2), ("linear", 2, 1)]
+    want = _torch(model, plan, images[:3])
+    assert np.max(np.abs(plan.twin(images[:3]) - want)) < 2e-2
+    client = Client(plan)
+    logits = client.decrypt(Server(plan, client.evaluation_keys()).run(client.encrypt(images[0])))
+    assert np.max(np.abs(logits - want[0])) < 2e-2 and logits.argmax() == want[0].argmax()
