@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from ckksnet.compiler.checkpoints import SignTables, compile_checkpoint
+from ckksnet.core.text import count
 from ckksnet.data import load_cifar10
 from ckksnet.runtime import Client, Server, peak_rss_gb
 from ckksnet.training.train import to_tensor
-from ckksnet.core.text import count
 
 
 def pick_images(k: int, data: str | None = None):

@@ -9,10 +9,10 @@ import math
 import shlex
 import sys
 
+from ckksnet.core.text import count
 from ckksnet.deploy import flags
 from ckksnet.deploy.service_cli import add_query, add_serve
 from ckksnet.errors import CkksnetError
-from ckksnet.core.text import count
 
 
 def _emit(args: argparse.Namespace, report: dict, text: str) -> int:

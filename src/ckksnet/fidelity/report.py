@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ckksnet.fidelity import bundled_noise, evaluate, summarize
 from ckksnet.core.text import count
+from ckksnet.fidelity import bundled_noise, evaluate, summarize
 
 
 def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secure", data: str | None = None,
