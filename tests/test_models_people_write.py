@@ -556,6 +556,14 @@ def test_refusals_name_the_node_and_line(what, pattern):
         compile(model, calibration={"relu": {"max_abs": 1.0}}, preset="test", image_size=(8, 8))
 
 
+def test_a_refusal_inside_nn_sequential_names_the_layer_not_ckksnet_code():
+    """nn.Sequential's forward is torch's: no user line exists, so none is quoted (it once quoted
+    the line of ckksnet that called compile); max pooling names the layer to use instead."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 4)).eval()
+    with pytest.raises(CompileError, match=r"^module '1' \(MaxPool2d\): unsupported operation: .*use nn.AvgPool2d"):
+        compile(model, calibration={"relu": {"max_abs": 1.0}}, preset="test", image_size=(8, 8))
+
+
 def test_levels_beyond_a_preset_without_bootstrapping_are_refused():
     preset = get_preset("test").with_(name="test-nobootstrap", bootstrap=False)
     with pytest.raises(CompileError, match=r"needs (\d+) levels; preset 'test-nobootstrap' offers 26 and has no "

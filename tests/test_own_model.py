@@ -128,7 +128,10 @@ def test_the_command_line_takes_a_factory_model(own, tmp_path, capsys, monkeypat
     (plain,) = json.loads(capsys.readouterr().out)["predictions"]
     assert np.max(np.abs(np.array(plain["logits"]) - want)) < 1e-5  # the same torch model
     assert cli(["predict", "digit.npy", "--model", "own_nets:TinyNet", "--weights", "tiny.pt"]) == 2
-    err = capsys.readouterr().err  # 32x32 by default: the .npy is 8x8
+    err = capsys.readouterr().err  # no size guessed for a factory's model (32x32 once, silently)
+    assert "give --input-shape C H W (or --image-size N)" in err, err
+    assert cli(["predict", "digit.npy", "--model", "own_nets:TinyNet", "--weights", "tiny.pt", "--image-size", "32"]) == 2
+    err = capsys.readouterr().err  # the .npy is 8x8
     assert "digit.npy: images of shape (1, 8, 8)" in err and "(1, 32, 32)" in err, err
     np.save(folder / "big.npy", np.zeros((1, 16, 16)))
     assert cli(["predict", "big.npy", "--model", "own_nets:TinyNet", "--weights", "tiny.pt", "--image-size", "16"]) == 2
@@ -154,6 +157,9 @@ def test_plan_takes_a_factory_model_without_convolution(own, capsys, monkeypatch
     assert [s["kind"] for s in rep["steps"]] == ["linear", "relu", "linear"] and rep["input_shape"] == [1, 8, 8]
     assert cli(["plan", "--model", "own_nets:mlp", "--weights", "mlp.pt", "--calibration", "calibration.npz",
                 "--preset", "test"]) == 2
+    assert "give --input-shape C H W (or --image-size N)" in capsys.readouterr().err  # no size is guessed
+    assert cli(["plan", "--model", "own_nets:mlp", "--weights", "mlp.pt", "--calibration", "calibration.npz",
+                "--preset", "test", "--image-size", "8"]) == 2
     assert "cannot tell how many channels the input has" in capsys.readouterr().err
 
 
@@ -244,6 +250,17 @@ def test_model_flag_errors(own, argv, message, capsys, monkeypatch):
     assert cli(["plan", "--preset", "test", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ckksnet plan: error: ") and message in err and "Traceback" not in err, err
+
+
+def test_compile_without_weights_warns_after_it_succeeds(own, tmp_path, capsys, monkeypatch):
+    """The factory's own weights are usually random: a plan of them is said so (one warning line,
+    after the plan is written, so refusals stay one line)."""
+    folder, _, _ = own
+    monkeypatch.chdir(folder)
+    with pytest.warns(UserWarning, match="without --weights: the plan holds the factory's own weights"):
+        assert cli(["compile", "--model", "own_nets:TinyNet", "--input-shape", "1", "8", "8", "--calibration",
+                    "calibration.npz", "--preset", "test", *SIGNS, "--out", str(tmp_path / "plan")]) == 0
+    assert (tmp_path / "plan" / "server_plan.ckksnet").exists()
 
 
 def test_a_calibration_folder_and_a_module_instance(own, tmp_path, monkeypatch):

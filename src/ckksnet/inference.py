@@ -57,8 +57,9 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     compile_s = time.time() - t
     est = net.schedule.seconds
     say(f"compiled in {compile_s:.0f} s: {count(net.schedule.bootstraps, 'bootstrap')} per image"
-        + (f", about {est / 60:.0f} min per image on 2 cores (estimate)" if est else "")
-        + "; generating the keys (the secure preset: about 40 s and 11-13 GiB) ...")
+        + (f", about {_minutes(est)} per image on 2 cores (estimate)" if est else "")
+        + "; generating the keys" + (" (the secure preset: about 40 s and 11-13 GiB)" if preset == "secure" else "")
+        + " ...")
     t = time.time()
     client = Client(net)
     keygen_s = time.time() - t
@@ -118,6 +119,11 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             "plan_bootstraps": net.schedule.bootstraps,
             "noise_model": probe and vars(probe.model(net.preset.name, f"measured on image {indices[0]} "
                                                    f"({source}), alpha {signs.alpha}", input_sd))}
+
+
+def _minutes(seconds: float) -> str:
+    """'3 min', or '40 s' under a minute (an estimate of 0 min reads as a mistake)."""
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 class _Timed:

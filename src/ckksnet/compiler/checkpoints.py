@@ -174,8 +174,9 @@ def model_input_shape(model, meta: dict | None = None, input_shape=None, image_s
     """(C, H, W) of the model's input: ``input_shape`` if given (checked against ``image_size``),
     else the checkpoint's recorded ``input_shape`` (its size replaced by ``image_size`` if given),
     else the channels the model tells (its first convolution, its Normalize module) at
-    ``image_size`` (N for N x N, or (H, W); default 32 x 32). Raises :class:`CompileError` where
-    the model cannot tell (give --input-shape) or two disagree."""
+    ``image_size`` (N for N x N, or (H, W); default 32 x 32, not for a factory's model, whose
+    metadata names it: no size is guessed for it). Raises :class:`CompileError` where the model
+    cannot tell (give --input-shape), a factory's model has neither size, or two disagree."""
     from ckksnet.compiler.phases import _input_size, input_normalization, trace
 
     size = _pair(image_size)
@@ -184,6 +185,9 @@ def model_input_shape(model, meta: dict | None = None, input_shape=None, image_s
         input_normalization(trace(model), dict(model.named_modules()), expected=channels)  # the model agrees
         return (channels, *hw)
     recorded = (meta or {}).get("input_shape")
+    if recorded is None and size is None and (meta or {}).get("model"):
+        raise CompileError(f"--model {meta['model']}: give --input-shape C H W (or --image-size N): a model made by "
+                           "a factory does not record the size of its input")
     if recorded is not None:
         try:
             channels, hw = _input_size(tuple(recorded), None)

@@ -65,6 +65,14 @@ _VIEW_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "expand",
 _VIEW_FUNCTIONS = {operator.getitem, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 
 
+#: what to use instead, for layers people often try that have no encrypted kernel
+_UNSUPPORTED_HINTS = {
+    nn.MaxPool2d: "max pooling has no cheap polynomial form here: use nn.AvgPool2d (same kernel and stride), "
+                  "or register a kernel with ckksnet.kernels.register",
+    nn.AdaptiveMaxPool2d: "use nn.AdaptiveAvgPool2d, or register a kernel with ckksnet.kernels.register",
+}
+
+
 class _Tracer(fx.Tracer):
     """Registered module types are leaves; each node records the user's source line that made
     it (``node.meta["source"]``: file, line, code; cheaper than ``record_stack_traces``)."""
@@ -75,9 +83,11 @@ class _Tracer(fx.Tracer):
     def create_node(self, *args, **kwargs):
         node = super().create_node(*args, **kwargs)
         f = sys._getframe(1)
-        while f is not None and (_TORCH_DIR in f.f_code.co_filename or f.f_code.co_filename == __file__):
+        while f is not None and _TORCH_DIR in f.f_code.co_filename:
             f = f.f_back
-        if f is not None:
+        # the first frame outside torch is the forward that made the node; when it is this file's
+        # trace(), only torch code ran (nn.Sequential's forward): there is no source line to show
+        if f is not None and f.f_code.co_filename != __file__:
             code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
             node.meta["source"] = (f.f_code.co_filename, f.f_lineno, code)
         return node
@@ -297,7 +307,8 @@ def source_line(node: fx.Node) -> str:
             return ""
         src = user[-1]
     path, line, code = src
-    return f"{Path(path).name}:{line}: {str(code).strip()}"
+    code = str(code).strip()
+    return f"{Path(path).name}:{line}" + (f": {code}" if code else "")
 
 
 def _input_size(input_shape, image_size) -> tuple[int | None, tuple[int, int]]:
@@ -478,7 +489,8 @@ def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: Co
             module = modules[node.target] if node.op == "call_module" else None
             fn = LOWERINGS.get(lowering_key(node, modules))
             if fn is None:
-                raise ctx.fail(node, "unsupported operation: register a kernel for it with ckksnet.kernels.register")
+                raise ctx.fail(node, "unsupported operation: " + _UNSUPPORTED_HINTS.get(
+                    lowering_key(node, modules), "register a kernel for it with ckksnet.kernels.register"))
             args = [env[a.name] for a in node.args if isinstance(a, fx.Node) and a.name in ctx.acts]
             try:
                 out = fn(ctx, node, module, args)

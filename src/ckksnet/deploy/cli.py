@@ -353,6 +353,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), **flags.model_source(args))
     folder = net.save(args.out)
+    if args.model and not args.weights:  # said after success: a refusal stays one line
+        import warnings
+
+        warnings.warn(f"--model {args.model} without --weights: the plan holds the factory's own weights "
+                      "(random unless it loads trained ones)", stacklevel=1)
     spec = net.client_spec()
     report = {"out": str(folder), "server_plan": str(folder / "server_plan.ckksnet"),
               "client_plan": str(folder / "client_plan.ckksnet"), "preset": net.preset.name,
