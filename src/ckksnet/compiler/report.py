@@ -45,7 +45,9 @@ def plan_report(plan) -> dict:
                        "estimated_seconds": round(sched.seconds, 1) if costs else None,
                        "estimated_bootstrap_seconds": round(sum(
                            costs.seconds("bootstrap", 0) * s.bootstraps for s in sched.steps), 1) if costs else None,
-                       "estimated_peak_gib": peak},
+                       "estimated_peak_gib": peak,
+                       # the run's own memory (torch, the plan's matrices) measured for this preset or not
+                       "estimated_peak_is_keys_only": peak is not None and "run_overhead_gib" not in mem},
             "cost_model": costs.source if costs else "none measured for this preset"}
 
 
@@ -59,12 +61,17 @@ def plan_text(rep: dict) -> str:
     t = rep["totals"]
     est = "n/a" if t["estimated_seconds"] is None else f"{t['estimated_seconds']:.0f} s ({t['estimated_seconds'] / 60:.1f} min)"
     key = "n/a" if t["rotation_key_gib"] is None else f"{t['rotation_key_gib']} GiB"
-    peak = "n/a" if t["estimated_peak_gib"] is None else f"{t['estimated_peak_gib']} GiB"
+    peak = "peak memory n/a" if t["estimated_peak_gib"] is None else f"peak memory {t['estimated_peak_gib']} GiB"
+    if t.get("estimated_peak_is_keys_only"):
+        peak = f"key memory {t['estimated_peak_gib']} GiB (the process adds torch and the plan's matrices)"
     shape = "x".join(map(str, rep["input_shape"])) + " in " if rep.get("input_shape") else ""
     rows.append(f"preset {rep['preset']} (N={rep['ring_dim']}, {rep['slots']} slots, input {shape}"
                 f"{rep.get('input_ciphertexts', 1)} ciphertext(s) at {rep['input_level']} levels): "
                 f"{count(t['bootstraps'], 'bootstrap')} (one per ciphertext refreshed), {t['key_switches']} key switches, "
                 f"{t['rotation_keys_client_makes']} rotation keys made beyond bootstrapping's "
-                f"({t['automorphism_keys']} automorphism keys, {key}); estimated {est}, peak memory {peak}")
+                f"({t['automorphism_keys']} automorphism keys, {key}); estimated {est}, {peak}")
+    rows.append("columns: cts = ciphertexts the step's output spans; levels = levels left in -> out; boots = "
+                "bootstraps; rots = rotation indices; ks = key switches (rotations and relinearizations); "
+                "est s = estimated seconds")
     rows.append(f"cost model: {rep['cost_model']}")
     return "\n".join(rows)
