@@ -39,6 +39,7 @@ def test_infer_json_reports_each_image(tmp_path, capsys):
         assert rec["enc_pred"] == rec["plain_pred"]
         assert rec["max_abs_logit_diff"] < 1e-2  # alpha-13 ReLU approximation + CKKS noise
         assert set(rec) >= {"label", "plain_pred", "enc_pred", "max_abs_logit_diff", "seconds"}
+        assert 0 < rec["server_seconds"] <= rec["seconds"]  # the run alone; seconds add encrypt and decrypt
     assert out["agreement"] == 1.0 and out["report"]["bootstraps"] > 0
     assert {s["kind"] for s in out["report"]["steps"]} == {"linear", "relu", "add", "pool"}
     # the text output: one line per image, then agreement, keys and memory

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ckksnet import compile
 from ckksnet.core.slots import SlotEvaluator
 from ckksnet.core.tiles import Tiles, TiledEvaluator, join, split_packed, tiles_of
+from ckksnet.errors import ShapeError
 from ckksnet.kernels.linear import BlockLinearMap, LinearStep
 from ckksnet.layout import Layout
 from ckksnet.runtime import Client, Server
@@ -200,6 +201,9 @@ def test_encrypted_over_several_ciphertexts_matches_torch(which, request):
     assert server.report.bootstraps == plan.schedule.bootstraps
     with pytest.raises(Exception, match="ciphertext"):  # a wrong number of input ciphertexts is refused
         server.run(Tiles(tiles_of(ct) * 2))
+    if len(tiles_of(ct)) > 1:  # decrypting the input by mistake: refused, not meaningless logits
+        with pytest.raises(ShapeError, match="an input ciphertext holds no logits"):
+            client.decrypt(ct)
 
 
 def test_tiles_round_trip_through_a_ciphertext_file_and_corrupt_ones_are_refused(pool_wide, tmp_path):

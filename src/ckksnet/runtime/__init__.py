@@ -72,7 +72,12 @@ class Client:
         return join([self.ckks.encrypt(p, levels_left=self.spec.input_level) for p in parts])
 
     def decrypt(self, ct) -> np.ndarray:
-        """The output ciphertext(s) -> logits (float64)."""
+        """The output ciphertext(s) -> logits (float64). Raises :class:`ShapeError` for a number of
+        ciphertexts the plan's output does not have (e.g. an image's input ciphertexts)."""
+        want = getattr(self.spec.output_layout, "ciphertexts", 1)
+        if width(ct) != want:
+            raise ShapeError(f"the ciphertext holds {width(ct)} ciphertext(s); the plan's output is {want}: decrypt "
+                             "what the server's run returns (an input ciphertext holds no logits)")
         return self.spec.postprocess(np.concatenate([self.ckks.decrypt(c) for c in tiles_of(ct)]))
 
     def evaluation_keys(self) -> CkksServer:
