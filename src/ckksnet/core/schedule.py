@@ -217,9 +217,9 @@ def _dry_run(plan, tracer, levels: int, refresh, walk) -> None:
 def levels_needed(plan) -> int:
     """Levels the plan spends from input to output without bootstrapping: a dry run with
     unlimited levels, every rotation one key switch."""
-    from ckksnet.core.walker import Refresh, walk
+    from ckksnet.core.walker import BootstrapPolicy, walk
 
-    class _Never(Refresh):
+    class _Never(BootstrapPolicy):
         def __call__(self, ct, levels: int):
             self.ev.require_levels(ct, levels, "a stage")
             return ct

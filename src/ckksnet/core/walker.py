@@ -2,8 +2,9 @@
 
 :func:`walk` runs a plan's steps in order on any evaluator: OpenFHE ciphertexts (the server),
 levels only (the compiler's schedule) or numpy slots (the twin). Kernels call ``refresh(value,
-levels)`` before each stage that spends levels; the policy decides whether that value is
-bootstrapped first:
+levels)`` before each stage that spends levels (that callable is a
+:data:`ckksnet.kernels.Refresh`); the walker's :class:`BootstrapPolicy` behind it decides whether
+that value is bootstrapped first:
 
 * :class:`GreedyRefresh` (the compiler's first dry run): bootstrap unless the value has
   ``levels + 1`` left (one kept: OpenFHE cannot bootstrap a spent ciphertext);
@@ -70,8 +71,9 @@ class RunReport:
                 "rotation_keys": self.rotation_keys, "steps": [asdict(s) for s in self.steps]}
 
 
-class Refresh:
-    """Counts bootstraps (one per ciphertext: a value over k ciphertexts takes k) and their
+class BootstrapPolicy:
+    """When to bootstrap: called as ``policy(value, levels)`` (a :data:`ckksnet.kernels.Refresh`),
+    it returns the value with at least ``levels`` levels left. Counts bootstraps (one per ciphertext: a value over k ciphertexts takes k) and their
     seconds; subclasses decide when to bootstrap. A decision covers all of a value's tiles."""
 
     def __init__(self, ev):
@@ -90,7 +92,7 @@ class Refresh:
         return fresh
 
 
-class GreedyRefresh(Refresh):
+class GreedyRefresh(BootstrapPolicy):
     """Bootstrap when fewer than ``levels + 1`` are left; records each call's decision: the
     number of ciphertexts it bootstrapped (0: none)."""
 
@@ -107,7 +109,7 @@ class GreedyRefresh(Refresh):
         return self._bootstrap(ct, None)
 
 
-class ScheduledRefresh(Refresh):
+class ScheduledRefresh(BootstrapPolicy):
     """Follows ``decisions``: per refresh call in run order, None (no bootstrap: the value must
     have ``levels + 1`` left) or the levels to lower the bootstrapped value to."""
 
@@ -128,7 +130,7 @@ class ScheduledRefresh(Refresh):
         return self._bootstrap(ct, decision)
 
 
-def walk(plan, ev, x, refresh: Refresh, report: RunReport | None = None, *, progress: Callable | None = None,
+def walk(plan, ev, x, refresh: BootstrapPolicy, report: RunReport | None = None, *, progress: Callable | None = None,
          on_step: Callable | None = None, after_step: Callable | None = None,
          free_memory: bool = False):
     """Run ``plan``'s steps on ``x`` (the packed input as ``ev`` represents it) through ``ev``.

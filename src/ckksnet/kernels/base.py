@@ -34,6 +34,9 @@ from ckksnet.core.artifact import PLAN_TYPES, plan_type
 #: the plan-type registry (by class name): every kernel class, and the other parts a plan holds
 KERNEL_TYPES: dict[str, type] = PLAN_TYPES
 
+#: what a kernel's ``evaluate`` receives as ``refresh``: ``refresh(value, levels)`` returns the value
+#: with at least ``levels`` levels left (bootstrapped first where the walker's
+#: :class:`~ckksnet.core.walker.BootstrapPolicy` says so)
 Refresh = Callable[[Any, int], Any]
 
 if TYPE_CHECKING:
