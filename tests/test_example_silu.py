@@ -16,7 +16,7 @@ import ckksnet
 from ckksnet.core.slots import SlotEvaluator
 from ckksnet.compiler import compile
 from ckksnet.errors import CorruptDataError
-from ckksnet.kernels import KERNEL_TYPES, Kernel
+from ckksnet.kernels import PLAN_TYPES, Kernel
 from ckksnet.models import ResNetCifar
 from ckksnet.runtime import Client, Server
 
@@ -111,7 +111,7 @@ def test_plan_with_silu_saves_and_loads(silu_module, silu_plan, tmp_path, monkey
     spec = ckksnet.load_client_spec(tmp_path / "client_plan.ckksnet")
     assert spec.plan_id == plan.client_spec().plan_id
     # without the module that defines the kernel, the plan names a type nothing registered
-    monkeypatch.delitem(KERNEL_TYPES, "SiLUStep")
+    monkeypatch.delitem(PLAN_TYPES, "SiLUStep")
     with pytest.raises(CorruptDataError, match="SiLUStep"):
         ckksnet.load_plan(tmp_path / "server_plan.ckksnet")
 

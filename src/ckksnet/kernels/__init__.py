@@ -27,7 +27,8 @@ from ckksnet.approx.evaluate import depth_of, eval_odd
 from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.plan import Value
 from ckksnet.kernels.registry import LoweringContext, register
-from ckksnet.kernels.base import KERNEL_TYPES, Kernel, Refresh, activation_bound
+from ckksnet.core.artifact import PLAN_TYPES
+from ckksnet.kernels.base import Kernel, Refresh, activation_bound
 from ckksnet.kernels.add import AddStep
 from ckksnet.kernels.linear import LinearMap, LinearStep
 from ckksnet.kernels.pool import SumPoolStep
@@ -42,6 +43,6 @@ def materialize(ctx: LoweringContext, value: Value) -> Value:
     return ctx.materialize(value)
 
 
-__all__ = ["AddStep", "Evaluator", "KERNEL_TYPES", "Kernel", "Layout", "LinearMap", "LinearStep",
-           "LoweringContext", "PooledDense", "Refresh", "ReluStep", "SumPoolStep", "Value",
+__all__ = ["AddStep", "Evaluator", "Kernel", "Layout", "LinearMap", "LinearStep",
+           "LoweringContext", "PLAN_TYPES", "PooledDense", "Refresh", "ReluStep", "SumPoolStep", "Value",
            "activation_bound", "depth_of", "eval_odd", "materialize", "register"]

@@ -20,8 +20,10 @@ A kernel is a dataclass (its fields are its parameters: what a saved plan stores
 * ``domain``: stored inputs must lie in [-domain, domain] (a polynomial approximation's
   interval), or None; the twin checks it.
 
-Subclasses register themselves by class name, so saved plans can name them (loading a plan
-with a kernel defined outside ckksnet needs the module that defines it imported first).
+Subclasses register themselves by class name in :data:`ckksnet.core.artifact.PLAN_TYPES` (every
+class a plan file may name: kernels and the plan's other parts), so saved plans can name them
+(loading a plan with a kernel defined outside ckksnet needs the module that defines it imported
+first).
 """
 from __future__ import annotations
 
@@ -29,10 +31,7 @@ from typing import TYPE_CHECKING
 
 from typing import Any, Callable, ClassVar
 
-from ckksnet.core.artifact import PLAN_TYPES, plan_type
-
-#: the plan-type registry (by class name): every kernel class, and the other parts a plan holds
-KERNEL_TYPES: dict[str, type] = PLAN_TYPES
+from ckksnet.core.artifact import plan_type
 
 #: what a kernel's ``evaluate`` receives as ``refresh``: ``refresh(value, levels)`` returns the value
 #: with at least ``levels`` levels left (bootstrapped first where the walker's
