@@ -169,7 +169,8 @@ CASES = [
     # ---- compile options
     ("compile without calibration", lambda e: _compile(calibration=None), CompileError, "calibration"),
     ("compile for an unknown preset", lambda e: _compile(preset="fast"), PresetError, "unknown preset"),
-    ("compile with rotation_keys 'all'", lambda e: _compile(rotation_keys="all"), CompileError, "rotation_keys"),
+    ("compile with rotation_key_policy 'all'", lambda e: _compile(rotation_key_policy="all"), CompileError,
+     "rotation_key_policy"),
     ("compile with alpha 40", lambda e: _compile(alpha=40), ApproxError, "alpha=40"),
     ("compile with eps 2^-3", lambda e: _compile(eps_bits=3), ApproxError, "eps=2^-3"),
     ("compile with relu_extension 0.5", lambda e: _compile(relu_extension=0.5), CompileError, "extension"),

@@ -392,3 +392,15 @@ def test_forged_files_run_no_code(tiny, tmp_path):
         ckksnet.load_plan(_write(tmp_path, "swapped", S.pack("server_plan", spec, fields)))
     with pytest.raises(CorruptDataError):
         ckksnet.load_plan(forged(b"[1, 2", arrays))
+
+
+def test_a_field_renamed_in_python_keeps_its_name_in_plan_files(tiny):
+    """Plan.rotation_key_policy was Plan.rotation_keys: files store it under that name still, so
+    their bytes (and plan ids) are unchanged and plans saved before the rename load."""
+    plan = tiny.plan
+    payload = artifact.to_payload(plan)
+    (n,) = struct.unpack_from("<I", payload, 0)
+    fields = json.loads(payload[4:4 + n])["fields"]
+    assert fields["rotation_keys"] == plan.rotation_key_policy == "reuse" and "rotation_key_policy" not in fields
+    loaded = artifact.from_payload(payload)
+    assert loaded.rotation_key_policy == "reuse" and artifact.plan_id(loaded) == tiny.plan_id

@@ -113,7 +113,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             "alpha": signs.alpha, "eps_bits": signs.eps_bits, "relu_signs": [[p, list(t)] for p, t in signs.relu_sign],
             "compile_seconds": round(compile_s, 2),
             "keygen_seconds": round(keygen_s, 2), "rotation_keys": client.key_memory_gb["rotation_keys"],
-            "rotation_key_policy": net.rotation_keys, "peak_rss_gb_after_keygen": round(keygen_rss, 2),
+            "rotation_key_policy": net.rotation_key_policy, "peak_rss_gb_after_keygen": round(keygen_rss, 2),
             "key_memory_gb": client.key_memory_gb,
             "images": records, "agreement": float(np.mean([r["plain_pred"] == r["enc_pred"] for r in records])),
             "report": first_report, "costs": costs,

@@ -99,7 +99,7 @@ _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
                   preset: str | Preset = "secure", image_size: tuple[int, int] | None = None,
                   alpha: int = 13, eps_bits: int = 9, margin: float = 1.5,
-                  relu_alpha: dict[str, int | tuple[int, int]] | None = None, rotation_keys: str = "reuse",
+                  relu_alpha: dict[str, int | tuple[int, int]] | None = None, rotation_key_policy: str = "reuse",
                   lanes: bool | None = None, pooled_dense: bool | None = None,
                   classes: tuple[str, ...] | None = None, mean=None, std=None,
                   relu_extension: float = 1.0, input_shape: tuple[int, int, int] | None = None) -> Plan:
@@ -112,7 +112,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     ``margin`` x max |input| (1.5: on the CIFAR-10 test split one ReLU of the bundled model
     reaches 1.33 x its max over the calibration images, and outside [-B, B] the polynomial
     diverges). ``alpha`` / ``eps_bits`` pick the sign table for every ReLU; ``relu_alpha``
-    overrides them per ReLU (step name -> alpha, or -> (alpha, eps_bits)). ``rotation_keys``:
+    overrides them per ReLU (step name -> alpha, or -> (alpha, eps_bits)). ``rotation_key_policy``:
     "reuse" (default) chains every rotation from the ~60 rotation keys bootstrapping generates
     anyway (no extra key memory); "pow2" adds keys for +-2^i; "direct" one key per rotation
     index. ``lanes``: evaluate folded linear maps in lanes (see :mod:`ckksnet.kernels.linear`):
@@ -135,8 +135,8 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     it cannot compute exactly, for missing calibration, for a Normalize module together with
     ``mean`` / ``std``, and for a plan the preset cannot run (levels needed and available).
     """
-    if rotation_keys not in ("reuse", "pow2", "direct"):
-        raise CompileError(f"rotation_keys must be 'reuse', 'pow2' or 'direct', not {rotation_keys!r}")
+    if rotation_key_policy not in ("reuse", "pow2", "direct"):
+        raise CompileError(f"rotation_key_policy must be 'reuse', 'pow2' or 'direct', not {rotation_key_policy!r}")
     preset = get_preset(preset) if isinstance(preset, str) else preset
     from ckksnet.approx.relu import extension_bits
     try:
@@ -155,7 +155,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         norm, mean, std = input_normalization(graph, modules, mean, std, channels)
         image_shape = (len(mean), int(image_size[0]), int(image_size[1]))
         ranges = _ranges(model, calibration, image_shape, None if norm else (mean, std))
-        plan = Plan(preset=preset, rotation_keys=rotation_keys, model_id=model_identity(model),
+        plan = Plan(preset=preset, rotation_key_policy=rotation_key_policy, model_id=model_identity(model),
                     options=options.record())
         names = lower(plan, graph, model, image_size, options, mean=mean, std=std, client_normalize=norm)
     finally:

@@ -44,6 +44,12 @@ def plan_type(cls: type) -> type:
     return cls
 
 
+#: fields renamed in Python after plan files were written: (class name, Python name) -> the name
+#: files use, written and read under it, so files keep their bytes and earlier ones still load
+FILE_NAMES: dict[tuple[str, str], str] = {("Plan", "rotation_key_policy"): "rotation_keys"}
+_PYTHON_NAMES = {(cls, stored): name for (cls, name), stored in FILE_NAMES.items()}
+
+
 def _types() -> dict[str, type]:
     return PLAN_TYPES
 
@@ -85,7 +91,7 @@ def _encode(obj, arrays: list):
         if _types().get(name) is not type(obj):
             raise SerializationError(f"{name} is not a registered plan type (subclass ckksnet.kernels.Kernel)")
         skip = {"pending"}  # compile-time state
-        return {"@type": name, "fields": {f.name: _encode(getattr(obj, f.name), arrays)
+        return {"@type": name, "fields": {FILE_NAMES.get((name, f.name), f.name): _encode(getattr(obj, f.name), arrays)
                                           for f in fields(obj) if f.init and f.name not in skip}}
     raise SerializationError(f"cannot store a {type(obj).__name__} in a plan")
 
@@ -111,7 +117,8 @@ def _decode(tree, arrays, types: dict):
         if cls is None:
             raise CorruptDataError(f"the plan names an unknown type {tree['@type']!r} (a kernel defined "
                                    "outside ckksnet: import its module before loading)")
-        return cls(**{k: _decode(v, arrays, types) for k, v in tree["fields"].items()})
+        return cls(**{_PYTHON_NAMES.get((tree["@type"], k), k): _decode(v, arrays, types)
+                      for k, v in tree["fields"].items()})
     raise CorruptDataError(f"unreadable plan tree node with keys {sorted(tree)[:4]}")
 
 

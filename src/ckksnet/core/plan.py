@@ -115,10 +115,11 @@ class Plan:
     output: int = -1
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
-    # which rotation keys the client makes beyond those bootstrapping brings (see key_indices):
-    # "reuse": none unless a rotation cannot be chained from the keys present; "pow2": +-2^i;
-    # "direct": one key per rotation index (fastest, most memory)
-    rotation_keys: str = "reuse"
+    #: which rotation keys the client makes beyond those bootstrapping brings (see key_indices):
+    #: "reuse": none unless a rotation cannot be chained from the keys present; "pow2": +-2^i;
+    #: "direct": one key per rotation index (fastest, most memory). Plan files store it under
+    #: its earlier name "rotation_keys" (:data:`ckksnet.core.artifact.FILE_NAMES`)
+    rotation_key_policy: str = "reuse"
     schedule: object | None = None
     classes: tuple = ()
     model_id: str = ""
@@ -163,13 +164,13 @@ class Plan:
 
     def key_indices(self, available: set[int] | frozenset = frozenset()) -> list[int]:
         """Rotation keys (indices mod slots) the client must add to the ``available`` ones
-        (bootstrapping's), following :attr:`rotation_keys`."""
+        (bootstrapping's), following :attr:`rotation_key_policy`."""
         slots = self.preset.slots
         have = {k % slots for k in available}
         needed = {k % slots for k in self.rotations()} - {0} - have
-        if self.rotation_keys == "direct":
+        if self.rotation_key_policy == "direct":
             return sorted(needed)
-        if self.rotation_keys == "reuse" and have:
+        if self.rotation_key_policy == "reuse" and have:
             reachable = rotation_paths(slots, have)
             needed = {k for k in needed if k not in reachable}
         parent = rotation_paths(slots, set(signed_powers_of_two(slots)) | have)
