@@ -66,7 +66,7 @@ def random_model(depth: int, shortcut: str, seed: int = 0) -> nn.Module:
 def plan_one(depth: int, shortcut: str) -> dict:
     """Compile the secure plan of one depth (no keys); JSON-ready figures."""
     import ckksnet
-    from ckksnet.compiler.phases import activation_nodes, trace
+    from ckksnet.compiler.graph import activation_nodes, trace
     from ckksnet.compiler.report import plan_report
 
     model = random_model(depth, shortcut)

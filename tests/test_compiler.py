@@ -18,7 +18,7 @@ from ckksnet.backend import get_preset
 from ckksnet.core.slots import SlotEvaluator
 from ckksnet.core.tracer import LevelTracer
 from ckksnet.compiler import compile
-from ckksnet.compiler.lower import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
+from ckksnet.compiler.affine import conv_matrix, fold_bn, pad_shortcut_matrix, pooled_linear_matrix
 from ckksnet.core.plan import ActivationRangeWarning
 from ckksnet.errors import CompileError, NonFiniteError, RangeError, ShapeError
 from ckksnet.kernels import LinearMap, PooledDense, SumPoolStep

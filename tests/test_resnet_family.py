@@ -11,7 +11,7 @@ import torch
 
 from ckksnet.backend.presets import InsecurePresetWarning
 from ckksnet.compiler import compile
-from ckksnet.compiler.phases import activation_nodes, trace
+from ckksnet.compiler.graph import activation_nodes, trace
 from ckksnet.compiler.report import plan_report
 from ckksnet.models import load_bundled
 from ckksnet.models.resnet import DEPTHS, BasicBlock, ResNetCifar, build, resnet20, resnet_cifar

@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ckksnet.compiler.graph import activation_nodes, trace
 from ckksnet.errors import InputError
 from ckksnet.inputs import as_images
 
@@ -85,7 +86,7 @@ def calibrate(model: nn.Module, images, q: float = 0.9999, batch_size: int = 250
     ``F.relu``, ``torch.relu``, ``x.relu()``, ...): ``{"max_abs", "percentile", "q", "count"}``
     of its input over ``images``.
 
-    Keys are the step names the compiler gives (:func:`ckksnet.compiler.phases.step_names`):
+    Keys are the step names the compiler gives (:func:`ckksnet.compiler.graph.step_names`):
     a module's name for a module called once (as stored in checkpoint metadata), ``name@k`` for
     the k-th call of a module called several times, the torch.fx node name for a function or
     method. ``images``: uint8 NHWC (0..255) or float NCHW in [0, 1]; ``image_shape`` (C, H, W)
@@ -95,8 +96,6 @@ def calibrate(model: nn.Module, images, q: float = 0.9999, batch_size: int = 250
     percentile is the ``q`` quantile of |x| (nearest-rank, upper). The model's training modes
     are left as they were.
     """
-    from ckksnet.compiler.phases import activation_nodes, trace
-
     arr, image_shape = _pixels(images, image_shape)
     n = len(arr)
     modes = {m: m.training for m in model.modules()}

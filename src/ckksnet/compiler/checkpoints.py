@@ -177,7 +177,8 @@ def model_input_shape(model, meta: dict | None = None, input_shape=None, image_s
     ``image_size`` (N for N x N, or (H, W); default 32 x 32, not for a factory's model, whose
     metadata names it: no size is guessed for it). Raises :class:`CompileError` where the model
     cannot tell (give --input-shape), a factory's model has neither size, or two disagree."""
-    from ckksnet.compiler.phases import _input_size, input_normalization, trace
+    from ckksnet.compiler.graph import trace
+    from ckksnet.compiler.phases import _input_size, input_normalization
 
     size = _pair(image_size)
     if input_shape is not None:
@@ -278,7 +279,7 @@ def compile_checkpoint(checkpoint: str | None = None, preset: str = "secure",
     shape = model_input_shape(model, meta, input_shape, image_size)
     if calibration is not None:
         images = read_calibration(calibration, shape)
-        from ckksnet.compiler.phases import activation_nodes, trace
+        from ckksnet.compiler.graph import activation_nodes, trace
 
         relus = list(activation_nodes(trace(model), dict(model.named_modules())).values())
         plan = compile_model(model, calibration=images, preset=preset, input_shape=shape,

@@ -24,14 +24,9 @@ reads pixels in [0, 1] as they are).
 from __future__ import annotations
 
 import hashlib
-import linecache
 import operator
-import re
-import sys
 import warnings
 import weakref
-from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,14 +34,16 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ckksnet.backend.presets import bootstrap_rotations
+from ckksnet.compiler.calibrate import calibrate
+from ckksnet.compiler.graph import lowering_key, source_line, step_names, trace
 from ckksnet.compiler.model_forms import prepare_model
 from ckksnet.core.options import CompileOptions
 from ckksnet.core.params import Preset, get_preset
-from ckksnet.compiler import lowerings
 from ckksnet.core.plan import Plan
-from ckksnet.compiler.lower import Affine
+from ckksnet.compiler.affine import Affine
+from ckksnet.compiler.lowerings import GraphContext, layout_shape, materialize
 from ckksnet.core.plan import Value
-from ckksnet.kernels.registry import ACTIVATION_TYPES, LOWERINGS
+from ckksnet.kernels.registry import LOWERINGS
 from ckksnet.core.schedule import schedule_plan
 from ckksnet.errors import CkksnetError, CompileError
 from ckksnet.layout import Layout, VectorLayout
@@ -72,28 +69,6 @@ _UNSUPPORTED_HINTS = {
     nn.AdaptiveMaxPool2d: "use nn.AdaptiveAvgPool2d, or register a kernel with ckksnet.kernels.register",
 }
 
-
-class _Tracer(fx.Tracer):
-    """Registered module types are leaves; each node records the user's source line that made
-    it (``node.meta["source"]``: file, line, code; cheaper than ``record_stack_traces``)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m) in LOWERINGS or super().is_leaf_module(m, qualname)
-
-    def create_node(self, *args, **kwargs):
-        node = super().create_node(*args, **kwargs)
-        f = sys._getframe(1)
-        while f is not None and _TORCH_DIR in f.f_code.co_filename:
-            f = f.f_back
-        # the first frame outside torch is the forward that made the node; when it is this file's
-        # trace(), only torch code ran (nn.Sequential's forward): there is no source line to show
-        if f is not None and f.f_code.co_filename != __file__:
-            code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
-            node.meta["source"] = (f.f_code.co_filename, f.f_lineno, code)
-        return node
-
-
-_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 
 
 def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
@@ -242,73 +217,6 @@ def model_identity(model: nn.Module) -> str:
         h.update(f"{name}|{arr.dtype}|{arr.shape}".encode())
         h.update(arr.tobytes())
     return h.hexdigest()
-
-
-def trace(model: nn.Module) -> fx.Graph:
-    """The model's torch.fx graph; registered module types stay leaves; nodes carry their
-    source lines (``node.stack_trace``)."""
-    try:
-        return _Tracer().trace(model)
-    except Exception as exc:  # fx raises plain errors for data-dependent control flow
-        raise CompileError(f"torch.fx cannot trace the model: {exc}") from exc
-
-
-# ------------------------------------------------------------------ reading the graph
-def lowering_key(node: fx.Node, modules: dict):
-    """The registry key of a node: module type, function, or "method:<name>"."""
-    if node.op == "call_module":
-        return type(modules[node.target])
-    if node.op == "call_method":
-        return f"method:{node.target}"
-    return node.target
-
-
-def step_names(graph: fx.Graph, modules: dict) -> dict[str, str]:
-    """node name -> the name its plan step gets (and its calibration key): the module's name for
-    a module called once, ``name@k`` for the k-th call of a module called several times (a shared
-    ReLU), the node name for a function or method (made unique against module names)."""
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
-    seen: Counter = Counter()
-    names = {}
-    for n in graph.nodes:
-        if n.op == "call_module":
-            seen[n.target] += 1
-            names[n.name] = n.target if calls[n.target] == 1 else f"{n.target}@{seen[n.target]}"
-    taken = set(names.values())
-    for n in graph.nodes:
-        if n.op in ("call_function", "call_method"):
-            names[n.name] = n.name if n.name not in taken else f"{n.name}@fn"
-    return names
-
-
-def activation_nodes(graph: fx.Graph, modules: dict, types=None) -> dict[str, str]:
-    """node name -> step name of every node whose kernel is an activation (its input range is
-    calibrated); ``types``: only these registry keys (default: every activation key)."""
-    names = step_names(graph, modules)
-    keys = ACTIVATION_TYPES if types is None else set(types)
-    return {n.name: names[n.name] for n in graph.nodes
-            if n.op in ("call_module", "call_function", "call_method") and _safe_key(n, modules) in keys}
-
-
-def _safe_key(node, modules):
-    try:
-        return lowering_key(node, modules)
-    except (KeyError, TypeError):
-        return None
-
-
-def source_line(node: fx.Node) -> str:
-    """'file.py:42: code' of the user's line that made ``node`` (empty if unknown)."""
-    src = node.meta.get("source")
-    if src is None:  # a graph traced elsewhere, with record_stack_traces
-        frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)', node.stack_trace or "")
-        user = [f for f in frames if "/torch/" not in f[0].replace("\\", "/")]
-        if not user:
-            return ""
-        src = user[-1]
-    path, line, code = src
-    code = str(code).strip()
-    return f"{Path(path).name}:{line}" + (f": {code}" if code else "")
 
 
 def _input_size(input_shape, image_size) -> tuple[int | None, tuple[int, int]]:
@@ -469,7 +377,7 @@ def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: Co
     names = step_names(graph, modules)
     where = source_line
     sample = _sample_run(model, gm, image_shape)
-    ctx = lowerings.GraphContext(plan, plan.preset.slots, options, sample, set(), names, where, modules,
+    ctx = GraphContext(plan, plan.preset.slots, options, sample, set(), names, where, modules,
                                  client_normalize)
     ctx.acts = _activations(graph, sample, ctx.fail)
     ctx.nodes = {n.name: n for n in graph.nodes}
@@ -507,7 +415,7 @@ def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: Co
             if _is_view(node, modules):
                 views[node.name] = weakref.ref(env[node.args[0].name])
             env[node.name] = out
-            for a in node.all_input_nodes:  # pending maps hold large matrices: drop them when read
+            for a in node.all_input_nodes:  # deferred maps hold large matrices: drop them when read
                 if last[a.name] <= order[node.name] and a.name != node.name:
                     env.pop(a.name, None)
         elif node.op == "get_attr" or node.name not in ctx.acts:
@@ -516,7 +424,7 @@ def lower(plan: Plan, graph: fx.Graph, model: nn.Module, image_size, options: Co
             raise ctx.fail(node, f"unsupported operation {node.op}")
     _prune(plan)
     for v in plan.values:
-        v.pending = {}  # compile-time state (torch modules) does not stay in the plan
+        v.deferred = {}  # compile-time state (torch modules) does not stay in the plan
     return names
 
 
@@ -539,8 +447,8 @@ def _rebind(ctx, node: fx.Node, target: fx.Node, out: Value, views: dict, order:
 def _check_shape(ctx, node: fx.Node, out: Value) -> None:
     """The lowered value must be the tensor torch computes (shape per image)."""
     want = ctx.shape(node)
-    aff = out.pending.get("affine")
-    got = aff.shape if aff is not None else lowerings._layout_shape(out.layout)
+    aff = out.deferred.get("affine")
+    got = aff.shape if aff is not None else layout_shape(out.layout)
     if tuple(got) != tuple(want):
         raise ctx.fail(node, f"lowered to a {tuple(got)} tensor where torch computes {tuple(want)}; "
                              "refused rather than approximated")
@@ -555,12 +463,12 @@ def _output_value(ctx, node: fx.Node) -> Value:
         raise ctx.fail(arg, f"the output must be logits, (N, classes) or (N, classes, 1, 1), not (N, {shape})")
     v = ctx.value(arg)
     k = shape[0]
-    aff = v.pending.get("affine")
+    aff = v.deferred.get("affine")
     if aff is not None:
-        return lowerings.materialize(ctx, Value(-1, None, pending={"affine": aff.reshaped((k,))}))
+        return materialize(ctx, Value(-1, None, deferred={"affine": aff.reshaped((k,))}))
     if isinstance(v.layout, VectorLayout):
         return v
-    return lowerings.materialize(ctx, Value(-1, None, pending={"affine": Affine.identity(v, (k,), "output")}))
+    return materialize(ctx, Value(-1, None, deferred={"affine": Affine.identity(v, (k,), "output")}))
 
 
 def _prune(plan: Plan) -> None:
@@ -581,8 +489,6 @@ def _ranges(model: nn.Module, calibration, image_shape: tuple, pipeline=None) ->
         raise CompileError("calibration data is required: images (uint8 NHWC or float NCHW) or a calibration dict")
     if isinstance(calibration, dict):
         return {k: float(v["max_abs"] if isinstance(v, dict) else v) for k, v in calibration.items()}
-    from ckksnet.compiler.calibrate import calibrate
-
     mean, std = pipeline or (None, None)
     return {k: v["max_abs"] for k, v in calibrate(model, calibration, q=1.0, image_shape=image_shape,
                                                   mean=mean, std=std).items()}

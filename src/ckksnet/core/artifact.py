@@ -90,7 +90,7 @@ def _encode(obj, arrays: list):
         name = type(obj).__name__
         if _types().get(name) is not type(obj):
             raise SerializationError(f"{name} is not a registered plan type (subclass ckksnet.kernels.Kernel)")
-        skip = {"pending"}  # compile-time state
+        skip = {"deferred"}  # compile-time state (Value.deferred)
         return {"@type": name, "fields": {FILE_NAMES.get((name, f.name), f.name): _encode(getattr(obj, f.name), arrays)
                                           for f in fields(obj) if f.init and f.name not in skip}}
     raise SerializationError(f"cannot store a {type(obj).__name__} in a plan")

@@ -48,13 +48,15 @@ def preprocess(images: np.ndarray, layout: Layout, mean: np.ndarray, std: np.nda
 @dataclass
 class Value:
     """A tensor of the plan: its layout and its scale (stored slot value = true value / scale).
-    ``pending`` holds lowering state while compiling: a convolution waiting for its BatchNorm,
-    a pooled tensor waiting for its Linear."""
+    ``deferred``: compile-time state of a value no step computes yet (never saved; emptied when
+    compiling ends): ``"affine"``, the deferred linear map that defines it (a convolution waiting
+    for its BatchNorm, pooled sums waiting for their Linear), and ``"done"``, the steps that
+    materialized it, by layout (:mod:`ckksnet.compiler.lowerings.deferred`)."""
 
     id: int
     layout: Layout | VectorLayout
     scale: float = 1.0
-    pending: dict = field(default_factory=dict)
+    deferred: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

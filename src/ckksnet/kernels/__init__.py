@@ -38,8 +38,8 @@ from ckksnet.layout import Layout
 
 
 def materialize(ctx: LoweringContext, value: Value) -> Value:
-    """A value whose lowering is still pending (a convolution waiting for its BatchNorm) becomes a
-    step; call it on every input of a new kernel's lowering."""
+    """A value still defined by a deferred linear map (a convolution waiting for its BatchNorm,
+    ``Value.deferred``) becomes a step; call it on every input of a new kernel's lowering."""
     return ctx.materialize(value)
 
 

@@ -16,8 +16,10 @@ A lowering function ``lower(ctx, node, module, args) -> Value`` receives the alr
 activation inputs (``args``: :class:`Value` objects, in argument order; ``module`` is None for
 a function or method) and appends kernels to the plan through ``ctx``; the built-in ones also
 read constants and shapes through the compiler's context
-(:class:`ckksnet.compiler.lowerings.GraphContext`). Each kernel's algorithm is
-written once (``evaluate``, :mod:`ckksnet.kernels.base`) and runs encrypted, traced and as the twin.
+(:class:`ckksnet.compiler.lowerings.GraphContext`); they live in ``compiler/lowerings/<family>.py``,
+one file per kernel family (:mod:`ckksnet.compiler.lowerings` says how to add one). Each kernel's
+algorithm is written once (``evaluate``, :mod:`ckksnet.kernels.base`) and runs encrypted, traced
+and as the twin.
 
     from ckksnet.kernels import register
 
@@ -72,6 +74,6 @@ class LoweringContext:
         return output
 
     def materialize(self, value: Value) -> Value:
-        """The value itself once nothing is pending; the compiler's context overrides this to
-        turn a pending linear map (a convolution waiting for its BatchNorm) into a step."""
+        """The value itself once nothing is deferred; the compiler's context overrides this to
+        turn a deferred linear map (a convolution waiting for its BatchNorm) into a step."""
         return value

@@ -1,7 +1,11 @@
-"""Lowering of torch layers to sparse matrices between slot layouts (BN folding included).
+"""Affine maps y = matrix @ x + bias: what every linear torch operation is, as sparse matrices.
 
-Every function returns (matrix, bias) with matrix of shape (slots, slots): row = output slot,
-column = input slot, so that y = matrix @ x + bias on packed vectors.
+:class:`Affine` is the deferred map the lowering rules compose (:mod:`ckksnet.compiler.lowerings`),
+built from maps on *dense coordinates* (``conv_dense``, ``pad_dense``, ``select_dense``,
+``channel_affine``, ``probe_dense``) and placed between two slot layouts at the end
+(:meth:`Affine.slot_matrix`). The first functions below build slot matrices directly
+(rows = output slots, columns = input slots; BN folding included): the reference forms the
+tests check the kernels against.
 """
 from __future__ import annotations
 
@@ -204,7 +208,7 @@ def probe_dense(fn, in_shape: tuple) -> tuple[sp.csr_matrix, np.ndarray]:
 
 
 class Affine:
-    """A pending affine map y = matrix @ x + bias from the materialized value ``src`` (dense
+    """A deferred affine map y = matrix @ x + bias from the materialized value ``src`` (dense
     coordinates of its tensor) to a tensor of per-sample ``shape``; not yet a plan step.
 
     ``stride``: the spatial stride accumulated so far (a hint for the output layout);
