@@ -180,3 +180,34 @@ def test_profile_sums_by_kind_its_text_lines_and_plots(tmp_path):
     paths = make_plots(res, {"twin": [1e-3, -2e-3, 0.0], "encrypted": [5e-4]}, tmp_path / "plots")
     assert [p.name for p in paths] == ["fidelity_logit_errors.png", "fidelity_layer_time.png", "fidelity_alpha.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_every_approximated_activation_is_reported_not_only_relu():
+    """The report finds approximated activations by what their kernels declare
+    (``Kernel.approximates``), not by a kind string: a ReLU and another activation alike."""
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    from ckksnet.approx.relu import ReluApprox
+    from ckksnet.fidelity import activation_reports, plan_identity
+    from ckksnet.kernels import AddStep, Kernel, ReluStep
+
+    @dataclass
+    class _SquareApprox(Kernel):  # a polynomial stand-in for some activation, inputs x / B in [-1, 1]
+        name: str
+        kind = "square_approx"
+        domain = 1.0
+        approximates = "square"
+
+    relu = ReluStep("relu", ReluApprox.from_table(13, 4.0), 1.0)
+    steps = [(relu, [0], 1), (_SquareApprox("sq"), [1], 2), (AddStep("add"), [1, 2], 3)]
+    plan = SimpleNamespace(steps=steps, values=[SimpleNamespace(scale=s) for s in (4.0, 4.0, 3.0, 3.0)],
+                           preset=SimpleNamespace(name="test"))
+    seen = {"relu": {"total": 10, "outside": 0, "max_ratio": 0.5}, "sq": {"total": 8, "outside": 2, "max_ratio": 1.5}}
+    reports = activation_reports(plan, seen)
+    assert set(reports) == {"relu", "sq"}  # the addition approximates nothing
+    assert reports["relu"] == {"activation": "relu", "bound": 4.0, "total": 10, "outside": 0, "max_ratio": 0.5}
+    assert reports["sq"] == {"activation": "square", "bound": 4.0, "total": 8, "outside": 2, "max_ratio": 1.5}
+    identity = plan_identity(plan)
+    assert identity["relu"] == [["relu", 13, relu.relu.sign.eps, 4.0]]
+    assert identity["activations"] == [["sq", "square", "square_approx", 4.0]]

@@ -117,15 +117,31 @@ def step_twin(step, inputs: list[np.ndarray], slots: int | None = None) -> np.nd
     return np.concatenate([t.data for t in tiles_of(out)], axis=-1)
 
 
-def relu_reports(plan, seen: dict) -> dict[str, dict]:
-    """Per ReLU: inputs the twin saw and how many fell outside [-B, B] (from ``Plan.twin(ranges=)``)."""
+def activation_reports(plan, seen: dict) -> dict[str, dict]:
+    """Per step whose kernel approximates an activation (``Kernel.approximates``: ReLU, or any
+    other): which activation, its bound B, the inputs the twin saw and how many fell outside the
+    approximation's interval (from ``Plan.twin(ranges=)``)."""
     out = {}
-    for s, _, _ in plan.steps:
-        if s.kind == "relu":
+    for s, ins, _ in plan.steps:
+        if s.approximates is not None:
             r = seen.get(s.name, {"total": 0, "outside": 0, "max_ratio": 0.0})
-            out[s.name] = {"bound": s.relu.bound, "total": r["total"], "outside": r["outside"],
-                           "max_ratio": r["max_ratio"]}
+            out[s.name] = {"activation": s.approximates,
+                           "bound": s.approximation_bound(plan.values[ins[0]].scale),
+                           "total": r["total"], "outside": r["outside"], "max_ratio": r["max_ratio"]}
     return out
+
+
+def _relu_outside(reports: dict) -> dict:
+    """The report's ReLU figures (its key since before other activations): "per_relu" counts."""
+    relus = {k: r for k, r in reports.items() if r["activation"] == "relu"}
+    return {"total": sum(r["outside"] for r in relus.values()), "values": sum(r["total"] for r in relus.values()),
+            "per_relu": {k: r["outside"] for k, r in relus.items() if r["outside"]}}
+
+
+def _outside(reports: dict) -> dict:
+    return {"total": sum(r["outside"] for r in reports.values()),
+            "values": sum(r["total"] for r in reports.values()),
+            "per_step": {k: r["outside"] for k, r in reports.items() if r["outside"]}}
 
 
 # ---------------------------------------------------------------- figures
@@ -149,11 +165,19 @@ def summarize(plain: np.ndarray, other: np.ndarray, labels: np.ndarray) -> dict:
 
 # ---------------------------------------------------------------- resumable encrypted runs
 def plan_identity(plan) -> dict:
-    """What makes two encrypted runs comparable: preset, step count, and every ReLU's alpha,
-    eps and bound B (the margin and the calibration show up in B). JSON-normalized."""
+    """What makes two encrypted runs comparable: preset, step count, every ReLU's alpha, eps and
+    bound B (the margin and the calibration show up in B), and for other approximated
+    activations (only where the plan has some) their name, activation, kind and bound.
+    JSON-normalized."""
+    from ckksnet.kernels import ReluStep
+
     identity = {"preset": plan.preset.name, "steps": len(plan.steps),
                 "relu": [[s.name, s.relu.sign.alpha, s.relu.sign.eps, s.relu.bound]
-                         for s, _, _ in plan.steps if s.kind == "relu"]}
+                         for s, _, _ in plan.steps if isinstance(s, ReluStep)]}
+    others = [[s.name, s.approximates, s.kind, s.approximation_bound(plan.values[ins[0]].scale)]
+              for s, ins, _ in plan.steps if s.approximates is not None and not isinstance(s, ReluStep)]
+    if others:
+        identity["activations"] = others
     return json.loads(json.dumps(identity))
 
 
@@ -265,7 +289,7 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
         plan.twin(images[i:min(i + batch_size, twin)], noise=noise, seed=i, ranges=seen)
         for i in tqdm(range(0, twin, batch_size), desc="twin", disable=not progress, unit="batch")
     ]) if twin else np.zeros((0, plain.shape[1]))
-    relus = relu_reports(plan, seen)
+    activations = activation_reports(plan, seen)
     twin_enc = plan.twin(images[idx], noise=noise, seed=len(images)) if idx else np.zeros((0, plain.shape[1]))
     records = run_encrypted(plan, images[idx], idx, log, progress, client_factory)
     enc_logits = np.array([r["logits"] for r in records]).reshape(len(records), plain.shape[1])
@@ -280,9 +304,9 @@ def evaluate(plan, model, images: np.ndarray, labels: np.ndarray, twin: int, enc
         | {"indices": idx,
            "seconds_per_image": round(float(np.mean([r["seconds"] for r in records])), 1) if records else None},
         "twin_on_encrypted_images": summarize(plain_enc, twin_enc, labels[idx]),
-        "relu_inputs_outside_bound": {"total": sum(r["outside"] for r in relus.values()),
-                                      "values": sum(r["total"] for r in relus.values()),
-                                      "per_relu": {k: r["outside"] for k, r in relus.items() if r["outside"]}},
+        "relu_inputs_outside_bound": _relu_outside(activations),
+        # every approximated activation (ReLU and any other), per step
+        "activation_inputs_outside_bound": _outside(activations),
         "logit_errors": {"twin": (twin_logits[:2000] - plain[:2000]).ravel().tolist(),
                          "encrypted": (enc_logits - plain_enc).ravel().tolist()},
         "profile": profile(*_latest_report(log, set(idx))),

@@ -55,6 +55,7 @@ def alpha_sweep(model, calib, split, preset, alphas, eps_bits, n, noise_model, p
     import torch
 
     from ckksnet.compiler import compile
+    from ckksnet.kernels import ReluStep
     from ckksnet.training.train import to_tensor
 
     with torch.no_grad():
@@ -64,7 +65,7 @@ def alpha_sweep(model, calib, split, preset, alphas, eps_bits, n, noise_model, p
         net = compile(model, calibration=calib, preset=preset, alpha=a, eps_bits=eps_bits)
         twin = np.concatenate([net.twin(split.images[i:min(i + 256, n)], noise=noise_model, seed=i)
                                for i in range(0, n, 256)])
-        relu = next(s for s, _, _ in net.steps if s.kind == "relu")
+        relu = next(s for s, _, _ in net.steps if isinstance(s, ReluStep))
         out.append({"alpha": a, "degrees": list(relu.relu.sign.degrees), "relu_depth": relu.levels()}
                    | summarize(plain, twin, split.labels[:n]))
         if progress:

@@ -18,7 +18,10 @@ A kernel is a dataclass (its fields are its parameters: what a saved plan stores
   with at least ``levels`` levels left (bootstrapped where the plan's schedule says so); call it
   before each stage that spends levels;
 * ``domain``: stored inputs must lie in [-domain, domain] (a polynomial approximation's
-  interval), or None; the twin checks it.
+  interval), or None; the twin checks it;
+* ``approximates``: the activation a kernel approximates by a polynomial (``"relu"``), or None
+  where it computes its function exactly; ``approximation_bound(scale_in)``: its bound B. The
+  fidelity report covers every step that approximates an activation, whatever its kind.
 
 Subclasses register themselves by class name in :data:`ckksnet.core.artifact.PLAN_TYPES` (every
 class a plan file may name: kernels and the plan's other parts), so saved plans can name them
@@ -48,6 +51,9 @@ class Kernel:
     kind: ClassVar[str] = "kernel"
     shares_scale: ClassVar[bool] = False
     domain: ClassVar[float | None] = None
+    #: the activation this kernel approximates by a polynomial ("relu", "silu"), or None where it
+    #: computes its function exactly
+    approximates: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -70,6 +76,14 @@ class Kernel:
 
     def variants(self) -> list["Kernel"]:
         return []
+
+    def approximation_bound(self, scale_in: float) -> float | None:
+        """For a kernel that approximates an activation: the bound B of its inputs (true values) it
+        was made for, given its input's scale; by default what its ``domain`` reaches,
+        ``scale_in * domain``. None for an exact kernel."""
+        if self.approximates is None or self.domain is None:
+            return None
+        return scale_in * self.domain
 
     def evaluate(self, ev, inputs: list, refresh: Refresh):
         raise NotImplementedError(f"{type(self).__name__} has no evaluate()")

@@ -26,6 +26,7 @@ class ReluStep(Kernel):
     kind = "relu"
     shares_scale = True
     domain = 1.0  # prescaled: |x| / (L B) <= 1
+    approximates = "relu"
 
     def __post_init__(self) -> None:
         extension_bits(self.extension)  # ApproxError unless a finite number >= 1
@@ -38,6 +39,10 @@ class ReluStep(Kernel):
         ext = self.extension
         # scale_out: the scale group's L B (at least this ReLU's own); B = scale_out / L
         return ReluStep(self.name, ReluApprox.from_table(int(alpha), scale_out / ext, int(eps_bits), ext), ext)
+
+    def approximation_bound(self, scale_in: float) -> float:
+        """B (the twin flags inputs beyond L B, the interval the extension covers)."""
+        return self.relu.bound
 
     def levels(self) -> int:
         return self.relu.depth(prescaled=True)
