@@ -3,12 +3,13 @@ named phases, one function each:
 
     trace -> lower -> assign scales -> finalize -> schedule
 
-* :func:`trace`: torch.fx graph of the model (registered module types are leaves), then a
-  sample run of the traced graph: every tensor's shape, every constant (``x.size(3)``), and a
-  check that the graph computes what the model computes;
-* :func:`lower`: each node becomes plan steps through the kernel registered for its module type,
-  function or tensor method (:mod:`ckksnet.kernels.registry`); linear operations compose into
-  one map before they become a step (BatchNorm folded into the convolution before it);
+* :func:`~ckksnet.compiler.graph.trace`: torch.fx graph of the model (registered module types
+  are leaves), then a sample run of the traced graph: every tensor's shape, every constant
+  (``x.size(3)``), and a check that the graph computes what the model computes;
+* :func:`lower`: each node becomes plan steps through the lowering rule registered for its
+  module type, function or tensor method (:mod:`ckksnet.compiler.lowerings`, one file per kernel
+  family); linear operations compose into one deferred map before they become a step
+  (BatchNorm folded into the convolution before it);
 * :func:`assign_scales`: each value's scale: activations' bounds B from calibration (times a
   margin), shared along identity shortcuts so residual additions need no rescaling;
 * :func:`finalize`: every kernel folds its scales in (and picks its approximation);
@@ -70,7 +71,6 @@ _UNSUPPORTED_HINTS = {
 }
 
 
-
 def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
                   preset: str | Preset = "secure", image_size: tuple[int, int] | None = None,
                   alpha: int = 13, eps_bits: int = 9, margin: float = 1.5,
@@ -80,35 +80,20 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
                   relu_extension: float = 1.0, input_shape: tuple[int, int, int] | None = None) -> Plan:
     """Compile a trained model into a complete encrypted-inference plan (schedule included).
 
-    calibration: images (uint8 NHWC with values 0..255, or float NCHW in [0, 1], as ``twin`` and
-    ``encrypt`` take them; ReLU input ranges are measured on them) or a dict {ReLU step name:
-    {"max_abs": ...}} as stored in checkpoint metadata (step names: the module's name, or the
-    torch.fx node name for ``F.relu`` and its kin; see :func:`step_names`). Each ReLU's bound is
-    ``margin`` x max |input| (1.5: on the CIFAR-10 test split one ReLU of the bundled model
-    reaches 1.33 x its max over the calibration images, and outside [-B, B] the polynomial
-    diverges). ``alpha`` / ``eps_bits`` pick the sign table for every ReLU; ``relu_alpha``
-    overrides them per ReLU (step name -> alpha, or -> (alpha, eps_bits)). ``rotation_key_policy``:
-    "reuse" (default) chains every rotation from the ~60 rotation keys bootstrapping generates
-    anyway (no extra key memory); "pow2" adds keys for +-2^i; "direct" one key per rotation
-    index. ``lanes``: evaluate folded linear maps in lanes (see :mod:`ckksnet.kernels.linear`):
-    None where the whole schedule's estimated time says it pays
-    (:func:`ckksnet.core.schedule.optimise_variants`: lanes save products but spend a level,
-    which can cost a bootstrap), True wherever possible, False never. ``pooled_dense``: a Linear
-    after global pooling as masks and one box sum (:mod:`ckksnet.kernels.pooled_dense`): None where it pays,
-    True wherever its output windows fit, False never. ``classes``: output class names (default:
-    CIFAR-10's for 10 outputs). ``mean`` / ``std`` (one value, or one per channel): the input
-    normalisation, for a model without a :class:`~ckksnet.nn.Normalize` module (its data
-    pipeline normalised); without either, pixels in [0, 1] go in as they are.
-    ``relu_extension`` L (1: off): every ReLU stays accurate up to L B instead of B (domain
-    extension, :mod:`ckksnet.kernels.relu`), for about ceil(log2 L) more levels per ReLU.
-    ``input_shape`` (C, H, W): the model's input, channels included; needed where the model does
-    not tell its channels (no convolution, no per-channel mean/std: an MLP that starts with
-    ``nn.Flatten``); ``image_size`` (H, W) gives the size alone (default 32 x 32). The plan
-    records the shape (``plan.input_shape``), so a client needs no size.
+    Takes the model (left as it was) and ``calibration``: images (uint8 NHWC 0..255 or float NCHW
+    in [0, 1], as ``twin`` and ``encrypt`` take them), on which each activation's input range is
+    measured, or a dict {step name: {"max_abs": ...}} as checkpoints store it. ``preset``: a name
+    or a :class:`Preset`. ``input_shape`` (C, H, W), or ``image_size`` (H, W; default 32 x 32)
+    where the model tells its channels; the plan records the shape. ``mean`` / ``std``: the input
+    normalisation of a model without a :class:`~ckksnet.nn.Normalize` module (default: pixels in
+    [0, 1] as they are). ``classes``: output class names (default: CIFAR-10's for 10 outputs).
+    ``rotation_key_policy``: see :attr:`Plan.rotation_key_policy`. Every other keyword is a
+    field of :class:`~ckksnet.core.options.CompileOptions`, documented there.
 
-    Raises :class:`CompileError` naming the module or node (and its source line) for anything
-    it cannot compute exactly, for missing calibration, for a Normalize module together with
-    ``mean`` / ``std``, and for a plan the preset cannot run (levels needed and available).
+    Returns the :class:`Plan`. Raises :class:`CompileError` naming the module or node (and its
+    source line) for anything it cannot compute exactly, for missing calibration, for a
+    Normalize module together with ``mean`` / ``std``, for an input shape the model contradicts
+    and for a plan the preset cannot run (levels needed and available).
     """
     if rotation_key_policy not in ("reuse", "pow2", "direct"):
         raise CompileError(f"rotation_key_policy must be 'reuse', 'pow2' or 'direct', not {rotation_key_policy!r}")

@@ -13,18 +13,33 @@ SignTable = tuple  #: (alpha, eps_bits): a minimax composite sign table, see ckk
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """``alpha`` / ``eps_bits``: the sign table of every ReLU (precision alpha bits, sign accurate
-    beyond 2^-eps_bits); ``relu_alpha``: per ReLU step name, alpha or (alpha, eps_bits);
-    ``margin``: each ReLU's bound B = margin x its calibrated max |input|; ``relu_extension``:
-    domain extension L (>= 1); ``lanes`` / ``pooled_dense``: force a linear-map form (None: where
-    the schedule's estimate says it pays)."""
+    """How the compiler approximates and which linear-map forms it may use; each option is
+    documented on its field. :func:`ckksnet.compile` takes them as keyword arguments of the
+    same names."""
 
+    #: the sign table of every ReLU (minimax composite, :mod:`ckksnet.approx`): precision
+    #: ``alpha`` bits (13: degrees 15/15/27, 14 levels) ...
     alpha: int = 13
+    #: ... the sign accurate beyond 2^-eps_bits (relative to the bound B)
     eps_bits: int = 9
+    #: evaluate folded linear maps in lanes (:mod:`ckksnet.kernels.linear`): lanes save products but
+    #: spend a level, which can cost a bootstrap. None: wherever the whole schedule's estimated
+    #: time says it pays (:func:`ckksnet.core.schedule.optimise_variants`); True: wherever
+    #: possible; False: never
     lanes: bool | None = None
+    #: a Linear after global pooling as masks and one box sum (:mod:`ckksnet.kernels.pooled_dense`).
+    #: None: where it pays; True: wherever its output windows fit; False: never
     pooled_dense: bool | None = None
+    #: per ReLU step name, its own sign table: alpha, or (alpha, eps_bits); the others use
+    #: ``alpha`` / ``eps_bits``. Step names: the module's name, the torch.fx node name for
+    #: ``F.relu`` and its kin (:func:`ckksnet.compiler.graph.step_names`)
     relu_alpha: dict = field(default_factory=dict)
+    #: each activation's bound B = margin x its calibrated max |input|. 1.5: on the CIFAR-10
+    #: test split one ReLU of the bundled model reaches 1.33 x its max over the calibration
+    #: images, and outside [-B, B] the polynomial diverges
     margin: float = 1.5
+    #: domain extension L >= 1 (1: off): every ReLU stays accurate up to L B instead of B
+    #: (:mod:`ckksnet.kernels.relu`), for about ceil(log2 L) more levels per ReLU
     relu_extension: float = 1.0
 
     def sign_table(self, relu_name: str) -> SignTable:
