@@ -1,7 +1,7 @@
 """Adding a kernel: SiLU (x * sigmoid(x)) through a Chebyshev approximation.
 
 One dataclass (the plan step: its parameters and its algorithm, written once against the
-evaluator interface) and one registered lowering. Everything comes from ``ckksnet.kernels``.
+evaluator interface) and one registered lowering rule. Everything comes from ``ckksnet.kernels``.
 Import this module before ``ckksnet.compile`` and models with ``nn.SiLU`` compile; import it
 before ``ckksnet.load_plan`` to load a plan that holds a SiLU step:
 
@@ -11,7 +11,13 @@ before ``ckksnet.load_plan`` to load a plan that holds a SiLU step:
 SiLU(x) = x (1/2 + q(x / B)) with q(t) = sigmoid(B t) - 1/2, an odd function of t in [-1, 1]:
 q is interpolated by an odd Chebyshev series and evaluated with the same depth-optimal routine
 as the ReLU (``eval_odd``). The one ``evaluate`` runs on ciphertexts (the server), on levels
-only (the compiler's schedule) and on numpy slots (the twin).
+only (the compiler's schedule) and on numpy slots (the twin). ``approximates = "silu"`` declares
+it a polynomial approximation of an activation: the twin checks its inputs against ``domain``
+and the fidelity report counts those beyond it, as for the ReLU.
+
+Inside ckksnet the same two parts go in two files named after the family, as the built-in ones:
+the class in ``kernels/silu.py``, the rule in ``compiler/lowerings/silu.py``, plus ``silu`` in the
+import list of ``compiler/lowerings/__init__.py``.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch.nn as nn
 
-from ckksnet.kernels import Kernel, activation_bound, depth_of, eval_odd, materialize, register
+from ckksnet.kernels import (CompileOptions, Evaluator, Kernel, LoweringContext, Refresh, Value, activation_bound,
+                             depth_of, eval_odd, materialize, register)
 
 
 @dataclass
@@ -34,11 +41,12 @@ class SiLUStep(Kernel):
     kind = "silu"
     shares_scale = True  # input and output carry the scale B
     domain = 1.0  # stored inputs t = x / B must lie in [-1, 1]: the twin reports any beyond
+    approximates = "silu"  # a polynomial approximation of this activation (its bound B: scale x domain)
 
     def input_bound(self, ranges: dict, margin: float) -> float:
         return activation_bound(self.name, ranges, margin, "SiLU")
 
-    def finalize(self, scale_in: float, scale_out: float, options: dict) -> "SiLUStep":
+    def finalize(self, scale_in: float, scale_out: float, options: CompileOptions) -> "SiLUStep":
         bound = scale_in
         q = lambda t: 1 / (1 + np.exp(-bound * t)) - 0.5  # noqa: E731
         full = np.polynomial.chebyshev.chebinterpolate(q, self.degree)
@@ -47,14 +55,14 @@ class SiLUStep(Kernel):
     def levels(self) -> int:
         return depth_of(self.degree) + 1
 
-    def evaluate(self, ev, inputs, refresh):
+    def evaluate(self, ev: Evaluator, inputs: list, refresh: Refresh):
         t = refresh(inputs[0], depth_of(self.degree))  # bootstrapped first if the schedule says so
         u = ev.add(eval_odd(ev, t, self.coeffs), 0.5)  # 1/2 + q(t), in [0, 1]
         return ev.mul(t, refresh(u, 1))  # t (1/2 + q(t)) = SiLU(x) / B
 
 
-@register(nn.SiLU, activation=True)
-def lower_silu(ctx, node, module, args):
+@register(nn.SiLU, activation=True)  # activation: calibration measures its input range
+def lower_silu(ctx: LoweringContext, node, module: nn.SiLU, args: list[Value]) -> Value:
     src = materialize(ctx, args[0])
     return ctx.add_step(SiLUStep(node.target), [src], ctx.new_value(src.layout))
 

@@ -9,7 +9,8 @@ Adding a kernel is one class and one registration (``examples/silu_kernel.py``):
     class SiLUStep(Kernel):
         name: str
         ...
-        def evaluate(self, ev, inputs, refresh): ...
+        approximates = "silu"  # a polynomial approximation of an activation (None: exact)
+        def evaluate(self, ev: Evaluator, inputs: list, refresh: Refresh): ...
 
     @register(nn.SiLU, activation=True)
     def lower_silu(ctx, node, module, args):
@@ -19,12 +20,14 @@ Adding a kernel is one class and one registration (``examples/silu_kernel.py``):
 Built in: :class:`LinearStep` (convolutions at any stride, shortcuts and dense layers, by
 diagonals with baby-step giant-step rotations, or masks and a box sum after pooling),
 :class:`ReluStep` (minimax composite ReLU), :class:`SumPoolStep` (rotate-and-sum pooling),
-:class:`AddStep` (residual additions).
+:class:`AddStep` (residual additions). Their lowering rules live in
+``compiler/lowerings/<family>.py``, one file per kernel file here.
 """
 from __future__ import annotations
 
 from ckksnet.approx.evaluate import depth_of, eval_odd
 from ckksnet.core.evaluator import Evaluator
+from ckksnet.core.options import CompileOptions
 from ckksnet.core.plan import Value
 from ckksnet.kernels.registry import LoweringContext, register
 from ckksnet.core.artifact import PLAN_TYPES
@@ -43,6 +46,6 @@ def materialize(ctx: LoweringContext, value: Value) -> Value:
     return ctx.materialize(value)
 
 
-__all__ = ["AddStep", "Evaluator", "Kernel", "Layout", "LinearMap", "LinearStep",
+__all__ = ["AddStep", "CompileOptions", "Evaluator", "Kernel", "Layout", "LinearMap", "LinearStep",
            "LoweringContext", "PLAN_TYPES", "PooledDense", "Refresh", "ReluStep", "SumPoolStep", "Value",
            "activation_bound", "depth_of", "eval_odd", "materialize", "register"]
