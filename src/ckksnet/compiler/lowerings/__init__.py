@@ -2,16 +2,17 @@
 family, named as in ``kernels/``: the rules in ``lowerings/<family>.py`` lower to the kernel of
 ``kernels/<family>.py``.
 
-=================  ========================================================================
-``linear.py``      convolutions, BatchNorm, dense layers, padding, slices, reshapes, Normalize,
-                   PadShortcut, identity and dropout -> :class:`~ckksnet.kernels.LinearStep`
-``pooled_dense.py`` a dense layer after global pooling -> :class:`~ckksnet.kernels.PooledDense`
-``pool.py``        average pooling (any spelling) -> :class:`~ckksnet.kernels.SumPoolStep`
-``relu.py``        ReLU (any spelling) -> :class:`~ckksnet.kernels.ReluStep`
-``add.py``         arithmetic operators: residual additions -> :class:`~ckksnet.kernels.AddStep`
-``deferred.py``    not rules: deferred linear maps (:func:`apply_linear`) and :func:`materialize`
-``context.py``     not rules: :class:`GraphContext`, what every rule receives as ``ctx``
-=================  ========================================================================
+* ``linear.py``: convolutions, BatchNorm, dense layers, padding, slices, reshapes, Normalize,
+  PadShortcut, identity and dropout -> :class:`~ckksnet.kernels.LinearStep`;
+* ``pooled_dense.py``: a dense layer after global pooling -> :class:`~ckksnet.kernels.PooledDense`;
+* ``pool.py``: average pooling, any spelling -> :class:`~ckksnet.kernels.SumPoolStep` (or a
+  linear map);
+* ``relu.py``: ReLU, any spelling -> :class:`~ckksnet.kernels.ReluStep`;
+* ``add.py``: arithmetic operators: residual additions -> :class:`~ckksnet.kernels.AddStep`
+  (with a constant: a linear map);
+* not rules: ``deferred.py`` (deferred linear maps, :func:`apply_linear`, and
+  :func:`materialize`, which makes their steps) and ``context.py`` (:class:`GraphContext`, what
+  every rule receives as ``ctx``).
 
 **Adding an activation (or any layer family)** takes one kernel file, one rules file and one line:
 
@@ -32,7 +33,7 @@ family, named as in ``kernels/``: the rules in ``lowerings/<family>.py`` lower t
            src = materialize(ctx, args[0])  # a deferred linear map becomes its step first
            return ctx.add_step(SiLUStep(ctx.step_name(node)), [src], ctx.new_value(src.layout))
 
-3. here: add ``<family>`` to the import below, so its rules register when the compiler loads.
+3. here: one import line for ``<family>`` below, so its rules register when the compiler loads.
 
 A rule ``rule(ctx, node, module, args) -> Value`` gets the lowered activation inputs (``args``,
 in argument order; ``module`` is None for a function or method), reads constants and shapes
@@ -43,7 +44,12 @@ the same way from its own module (``examples/silu_kernel.py``).
 """
 from __future__ import annotations
 
-from ckksnet.compiler.lowerings import add, linear, pool, pooled_dense, relu  # noqa: F401 (each registers its rules)
+# the families: importing each registers its rules (one line per file in this folder)
+from ckksnet.compiler.lowerings import add  # noqa: F401
+from ckksnet.compiler.lowerings import linear  # noqa: F401
+from ckksnet.compiler.lowerings import pool  # noqa: F401
+from ckksnet.compiler.lowerings import pooled_dense  # noqa: F401
+from ckksnet.compiler.lowerings import relu  # noqa: F401
 from ckksnet.compiler.lowerings.context import GraphContext
 from ckksnet.compiler.lowerings.deferred import apply_linear, defer, layout_shape, materialize
 
