@@ -18,7 +18,7 @@ class CompileOptions:
     same names."""
 
     #: the sign table of every ReLU (minimax composite, :mod:`ckksnet.approx`): precision
-    #: ``alpha`` bits (13: degrees 15/15/27, 14 levels) ...
+    #: ``alpha`` bits (13, with eps_bits 9: degrees 15/15/27, 14 levels) ...
     alpha: int = 13
     #: ... the sign accurate beyond 2^-eps_bits (relative to the bound B)
     eps_bits: int = 9
