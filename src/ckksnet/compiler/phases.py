@@ -163,8 +163,8 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
             m.training = training
     assign_scales(plan, _complete_ranges(ranges, names), margin)
     finalize(plan, options)
-    plan.schedule = schedule_plan(plan, optimise=lanes is None,  # an explicit lanes choice is kept
-                                  bootstrap_keys=bootstrap_rotations(preset))
+    plan.schedule, plan.steps = schedule_plan(plan, optimise=lanes is None,  # an explicit lanes choice is kept
+                                              bootstrap_keys=bootstrap_rotations(preset))
     outputs = plan.output_layout.length
     plan.classes = tuple(classes) if classes else (CIFAR10_CLASSES if outputs == 10 else
                                                     tuple(str(i) for i in range(outputs)))
