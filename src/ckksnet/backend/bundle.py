@@ -113,7 +113,7 @@ def part_headers(folder: Path, preset: Preset, context_id: str) -> dict[str, dic
     return headers
 
 
-def attachedattached_entries(header: dict, kind: str, count: int | None = None) -> list:
+def attached_entries(header: dict, kind: str, count: int | None = None) -> list:
     entries = header_field(header, "files", list, f"{kind} header")
     if count is not None and len(entries) != count:
         raise CorruptDataError(f"{kind} header lists {len(entries)} payload files, expected {count}")
