@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 
 import ckksnet
-from ckksnet.backend import CkksClient, InsecurePresetWarning
+from ckksnet.backend import CkksClient
+from ckksnet.core.params import InsecurePresetWarning
 from ckksnet.backend.keys import save_keys
 from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes
 from ckksnet.nn import Normalize
@@ -160,7 +161,7 @@ def owner(world, served) -> RemoteClient:
     """The owner's session: key set ``a`` uploaded."""
     remote = RemoteClient(served.url)
     keyset_id, token = remote.upload_keys(world.eval["a"])
-    assert keyset_id == world.clients["a"].ckks.context_id and len(token) >= 40
+    assert keyset_id == world.clients["a"].keys.context_id and len(token) >= 40
     yield remote
     remote.close()
 
@@ -330,7 +331,7 @@ def test_bad_uploads_are_rejected_and_stored_keysets_stay(world, served, owner, 
         assert answer.json()["detail"], what
     assert _keyset_files(served, owner.keyset_id) == before
     assert not any((served.state / "uploads").iterdir())
-    assert not (served.state / "keysets" / world.clients["c"].ckks.context_id).exists()
+    assert not (served.state / "keysets" / world.clients["c"].keys.context_id).exists()
     assert owner.keyset()["keyset_id"] == owner.keyset_id
     twice = _post_tar(served.url, b"".join(tar_stream(world.eval["a"])))  # the same key set again
     assert twice.status_code == 409 and "already stored" in twice.json()["detail"]

@@ -23,9 +23,12 @@ import numpy as np
 from ckksnet.core import envelope
 from ckksnet.core.encode import (KINDS, PLAN_TYPES, _encode, _is_sparse, plan_id, plan_type,  # noqa: F401  (re-exported)
                                  save_artifact, to_payload)
-from ckksnet.core.plan import ClientSpec, Plan, Value  # noqa: F401  (registered there: a plan file names them)
+from ckksnet.core.plan import ClientSpec, Plan, Value  # noqa: F401  (registered there; imported so a file can name them)
 from ckksnet.core.schedule import Schedule, StepSchedule  # noqa: F401  (likewise)
 from ckksnet.errors import CorruptDataError, SerializationError
+
+#: the backend of plan files written before plans named theirs (2026-12-07): there was one
+LEGACY_BACKEND = "openfhe"
 
 
 def _types() -> dict[str, type]:
@@ -54,7 +57,10 @@ def _decode(tree, arrays, types: dict):
         if cls is None:
             raise CorruptDataError(f"the plan names an unknown type {tree['@type']!r} (a kernel defined "
                                    "outside ckksnet: import its module before loading)")
-        return cls(**{k: _decode(v, arrays, types) for k, v in tree["fields"].items()})
+        fields_ = {k: _decode(v, arrays, types) for k, v in tree["fields"].items()}
+        if cls in (Plan, ClientSpec):
+            fields_.setdefault("backend", LEGACY_BACKEND)
+        return cls(**fields_)
     raise CorruptDataError(f"unreadable plan tree node with keys {sorted(tree)[:4]}")
 
 

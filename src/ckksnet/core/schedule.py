@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from ckksnet.core.backend import Backend
 from ckksnet.core.costs import cost_model
 from ckksnet.core.encode import plan_type
 from ckksnet.core.tiles import join
@@ -91,16 +92,15 @@ class Scheduled(NamedTuple):
     steps: list
 
 
-def schedule_plan(plan, optimise: bool = True, bootstrap_keys: frozenset = frozenset(),
-                  backend: str = "openfhe") -> "Schedule":
+def schedule_plan(plan, backend: Backend, optimise: bool = True) -> Scheduled:
     """Tune ``plan``'s kernels to its key set and fix its schedule (see the module doc); with
-    ``optimise``, first pick each kernel's variant by :func:`optimise_variants`. Returns
-    :class:`Scheduled` (the schedule and the tuned steps); ``plan`` is left as it was.
-    ``bootstrap_keys``: rotation indices (mod slots) whose keys the backend's bootstrapping key
-    generation makes anyway (:func:`ckksnet.backend.bootstrap_rotations` for OpenFHE);
-    ``backend``: whose measured cost constants estimate the seconds (:mod:`ckksnet.core.costs`).
-    Raises :class:`CompileError` if the plan needs more levels than the preset gives."""
-    tuner = _Tuner(frozenset(bootstrap_keys), backend)
+    ``optimise``, first pick each kernel's variant by :func:`optimise_variants`. ``backend``:
+    the plan's backend (:mod:`ckksnet.core.backend`): the rotation keys its bootstrapping key
+    generation makes anyway, and its measured cost constants (:mod:`ckksnet.core.costs`), which
+    estimate the seconds. Returns :class:`Scheduled` (the schedule and the tuned steps); ``plan``
+    is left as it was. Raises :class:`CompileError` if the plan needs more levels than the
+    preset gives."""
+    tuner = _Tuner(backend.bootstrap_rotations(plan.preset), backend.name)
     first = _schedule(plan, plan.steps, tuner)
     return optimise_variants(plan, first.schedule, tuner, first.steps) if optimise else first
 
@@ -120,7 +120,7 @@ def optimise_variants(plan, schedule: "Schedule", tuner=None, steps: list | None
     measured constants) the objective is the bootstrap count. ``steps``: the steps ``schedule``
     ran (default: the plan's). Returns :class:`Scheduled`: the best schedule and the steps it
     ran; ``plan`` is left as it was."""
-    tuner = tuner or _Tuner(_bootstrap_keys_of(schedule))
+    tuner = tuner or _Tuner(_bootstrap_keys_of(schedule), plan.backend)
     best = Scheduled(schedule, list(plan.steps if steps is None else steps))
     for _ in range(3):
         improved = False
@@ -155,7 +155,7 @@ class _Tuner:
     """step.tuned(keys), remembered per (step, keys): the optimiser schedules a plan many times.
     Carries what every schedule of the plan shares: the bootstrapping keys and the backend."""
 
-    def __init__(self, bootstrap_keys: frozenset = frozenset(), backend: str = "openfhe"):
+    def __init__(self, bootstrap_keys: frozenset, backend: str):
         self.bootstrap_keys, self.backend = bootstrap_keys, backend
         self._done: dict = {}
 
