@@ -283,17 +283,18 @@ def test_the_cycle_scan_finds_a_circle():
         OUT["ckksnet.errors"].pop()
 
 
-def test_imports_resolve_to_modules():
-    """``from ckksnet import compiler`` is an import of ``ckksnet.compiler``, seen as such."""
-    tree = "from ckksnet import inference\nfrom ckksnet.core import plan, envelope\nfrom . import relu\n"
-    path = SRC.parent / "_scan_probe.py"
-    path.write_text(tree)
-    try:
-        found = {(e.target, e.root) for e in _imports("ckksnet.kernels.probe", path, False)}
-    finally:
-        path.unlink()
-    assert found == {("ckksnet.inference", False), ("ckksnet.core.plan", False), ("ckksnet.core.envelope", False),
-                     ("ckksnet.kernels.relu", False)}
+def test_imports_resolve_to_modules(tmp_path):
+    """``from ckksnet import compiler`` is an import of ``ckksnet.compiler``, seen as such; a
+    name taken from the root package is marked."""
+    path = tmp_path / "probe.py"
+    path.write_text("from ckksnet import inference, Client\nfrom ckksnet.core import plan, envelope\n"
+                    "from . import relu\nfrom .base import Kernel\nimport ckksnet.compiler as c\n"
+                    "def f():\n    import torch\n")
+    found = {(e.target, e.root, e.when) for e in _imports("ckksnet.kernels.probe", path, False)}
+    assert found == {("ckksnet.inference", False, "top"), ("ckksnet", True, "top"), ("ckksnet.core.plan", False, "top"),
+                     ("ckksnet.core.envelope", False, "top"), ("ckksnet.kernels.relu", False, "top"),
+                     ("ckksnet.kernels.base", False, "top"), ("ckksnet.compiler", False, "top"),
+                     ("torch", False, "lazy")}
 
 
 def test_nothing_in_ckksnet_imports_through_the_root_package():
