@@ -182,7 +182,7 @@ def _show(bar: tqdm, job: dict) -> None:
 
 def _ciphertext_keyset(ciphertext: bytes) -> str:
     """The key set id in a ciphertext envelope's header."""
-    from ckksnet.core.backend import ciphertext_keyset
+    from ckksnet.deploy.engine import ciphertext_keyset
 
     return ciphertext_keyset(ciphertext)
 
