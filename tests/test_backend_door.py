@@ -145,3 +145,29 @@ def test_the_service_the_ray_batch_and_the_engine_load_no_openfhe():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_an_interrupted_key_write_leaves_no_half_key_set(compiled, tmp_path, monkeypatch):
+    """Issue #38 item 4: keys are complete or absent (a write interrupted after the secret key)."""
+    name, plan, _ = compiled
+    client = Client(plan)
+    backend = client.backend
+    real = type(backend).save_keys
+
+    def interrupted(self, keys, folder):
+        real(self, keys, folder)
+        raise KeyboardInterrupt  # after every file: the rename must not happen
+
+    monkeypatch.setattr(type(backend), "save_keys", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        client.save_keys(tmp_path / "keys")
+    assert not (tmp_path / "keys").exists() and not list(tmp_path.iterdir())
+    monkeypatch.setattr(type(backend), "save_keys", real)
+    client.save_keys(tmp_path / "keys")
+    other = Client(plan)
+    other.save_keys(tmp_path / "keys")  # replaced whole (the CLI asks for --force first)
+    assert Client.load(plan, tmp_path / "keys").context_id == other.context_id
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a key")
+    with pytest.raises(ckksnet.SerializationError, match="other files"):
+        client.save_keys(tmp_path / "mine")

@@ -78,7 +78,7 @@ class World:
             self.plan = ckksnet.compile(model, calibration=IMAGES, preset="test", image_size=(8, 8))
         self.plan_path = self.plan.save(root / "plan") / "server_plan.ckksnet"
         self.clients = {name: _client(self.plan, name == "a") for name in "abc"}
-        self.eval = {name: save_keys(c.ckks, root / f"keys_{name}") / "eval" for name, c in self.clients.items()}
+        self.eval = {name: save_keys(c.keys, root / f"keys_{name}") / "eval" for name, c in self.clients.items()}
         owner = self.clients["a"]
         self.cts = [ciphertext_to_bytes(owner.ckks, owner.encrypt(img)) for img in IMAGES[:4]]
         x = torch.from_numpy(IMAGES[:4]).permute(0, 3, 1, 2).float() / 255

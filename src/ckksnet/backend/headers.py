@@ -16,9 +16,14 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Iterable
 
-from ckksnet.core.envelope import header_field, unpack
+from ckksnet.core.envelope import header_field, register_kind, unpack
 from ckksnet.core.params import Preset, get_preset
 from ckksnet.errors import ContextMismatchError, CorruptDataError, PresetError, VersionMismatchError
+
+
+#: the envelope kinds of OpenFHE's objects (registered here, so that headers read without OpenFHE)
+KINDS = tuple(register_kind(k) for k in ("context", "public_key", "secret_key", "mult_keys", "rotation_keys",
+                                         "bootstrap_keys", "ciphertext"))
 
 
 @lru_cache(maxsize=1)

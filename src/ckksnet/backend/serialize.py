@@ -30,13 +30,11 @@ import openfhe as ofhe
 from ckksnet.backend.context import CkksClient, CkksContext, CkksServer, Ciphertext, require_type
 from ckksnet.backend.headers import (bootstrap_automorphisms, context_id_for, openfhe_version, preset_from_header,
                                      rotation_groups, unpack_key)
-from ckksnet.core.envelope import header_field, load, pack, register_kind, save
+from ckksnet.core.envelope import header_field, load, pack, save
 from ckksnet.core.params import Preset
 from ckksnet.core.tiles import Tiles, join, tiles_of
 from ckksnet.errors import CorruptDataError, SerializationError
 
-for _kind in ("context", "public_key", "secret_key", "mult_keys", "rotation_keys", "bootstrap_keys", "ciphertext"):
-    register_kind(_kind)
 
 
 def openfhe_load(what: str, fn, *args):

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
+from ckksnet.core.envelope import header_field, register_kind, unpack
 from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.params import Preset
 from ckksnet.errors import CkksnetError
@@ -43,6 +44,8 @@ SECRET_KEY_FILE = "secret_key.ckks"  #: the secret key's file in a key folder, m
 EVAL_DIR = "eval"  #: the evaluation-key bundle's folder in a key folder
 
 Ciphertext = Any  #: a ciphertext as the backend represents it
+#: the envelope kind of every backend's ciphertext files (header field ``context_id``: the key set)
+CIPHERTEXT_KIND = register_kind("ciphertext")
 
 
 class UnknownBackendError(CkksnetError):
@@ -197,6 +200,14 @@ class Backend(ABC):
     @abstractmethod
     def ciphertext_from_bytes(self, keys: SecretKeys | Evaluator, data: bytes) -> Ciphertext:
         """The inverse of :meth:`ciphertext_to_bytes`, for ``keys``' key set only."""
+
+
+def ciphertext_keyset(data: bytes) -> str:
+    """The key set id (``context_id``) of a ciphertext envelope of any backend, after the
+    envelope's checks (kind, lengths, SHA-256); raises their :class:`ckksnet.errors.SerializationError`
+    kinds. No backend is loaded."""
+    _, header = unpack(data, CIPHERTEXT_KIND)
+    return header_field(header, "context_id", str, "ciphertext header")
 
 
 # ---------------------------------------------------------------- the registry

@@ -244,7 +244,7 @@ def _print_image(rec: dict) -> None:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from ckksnet import inference
+    import ckksnet.inference as inference
 
     result = inference.run(args.images, args.preset, args.data, args.checkpoint, flags.sign_tables(args),
                            progress=not args.json, on_image=None if args.json else _print_image)

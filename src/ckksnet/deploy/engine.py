@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckksnet.core.backend import Backend, get_backend
-from ckksnet.core.envelope import header_field, unpack
+from ckksnet.core.backend import ciphertext_keyset as backend_ciphertext_keyset
 from ckksnet.deploy.errors import InvalidKeysError
 from ckksnet.errors import CkksnetError
 
@@ -96,8 +96,7 @@ def ciphertext_keyset(data: bytes) -> str:
     """The key set id of a ciphertext envelope, after checking its kind, length and checksum.
     Raises :class:`InvalidKeysError` for anything that is not an intact ciphertext."""
     try:
-        _, header = unpack(data, "ciphertext")
-        return header_field(header, "context_id", str, "ciphertext header")
+        return backend_ciphertext_keyset(data)
     except CkksnetError as exc:
         raise InvalidKeysError(f"not an intact ckksnet ciphertext: {exc}") from exc
 

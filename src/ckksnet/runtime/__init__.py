@@ -14,6 +14,8 @@ found by the name the plan records), so nothing here knows OpenFHE.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +23,15 @@ from tqdm.auto import tqdm
 
 import ckksnet.kernels  # noqa: F401  (registers the built-in kernel types plans name)
 from ckksnet.core import artifact
-from ckksnet.core.backend import EVAL_DIR, Backend, KeySet, SecretKeys, get_backend
+from ckksnet.core.backend import EVAL_DIR, SECRET_KEY_FILE, Backend, KeySet, SecretKeys, get_backend
 from ckksnet.core.envelope import load, save
 from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.memory import check_memory, peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
 from ckksnet.core.plan import ClientSpec, Plan
 from ckksnet.core.tiles import join, split_packed, tiles_of, width
 from ckksnet.core.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
-from ckksnet.errors import ContextMismatchError, LevelError, MissingKeyError, ShapeError, WrongTypeError
+from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, SerializationError, ShapeError,
+                            WrongTypeError)
 
 
 def load_plan(path) -> Plan:
@@ -89,8 +92,33 @@ class Client:
 
     def save_keys(self, folder: str | os.PathLike) -> Path:
         """Write the key set to ``folder``: the secret key (owner-only) and the evaluation-key
-        bundle ``folder/eval`` to ship to a server. Returns ``folder``."""
-        return self.backend.save_keys(self.keys, folder)
+        bundle ``folder/eval`` to ship to a server. Returns ``folder``.
+
+        Complete or absent: the keys are written into a hidden sibling folder that is renamed
+        to ``folder`` once whole, so an interrupted write (Ctrl-C, a full disk, out of memory)
+        leaves no half key set where readers look. An existing ``folder`` is replaced only if it
+        is empty or holds a key set (``SerializationError`` otherwise: it is not ours to delete)."""
+        folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()) and not (folder / SECRET_KEY_FILE).exists() \
+                and not (folder / EVAL_DIR).exists():
+            raise SerializationError(f"{folder} holds other files: write the keys to a folder of their own")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tag = secrets.token_hex(4)
+        partial = folder.parent / f".{folder.name}.partial-{tag}"
+        try:
+            self.backend.save_keys(self.keys, partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{tag}"
+            os.rename(folder, old)
+            os.rename(partial, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(partial, folder)
+        os.chmod(folder, 0o700)
+        return folder
 
     def encrypt(self, image: np.ndarray):
         """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input at the
@@ -150,10 +178,10 @@ class Server:
             raise WrongTypeError(f"Server needs a compiled Plan (ckksnet.compile or ckksnet.load_plan), "
                                  f"got {type(plan).__name__}")
         self.backend: Backend = get_backend(plan.backend)
-        if isinstance(keys, SecretKeys) or not isinstance(keys, Evaluator):
+        if isinstance(keys, SecretKeys):
             raise WrongTypeError(f"Server needs evaluation keys (client.evaluation_keys() or Server.load), got "
                                  f"{type(keys).__name__}; a server never holds the secret key")
-        self.key_set: KeySet = self.backend.key_set(keys)
+        self.key_set: KeySet = self.backend.key_set(keys)  # WrongTypeError naming the backend's evaluator
         if self.key_set.preset != plan.preset:
             raise ContextMismatchError(f"keys are for preset {self.key_set.preset.name!r}, the plan for "
                                        f"{plan.preset.name!r}")
