@@ -347,6 +347,10 @@ def test_one_calibration_image_without_a_batch_axis_is_a_batch_of_one():
     assert np.array_equal(one.twin(IMAGES[:3]), batch.twin(IMAGES[:3]))
     chw = compile8(model, calibration=IMAGES[0].transpose(2, 0, 1) / 255.0)  # float (C, H, W)
     assert np.allclose(chw.twin(IMAGES[:3]), batch.twin(IMAGES[:3]))
+    from ckksnet.compiler.calibrate import calibrate
+
+    stats = calibrate(model, IMAGES[0], image_shape=(3, 8, 8))  # one image, not 8 rows of one
+    assert stats == calibrate(model, IMAGES[:1], image_shape=(3, 8, 8)) and stats["2"]["count"] == 4 * 8 * 8
 
 
 @pytest.mark.filterwarnings("ignore:--model users_nets.rgb without --weights")
