@@ -40,7 +40,7 @@ LAYERS = [
     {"nn", "models", "compiler"},
     {"training"},
     {"fidelity", "inference"},
-    {"deploy"},
+    {"deploy", "__main__"},  # python -m ckksnet: the command line
 ]
 LEVEL = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 TORCH_USERS = {"nn", "models", "compiler", "training", "fidelity", "inference", "deploy"}
