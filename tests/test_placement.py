@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ckksnet.backend.presets import InsecurePresetWarning
+from ckksnet.core.params import InsecurePresetWarning
 from ckksnet.compiler import compile
 from ckksnet.core.schedule import optimise_variants
 from ckksnet.runtime import Client, Server
@@ -32,7 +32,7 @@ def plans():
     kw = dict(calibration=IMAGES, preset="test", image_size=(8, 8), lanes=True)
     laned = compile(model, **kw)
     optimised = compile(model, **kw)
-    optimised.schedule = optimise_variants(optimised, optimised.schedule)
+    optimised.schedule, optimised.steps = optimise_variants(optimised, optimised.schedule)
     return model, laned, optimised
 
 

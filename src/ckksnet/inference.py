@@ -72,7 +72,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
         from ckksnet.core.costs import CostModel
         from ckksnet.core.schedule import estimate_seconds
 
-        costs = measure(client.ckks, [1, 3, 5, 7, 12, 20])
+        costs = measure(client.keys, [1, 3, 5, 7, 12, 20])
         costs["estimate_seconds"] = round(estimate_seconds(net, CostModel(preset, costs["coefficients"])), 1)
     with torch.no_grad():
         plain = model(to_tensor(images)).double().numpy()
@@ -86,14 +86,14 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
         if reference_each:
             from ckksnet.backend.measure import reference_bootstrap
 
-            ref = reference_bootstrap(client.ckks)
+            ref = reference_bootstrap(client.keys)
         timed = _Timed(probe if i == 0 else None)
         t = time.time()
         ct = client.encrypt(images[i])
         logits = client.decrypt(server.run(ct, progress=progress, probe=timed if timed.fn else None))
         seconds = time.time() - t - timed.seconds
         if probe is not None and i == 0:
-            input_sd = float(np.std(client.ckks.decrypt(ct) - net.preprocess(images[i])))
+            input_sd = float(np.std(client.keys.decrypt(ct) - net.preprocess(images[i])))
         rec = {"index": int(indices[i]), "label": int(labels[i]), "plain_pred": int(plain[i].argmax()),
                "enc_pred": int(logits.argmax()), "max_abs_logit_diff": float(np.max(np.abs(logits - plain[i]))),
                # seconds: encrypt + the server's run + decrypt; server_seconds: the run's steps only
@@ -101,7 +101,9 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
                "bootstraps": server.report.bootstraps,
                "bootstraps_by_slots": {str(net.preset.slots): server.report.bootstraps},
                "peak_rss_gb": round(peak_rss_gb(), 2), "probe_seconds": round(timed.seconds, 2),
-               "logits": [round(float(v), 5) for v in logits]}
+               "logits": [round(float(v), 5) for v in logits],
+               **_class_names(net.classes, label=int(labels[i]), plain=int(plain[i].argmax()),
+                              enc=int(logits.argmax()))}
         if ref is not None:
             rec.update(reference_bootstrap_seconds=round(ref, 3), ratio=round(seconds / ref, 2))
         records.append(rec)
@@ -121,6 +123,15 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             "plan_bootstraps": net.schedule.bootstraps,
             "noise_model": probe and vars(probe.model(net.preset.name, f"measured on image {indices[0]} "
                                                    f"({source}), alpha {signs.alpha}", input_sd))}
+
+
+def _class_names(classes, **indices) -> dict:
+    """{"label_name": ..., "plain_name": ..., "enc_name": ...}: each index's class name, where the
+    plan names its classes (by more than their numbers)."""
+    names = tuple(classes or ())
+    if not names or all(n == str(i) for i, n in enumerate(names)):
+        return {}
+    return {f"{key}_name": names[i] for key, i in indices.items() if 0 <= i < len(names)}
 
 
 def _minutes(seconds: float) -> str:

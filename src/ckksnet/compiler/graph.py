@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ckksnet.compiler import user_checks  # what users write: subclasses of registered layers, trace failures
 from ckksnet.errors import CompileError
 from ckksnet.kernels.registry import ACTIVATION_TYPES, LOWERINGS
 
@@ -23,7 +24,8 @@ class _Tracer(fx.Tracer):
     it (``node.meta["source"]``: file, line, code; cheaper than ``record_stack_traces``)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m) in LOWERINGS or super().is_leaf_module(m, qualname)
+        # a subclass of a registered layer that inherits its forward computes as that layer
+        return user_checks.registered_type(m, LOWERINGS, qualname) is not None or super().is_leaf_module(m, qualname)
 
     def create_node(self, *args, **kwargs):
         node = super().create_node(*args, **kwargs)
@@ -46,14 +48,16 @@ def trace(model: nn.Module) -> fx.Graph:
     source lines (``node.stack_trace``)."""
     try:
         return _Tracer().trace(model)
+    except CompileError:
+        raise
     except Exception as exc:  # fx raises plain errors for data-dependent control flow
-        raise CompileError(f"torch.fx cannot trace the model: {exc}") from exc
+        raise user_checks.trace_failure(exc) from exc
 
 
 def lowering_key(node: fx.Node, modules: dict):
     """The registry key of a node: module type, function, or "method:<name>"."""
     if node.op == "call_module":
-        return type(modules[node.target])
+        return user_checks.registered_type(modules[node.target], LOWERINGS, node.target) or type(modules[node.target])
     if node.op == "call_method":
         return f"method:{node.target}"
     return node.target

@@ -34,10 +34,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ckksnet.backend.presets import bootstrap_rotations
 from ckksnet.compiler.calibrate import calibrate
 from ckksnet.compiler.graph import lowering_key, source_line, step_names, trace
 from ckksnet.compiler.model_forms import prepare_model
+from ckksnet.core.backend import get_backend
 from ckksnet.core.options import CompileOptions
 from ckksnet.core.params import Preset, get_preset
 from ckksnet.core.plan import Plan
@@ -49,6 +49,7 @@ from ckksnet.core.schedule import schedule_plan
 from ckksnet.errors import CkksnetError, CompileError
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.nn import Normalize
+from ckksnet.compiler import user_checks  # what users write: subclasses, hints, channels, ranges
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -68,7 +69,9 @@ _UNSUPPORTED_HINTS = {
     nn.MaxPool2d: "max pooling has no cheap polynomial form here: use nn.AvgPool2d (same kernel and stride), "
                   "or register a kernel with ckksnet.kernels.register",
     nn.AdaptiveMaxPool2d: "use nn.AdaptiveAvgPool2d, or register a kernel with ckksnet.kernels.register",
+    **user_checks.ACTIVATION_HINTS,  # GELU, SiLU, ...: ReLU, a polynomial activation, or a kernel of one's own
 }
+
 
 
 def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None,
@@ -77,7 +80,8 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
                   relu_alpha: dict[str, int | tuple[int, int]] | None = None, rotation_key_policy: str = "reuse",
                   lanes: bool | None = None, pooled_dense: bool | None = None,
                   classes: tuple[str, ...] | None = None, mean=None, std=None,
-                  relu_extension: float = 1.0, input_shape: tuple[int, int, int] | None = None) -> Plan:
+                  relu_extension: float = 1.0, input_shape: tuple[int, int, int] | None = None,
+                  backend: str = "openfhe") -> Plan:
     """Compile a trained model into a complete encrypted-inference plan (schedule included).
 
     Takes the model (left as it was) and ``calibration``: images (uint8 NHWC 0..255 or float NCHW
@@ -87,6 +91,8 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     where the model tells its channels; the plan records the shape. ``mean`` / ``std``: the input
     normalisation of a model without a :class:`~ckksnet.nn.Normalize` module (default: pixels in
     [0, 1] as they are). ``classes``: output class names (default: CIFAR-10's for 10 outputs).
+    ``backend``: the name of the backend the plan runs on (:func:`ckksnet.core.backend.get_backend`;
+    its bootstrapping keys and cost constants shape the schedule; the plan records it).
     ``rotation_key_policy``: see :attr:`Plan.rotation_key_policy`. Every other keyword is a
     field of :class:`~ckksnet.core.options.CompileOptions`, documented there.
 
@@ -98,6 +104,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     if rotation_key_policy not in ("reuse", "pow2", "direct"):
         raise CompileError(f"rotation_key_policy must be 'reuse', 'pow2' or 'direct', not {rotation_key_policy!r}")
     preset = get_preset(preset) if isinstance(preset, str) else preset
+    runs_on = get_backend(backend)
     from ckksnet.approx.relu import extension_bits
     try:
         extension_bits(relu_extension)
@@ -112,20 +119,22 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         graph = trace(model)
         modules = dict(model.named_modules())
         channels, image_size = _input_size(input_shape, image_size)
-        norm, mean, std = input_normalization(graph, modules, mean, std, channels)
+        norm, mean, std = _normalization(model, graph, modules, mean, std, channels, calibration, image_size)
         image_shape = (len(mean), int(image_size[0]), int(image_size[1]))
+        calibration = user_checks.calibration_batch(calibration, image_shape)  # one image: a batch of one
         ranges = _ranges(model, calibration, image_shape, None if norm else (mean, std))
         plan = Plan(preset=preset, rotation_key_policy=rotation_key_policy, model_id=model_identity(model),
-                    options=options.record())
+                    options=options.record(), backend=runs_on.name)
         names = lower(plan, graph, model, image_size, options, mean=mean, std=std, client_normalize=norm)
     finally:
         for m, training in modes.items():
             m.training = training
+    user_checks.check_ranges([step for step, _, _ in plan.steps], _complete_ranges(ranges, names))  # none zero
     assign_scales(plan, _complete_ranges(ranges, names), margin)
     finalize(plan, options)
-    plan.schedule = schedule_plan(plan, optimise=lanes is None,  # an explicit lanes choice is kept
-                                  bootstrap_keys=bootstrap_rotations(preset))
+    plan.schedule, plan.steps = schedule_plan(plan, runs_on, optimise=lanes is None)  # an explicit lanes choice is kept
     outputs = plan.output_layout.length
+    user_checks.check_classes(classes, outputs)
     plan.classes = tuple(classes) if classes else (CIFAR10_CLASSES if outputs == 10 else
                                                     tuple(str(i) for i in range(outputs)))
     if not isinstance(calibration, dict):
@@ -272,6 +281,23 @@ def input_normalization(graph: fx.Graph, modules: dict, mean=None, std=None, exp
     if np.any(out[1] <= 0):
         raise CompileError(f"std must be positive, got {out[1].tolist()}")
     return (norm.name if norm is not None else None), out[0], out[1]
+
+
+def _normalization(model, graph, modules: dict, mean, std, channels, calibration, image_size):
+    """:func:`input_normalization`, with the channels of a model that does not tell them (an MLP)
+    inferred from its first dense layer or the calibration images, and mean/std in 0..255 units
+    refused."""
+    try:
+        norm, mean, std = input_normalization(graph, modules, mean, std, channels)
+    except CompileError:
+        inferred = None if channels is not None else user_checks.infer_channels(model, graph, modules, calibration,
+                                                                                image_size)
+        if inferred is None:
+            raise
+        norm, mean, std = input_normalization(graph, modules, mean, std, inferred)
+    user_checks.check_normalisation_units(
+        mean, std, f"the Normalize module {norm!r}'s mean/std" if norm else "mean/std")
+    return norm, mean, std
 
 
 def _sample_run(model: nn.Module, gm: fx.GraphModule, shape: tuple) -> dict:

@@ -10,7 +10,7 @@ and the model's identity. It holds **no weights**, so a model owner can hand it 
 
 ``plan.save(folder)`` writes both halves (``server_plan.ckksnet``, ``client_plan.ckksnet``);
 :func:`ckksnet.load_plan` and :func:`ckksnet.load_client_spec` read them back, validated
-(:mod:`ckksnet.core.artifact`).
+(:mod:`ckksnet.core.artifact`; the writing half, :mod:`ckksnet.core.encode`, sits below this file).
 """
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ckksnet.core.encode import plan_id, plan_type, save_artifact
 from ckksnet.core.params import Preset
+from ckksnet.core.slots import SlotEvaluator
 from ckksnet.core.tiles import join, split_packed, tiles_of
+from ckksnet.core.walker import ScheduledRefresh, walk
 from ckksnet.errors import RangeError
+from ckksnet.inputs import as_images
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.layout.rotations import rotation_paths, signed_powers_of_two
 
@@ -38,13 +42,12 @@ def preprocess(images: np.ndarray, layout: Layout, mean: np.ndarray, std: np.nda
                scale: float) -> tuple[np.ndarray, bool]:
     """Images -> packed slot vectors (batch, slots): normalized, divided by the input scale.
     Returns (packed, single image given). Raises ShapeError, NonFiniteError, RangeError."""
-    from ckksnet.inputs import as_images
-
     x, single = as_images(images, layout.channels, layout.height, layout.width)
     x = (x - mean[None, :, None, None]) / std[None, :, None, None]
     return layout.pack(x / scale), single
 
 
+@plan_type
 @dataclass
 class Value:
     """A tensor of the plan: its layout and its scale (stored slot value = true value / scale).
@@ -59,6 +62,7 @@ class Value:
     deferred: dict = field(default_factory=dict)
 
 
+@plan_type
 @dataclass(frozen=True)
 class ClientSpec:
     """The client artifact. ``input_level``: levels the client encrypts with; ``rotation_keys``:
@@ -78,6 +82,7 @@ class ClientSpec:
     classes: tuple = ()
     model_id: str = ""
     plan_id: str = ""
+    backend: str = ""  #: the backend's name (:func:`ckksnet.core.backend.get_backend`)
 
     @property
     def bootstrap(self) -> bool:
@@ -101,11 +106,10 @@ class ClientSpec:
         return self.output_layout.unpack(slots) * self.output_scale
 
     def save(self, path) -> Path:
-        from ckksnet.core.artifact import save_artifact
-
         return save_artifact("client_plan", self, path)
 
 
+@plan_type
 @dataclass
 class Plan:
     """A compiled network. ``steps``: (kernel, input value ids, output value id) in order."""
@@ -120,12 +124,15 @@ class Plan:
     #: which rotation keys the client makes beyond those bootstrapping brings (see key_indices):
     #: "reuse": none unless a rotation cannot be chained from the keys present; "pow2": +-2^i;
     #: "direct": one key per rotation index (fastest, most memory). Plan files store it under
-    #: its earlier name "rotation_keys" (:data:`ckksnet.core.artifact.FILE_NAMES`)
+    #: its earlier name "rotation_keys" (:data:`ckksnet.core.encode.FILE_NAMES`)
     rotation_key_policy: str = "reuse"
     schedule: object | None = None
     classes: tuple = ()
     model_id: str = ""
     options: dict = field(default_factory=dict)
+    #: the backend the plan is compiled for, by name (:func:`ckksnet.core.backend.get_backend`):
+    #: its bootstrapping keys and cost constants shaped the schedule
+    backend: str = ""
 
     # ------------------------------------------------------------ building (compile only)
     def new_value(self, layout, scale: float = 1.0) -> Value:
@@ -208,13 +215,11 @@ class Plan:
     # ------------------------------------------------------------ the client half
     def client_spec(self) -> ClientSpec:
         """What a client needs: no weights (see :class:`ClientSpec`)."""
-        from ckksnet.core.artifact import plan_id
-
         sched = self.schedule
         return ClientSpec(self.preset, self.mean, self.std, self.input_layout, self.values[self.input].scale,
                           sched.input_level, self.output_layout, self.values[self.output].scale,
                           sched.client_rotations, sched.bootstrap_slots, tuple(self.classes),
-                          self.model_id, plan_id(self))
+                          self.model_id, plan_id(self), self.backend)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """Images -> packed slot vectors (see :meth:`ClientSpec.preprocess`)."""
@@ -223,8 +228,6 @@ class Plan:
 
     def save(self, folder) -> Path:
         """Write the server artifact and the client artifact into ``folder``."""
-        from ckksnet.core.artifact import save_artifact
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_artifact("server_plan", self, folder / SERVER_FILE)
@@ -258,9 +261,6 @@ class Plan:
     def twin_packed(self, packed: np.ndarray, noise=None, rng: np.random.Generator | None = None,
                     reference: bool = False, ranges: dict | None = None) -> np.ndarray:
         """The twin on packed slots (batch, ciphertexts * slots) -> logits (batch, classes)."""
-        from ckksnet.core.slots import SlotEvaluator
-        from ckksnet.core.walker import ScheduledRefresh, walk
-
         ev = SlotEvaluator(self.preset.slots, self.preset.levels_after_bootstrap, fast=not reference)
         used = lambda v: np.asarray(self.values[v].layout.index).ravel()  # noqa: E731
         x = packed if noise is None else noise.perturb("input", packed, rng, used(self.input))

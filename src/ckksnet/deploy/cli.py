@@ -78,7 +78,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise CkksnetError(f"--limit must be at least 1 image, not {args.limit}")
-    model, meta = load_model(args.checkpoint, args.model, args.weights)
+    model, meta = load_model(args.checkpoint, args.model, args.weights, args.trust_pickle)
     c, h, w = model_input_shape(model, meta, args.input_shape, args.image_size)
     if c != 3 or h > 32 or w > 32:
         raise CkksnetError(f"eval reads CIFAR-10's 3x32x32 test images; the model takes {c}x{h}x{w} "
@@ -112,23 +112,24 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ckksnet.backend import CkksClient
+    from ckksnet.core.backend import get_backend
+    from ckksnet.core.params import get_preset
 
+    preset = get_preset(args.preset)
     t0 = time.time()
-    client = CkksClient(args.preset)
-    client.gen_bootstrap_keys()
+    keys = get_backend(args.backend).make_keys(preset, (), bootstrap=True)
     keygen = time.time() - t0
-    server = client.server()  # holds no secret key
-    x = np.random.default_rng(args.seed).uniform(-1, 1, client.slots)
-    ct = client.encrypt(x, levels_left=1)
+    server = keys.evaluator()  # holds no secret key
+    x = np.random.default_rng(args.seed).uniform(-1, 1, preset.slots)
+    ct = keys.encrypt(x, levels_left=1)
     t1 = time.time()
     out = server.bootstrap(ct)
     boot = time.time() - t1
-    err = float(np.max(np.abs(client.decrypt(out) - x)))
-    report = {"preset": client.preset.name, "ring_dim": client.preset.ring_dim, "slots": client.slots,
+    err = float(np.max(np.abs(keys.decrypt(out) - x)))
+    report = {"preset": preset.name, "backend": args.backend, "ring_dim": preset.ring_dim, "slots": preset.slots,
               "keygen_seconds": round(keygen, 2), "bootstrap_seconds": round(boot, 2),
               "levels_left_after_bootstrap": server.levels_left(out),
-              "max_abs_error": err, "precision_bits": round(-float(np.log2(err)), 2)}
+              "max_abs_error": err, "precision_bits": round(-float(np.log2(max(err, 2.0**-64))), 2)}
     return _emit(args, report, f"preset {report['preset']} (N={report['ring_dim']}, {report['slots']} slots): "
                  f"keys {keygen:.1f} s, bootstrap {boot:.1f} s, {report['levels_left_after_bootstrap']} "
                  f"levels left, precision {report['precision_bits']:.1f} bits (max error {err:.2e})")
@@ -230,19 +231,27 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="encrypt, bootstrap and decrypt a vector: time and precision")
     flags.add(p, "preset")
     p.add_argument("--seed", type=int, default=0, help="seed of the random test vector")
+    p.add_argument("--backend", default="openfhe", help="the backend, by name (default openfhe)")
     flags.add(p, "json")
     p.set_defaults(func=_cmd_bootstrap)
 
 
+def _named(rec: dict, key: str, index: str) -> str:
+    """'cat (3)' where the record names the class, else '3'."""
+    name = rec.get(f"{key}_name")
+    return f"{name} ({rec[index]})" if name is not None else str(rec[index])
+
+
 def _print_image(rec: dict) -> None:
     mark = "same" if rec["plain_pred"] == rec["enc_pred"] else "DIFFERENT"
-    print(f"image {rec['index']:5d}: label {rec['label']}, plaintext {rec['plain_pred']}, encrypted "
-          f"{rec['enc_pred']} ({mark}), max |logit diff| {rec['max_abs_logit_diff']:.2e}, "
+    print(f"image {rec['index']:5d}: label {_named(rec, 'label', 'label')}, plaintext "
+          f"{_named(rec, 'plain', 'plain_pred')}, encrypted {_named(rec, 'enc', 'enc_pred')} ({mark}), "
+          f"max |logit diff| {rec['max_abs_logit_diff']:.2e}, "
           f"{rec['seconds']:.1f} s, {count(rec['bootstraps'], 'bootstrap')}", flush=True)
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from ckksnet import inference
+    import ckksnet.inference as inference
 
     result = inference.run(args.images, args.preset, args.data, args.checkpoint, flags.sign_tables(args),
                            progress=not args.json, on_image=None if args.json else _print_image)
@@ -351,7 +360,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     """Compile a checkpoint and write the server and client artifacts (no key is made)."""
     from ckksnet.compiler.checkpoints import compile_checkpoint
 
-    net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), **flags.model_source(args))
+    net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), classes=flags.class_names(args),
+                                   **flags.model_source(args))
+    net.classes = flags.default_classes(args, len(net.classes))  # --model: indices unless --classes names them
     folder = net.save(args.out)
     if args.model and not args.weights:  # said after success: a refusal stays one line
         import warnings
@@ -374,9 +385,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from ckksnet.backend.keys import EVAL_DIR, SECRET_KEY_FILE, save_keys
-    from ckksnet.runtime import load_client_spec
-    from ckksnet.runtime import Client
+    from ckksnet.core.backend import EVAL_DIR, SECRET_KEY_FILE
+    from ckksnet.runtime import Client, load_client_spec
 
     out = Path(args.out)
     if (out / SECRET_KEY_FILE).exists() and not args.force:
@@ -386,10 +396,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     t0 = time.time()
     client = Client(spec)
     keygen = time.time() - t0
-    save_keys(client.ckks, out)
+    client.save_keys(out)
     size = sum(f.stat().st_size for f in (out / EVAL_DIR).iterdir())
     report = {"keys": str(out), "eval_keys": str(out / EVAL_DIR), "secret_key": str(out / SECRET_KEY_FILE),
-              "preset": spec.preset.name, "context_id": client.ckks.context_id,
+              "preset": spec.preset.name, "backend": spec.backend, "context_id": client.context_id,
               "rotation_keys": len(spec.rotation_keys), "bootstrap_keys": spec.bootstrap,
               "keygen_seconds": round(keygen, 2), "save_seconds": round(time.time() - t0 - keygen, 2),
               "eval_keys_bytes": size}
@@ -400,18 +410,15 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _client_from_files(client_artifact: str, keys: str):
     """A runtime Client from a client artifact and a key folder written by keygen."""
-    from ckksnet.backend.keys import load_client_keys
-    from ckksnet.runtime import load_client_spec
-    from ckksnet.runtime import Client
+    from ckksnet.runtime import Client, load_client_spec
 
-    return Client(load_client_spec(client_artifact), keys=load_client_keys(keys))
+    return Client.load(load_client_spec(client_artifact), keys)
 
 
 def _cmd_encrypt(args: argparse.Namespace) -> int:
     """Encrypt images (PNG / JPEG / .npy), one ciphertext file each."""
     from pathlib import Path
 
-    from ckksnet.backend.serialize import save_ciphertext
     from ckksnet.errors import InputError
     from ckksnet.imagefile import read_image
 
@@ -431,7 +438,7 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
         pixels, note = read_image(image, lay.channels, lay.height, lay.width, args.resize)
         if note:
             print(note, file=sys.stderr)
-        save_ciphertext(client.ckks, client.encrypt(pixels), out / name)
+        client.save_ciphertext(client.encrypt(pixels), out / name)
         done.append({"image": image, "ciphertext": str(out / name), "resized": note is not None})
     return _emit(args, {"ciphertexts": done}, "\n".join(f"{d['image']} -> {d['ciphertext']}" for d in done))
 
@@ -454,18 +461,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if Path(args.input).is_dir() or args.workers is not None or args.ray is not None:
         return _cmd_run_batch(args)
-    from ckksnet.backend.keys import load_evaluation_keys
-    from ckksnet.backend.serialize import load_ciphertext, save_ciphertext
     from ckksnet.runtime import Server, load_plan
 
     _check_writable(args.output)  # before any work: a secure image takes 13-15 minutes of inference
-    plan = load_plan(args.plan)
-    sched = plan.schedule
-    keys = load_evaluation_keys(args.eval_keys, rotations=sched.key_rotations,
-                                bootstrap=bool(sched.bootstrap_slots))
-    server = Server(plan, keys)
-    out = server.run(load_ciphertext(keys, args.input), progress=True)
-    save_ciphertext(keys, out, args.output)
+    server = Server.load(load_plan(args.plan), args.eval_keys)
+    out = server.run(server.load_ciphertext(args.input), progress=True)
+    server.save_ciphertext(out, args.output)
     rep = server.report.to_dict()
     return _emit(args, {"in": args.input, "out": args.output, "report": rep},
                  f"{len(rep['steps'])} steps, {count(rep['bootstraps'], 'bootstrap')} in {rep['seconds']:.1f} s "
@@ -539,8 +540,6 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
     several files (or a folder of .ckks files) one line each, JSON ``{"predictions": [...]}``."""
     from pathlib import Path
 
-    from ckksnet.backend.serialize import load_ciphertext
-
     client = _client_from_files(args.client, args.keys)
     files = []
     for name in args.ciphertext:
@@ -551,7 +550,7 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
         files += found
     preds = []
     for name in files:
-        logits = client.decrypt(load_ciphertext(client.ckks, name))
+        logits = client.decrypt(client.load_ciphertext(name))
         preds.append({"ciphertext": name, **_prediction(logits, client.spec.classes)})
     if len(args.ciphertext) == 1 and len(files) == 1 and not Path(args.ciphertext[0]).is_dir():
         return _emit(args, preds[0], _prediction_text("encrypted prediction", preds[0]))
@@ -565,11 +564,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from ckksnet.compiler.checkpoints import load_model, model_input_shape
-    from ckksnet.compiler.phases import CIFAR10_CLASSES
     from ckksnet.imagefile import read_image
     from ckksnet.inputs import as_images
 
-    model, meta = load_model(args.checkpoint, args.model, args.weights)
+    model, meta = load_model(args.checkpoint, args.model, args.weights, args.trust_pickle)
     channels, height, width = model_input_shape(model, meta, args.input_shape, args.image_size)
     out = []
     for image in args.images:
@@ -583,7 +581,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except RuntimeError as exc:  # torch's shape errors: the model takes another input than said
             raise CkksnetError(f"the model does not run on {channels}x{height}x{width} images ({exc}); give its "
                                "input with --input-shape C H W or --image-size N") from exc
-        out.append({"image": image, **_prediction(np.asarray(logits), CIFAR10_CLASSES)})
+        out.append({"image": image, **_prediction(np.asarray(logits), flags.default_classes(args, len(logits)))})
     return _emit(args, {"predictions": out},
                  "\n".join(_prediction_text(f"plaintext prediction of {p['image']}", p) for p in out))
 
@@ -591,7 +589,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile a checkpoint, or your own model (--model), into server and "
                        "client artifacts")
-    flags.add(p, *flags.MODEL, "calibration", "preset")
+    flags.add(p, *flags.MODEL, "calibration", "preset", "classes")
     p.add_argument("--out", required=True, help="folder for server_plan.ckksnet and client_plan.ckksnet")
     flags.add(p, "alpha", "eps-bits", "relu-sign", "json")
     p.set_defaults(func=_cmd_compile)
@@ -643,7 +641,7 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="plaintext prediction of a checkpoint, or your own model (--model), on "
                        "image files (torch)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, .npy)")
-    flags.add(p, *flags.MODEL, "resize", "json")
+    flags.add(p, *flags.MODEL, "classes", "resize", "json")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -698,6 +696,20 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"ckksnet: warning: {message}\n"
 
 
+def _once(fmt):
+    """``fmt`` that gives each line once: a warning raised from two places (the insecure preset:
+    by the compiler and by the key set) is printed once per command."""
+    said: set[str] = set()
+
+    def line(message, category, filename, lineno, line=None) -> str:
+        text = fmt(message, category, filename, lineno, line)
+        if text in said:
+            return ""
+        said.add(text)
+        return text
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -712,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         from ckksnet.core.memory import SKIP_ENV
 
         os.environ[SKIP_ENV] = "1"  # this process and the workers it starts
-    shown, warnings.formatwarning = warnings.formatwarning, _warning_line
+    shown, warnings.formatwarning = warnings.formatwarning, _once(_warning_line)
     try:
         return args.func(args)
     except CkksnetError as exc:

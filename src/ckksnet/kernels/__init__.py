@@ -30,7 +30,7 @@ from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.options import CompileOptions
 from ckksnet.core.plan import Value
 from ckksnet.kernels.registry import LoweringContext, register
-from ckksnet.core.artifact import PLAN_TYPES
+from ckksnet.core.encode import PLAN_TYPES
 from ckksnet.kernels.base import Kernel, Refresh, activation_bound
 from ckksnet.kernels.add import AddStep
 from ckksnet.kernels.linear import LinearMap, LinearStep

@@ -23,7 +23,7 @@ A kernel is a dataclass (its fields are its parameters: what a saved plan stores
   where it computes its function exactly; ``approximation_bound(scale_in)``: its bound B. The
   fidelity report covers every step that approximates an activation, whatever its kind.
 
-Subclasses register themselves by class name in :data:`ckksnet.core.artifact.PLAN_TYPES` (every
+Subclasses register themselves by class name in :data:`ckksnet.core.encode.PLAN_TYPES` (every
 class a plan file may name: kernels and the plan's other parts), so saved plans can name them
 (loading a plan with a kernel defined outside ckksnet needs the module that defines it imported
 first).
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from typing import Any, Callable, ClassVar
 
-from ckksnet.core.artifact import plan_type
+from ckksnet.core.encode import plan_type
 
 #: what a kernel's ``evaluate`` receives as ``refresh``: ``refresh(value, levels)`` returns the value
 #: with at least ``levels`` levels left (bootstrapped first where the walker's
