@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 import torch.nn as nn
 
 from ckksnet.errors import CompileError
@@ -196,8 +197,6 @@ def probe_dense(fn, in_shape: tuple) -> tuple[sp.csr_matrix, np.ndarray]:
     ``fn`` applied to the H*W unit images (float64, one channel each) gives its columns, so the
     map is exactly what torch computes, options included (ceil_mode, count_include_pad,
     divisor_override). Returns (matrix over all channels, the one-channel matrix)."""
-    import torch
-
     c, h, w = in_shape
     with torch.no_grad():
         out = fn(torch.eye(h * w, dtype=torch.float64).reshape(h * w, 1, h, w))
