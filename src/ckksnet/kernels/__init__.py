@@ -30,6 +30,7 @@ from ckksnet.kernels.registry import LoweringContext, register
 from ckksnet.kernels.base import KERNEL_TYPES, Kernel, Refresh, activation_bound
 from ckksnet.kernels.add import AddStep
 from ckksnet.kernels.linear import LinearMap, LinearStep
+from ckksnet.kernels.poly import PolyStep
 from ckksnet.kernels.pool import SumPoolStep
 from ckksnet.kernels.pooled_dense import PooledDense
 from ckksnet.kernels.relu import ReluStep
@@ -43,5 +44,5 @@ def materialize(ctx: LoweringContext, value: Value) -> Value:
 
 
 __all__ = ["AddStep", "Evaluator", "KERNEL_TYPES", "Kernel", "Layout", "LinearMap", "LinearStep",
-           "LoweringContext", "PooledDense", "Refresh", "ReluStep", "SumPoolStep", "Value",
+           "LoweringContext", "PolyStep", "PooledDense", "Refresh", "ReluStep", "SumPoolStep", "Value",
            "activation_bound", "depth_of", "eval_odd", "materialize", "register"]
