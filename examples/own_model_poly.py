@@ -70,8 +70,8 @@ def main() -> int:
     net = ckksnet.compile(model, calibration=train_x[:128], preset="test", input_shape=(3, SIZE, SIZE),
                           classes=CLASSES)
     for s in net.schedule.steps:
-        if s.kind == "poly":
-            print(f"  activation {s.name}: polynomial, {s.level_in - s.level_out} level(s)")
+        if s.kind.startswith("poly"):
+            print(f"  activation {s.name}: {s.kind}, {s.level_in - s.level_out} level(s)")
     print(f"compiled: {len(net.steps)} steps, {net.schedule.bootstraps} bootstrap(s) ({time.time() - t1:.1f} s)")
 
     t2 = time.time()

@@ -18,7 +18,7 @@ def test_the_polynomial_example_runs_encrypted_and_matches_torch():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = done.stdout
     assert out.startswith("trained PolyCNN (degree-2 activations)") and "NOT secure" in out
-    assert "activation features.2: polynomial, 1 level(s)" in out  # folded into the next convolution
+    assert "activation features.2: poly2, 1 level(s)" in out  # folded into the next convolution
     errors = [float(e) for e in re.findall(r"max \|difference\| (\S+);", out)]
     assert len(errors) == 2 and max(errors) < 1e-3, out
     assert out.count("same prediction") == 2 and "all 2 encrypted predictions match" in out

@@ -48,7 +48,6 @@ class PolyStep(Kernel):
     q: tuple = ()
     fold: bool = False
     output_scale: float | None = None
-    kind = "poly"
     domain = 1.0  # stored inputs u = x / S_in must lie in [-1, 1]: the twin reports any beyond
     _mask: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -57,6 +56,11 @@ class PolyStep(Kernel):
         check_degree(len(self.coefficients) - 1)
         if not np.all(np.isfinite(self.coefficients)) or not np.isfinite(self.bound) or self.bound <= 0:
             raise ValueError(f"{self.name}: polynomial coefficients and bound must be finite (bound > 0)")
+
+    @property
+    def kind(self) -> str:
+        """"poly2", "poly3" or "poly4" (what ``ckksnet plan`` shows)."""
+        return f"poly{self.degree}"
 
     @property
     def degree(self) -> int:

@@ -144,3 +144,27 @@ def after_backward(model: nn.Module, clip_grad: float) -> None:
     """Clip the gradients' global norm to ``clip_grad`` (0: off)."""
     if clip_grad and clip_grad > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, images, batch_size: int = 250) -> nn.Module:
+    """Recompute every BatchNorm's running statistics on ``images`` (uint8 NHWC), the model's
+    other weights unchanged: after the ReLUs of a trained model are replaced by polynomials, the
+    statistics the convolutions after them see change, and their batch norms should follow
+    (otherwise activations drift layer after layer). Returns the model in eval mode."""
+    from ckksnet.training.train import to_tensor
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    model.train()
+    try:
+        for i in range(0, len(images), batch_size):
+            model(to_tensor(images[i:i + batch_size]))
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.eval()
+    return model
