@@ -135,7 +135,7 @@ def check_divergence(monitor: ActivationMonitor, loss: torch.Tensor, limit: floa
             raise DivergenceError(f"training diverged at activation {name!r}: its input {what} (limit {limit:g} x; "
                                   "stopped before the weights were updated). Lower --lr, raise --boundary-weight, "
                                   "or clip gradients (--clip-grad)")
-    if not math.isfinite(float(loss)):
+    if not math.isfinite(float(loss.detach())):
         raise DivergenceError("training diverged: the loss is not finite (no activation input passed its limit); "
                               "lower --lr or clip gradients (--clip-grad)")
 
