@@ -121,9 +121,10 @@ def relu_reports(plan, seen: dict) -> dict[str, dict]:
     """Per ReLU: inputs the twin saw and how many fell outside [-B, B] (from ``Plan.twin(ranges=)``)."""
     out = {}
     for s, _, _ in plan.steps:
-        if s.kind == "relu":
+        if s.kind == "relu" or s.kind.startswith("poly"):  # polynomial activations: inputs beyond their scale
             r = seen.get(s.name, {"total": 0, "outside": 0, "max_ratio": 0.0})
-            out[s.name] = {"bound": s.relu.bound, "total": r["total"], "outside": r["outside"],
+            bound = s.relu.bound if s.kind == "relu" else s.input_scale
+            out[s.name] = {"bound": bound, "total": r["total"], "outside": r["outside"],
                            "max_ratio": r["max_ratio"]}
     return out
 

@@ -48,6 +48,7 @@ class PolyStep(Kernel):
     q: tuple = ()
     fold: bool = False
     output_scale: float | None = None
+    input_scale: float = 0.0  # S_in, set by finalize: inputs beyond it are reported (twin, fidelity)
     domain = 1.0  # stored inputs u = x / S_in must lie in [-1, 1]: the twin reports any beyond
     _mask: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -95,8 +96,9 @@ class PolyStep(Kernel):
         c = rebase(self.coefficients, self.bound, scale_in)  # p as a polynomial of u = x / S_in
         if self.fold:
             out = float(c[2])  # = a S_in^2 > 0
-            return replace(self, q=tuple(float(v) for v in c / out), output_scale=out)
-        return replace(self, q=tuple(float(v) for v in c / scale_out), output_scale=None)
+            return replace(self, q=tuple(float(v) for v in c / out), output_scale=out, input_scale=float(scale_in))
+        return replace(self, q=tuple(float(v) for v in c / scale_out), output_scale=None,
+                       input_scale=float(scale_in))
 
     def levels(self) -> int:
         if self.degree == 2:
