@@ -294,7 +294,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="on a GPU: float32, no bf16 autocast")
     p.add_argument("--no-graph", dest="graph", action="store_false",
                    help="on a GPU: eager steps (default: each full batch replayed from a CUDA graph)")
-    p.add_argument("--teacher", help="distil from this checkpoint or run folder (with --kd-weight)")
+    p.add_argument("--teacher", help="distil from this checkpoint or run folder, or 'bundled' (with --kd-weight)")
     p.add_argument("--teacher-depth", type=int, help="first train a ResNet of this depth (e.g. 56) as the "
                    "teacher, same recipe, in RUN_DIR/teacher; then distil from it")
     p.add_argument("--teacher-epochs", type=int, help="the teacher's epochs (default: --epochs)")

@@ -20,6 +20,7 @@ Distillation from a ReLU teacher is the ReLU path's (``--teacher``, ``--kd-weigh
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -62,7 +63,8 @@ def init_from_relu(checkpoint, degree: int, margin: float = 1.0) -> nn.Module:
     from ckksnet.models import load_checkpoint
     from ckksnet.models.checkpoint import load_bundled
 
-    model, meta = load_bundled() if checkpoint in ("bundled", "resnet20") else load_checkpoint(checkpoint)
+    bundled = str(checkpoint) == "bundled" and not Path(checkpoint).exists()
+    model, meta = load_bundled() if bundled else load_checkpoint(checkpoint)
     if model.config.get("activation", "relu") != "relu":
         raise DataError(f"{checkpoint}: holds {model.config['activation']} activations already; --init-from takes "
                         "a ReLU checkpoint")

@@ -398,7 +398,11 @@ def load_teacher(path: str | os.PathLike, device: str) -> nn.Module:
 
     path = Path(path)
     state_file = path if path.is_file() else path / "state.pt"
-    if state_file.name == "state.pt" and state_file.is_file():
+    if str(path) == "bundled" and not path.exists():  # the bundled ResNet-20
+        from ckksnet.models import load_bundled
+
+        model, _ = load_bundled()
+    elif state_file.name == "state.pt" and state_file.is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=False)
         cfg = state["config"]
         model = ResNetCifar(cfg["blocks"], tuple(cfg["widths"]), state["model"]["fc.weight"].shape[0])
