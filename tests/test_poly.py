@@ -191,3 +191,29 @@ def test_an_input_beyond_the_bound_is_reported_like_a_relus():
     report = relu_reports(net, ranges)
     step = next(s for s, _, _ in net.steps if s.name == "2")
     assert report["2"]["outside"] == ranges["2"]["outside"] and report["2"]["bound"] == step.input_scale > 0
+
+
+def test_a_polynomial_resnet_folds_activations_read_by_a_shortcut_too():
+    """In a ResNet, a block's output feeds the next convolution and the identity shortcut's
+    addition: the shortcut reads it through an identity linear step, so the polynomial still folds
+    (1 level); only the last activation (read by pooling) costs 2. Twin and ciphertexts."""
+    from ckksnet.models.poly import to_polynomial
+    from ckksnet.models.resnet import ResNetCifar
+
+    torch.manual_seed(17)
+    model = ResNetCifar(1, (4, 8, 8), 10)
+    to_polynomial(model, 2, default=3.0)
+    from ckksnet.training.poly import reestimate_batchnorm  # batch norms that keep the activations in range
+
+    pixels = np.random.default_rng(18).integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    model = reestimate_batchnorm(model, pixels)
+    net = compiled(model, IMAGES)
+    costs = level_costs(net)
+    assert costs == {"relu": 1, "layers.0.relu1": 1, "layers.0.relu2": 1, "layers.1.relu1": 1,
+                     "layers.1.relu2": 1, "layers.2.relu1": 1, "layers.2.relu2": 2}
+    assert [s.name for s, _, _ in net.steps if s.name.endswith(":shortcut")] == ["relu:shortcut"]
+    want = torch_logits(model, IMAGES)
+    twin = net.twin(IMAGES, strict=True)
+    assert np.max(np.abs(twin - want)) < 1e-5 and np.max(np.abs(want)) > 0.1
+    got = encrypted_logits(net, IMAGES[:1])
+    assert np.max(np.abs(got - want[:1])) < 1e-3

@@ -162,6 +162,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     finally:
         for m, training in modes.items():
             m.training = training
+    lower_poly.split_poly_readers(plan)  # degree-2 polynomials read by a shortcut too: fold them anyway
     assign_scales(plan, _complete_ranges(ranges, names), margin)
     finalize(plan, options)
     plan.schedule = schedule_plan(plan, optimise=lanes is None,  # an explicit lanes choice is kept
