@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from _results import append_log, machine, peak_rss_gb, today
-from ckksnet.backend import CkksClient, get_preset
+from ckksnet.backend import CkksClient
+from ckksnet.core.params import get_preset
 
 LOG_HEADER = "## Benchmark log: bootstrap.py (appended automatically)"
 COLUMNS = ("date", "machine", "preset", "N", "slots", "scale/first", "dnum", "depth", "budget",

@@ -1,19 +1,24 @@
-"""The contract a backend implements, on a toy backend: numpy slots plus CKKS-sized noise.
+"""The evaluator half of a backend, on a toy: numpy slots plus CKKS-sized noise.
 
-A backend (another CPU library, a GPU library) is one folder that provides:
+A backend (another CPU library, a GPU library) is one file, ``ckksnet/backend/ops_<name>.py``,
+found by its name (:func:`ckksnet.core.backend.get_backend`). It provides:
 
 1. an evaluator: every method of :class:`ckksnet.core.evaluator.Evaluator` (the methods below,
    with the same parameters), plus ``slots``, ``key_switches`` and ``levels_only``. Kernels call
    nothing else, so every built-in kernel and the schedule's decisions run on it unchanged;
-2. a conformance factory registered with :func:`ckksnet.core.evaluator.register_evaluator`:
+2. the key half, a :class:`ckksnet.core.backend.Backend` registered under its name: making keys,
+   key folders, ciphertext bytes, a ``KeySet`` view. ``ckksnet/backend/ops_cleartext.py`` is the
+   smallest complete one (and ``tests/test_backend_door.py`` the contract it passes, with
+   ``ckksnet.compile(..., backend=NAME)``, ``runtime.Client`` / ``Server`` and the engine);
+3. a conformance factory registered with :func:`ckksnet.core.evaluator.register_evaluator`:
    ``tests/test_evaluators.py`` then runs the same computation on it as on OpenFHE, the level
    tracer and exact numpy slots, and checks levels, values (within the tolerance it declares)
    and relinearizations;
-3. optionally, measured cost constants under its own name in ``ckksnet/core/costs.json``
-   (``schedule_plan(..., backend=NAME)`` then estimates seconds with them).
+4. optionally, measured cost constants under its name in ``ckksnet/core/costs.json`` (the
+   schedule then estimates seconds with them).
 
-``ckksnet.runtime.Server`` runs a compiled plan on any such evaluator. Run this file to compile a
-small CNN at the test preset and run it on the toy backend::
+This file shows part 1 and 3: it compiles a small CNN at the test preset and runs the plan's
+schedule on the toy evaluator with the one walker every run uses::
 
     python examples/backend_contract.py
 """
@@ -110,7 +115,7 @@ def main() -> int:
     import torch.nn as nn
 
     import ckksnet
-    from ckksnet.runtime import Server
+    from ckksnet.core.walker import RunReport, ScheduledRefresh, walk
 
     warnings.simplefilter("ignore")  # the test preset's insecurity warning: this is a toy
     torch.manual_seed(0)
@@ -119,13 +124,14 @@ def main() -> int:
     images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
     net = ckksnet.compile(model, calibration=images, preset="test", image_size=(8, 8))
     ev = NoisySlots(net.preset.slots, net.preset.levels_after_bootstrap)
-    server = Server(net, ev)  # any evaluator: here the toy backend
-    out = server.run(ev.fresh(net.preprocess(images[0]), net.schedule.input_level))
+    report = RunReport()  # the walker runtime.Server drives, on the toy evaluator, following the schedule
+    out = walk(net, ev, ev.fresh(net.preprocess(images[0]), net.schedule.input_level),
+               ScheduledRefresh(ev, net.schedule.decisions()), report)
     logits = net.client_spec().postprocess(out.data)
     with torch.no_grad():
         want = model(torch.tensor(images[:1]).permute(0, 3, 1, 2).float() / 255)[0].numpy()
     err = float(np.max(np.abs(logits - want)))
-    print(f"toy backend: {len(net.steps)} steps, {server.report.bootstraps} bootstraps, "
+    print(f"toy backend: {len(net.steps)} steps, {report.bootstraps} bootstraps, "
           f"max |logit - torch| = {err:.2e}, prediction {int(logits.argmax())} (torch {int(want.argmax())})")
     return 0 if err < 5e-2 and logits.argmax() == want.argmax() else 1
 

@@ -5,7 +5,8 @@ import warnings
 
 import pytest
 
-from ckksnet.backend import CkksClient, InsecurePresetWarning
+from ckksnet.backend import CkksClient
+from ckksnet.core.params import InsecurePresetWarning
 
 
 def make_client() -> CkksClient:

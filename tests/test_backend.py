@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from ckksnet.backend import SECURE, CkksServer, InsecurePresetWarning, get_preset
+from ckksnet.backend import CkksServer
+from ckksnet.core.params import SECURE, InsecurePresetWarning, get_preset
 from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, NonFiniteError,
                             PresetError, RangeError, ShapeError)
 from tests.conftest import make_client

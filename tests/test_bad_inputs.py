@@ -27,7 +27,7 @@ from ckksnet.nn import Normalize
 from ckksnet.runtime import Client, Server
 from tests.conftest import make_client
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.backend.presets.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
 
 IMAGES = np.random.default_rng(1).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
 
@@ -54,15 +54,15 @@ def env(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad_inputs")
     plan.save(folder / "plan")
     ct = client.encrypt(IMAGES[0])
-    S.save_ciphertext(client.ckks, ct, folder / "x.ckks")
+    S.save_ciphertext(client.keys, ct, folder / "x.ckks")
     (folder / "empty").mkdir()
     (folder / "empty.bin").write_bytes(b"")
     (folder / "note.json").write_text('{"kind": "server_plan"}')
     return types.SimpleNamespace(
-        plan=plan, spec=plan.client_spec(), client=client, server=server, ckks=client.ckks, srv=server.ckks,
+        plan=plan, spec=plan.client_spec(), client=client, server=server, ckks=client.keys, srv=server.evaluator,
         ct=ct, other=other, other_ct=other.encrypt(np.full(8, 0.5)), dir=folder,
-        spent=client.ckks.encrypt(np.full(8, 0.5), levels_left=0),
-        low=client.ckks.encrypt(plan.preprocess(IMAGES[0]), levels_left=plan.schedule.input_level - 1))
+        spent=client.keys.encrypt(np.full(8, 0.5), levels_left=0),
+        low=client.keys.encrypt(plan.preprocess(IMAGES[0]), levels_left=plan.schedule.input_level - 1))
 
 
 def _f(shape, value, dtype=np.float64):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ckksnet.backend import get_preset
+from ckksnet.core.params import get_preset
 from ckksnet.core.slots import SlotEvaluator
 from ckksnet.core.tracer import LevelTracer
 from ckksnet.compiler import compile
@@ -324,7 +324,7 @@ def test_encrypted_network_matches_plaintext_and_twin(lanes, pooled_dense):
     assert len(dense) == (1 if pooled_dense else 0)  # ... and its 8-channel fc in the diagonal method
     client = Client(plan)
     server = Server(plan, client.evaluation_keys())
-    assert not hasattr(server.ckks, "decrypt")
+    assert not hasattr(server.evaluator, "decrypt")
     x = torch.from_numpy(IMAGES[:2]).permute(0, 3, 1, 2).float() / 255
     want = model(x).detach().double().numpy()
     twin = plan.twin(IMAGES[:2])
@@ -342,7 +342,7 @@ def test_encrypted_network_matches_plaintext_and_twin(lanes, pooled_dense):
         # every ReLU relinearizes, every linear map here rotates; the keys present are listed
         assert all(s["key_switches"] > 0 for s in report["steps"] if s["kind"] in ("linear", "relu"))
         assert report["key_switches"] == sum(s["key_switches"] for s in report["steps"])
-        assert set(report["rotation_keys"]) == server.ckks.rotations
+        assert set(report["rotation_keys"]) == server.evaluator.rotations
         _check_schedule_predicts(plan, server.report)
     if lanes is None:
         _check_greedy_run(plan, client, server, IMAGES[1], logits, twin[1])
@@ -364,10 +364,10 @@ def _check_greedy_run(plan, client, server, image, logits, twin) -> None:
     sched = plan.schedule
     assert 0 < sched.input_level < plan.preset.depth
     assert server.report.steps[0].level_in == sched.input_level
-    ct = client.ckks.encrypt(plan.preprocess(image))
-    assert server.ckks.levels_left(ct) == plan.preset.depth
-    greedy, refresh = RunReport(), GreedyRefresh(server.ckks)
-    out = client.decrypt(walk(plan, server.ckks, ct, refresh, greedy))
+    ct = client.keys.encrypt(plan.preprocess(image))
+    assert server.evaluator.levels_left(ct) == plan.preset.depth
+    greedy, refresh = RunReport(), GreedyRefresh(server.evaluator)
+    out = client.decrypt(walk(plan, server.evaluator, ct, refresh, greedy))
     scheduled = server.report.steps
     assert [(s.name, s.bootstraps) for s in greedy.steps] == [(s.name, s.bootstraps) for s in scheduled]
     assert [s.key_switches for s in greedy.steps] == [s.key_switches for s in scheduled]

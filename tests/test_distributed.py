@@ -28,7 +28,7 @@ import torch.nn as nn
 ray = pytest.importorskip("ray")  # a dependency of the test extra: ./run.sh test installs it
 
 from ckksnet.backend.keys import load_evaluation_keys, save_keys  # noqa: E402
-from ckksnet.backend.presets import InsecurePresetWarning  # noqa: E402
+from ckksnet.core.params import InsecurePresetWarning  # noqa: E402
 from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes, save_ciphertext  # noqa: E402
 from ckksnet.compiler import compile  # noqa: E402
 from ckksnet.runtime import load_client_spec, load_plan  # noqa: E402
@@ -62,16 +62,16 @@ def setup(tmp_path_factory):
         assert plan.schedule.bootstraps > 0  # the workers load bootstrapping keys, like a real plan's
         plan.save(root / "art")
         client = Client(load_client_spec(root / "art" / "client_plan.ckksnet"))
-        save_keys(client.ckks, root / "keys")
+        save_keys(client.keys, root / "keys")
         cts = root / "ct"
         cts.mkdir()
         for i, image in enumerate(IMAGES):
-            save_ciphertext(client.ckks, client.encrypt(image), cts / f"img{i}.ckks")
+            save_ciphertext(client.keys, client.encrypt(image), cts / f"img{i}.ckks")
         server = Server(load_plan(root / "art" / "server_plan.ckksnet"),
                         load_evaluation_keys(root / "keys" / "eval", plan.schedule.key_rotations, True))
         single = {}
         for path in sorted(cts.iterdir()):
-            out = server.run(ciphertext_from_bytes(server.ckks, path.read_bytes()))
+            out = server.run(ciphertext_from_bytes(server.evaluator, path.read_bytes()))
             single[path.name] = client.decrypt(out)
     with torch.no_grad():
         plain = model(torch.from_numpy(IMAGES).permute(0, 3, 1, 2).float() / 255).double().numpy()
@@ -90,7 +90,7 @@ def local_ray(setup):
 
 def decrypt_outputs(setup, out: Path) -> dict:
     client = setup["client"]
-    return {p.name: client.decrypt(ciphertext_from_bytes(client.ckks, p.read_bytes()))
+    return {p.name: client.decrypt(ciphertext_from_bytes(client.keys, p.read_bytes()))
             for p in sorted(out.glob("*.ckks"))}
 
 
@@ -361,7 +361,7 @@ def test_serve_hands_its_queue_to_ray_workers(setup, tmp_path):
         assert all(f["state"] == "done" for f in finals), finals
         client = setup["client"]
         for name, job in zip(names, jobs):
-            logits = client.decrypt(ciphertext_from_bytes(client.ckks, remote.result(job)))
+            logits = client.decrypt(ciphertext_from_bytes(client.keys, remote.result(job)))
             assert np.max(np.abs(logits - setup["single"][name])) < 1e-6
         remote.close()
     finally:

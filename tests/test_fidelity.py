@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckksnet.backend import InsecurePresetWarning
+from ckksnet.core.params import InsecurePresetWarning
 from ckksnet.compiler import compile
 from ckksnet.errors import DataError
 from ckksnet.fidelity import EncryptedLog, NoiseModel, NoiseProbe, encrypted_sample, evaluate, summarize
@@ -84,9 +84,9 @@ def test_fidelity_report_and_resume(tiny, tmp_path):
     # rotation-key memory: every automorphism key present (bootstrapping's and the kernels'),
     # each the size of the serialized relinearization key
     keys = second["profile"]["key_memory_gb"]
-    one = client.ckks.key_switching_key_bytes() / 2**30
-    assert keys["automorphism_keys_present"] == len(client.ckks.cc.GetExistingEvalAutomorphismKeyIndices(client.ckks.key_tag))
-    assert keys["automorphism_keys_present"] >= len(client.ckks.rotations) > 0
+    one = client.keys.key_switching_key_bytes() / 2**30
+    assert keys["automorphism_keys_present"] == len(client.keys.cc.GetExistingEvalAutomorphismKeyIndices(client.keys.key_tag))
+    assert keys["automorphism_keys_present"] >= len(client.keys.rotations) > 0
     assert keys["automorphism_keys"] == pytest.approx(keys["automorphism_keys_present"] * one, abs=0.01)
     again = evaluate(plan, model, IMAGES, LABELS, twin=0, encrypted=2, state=state, progress=False,
                      client_factory=factory)

@@ -44,7 +44,7 @@ BIG = 64 << 20  # files larger than this get fewer, streamed cases (bootstrappin
 TIMEOUT = 300  # seconds per worker process (a hang fails naming the last case started)
 SEED = 18
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.backend.presets.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
 
 
 # ====================================================================== the worker (subprocess)
@@ -127,6 +127,7 @@ class _Env:
     def __init__(self, spec: dict):
         from ckksnet.backend import keys as K
         from ckksnet.backend import serialize as S
+        from ckksnet.core import envelope
 
         self.spec, self.K, self.S = spec, K, S
         self.loader = spec["loader"]
@@ -136,7 +137,7 @@ class _Env:
             from ckksnet.core import artifact  # registers the plan kinds
 
             self.artifact = artifact
-        self.payloads = {k: S.unpack(Path(p).read_bytes(), k)[0] for k, p in ref.get("envelopes", {}).items()}
+        self.payloads = {k: envelope.unpack(Path(p).read_bytes(), k)[0] for k, p in ref.get("envelopes", {}).items()}
         if "client" in ref:
             self.client = K.load_client_keys(ref["client"])  # decrypts; installs no evaluation key
             self.ct = S.load_ciphertext(self.client, ref["ciphertext"])

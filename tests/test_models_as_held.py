@@ -17,12 +17,14 @@ import torch
 import torch.nn as nn
 
 import ckksnet
-from ckksnet.backend import InsecurePresetWarning
+from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core import envelope
+from ckksnet.backend import headers as H
 from ckksnet.compiler.model_forms import ModelFormWarning
 from ckksnet.errors import CompileError, InsufficientMemoryError, MissingKeyError, VersionMismatchError
 from tests.helpers import deep_plain_cnn, random_batchnorms
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.backend.presets.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
 IMAGES = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
 DEEP_PLAIN = Path(__file__).parent / "data" / "deep_plain_48x8.pt"  # tests/data/make_deep_plain.py
 
@@ -150,12 +152,12 @@ def test_files_of_another_openfhe_version_are_refused(monkeypatch):
 
     net = _compile(_cnn())
     client = ckksnet.Client(net)
-    data = S.ciphertext_to_bytes(client.ckks, client.encrypt(IMAGES[0]))
-    _, header = S.unpack(data, "ciphertext")
-    assert header["openfhe"] == S.OPENFHE_VERSION
+    data = S.ciphertext_to_bytes(client.keys, client.encrypt(IMAGES[0]))
+    _, header = envelope.unpack(data, "ciphertext")
+    assert header["openfhe"] == H.openfhe_version()
     monkeypatch.setattr(S, "OPENFHE_VERSION", "9.9.9")  # the reader's version differs now
     with pytest.raises(VersionMismatchError, match=r"written by OpenFHE 1\.6\.1.*OpenFHE 9\.9\.9 is installed"):
-        S.ciphertext_from_bytes(client.ckks, data)
+        S.ciphertext_from_bytes(client.keys, data)
 
 
 def test_memory_is_checked_before_any_key_is_made(tmp_path):

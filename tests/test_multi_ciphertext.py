@@ -215,18 +215,18 @@ def test_tiles_round_trip_through_a_ciphertext_file_and_corrupt_ones_are_refused
     _, plan, images = pool_wide
     client = Client(plan, bootstrap_keys=False)
     ct = client.encrypt(images[0])
-    tiles = Tiles([ct, client.ckks.encrypt(np.arange(SLOTS) / SLOTS, levels_left=3)])
-    back = load_ciphertext(client.ckks, save_ciphertext(client.ckks, tiles, tmp_path / "t.ckks"))
+    tiles = Tiles([ct, client.keys.encrypt(np.arange(SLOTS) / SLOTS, levels_left=3)])
+    back = load_ciphertext(client.keys, save_ciphertext(client.keys, tiles, tmp_path / "t.ckks"))
     assert isinstance(back, Tiles) and len(back) == 2
-    assert np.allclose(client.ckks.decrypt(back[1]), np.arange(SLOTS) / SLOTS, atol=1e-4)
-    payload, header = unpack(ciphertext_to_bytes(client.ckks, tiles), "ciphertext")
+    assert np.allclose(client.keys.decrypt(back[1]), np.arange(SLOTS) / SLOTS, atol=1e-4)
+    payload, header = unpack(ciphertext_to_bytes(client.keys, tiles), "ciphertext")
     for bad in ([len(payload) - 1], [], [0, len(payload)], [len(payload) // 2, len(payload)], "x"):
         with pytest.raises(CorruptDataError, match="tiles"):
             fields = {k: v for k, v in header.items() if k != "kind"} | {"tiles": bad}
-            ciphertext_from_bytes(client.ckks, pack("ciphertext", payload, fields))
+            ciphertext_from_bytes(client.keys, pack("ciphertext", payload, fields))
     with pytest.raises(CorruptDataError):  # sizes that add up but cut a ciphertext in two
         fields = {k: v for k, v in header.items() if k != "kind"} | {"tiles": [1, len(payload) - 1]}
-        ciphertext_from_bytes(client.ckks, pack("ciphertext", payload, fields))
+        ciphertext_from_bytes(client.keys, pack("ciphertext", payload, fields))
 
 
 def test_the_command_line_flow_with_a_two_ciphertext_input(tmp_path):

@@ -21,7 +21,8 @@ import torch
 
 import ckksnet
 from ckksnet.backend import serialize as S
-from ckksnet.backend.presets import InsecurePresetWarning
+from ckksnet.core import envelope
+from ckksnet.core.params import InsecurePresetWarning
 from ckksnet.compiler import compile
 from ckksnet.core import artifact, envelope
 from ckksnet.core.plan import CLIENT_FILE, SERVER_FILE, ClientSpec, Plan
@@ -30,7 +31,7 @@ from ckksnet.kernels import LinearMap, PooledDense
 from ckksnet.runtime import Client, Server
 from tests.test_compiler import IMAGES, _tiny_resnet
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.backend.presets.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADERS = {"server_plan": (SERVER_FILE, ckksnet.load_plan), "client_plan": (CLIENT_FILE, ckksnet.load_client_spec)}
@@ -54,12 +55,12 @@ def runs(tiny):
     client = Client(tiny.plan)
     server = Server(tiny.plan, client.evaluation_keys())
     ct = client.encrypt(IMAGES[0])
-    sent = S.ciphertext_to_bytes(client.ckks, ct)
+    sent = S.ciphertext_to_bytes(client.keys, ct)
     out = server.run(ct)
     loaded = ckksnet.load_plan(tiny.folder / SERVER_FILE)
     loaded_server = Server(loaded, client.evaluation_keys())
     loaded_out = loaded_server.run(ct)
-    assert S.ciphertext_to_bytes(client.ckks, ct) == sent  # a run leaves its input as it was
+    assert S.ciphertext_to_bytes(client.keys, ct) == sent  # a run leaves its input as it was
     return SimpleNamespace(client=client, server=server, out=out, loaded=loaded, loaded_server=loaded_server,
                            loaded_out=loaded_out, plan_id_before=before)
 
@@ -89,7 +90,7 @@ def test_save_load_gives_the_same_plan_and_twin(tiny):
         assert getattr(spec, name) == getattr(want, name), name
     assert np.array_equal(spec.mean, want.mean) and np.array_equal(spec.std, want.std)
     assert np.array_equal(spec.preprocess(IMAGES[:4]), plan.preprocess(IMAGES[:4]))
-    _, header = S.unpack((folder / SERVER_FILE).read_bytes(), "server_plan")
+    _, header = envelope.unpack((folder / SERVER_FILE).read_bytes(), "server_plan")
     assert header["plan_id"] == tiny.plan_id and header["model_id"] == plan.model_id == spec.model_id
 
 
@@ -97,7 +98,7 @@ def test_loaded_plan_gives_identical_encrypted_results(tiny, runs):
     # the same ciphertext through the same kernels: the same output ciphertext, bit for bit.
     # (Not compared after decryption: OpenFHE's CKKS decoding adds fresh noise of the size of
     # the error each time, so two decryptions of one ciphertext differ by about 1e-8 here.)
-    assert S.ciphertext_to_bytes(runs.client.ckks, runs.loaded_out) == S.ciphertext_to_bytes(runs.client.ckks, runs.out)
+    assert S.ciphertext_to_bytes(runs.client.keys, runs.loaded_out) == S.ciphertext_to_bytes(runs.client.keys, runs.out)
     logits = runs.client.decrypt(runs.out)
     assert np.max(np.abs(runs.client.decrypt(runs.loaded_out) - logits)) < 1e-6
     assert np.max(np.abs(logits - tiny.plan.twin(IMAGES[0]))) < 1e-5  # CKKS noise (see test_compiler)
@@ -133,8 +134,8 @@ import ckksnet
 from ckksnet.backend import keys as K, serialize as S
 spec_path, key_dir, image_path, ct_path = sys.argv[1:]
 client = ckksnet.Client(ckksnet.load_client_spec(spec_path))
-K.save_keys(client.ckks, key_dir)
-S.save_ciphertext(client.ckks, client.encrypt(np.load(image_path)), ct_path)
+K.save_keys(client.keys, key_dir)
+S.save_ciphertext(client.keys, client.encrypt(np.load(image_path)), ct_path)
 """
 
 SERVER = """
@@ -160,7 +161,7 @@ import ckksnet
 from ckksnet.backend import keys as K, serialize as S
 spec_path, key_dir, out_path = sys.argv[1:]
 client = ckksnet.Client(ckksnet.load_client_spec(spec_path), keys=K.load_client_keys(key_dir))
-print(json.dumps(client.decrypt(S.load_ciphertext(client.ckks, out_path)).tolist()))
+print(json.dumps(client.decrypt(S.load_ciphertext(client.keys, out_path)).tolist()))
 """
 
 
@@ -211,7 +212,7 @@ def _numbers(node, out: set) -> None:
 
 def _file_numbers(data: bytes, kind: str = "client_plan") -> set[float]:
     """Every number in a plan artifact: header JSON, payload JSON tree, npz arrays."""
-    payload, header = S.unpack(data, kind)
+    payload, header = envelope.unpack(data, kind)
     (n,) = struct.unpack_from("<I", payload, 0)
     tree = json.loads(payload[4:4 + n])
     numbers: set[float] = set()
@@ -274,8 +275,8 @@ def test_client_artifact_holds_no_weight(tiny):
 # Plan files are envelopes of ckksnet.backend.serialize: magic (8 bytes), format version
 # (uint16), header and payload lengths (uint32, uint64), the JSON header, the payload, and a
 # SHA-256 over all of it (32 bytes).
-FIXED = len(S.MAGIC) + 2 + 4 + 8
-VERSION = range(len(S.MAGIC), len(S.MAGIC) + 2)
+FIXED = len(envelope.MAGIC) + 2 + 4 + 8
+VERSION = range(len(envelope.MAGIC), len(envelope.MAGIC) + 2)
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -285,7 +286,7 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 
 def _header_end(data: bytes) -> int:
-    (hlen,) = struct.unpack_from("<I", data, len(S.MAGIC) + 2)
+    (hlen,) = struct.unpack_from("<I", data, len(envelope.MAGIC) + 2)
     return FIXED + hlen
 
 
@@ -301,7 +302,7 @@ def test_truncated_files_are_corrupt(tiny, tmp_path, kind):
     for cut in cuts:
         with pytest.raises(CorruptDataError, match="truncated") as info:
             load(_write(tmp_path, f"cut{cut}", data[:cut]))
-        if cut < len(S.MAGIC):
+        if cut < len(envelope.MAGIC):
             assert "magic" in str(info.value)
     with pytest.raises(CorruptDataError, match="beyond the end"):  # and one byte too many
         load(_write(tmp_path, "longer", data + b"\0"))
@@ -313,7 +314,7 @@ def test_bit_flips_are_corrupt(tiny, tmp_path, kind):
     data = (tiny.folder / filename).read_bytes()
     end = _header_end(data)
     rng = np.random.default_rng(0)
-    positions = [p for p in range(len(S.MAGIC), end) if p not in VERSION]  # lengths and header
+    positions = [p for p in range(len(envelope.MAGIC), end) if p not in VERSION]  # lengths and header
     positions += sorted(rng.choice(np.arange(end, len(data) - 32), 150, replace=False).tolist())  # payload
     positions += list(range(len(data) - 32, len(data)))  # the checksum itself
     for pos in positions:
@@ -328,7 +329,7 @@ def test_bit_flips_are_corrupt(tiny, tmp_path, kind):
             flipped[pos] ^= 1 << bit
             with pytest.raises((UnsupportedFormatError, CorruptDataError)):
                 load(_write(tmp_path, "version", bytes(flipped)))
-    for pos in range(len(S.MAGIC)):  # a damaged magic is not a ckksnet file at all
+    for pos in range(len(envelope.MAGIC)):  # a damaged magic is not a ckksnet file at all
         flipped = bytearray(data)
         flipped[pos] ^= 0x40
         with pytest.raises(WrongFileTypeError) as info:
@@ -356,7 +357,7 @@ def test_wrong_kind_newer_format_and_garbage(tiny, tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     garbage = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in (8, 100, 5000)]
     garbage += [b"PK\x03\x04" + bytes(100), b'{"format": 2, "kind": "server_plan"}', b"\x00" * 64,
-                S.pack("ciphertext", b"\x01\x02", {"context_id": "0" * 64, "preset": "test"})]
+                envelope.pack("ciphertext", b"\x01\x02", {"context_id": "0" * 64, "preset": "test"})]
     buf = io.BytesIO()
     np.savez(buf, np.zeros(3))
     garbage.append(buf.getvalue())
@@ -378,7 +379,7 @@ def test_forged_files_run_no_code(tiny, tmp_path):
 
     def forged(tree_bytes: bytes, npz: bytes, kind: str = "server_plan") -> Path:
         body = struct.pack("<I", len(tree_bytes)) + tree_bytes + npz
-        return _write(tmp_path, "forged", S.pack(kind, body, fields))
+        return _write(tmp_path, "forged", envelope.pack(kind, body, fields))
 
     assert isinstance(ckksnet.load_plan(forged(tree, arrays)), Plan)  # the unaltered payload loads
     with pytest.raises(CorruptDataError, match="unknown type 'Popen'"):
@@ -389,6 +390,6 @@ def test_forged_files_run_no_code(tiny, tmp_path):
         ckksnet.load_plan(forged(tree, buf.getvalue()))
     spec = artifact.to_payload(tiny.plan.client_spec())
     with pytest.raises(CorruptDataError, match="holds a ClientSpec"):
-        ckksnet.load_plan(_write(tmp_path, "swapped", S.pack("server_plan", spec, fields)))
+        ckksnet.load_plan(_write(tmp_path, "swapped", envelope.pack("server_plan", spec, fields)))
     with pytest.raises(CorruptDataError):
         ckksnet.load_plan(forged(b"[1, 2", arrays))

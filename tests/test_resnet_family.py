@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckksnet.backend.presets import InsecurePresetWarning
+from ckksnet.core.params import InsecurePresetWarning
 from ckksnet.compiler import compile
 from ckksnet.compiler.phases import activation_nodes, trace
 from ckksnet.compiler.report import plan_report

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ckksnet.backend import keys as K, serialize as S
+from ckksnet.core import envelope
 from ckksnet.errors import (ContextMismatchError, CorruptDataError, SerializationError,
                             WrongFileTypeError)
 from tests.conftest import make_client
@@ -21,8 +22,8 @@ def test_ciphertext_round_trip_bytes_and_file(client, x, tmp_path):
     ct = client.encrypt(x)
     back = S.ciphertext_from_bytes(client, S.ciphertext_to_bytes(client, ct))
     assert np.max(np.abs(client.decrypt(back) - x)) < TOL
-    path = S.save(S.ciphertext_to_bytes(client, ct), tmp_path / "x.ckks")
-    assert np.max(np.abs(client.decrypt(S.ciphertext_from_bytes(client, S.load(path))) - x)) < TOL
+    path = envelope.save(S.ciphertext_to_bytes(client, ct), tmp_path / "x.ckks")
+    assert np.max(np.abs(client.decrypt(S.ciphertext_from_bytes(client, envelope.load(path))) - x)) < TOL
 
 
 def test_server_from_serialized_keys(client, x, tmp_path):
@@ -46,7 +47,7 @@ def test_server_from_serialized_keys(client, x, tmp_path):
 
 def test_rotation_keys_hold_only_the_generated_ones(client):
     data = S.rotation_keys_to_bytes(client)
-    _, header = S.unpack(data, "rotation_keys", client.context_id)
+    _, header = envelope.unpack(data, "rotation_keys", client.context_id)
     indices = [i for g in header["extra"]["groups"] for i in g["indices"]]
     generated = [i for group, _ in client.rotation_key_maps for i in group]
     assert sorted(indices) == sorted(generated) and set(generated) <= client.rotations
@@ -93,6 +94,6 @@ def test_keys_of_another_context(client):
 
 def test_missing_file(tmp_path):
     with pytest.raises(SerializationError, match="no such file"):
-        S.load(tmp_path / "nothing.ckks")
+        envelope.load(tmp_path / "nothing.ckks")
     with pytest.raises(SerializationError, match="required"):
         K.load_evaluation_keys(tmp_path)

@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 
 import ckksnet
-from ckksnet.backend import CkksClient, InsecurePresetWarning
+from ckksnet.backend import CkksClient
+from ckksnet.core.params import InsecurePresetWarning
 from ckksnet.backend.keys import save_keys
 from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes
 from ckksnet.nn import Normalize
@@ -77,7 +78,7 @@ class World:
             self.plan = ckksnet.compile(model, calibration=IMAGES, preset="test", image_size=(8, 8))
         self.plan_path = self.plan.save(root / "plan") / "server_plan.ckksnet"
         self.clients = {name: _client(self.plan, name == "a") for name in "abc"}
-        self.eval = {name: save_keys(c.ckks, root / f"keys_{name}") / "eval" for name, c in self.clients.items()}
+        self.eval = {name: save_keys(c.keys, root / f"keys_{name}") / "eval" for name, c in self.clients.items()}
         owner = self.clients["a"]
         self.cts = [ciphertext_to_bytes(owner.ckks, owner.encrypt(img)) for img in IMAGES[:4]]
         x = torch.from_numpy(IMAGES[:4]).permute(0, 3, 1, 2).float() / 255
@@ -160,7 +161,7 @@ def owner(world, served) -> RemoteClient:
     """The owner's session: key set ``a`` uploaded."""
     remote = RemoteClient(served.url)
     keyset_id, token = remote.upload_keys(world.eval["a"])
-    assert keyset_id == world.clients["a"].ckks.context_id and len(token) >= 40
+    assert keyset_id == world.clients["a"].keys.context_id and len(token) >= 40
     yield remote
     remote.close()
 
@@ -330,7 +331,7 @@ def test_bad_uploads_are_rejected_and_stored_keysets_stay(world, served, owner, 
         assert answer.json()["detail"], what
     assert _keyset_files(served, owner.keyset_id) == before
     assert not any((served.state / "uploads").iterdir())
-    assert not (served.state / "keysets" / world.clients["c"].ckks.context_id).exists()
+    assert not (served.state / "keysets" / world.clients["c"].keys.context_id).exists()
     assert owner.keyset()["keyset_id"] == owner.keyset_id
     twice = _post_tar(served.url, b"".join(tar_stream(world.eval["a"])))  # the same key set again
     assert twice.status_code == 409 and "already stored" in twice.json()["detail"]

@@ -72,7 +72,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
         from ckksnet.core.costs import CostModel
         from ckksnet.core.schedule import estimate_seconds
 
-        costs = measure(client.ckks, [1, 3, 5, 7, 12, 20])
+        costs = measure(client.keys, [1, 3, 5, 7, 12, 20])
         costs["estimate_seconds"] = round(estimate_seconds(net, CostModel(preset, costs["coefficients"])), 1)
     with torch.no_grad():
         plain = model(to_tensor(images)).double().numpy()
@@ -86,14 +86,14 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
         if reference_each:
             from ckksnet.backend.measure import reference_bootstrap
 
-            ref = reference_bootstrap(client.ckks)
+            ref = reference_bootstrap(client.keys)
         timed = _Timed(probe if i == 0 else None)
         t = time.time()
         ct = client.encrypt(images[i])
         logits = client.decrypt(server.run(ct, progress=progress, probe=timed if timed.fn else None))
         seconds = time.time() - t - timed.seconds
         if probe is not None and i == 0:
-            input_sd = float(np.std(client.ckks.decrypt(ct) - net.preprocess(images[i])))
+            input_sd = float(np.std(client.keys.decrypt(ct) - net.preprocess(images[i])))
         rec = {"index": int(indices[i]), "label": int(labels[i]), "plain_pred": int(plain[i].argmax()),
                "enc_pred": int(logits.argmax()), "max_abs_logit_diff": float(np.max(np.abs(logits - plain[i]))),
                # seconds: encrypt + the server's run + decrypt; server_seconds: the run's steps only

@@ -10,7 +10,6 @@ many more rescales (multiplications) a ciphertext can take before it must be boo
 """
 from __future__ import annotations
 
-import hashlib
 import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -18,9 +17,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import openfhe as ofhe
 
+from ckksnet.backend.headers import context_id_for, rotations_of_automorphisms
 from ckksnet.core.evaluator import Conformance, register_evaluator
 from ckksnet.core.memory import tune_allocator
-from ckksnet.backend.presets import Preset, build_crypto_context, get_preset
+from ckksnet.backend.presets import build_crypto_context
+from ckksnet.core.params import Preset, get_preset
 from ckksnet.layout.rotations import compose_rotations
 from ckksnet.errors import (ContextMismatchError, DecryptionError, InputError, LevelError, MissingKeyError,
                             NonFiniteError, RangeError, ShapeError, WrongTypeError)
@@ -62,23 +63,6 @@ def _real_vector(values, what: str) -> np.ndarray:
         return arr.astype(np.float64, copy=False)
     except (TypeError, ValueError) as exc:
         raise WrongTypeError(f"{what} must be real numbers, got {type(values).__name__} ({exc})") from exc
-
-
-def context_id_for(preset_name: str, key_tag: str) -> str:
-    """The key set id: SHA-256 (hex) of the preset name and OpenFHE's tag of the secret key."""
-    return hashlib.sha256(f"{preset_name}|{key_tag}".encode()).hexdigest()
-
-
-def rotations_of_automorphisms(automorphisms: Iterable[int], ring_dim: int, slots: int) -> dict[int, int]:
-    """Rotation indices (mod ``slots``, nonzero) that automorphism keys provide: index -> the
-    amount OpenFHE's key is for (rotation r is the automorphism 5^r mod 2N, r < N/2; with
-    sparse slots, r and r + slots rotate alike, so the smallest such r is kept)."""
-    present, m, g, out = set(automorphisms), 2 * ring_dim, 1, {}
-    for r in range(ring_dim // 2):
-        if g in present and r % slots:
-            out.setdefault(r % slots, r)
-        g = g * 5 % m
-    return out
 
 
 @dataclass
@@ -436,6 +420,7 @@ class CkksClient(CkksContext):
         super().__init__(preset, cc, keys.publicKey)
         self._secret_key = keys.secretKey
         self.rotation_key_maps: list[tuple[tuple[int, ...], "ofhe.EvalKeyMap"]] = []
+        self.key_memory_gb: dict = {}  #: what key generation cost (GiB), filled by the backend's make_keys
         cc.EvalMultKeyGen(self._secret_key)
 
     @classmethod
@@ -450,6 +435,7 @@ class CkksClient(CkksContext):
         CkksContext.__init__(client, preset, cc, public_key)
         client._secret_key = secret_key
         client.rotation_key_maps = []
+        client.key_memory_gb = {}
         return client
 
     def export_secret_key(self) -> bytes:
@@ -523,6 +509,8 @@ class CkksClient(CkksContext):
         srv = CkksServer(self.preset, self.cc, self.public_key)
         srv.keys = self.keys
         return srv
+
+    evaluator = server  #: :class:`ckksnet.core.backend.SecretKeys`' name for it
 
     # ---------------------------------------------------------------- decryption
     def decrypt(self, ct: Ciphertext, length: int | None = None) -> np.ndarray:

@@ -12,7 +12,8 @@ Layout written by :func:`save_keys`::
         rotation_keys.ckks    + rotation_keys.<i>.bin   the client's rotation keys, per group
         bootstrap_keys.ckks   + bootstrap_keys.bin      bootstrapping keys (their ~54-66 rotations)
 
-Every ``.ckks`` file is an envelope (:mod:`ckksnet.backend.serialize`): magic, format version,
+Every ``.ckks`` file is an envelope (:mod:`ckksnet.core.envelope`; header checks without OpenFHE in
+:mod:`ckksnet.backend.bundle`): magic, format version,
 kind, key set id (``context_id``), preset name, and a SHA-256 over header and payload.
 
 **Memory design (big key files).** At the secure preset the bundle is ~11 GiB, the
@@ -47,42 +48,23 @@ not change: keep a bundle in a folder only its owner can write.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import openfhe as ofhe
 
+from ckksnet.backend.bundle import (attached_entries, bundle_folder, load_memory_gib, part_headers, read_envelope,
+                                    require_files, require_keys)
 from ckksnet.backend.context import CkksClient, CkksServer, require_type
-from ckksnet.backend.presets import Preset
-from ckksnet.backend.serialize import (bootstrap_extra, bootstrap_rotations, context_from_bytes, context_to_bytes,
-                                       has_mult_key, install_bootstrap_keys, install_rotation_keys, key_fields,
-                                       openfhe_load, openfhe_write, preset_from_header, public_key_from_bytes,
-                                       public_key_to_bytes, require_mult_key, rotation_groups, secret_key_to_bytes,
-                                       unpack_key)
+from ckksnet.backend.headers import rotation_groups, unpack_key
+from ckksnet.backend.serialize import (bootstrap_extra, context_from_bytes, context_to_bytes, has_mult_key,
+                                       install_bootstrap_keys, install_rotation_keys, key_fields, openfhe_load,
+                                       openfhe_write, public_key_from_bytes, public_key_to_bytes, require_mult_key,
+                                       secret_key_to_bytes)
+from ckksnet.core.backend import EVAL_DIR, SECRET_KEY_FILE
+from ckksnet.core.envelope import atomic_path, check_attached, describe_file, pack, save
 from ckksnet.core.memory import check_memory
-from ckksnet.core.envelope import atomic_path, check_attached, describe_file, header_field, pack, regular_file, save
-from ckksnet.errors import CorruptDataError, MissingKeyError, SerializationError
-
-SECRET_KEY_FILE = "secret_key.ckks"
-EVAL_DIR = "eval"
-#: the evaluation-key envelopes that may be in a bundle, in load order (bootstrapping keys
-#: before rotation keys, the order a client makes them in)
-OPTIONAL_PARTS = ("mult_keys", "bootstrap_keys", "rotation_keys")
-REQUIRED_FILES = ("context.ckks", "public_key.ckks", "mult_keys.ckks")
-
-
-@dataclass
-class EvalKeyInfo:
-    """What a bundle holds, from its headers and checksums (no key loaded): the key set id,
-    the preset, the rotation indices (mod slots) it has keys for, whether it can bootstrap,
-    and each file's size in bytes."""
-
-    context_id: str
-    preset: Preset
-    rotations: list[int]
-    bootstrap: bool
-    files: dict[str, int] = field(default_factory=dict)
+from ckksnet.errors import CorruptDataError, SerializationError
 
 
 # ---------------------------------------------------------------- saving
@@ -161,9 +143,9 @@ def load_client_keys(folder: str | os.PathLike) -> CkksClient:
     nothing is regenerated. Raises :class:`SerializationError` (a file missing),
     :class:`CorruptDataError`, :class:`ContextMismatchError` (files of different key sets)."""
     folder = Path(folder)
-    preset, cc, cid = context_from_bytes(_read(folder, "context.ckks"))
-    pk = public_key_from_bytes(_read(folder, "public_key.ckks"), preset, cid)
-    payload, _ = unpack_key(_read(folder, SECRET_KEY_FILE), "secret_key", cid)
+    preset, cc, cid = context_from_bytes(read_envelope(folder, "context.ckks"))
+    pk = public_key_from_bytes(read_envelope(folder, "public_key.ckks"), preset, cid)
+    payload, _ = unpack_key(read_envelope(folder, SECRET_KEY_FILE), "secret_key", cid)
     sk = openfhe_load("secret key", ofhe.DeserializePrivateKeyString, payload, ofhe.BINARY)
     del payload
     if sk.GetKeyTag() != pk.GetKeyTag():
@@ -171,28 +153,7 @@ def load_client_keys(folder: str | os.PathLike) -> CkksClient:
     return CkksClient.from_parts(preset, cc, pk, sk)
 
 
-def _read(folder: Path, name: str) -> bytes:
-    """A small envelope file of a key folder (a regular file; :class:`SerializationError` if absent)."""
-    path = folder / name
-    if not os.path.lexists(path):
-        raise SerializationError(f"{path}: no such file")
-    regular_file(path, str(path))
-    return path.read_bytes()
-
-
 # ---------------------------------------------------------------- loading: the server
-#: resident memory of a loaded key set = KEY_MEMORY_FACTOR x its files on disk + RUN_MEMORY_GIB
-#: (measured at the secure preset: 7.8 GiB of files, 12.3 GiB resident once loaded, 13.1 GiB at a
-#: run's peak); Ray workers declare it, loaders check it
-KEY_MEMORY_FACTOR = 1.7
-RUN_MEMORY_GIB = 0.5
-
-
-def load_memory_gib(key_bytes: int) -> float:
-    """GiB a process needs to load an evaluation-key folder of ``key_bytes`` and run with it."""
-    return round(KEY_MEMORY_FACTOR * key_bytes / 2**30 + RUN_MEMORY_GIB, 2)
-
-
 def load_evaluation_keys(folder: str | os.PathLike, rotations: Iterable[int] = (),
                          bootstrap: bool = False, memory_check: bool = True) -> CkksServer:
     """A :class:`CkksServer` with every key in the bundle ``folder`` (``KEYDIR/eval``).
@@ -206,16 +167,16 @@ def load_evaluation_keys(folder: str | os.PathLike, rotations: Iterable[int] = (
     :class:`InsufficientMemoryError` if the process cannot hold them (``memory_check=False`` or
     CKKSNET_SKIP_MEMORY_CHECK=1 skips that check).
     """
-    folder = _bundle_folder(folder)
+    folder = bundle_folder(folder)
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     check_memory(load_memory_gib(size), f"loading the evaluation keys in {folder} ({size / 2**30:.1f} GiB of files)",
                  override=not memory_check)
     server = _server_context(folder)
-    headers = _part_headers(folder, server.preset, server.context_id)
-    _require(folder, server.preset, headers, rotations, bootstrap)
+    headers = part_headers(folder, server.preset, server.context_id)
+    require_keys(folder, server.preset, headers, rotations, bootstrap)
     _load_mult_keys(server, folder, headers["mult_keys"])
     if "bootstrap_keys" in headers:
-        (entry,) = _entries(headers["bootstrap_keys"], "bootstrap_keys", 1)
+        (entry,) = attached_entries(headers["bootstrap_keys"], "bootstrap_keys", 1)
         path = check_attached(folder, entry, "bootstrap_keys")
         install_bootstrap_keys(server, str(path), headers["bootstrap_keys"])
     if "rotation_keys" in headers:
@@ -223,106 +184,14 @@ def load_evaluation_keys(folder: str | os.PathLike, rotations: Iterable[int] = (
     return server
 
 
-def check_evaluation_keys(folder: str | os.PathLike) -> EvalKeyInfo:
-    """Validate a bundle without loading a key (for a process that must not: an upload
-    handler): every envelope, every payload file's length and SHA-256 (read in 16 MiB blocks),
-    one key set throughout. Same errors as :func:`load_evaluation_keys`."""
-    folder = _bundle_folder(folder)
-    _require_files(folder)
-    payload, header = unpack_key(_read(folder, "context.ckks"), "context")
-    preset = preset_from_header(header_field(header["extra"], "preset", dict, "context header extra"))
-    cid = header["context_id"]
-    unpack_key(_read(folder, "public_key.ckks"), "public_key", cid)
-    headers = _part_headers(folder, preset, cid)
-    files = {}
-    for kind, head in headers.items():
-        for entry in _entries(head, kind):
-            files[check_attached(folder, entry, kind).name] = entry["length"]
-    files.update({f"{kind}.ckks": (folder / f"{kind}.ckks").stat().st_size
-                  for kind in ("context", "public_key", *headers)})
-    return EvalKeyInfo(cid, preset, sorted(_available_rotations(preset, headers)),
-                       "bootstrap_keys" in headers, files)
-
-
-def evaluation_keys_id(folder: str | os.PathLike) -> tuple[str, Preset, int]:
-    """Key set id, preset and total bytes on disk of the bundle ``folder``, from its context
-    envelope alone (cheap: no key file hashed or read; a driver that only dispatches work
-    uses it). Same errors as :func:`check_evaluation_keys` for a missing or damaged context."""
-    folder = _bundle_folder(folder)
-    _require_files(folder)
-    _, header = unpack_key(_read(folder, "context.ckks"), "context")
-    preset = preset_from_header(header_field(header["extra"], "preset", dict, "context header extra"))
-    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    return header["context_id"], preset, size
-
-
-def _bundle_folder(folder: str | os.PathLike) -> Path:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SerializationError(f"{folder}: no such folder of evaluation keys")
-    if os.path.lexists(folder / SECRET_KEY_FILE):  # lexists: a stat, never an open
-        hint = f" (use {folder / EVAL_DIR})" if (folder / EVAL_DIR).is_dir() else ""
-        raise SerializationError(f"{folder} holds {SECRET_KEY_FILE}: a server is given the evaluation "
-                                 f"keys only{hint}")
-    return folder
-
-
-def _require_files(folder: Path) -> None:
-    missing = [name for name in REQUIRED_FILES if not os.path.lexists(folder / name)]
-    if missing:
-        raise SerializationError(f"{folder}: {', '.join(missing)} required (an evaluation-key "
-                                 "folder written by save_evaluation_keys)")
-
-
 def _server_context(folder: Path) -> CkksServer:
-    _require_files(folder)
-    preset, cc, cid = context_from_bytes(_read(folder, "context.ckks"))
-    return CkksServer(preset, cc, public_key_from_bytes(_read(folder, "public_key.ckks"), preset, cid))
-
-
-def _part_headers(folder: Path, preset: Preset, context_id: str) -> dict[str, dict]:
-    """The headers of the evaluation-key envelopes present (small files; payloads not read)."""
-    headers = {}
-    for kind in OPTIONAL_PARTS:
-        if os.path.lexists(folder / f"{kind}.ckks"):
-            payload, header = unpack_key(_read(folder, f"{kind}.ckks"), kind, context_id)
-            if payload or header["preset"] != preset.name:
-                raise CorruptDataError(f"{kind}.ckks: expected an empty payload of preset {preset.name!r}")
-            headers[kind] = header
-    return headers
-
-
-def _entries(header: dict, kind: str, count: int | None = None) -> list:
-    entries = header_field(header, "files", list, f"{kind} header")
-    if count is not None and len(entries) != count:
-        raise CorruptDataError(f"{kind} header lists {len(entries)} payload files, expected {count}")
-    return entries
-
-
-def _available_rotations(preset: Preset, headers: dict[str, dict]) -> set[int]:
-    have = set()
-    if "rotation_keys" in headers:
-        have.update(k % preset.slots for group in rotation_groups(headers["rotation_keys"]) for k in group)
-    if "bootstrap_keys" in headers:
-        have |= bootstrap_rotations(headers["bootstrap_keys"], preset)
-    return have - {0}
-
-
-def _require(folder: Path, preset: Preset, headers: dict[str, dict], rotations: Iterable[int],
-             bootstrap: bool) -> None:
-    """MissingKeyError, from the headers alone, if the bundle lacks a key the caller needs."""
-    if bootstrap and "bootstrap_keys" not in headers:
-        raise MissingKeyError(f"{folder} has no bootstrapping keys (bootstrap_keys.ckks), and they are required")
-    have, slots = _available_rotations(preset, headers), preset.slots
-    missing = sorted({int(k) for k in rotations if int(k) % slots and int(k) % slots not in have})
-    if missing:
-        names = [str(k) if k == k % slots else f"{k} (= {k % slots} mod {slots})" for k in missing]
-        raise MissingKeyError(f"{folder} has no rotation keys for indices {', '.join(names)}; "
-                              "the client must generate and ship them")
+    require_files(folder)
+    preset, cc, cid = context_from_bytes(read_envelope(folder, "context.ckks"))
+    return CkksServer(preset, cc, public_key_from_bytes(read_envelope(folder, "public_key.ckks"), preset, cid))
 
 
 def _load_mult_keys(server: CkksServer, folder: Path, header: dict) -> None:
-    (entry,) = _entries(header, "mult_keys", 1)
+    (entry,) = attached_entries(header, "mult_keys", 1)
     path = check_attached(folder, entry, "mult_keys")
     if has_mult_key(server):
         return  # this key set's key is already in the process's store (OpenFHE refuses a second)
@@ -334,7 +203,7 @@ def _load_mult_keys(server: CkksServer, folder: Path, header: dict) -> None:
 
 def _load_rotation_keys(server: CkksServer, folder: Path, header: dict) -> None:
     groups = rotation_groups(header)
-    for indices, entry in zip(groups, _entries(header, "rotation_keys", len(groups))):
+    for indices, entry in zip(groups, attached_entries(header, "rotation_keys", len(groups))):
         path = check_attached(folder, entry, "rotation_keys")
         keymap, ok = openfhe_load("rotation keys", ofhe.DeserializeEvalKeyMap, str(path), ofhe.BINARY)
         if not ok:

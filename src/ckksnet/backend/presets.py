@@ -1,21 +1,12 @@
-"""The OpenFHE crypto context built from a :class:`~ckksnet.core.params.Preset`.
-
-The presets themselves are numbers (:mod:`ckksnet.core.params`, re-exported here).
-"""
+"""The OpenFHE crypto context built from a :class:`~ckksnet.core.params.Preset` (the presets
+themselves are numbers, in :mod:`ckksnet.core.params`)."""
 from __future__ import annotations
-
-import json
-import warnings
-from functools import lru_cache
-from pathlib import Path
 
 import openfhe as ofhe
 
-from ckksnet.core.params import (PRESETS, SECURE, TEST, InsecurePresetWarning, Preset, get_preset,  # noqa: F401
-                                 _bootstrap_depth)  # noqa: F401
+from ckksnet.core.params import Preset
 from ckksnet.errors import PresetError
 
-BOOTSTRAP_ROTATIONS = Path(__file__).with_name("bootstrap_rotations.json")
 _SECURITY = {"HEStd_128_classic": ofhe.HEStd_128_classic, "HEStd_NotSet": ofhe.HEStd_NotSet}
 _SECRET = {"SPARSE_ENCAPSULATED": ofhe.SPARSE_ENCAPSULATED, "SPARSE_TERNARY": ofhe.SPARSE_TERNARY,
            "UNIFORM_TERNARY": ofhe.UNIFORM_TERNARY}
@@ -57,37 +48,3 @@ def build_crypto_context(p: Preset) -> "ofhe.CryptoContext":
     for feature in (ofhe.PKE, ofhe.KEYSWITCH, ofhe.LEVELEDSHE, ofhe.ADVANCEDSHE, ofhe.FHE):
         cc.Enable(feature)
     return cc
-
-
-# ---------------------------------------------------------------- bootstrapping's rotation keys
-@lru_cache(maxsize=None)
-def _stored_rotations() -> dict:
-    return json.loads(BOOTSTRAP_ROTATIONS.read_text())["presets"]
-
-
-def bootstrap_rotations(preset) -> frozenset:
-    """Rotation indices (mod slots) of the keys OpenFHE's bootstrapping key generation makes for
-    ``preset``: stored for the shipped presets (measured), else measured now by generating
-    bootstrapping keys once (slow at large rings; a warning says so)."""
-    if not preset.bootstrap:
-        return frozenset()
-    if preset.name in _stored_rotations() and PRESETS.get(preset.name) == preset:
-        return frozenset(_stored_rotations()[preset.name]["rotations"])
-    warnings.warn(f"preset {preset.name!r} is not a shipped preset: generating its bootstrapping keys "
-                  "once to learn their rotation indices", stacklevel=3)
-    return _measured_rotations(preset)
-
-
-def bootstrap_automorphism_count(preset) -> int:
-    """Automorphism keys OpenFHE's bootstrapping key generation makes for a shipped preset (0 if
-    not recorded): what ``ckksnet plan`` counts into the key memory."""
-    return len(_stored_rotations().get(preset.name, {}).get("automorphisms", []))
-
-
-@lru_cache(maxsize=8)
-def _measured_rotations(preset) -> frozenset:
-    from ckksnet.backend.context import CkksClient  # the context module imports this one
-
-    client = CkksClient(preset)
-    client.gen_bootstrap_keys()
-    return frozenset(client.rotations)

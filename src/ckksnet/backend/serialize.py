@@ -3,8 +3,8 @@ validated on load.
 
 Every file is an envelope of :mod:`ckksnet.core.envelope` (magic, format version, lengths, a JSON
 header, the payload, a SHA-256 over all of it; see there for the checks :func:`unpack` makes and
-in which order); this module registers the OpenFHE objects' kinds and re-exports the envelope's
-functions.
+in which order); this module registers the OpenFHE objects' kinds. What a header says is read
+without OpenFHE in :mod:`ckksnet.backend.headers`.
 
 **Key objects** (context, keys, ciphertexts) carry three more header fields: ``context_id``
 (the key set), ``preset`` (its name) and ``extra`` (per kind: the preset's parameters, rotation
@@ -20,29 +20,21 @@ holds the file layout of a key set; the byte functions here (``*_to_bytes``,
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
-import typing
 from dataclasses import asdict
 from pathlib import Path
 
 import openfhe as ofhe
 
-from ckksnet.backend.context import (CkksClient, CkksContext, CkksServer, Ciphertext, context_id_for,
-                                     require_type, rotations_of_automorphisms)
-from ckksnet.backend.presets import Preset, get_preset
+from ckksnet.backend.context import CkksClient, CkksContext, CkksServer, Ciphertext, require_type
+from ckksnet.backend.headers import (bootstrap_automorphisms, context_id_for, openfhe_version, preset_from_header,
+                                     rotation_groups, unpack_key)
+from ckksnet.core.envelope import header_field, load, pack, save
+from ckksnet.core.params import Preset
 from ckksnet.core.tiles import Tiles, join, tiles_of
-from ckksnet.errors import (ContextMismatchError, CorruptDataError, PresetError, SerializationError,
-                            VersionMismatchError)
+from ckksnet.errors import CorruptDataError, SerializationError
 
-# the envelope is generic (core, no OpenFHE); re-exported here, where key files were always read
-from ckksnet.core.envelope import (FORMAT, KINDS, MAGIC, MAX_HEADER, check_attached, describe_file,  # noqa: F401
-                                   file_digest, header_field, load, pack, regular_file, register_kind, save,  # noqa: F401
-                                   unpack)  # noqa: F401
-
-for _kind in ("context", "public_key", "secret_key", "mult_keys", "rotation_keys", "bootstrap_keys", "ciphertext"):
-    register_kind(_kind)
 
 
 def openfhe_load(what: str, fn, *args):
@@ -73,72 +65,15 @@ def _via_file(write) -> bytes:
 
 
 # ---------------------------------------------------------------- key objects: headers
-#: the OpenFHE version that writes key and ciphertext files here (its binary format is its own)
-OPENFHE_VERSION = str(getattr(ofhe, "__version__", "unknown"))
-
-
 def key_fields(ctx: CkksContext, extra: dict | None = None, files: list[dict] | None = None) -> dict:
     """Header fields of a key object of ``ctx``'s key set (``files``: attached payload files),
     with the OpenFHE version that wrote it."""
     require_type(ctx, CkksContext, "the key set", "a CkksClient or CkksServer")
     fields = {"context_id": ctx.context_id, "preset": ctx.preset.name, "extra": extra or {},
-              "openfhe": OPENFHE_VERSION}
+              "openfhe": openfhe_version()}
     if files is not None:
         fields["files"] = files
     return fields
-
-
-def unpack_key(data: bytes, kind: str, context_id: str | None = None) -> tuple[bytes, dict]:
-    """:func:`unpack` plus the key-object fields (context_id, preset, extra, openfhe) checked.
-    Raises :class:`VersionMismatchError` for a file another OpenFHE version wrote; a file
-    without the field predates it (ckksnet before 2026-12-04) and is read as before."""
-    payload, header = unpack(data, kind)
-    what = f"{kind} header"
-    cid = header_field(header, "context_id", str, what)
-    header_field(header, "preset", str, what)
-    header_field(header, "extra", dict, what)
-    if "openfhe" in header and header_field(header, "openfhe", str, what) != OPENFHE_VERSION:
-        raise VersionMismatchError(f"this {kind} was written by OpenFHE {header['openfhe']}, and OpenFHE "
-                                   f"{OPENFHE_VERSION} is installed: its binary objects may not read back; "
-                                   "make the keys and ciphertexts again with this version, or install that one")
-    if context_id is not None and cid != context_id:
-        raise ContextMismatchError(f"{kind} belongs to another key set ({cid[:12]}..., "
-                                   f"expected {context_id[:12]}...)")
-    return payload, header
-
-
-def preset_from_header(fields: object, what: str = "context header") -> Preset:
-    """A :class:`Preset` from a header's parameter dict. Any unknown, missing (without default)
-    or mistyped field, or parameters that make no valid preset: :class:`CorruptDataError`
-    naming the field. Insecure presets warn as :func:`get_preset` does."""
-    if not isinstance(fields, dict):
-        raise CorruptDataError(f"{what}: the preset parameters are not a JSON object")
-    known = {f.name: f for f in dataclasses.fields(Preset)}
-    unknown = sorted(set(fields) - set(known))
-    if unknown:
-        raise CorruptDataError(f"{what}: unknown preset field(s) {', '.join(map(repr, unknown))}")
-    hints = typing.get_type_hints(Preset)
-    values = {}
-    for name, f in known.items():
-        if name in fields:
-            values[name] = _preset_value(fields, name, hints[name], what)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise CorruptDataError(f"{what} lacks the preset field {name!r}")
-    try:
-        return get_preset(Preset(**values))
-    except PresetError as exc:
-        raise CorruptDataError(f"{what}: {exc}") from exc
-
-
-def _preset_value(fields: dict, name: str, hint, what: str):
-    if typing.get_origin(hint) is tuple:  # level_budget: a JSON list of ints
-        items = header_field(fields, name, (list, tuple), f"{what} preset")
-        for i, item in enumerate(items):
-            header_field({f"{name}[{i}]": item}, f"{name}[{i}]", int, f"{what} preset")
-        return tuple(items)
-    if hint is float:
-        return float(header_field(fields, name, (int, float), f"{what} preset"))
-    return header_field(fields, name, hint, f"{what} preset")
 
 
 def check_context(preset: Preset, cc: "ofhe.CryptoContext") -> None:
@@ -312,18 +247,6 @@ def require_mult_key(ctx: CkksContext) -> None:
                                "its header says")
 
 
-def rotation_groups(header: dict) -> list[list[int]]:
-    """The rotation indices of each group in a rotation-key header (validated)."""
-    groups = header_field(header["extra"], "groups", list, "rotation_keys header extra")
-    out = []
-    for i, group in enumerate(groups):
-        indices = header_field(group, "indices", list, f"rotation_keys group {i}")
-        if not indices or not all(type(k) is int for k in indices):
-            raise CorruptDataError(f"rotation_keys group {i}: 'indices' must be a non-empty list of ints")
-        out.append(indices)
-    return out
-
-
 def load_rotation_keys(ctx: CkksContext, data: bytes) -> None:
     """Install serialized rotation keys into OpenFHE's key store (merging with present ones)."""
     require_type(ctx, CkksContext, "the key set", "a CkksServer")
@@ -355,24 +278,6 @@ def check_installed(ctx: CkksContext, what: str, declared: set[int], before: set
     if missing or undeclared:
         raise CorruptDataError(f"{what}: the header and the payload disagree (header lists automorphism "
                                f"keys {missing} the payload lacks; payload holds {undeclared} unlisted)")
-
-
-def bootstrap_automorphisms(header: dict, preset: Preset) -> list[int]:
-    """The automorphism indices a bootstrapping-key header declares (validated)."""
-    extra = header["extra"]
-    slots = header_field(extra, "slots", int, "bootstrap_keys header extra")
-    if slots != preset.slots:
-        raise CorruptDataError(f"bootstrap_keys are for {slots} slots, the context has {preset.slots}")
-    autos = header_field(extra, "automorphisms", list, "bootstrap_keys header extra")
-    if not autos or not all(type(a) is int for a in autos):
-        raise CorruptDataError("bootstrap_keys header: 'automorphisms' must be a non-empty list of ints")
-    return autos
-
-
-def bootstrap_rotations(header: dict, preset: Preset) -> set[int]:
-    """Rotation indices (mod slots) that the bootstrapping keys of ``header`` provide."""
-    autos = bootstrap_automorphisms(header, preset)
-    return set(rotations_of_automorphisms(autos, preset.ring_dim, preset.slots))
 
 
 def install_bootstrap_keys(ctx: CkksContext, path: str, header: dict) -> None:

@@ -38,8 +38,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ckksnet.backend.presets import bootstrap_rotations
 from ckksnet.compiler.model_forms import prepare_model
+from ckksnet.core.backend import get_backend
 from ckksnet.core.options import CompileOptions
 from ckksnet.core.params import Preset, get_preset
 from ckksnet.compiler import lowerings
@@ -103,7 +103,8 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
                   relu_alpha: dict[str, int | tuple[int, int]] | None = None, rotation_keys: str = "reuse",
                   lanes: bool | None = None, pooled_dense: bool | None = None,
                   classes: tuple[str, ...] | None = None, mean=None, std=None,
-                  relu_extension: float = 1.0, input_shape: tuple[int, int, int] | None = None) -> Plan:
+                  relu_extension: float = 1.0, input_shape: tuple[int, int, int] | None = None,
+                  backend: str = "openfhe") -> Plan:
     """Compile a trained model into a complete encrypted-inference plan (schedule included).
 
     calibration: images (uint8 NHWC with values 0..255, or float NCHW in [0, 1], as ``twin`` and
@@ -130,7 +131,9 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     ``input_shape`` (C, H, W): the model's input, channels included; needed where the model does
     not tell its channels (no convolution, no per-channel mean/std: an MLP that starts with
     ``nn.Flatten``); ``image_size`` (H, W) gives the size alone (default 32 x 32). The plan
-    records the shape (``plan.input_shape``), so a client needs no size.
+    records the shape (``plan.input_shape``), so a client needs no size. ``backend``: the name of
+    the backend the plan runs on (:func:`ckksnet.core.backend.get_backend`; its bootstrapping
+    keys and cost constants shape the schedule; the plan records it).
 
     Raises :class:`CompileError` naming the module or node (and its source line) for anything
     it cannot compute exactly, for missing calibration, for a Normalize module together with
@@ -139,6 +142,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     if rotation_keys not in ("reuse", "pow2", "direct"):
         raise CompileError(f"rotation_keys must be 'reuse', 'pow2' or 'direct', not {rotation_keys!r}")
     preset = get_preset(preset) if isinstance(preset, str) else preset
+    runs_on = get_backend(backend)
     from ckksnet.approx.relu import extension_bits
     try:
         extension_bits(relu_extension)
@@ -157,7 +161,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         image_shape = (len(mean), int(image_size[0]), int(image_size[1]))
         ranges = _ranges(model, calibration, image_shape, None if norm else (mean, std))
         plan = Plan(preset=preset, rotation_keys=rotation_keys, model_id=model_identity(model),
-                    options=options.record())
+                    options=options.record(), backend=runs_on.name)
         names = lower(plan, graph, model, image_size, options, mean=mean, std=std, client_normalize=norm)
     finally:
         for m, training in modes.items():
@@ -165,8 +169,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     lower_poly.split_poly_readers(plan)  # degree-2 polynomials read by a shortcut too: fold them anyway
     assign_scales(plan, _complete_ranges(ranges, names), margin)
     finalize(plan, options)
-    plan.schedule = schedule_plan(plan, optimise=lanes is None,  # an explicit lanes choice is kept
-                                  bootstrap_keys=bootstrap_rotations(preset))
+    plan.schedule = schedule_plan(plan, runs_on, optimise=lanes is None)  # an explicit lanes choice is kept
     outputs = plan.output_layout.length
     plan.classes = tuple(classes) if classes else (CIFAR10_CLASSES if outputs == 10 else
                                                     tuple(str(i) for i in range(outputs)))

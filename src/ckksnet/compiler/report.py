@@ -10,19 +10,18 @@ generating bootstrapping keys plus the plan's own keys and the run's measured wo
 """
 from __future__ import annotations
 
+from ckksnet.core.backend import get_backend
 from ckksnet.core.costs import cost_model
 from ckksnet.core.text import count
 
 
 def plan_report(plan) -> dict:
     """JSON-ready schedule and totals of ``plan`` (seconds, GiB; None where not measured)."""
-    from ckksnet.backend.presets import bootstrap_automorphism_count
-
     sched = plan.schedule
     preset = plan.preset
-    costs = cost_model(preset.name)
+    costs = cost_model(preset.name, plan.backend)
     mem = costs.memory if costs else {}
-    boot_auto = bootstrap_automorphism_count(preset) if sched.bootstrap_slots else 0
+    boot_auto = get_backend(plan.backend).bootstrap_key_count(preset) if sched.bootstrap_slots else 0
     keys = boot_auto + len(sched.client_rotations)
     one = mem.get("one_key_gib")
     key_gib = round(keys * one, 2) if one else None

@@ -30,6 +30,8 @@ from ckksnet.errors import CorruptDataError, SerializationError
 from ckksnet.layout import Layout, PooledLayout, VectorLayout
 
 KINDS = tuple(envelope.register_kind(k) for k in ("server_plan", "client_plan"))
+#: the backend of plan files written before plans named theirs (2026-12-07): there was one
+LEGACY_BACKEND = "openfhe"
 
 
 #: every class a plan file may name, by class name: core's own below; kernels register on
@@ -111,7 +113,10 @@ def _decode(tree, arrays, types: dict):
         if cls is None:
             raise CorruptDataError(f"the plan names an unknown type {tree['@type']!r} (a kernel defined "
                                    "outside ckksnet: import its module before loading)")
-        return cls(**{k: _decode(v, arrays, types) for k, v in tree["fields"].items()})
+        fields_ = {k: _decode(v, arrays, types) for k, v in tree["fields"].items()}
+        if cls in (Plan, ClientSpec):
+            fields_.setdefault("backend", LEGACY_BACKEND)
+        return cls(**fields_)
     raise CorruptDataError(f"unreadable plan tree node with keys {sorted(tree)[:4]}")
 
 

@@ -38,7 +38,7 @@ def _table() -> dict:
     return json.loads(COSTS_PATH.read_text()) if COSTS_PATH.exists() else {}
 
 
-def cost_model(preset_name: str, backend: str = "openfhe") -> CostModel | None:
+def cost_model(preset_name: str, backend: str) -> CostModel | None:
     """The stored cost model of a preset on a backend, or None if none was measured."""
     entry = _table().get(backend, {}).get(preset_name)
     if entry is None:

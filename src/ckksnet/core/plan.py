@@ -76,6 +76,7 @@ class ClientSpec:
     classes: tuple = ()
     model_id: str = ""
     plan_id: str = ""
+    backend: str = ""  #: the backend's name (:func:`ckksnet.core.backend.get_backend`)
 
     @property
     def bootstrap(self) -> bool:
@@ -123,6 +124,9 @@ class Plan:
     classes: tuple = ()
     model_id: str = ""
     options: dict = field(default_factory=dict)
+    #: the backend the plan is compiled for, by name (:func:`ckksnet.core.backend.get_backend`):
+    #: its bootstrapping keys and cost constants shaped the schedule
+    backend: str = ""
 
     # ------------------------------------------------------------ building (compile only)
     def new_value(self, layout, scale: float = 1.0) -> Value:
@@ -211,7 +215,7 @@ class Plan:
         return ClientSpec(self.preset, self.mean, self.std, self.input_layout, self.values[self.input].scale,
                           sched.input_level, self.output_layout, self.values[self.output].scale,
                           sched.client_rotations, sched.bootstrap_slots, tuple(self.classes),
-                          self.model_id, plan_id(self))
+                          self.model_id, plan_id(self), self.backend)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """Images -> packed slot vectors (see :meth:`ClientSpec.preprocess`)."""

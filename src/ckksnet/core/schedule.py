@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ckksnet.core.backend import Backend
 from ckksnet.core.costs import cost_model
 from ckksnet.core.tiles import join
 from ckksnet.core.tracer import INPUT, LevelTracer
@@ -74,15 +75,14 @@ class Schedule:
         return [d for s in self.steps for d in s.refreshes]
 
 
-def schedule_plan(plan, optimise: bool = True, bootstrap_keys: frozenset = frozenset(),
-                  backend: str = "openfhe") -> "Schedule":
+def schedule_plan(plan, backend: Backend, optimise: bool = True) -> "Schedule":
     """Tune ``plan``'s kernels to its key set and fix its schedule (see the module doc); with
-    ``optimise``, first pick each kernel's variant by :func:`optimise_variants`.
-    ``bootstrap_keys``: rotation indices (mod slots) whose keys the backend's bootstrapping key
-    generation makes anyway (:func:`ckksnet.backend.bootstrap_rotations` for OpenFHE);
-    ``backend``: whose measured cost constants estimate the seconds (:mod:`ckksnet.core.costs`).
-    Raises :class:`CompileError` if the plan needs more levels than the preset gives."""
-    tuner = _Tuner(frozenset(bootstrap_keys), backend)
+    ``optimise``, first pick each kernel's variant by :func:`optimise_variants`. ``backend``:
+    the plan's backend (:mod:`ckksnet.core.backend`): the rotation keys its bootstrapping key
+    generation makes anyway, and its measured cost constants (:mod:`ckksnet.core.costs`), which
+    estimate the seconds. Raises :class:`CompileError` if the plan needs more levels than the
+    preset gives."""
+    tuner = _Tuner(backend.bootstrap_rotations(plan.preset), backend.name)
     schedule = _schedule(plan, tuner)
     return optimise_variants(plan, schedule, tuner) if optimise else schedule
 
@@ -101,7 +101,7 @@ def optimise_variants(plan, schedule: "Schedule", tuner=None) -> "Schedule":
     depends on the stage, which only the cost model knows. Without a cost model (presets with no
     measured constants) the objective is the bootstrap count. Returns the best schedule; the
     plan's steps are left as that schedule ran them."""
-    tuner = tuner or _Tuner(_bootstrap_keys_of(schedule))
+    tuner = tuner or _Tuner(_bootstrap_keys_of(schedule), plan.backend)
     best = schedule
     for _ in range(3):
         improved = False
@@ -137,7 +137,7 @@ class _Tuner:
     """step.tuned(keys), remembered per (step, keys): the optimiser schedules a plan many times.
     Carries what every schedule of the plan shares: the bootstrapping keys and the backend."""
 
-    def __init__(self, bootstrap_keys: frozenset = frozenset(), backend: str = "openfhe"):
+    def __init__(self, bootstrap_keys: frozenset, backend: str):
         self.bootstrap_keys, self.backend = bootstrap_keys, backend
         self._done: dict = {}
 

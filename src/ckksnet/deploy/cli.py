@@ -114,23 +114,24 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ckksnet.backend import CkksClient
+    from ckksnet.core.backend import get_backend
+    from ckksnet.core.params import get_preset
 
+    preset = get_preset(args.preset)
     t0 = time.time()
-    client = CkksClient(args.preset)
-    client.gen_bootstrap_keys()
+    keys = get_backend(args.backend).make_keys(preset, (), bootstrap=True)
     keygen = time.time() - t0
-    server = client.server()  # holds no secret key
-    x = np.random.default_rng(args.seed).uniform(-1, 1, client.slots)
-    ct = client.encrypt(x, levels_left=1)
+    server = keys.evaluator()  # holds no secret key
+    x = np.random.default_rng(args.seed).uniform(-1, 1, preset.slots)
+    ct = keys.encrypt(x, levels_left=1)
     t1 = time.time()
     out = server.bootstrap(ct)
     boot = time.time() - t1
-    err = float(np.max(np.abs(client.decrypt(out) - x)))
-    report = {"preset": client.preset.name, "ring_dim": client.preset.ring_dim, "slots": client.slots,
+    err = float(np.max(np.abs(keys.decrypt(out) - x)))
+    report = {"preset": preset.name, "backend": args.backend, "ring_dim": preset.ring_dim, "slots": preset.slots,
               "keygen_seconds": round(keygen, 2), "bootstrap_seconds": round(boot, 2),
               "levels_left_after_bootstrap": server.levels_left(out),
-              "max_abs_error": err, "precision_bits": round(-float(np.log2(err)), 2)}
+              "max_abs_error": err, "precision_bits": round(-float(np.log2(max(err, 2.0**-64))), 2)}
     return _emit(args, report, f"preset {report['preset']} (N={report['ring_dim']}, {report['slots']} slots): "
                  f"keys {keygen:.1f} s, bootstrap {boot:.1f} s, {report['levels_left_after_bootstrap']} "
                  f"levels left, precision {report['precision_bits']:.1f} bits (max error {err:.2e})")
@@ -232,6 +233,7 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="encrypt, bootstrap and decrypt a vector: time and precision")
     flags.add(p, "preset")
     p.add_argument("--seed", type=int, default=0, help="seed of the random test vector")
+    p.add_argument("--backend", default="openfhe", help="the backend, by name (default openfhe)")
     flags.add(p, "json")
     p.set_defaults(func=_cmd_bootstrap)
 
@@ -244,7 +246,7 @@ def _print_image(rec: dict) -> None:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from ckksnet import inference
+    import ckksnet.inference as inference
 
     result = inference.run(args.images, args.preset, args.data, args.checkpoint, flags.sign_tables(args),
                            progress=not args.json, on_image=None if args.json else _print_image)
@@ -385,9 +387,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from ckksnet.backend.keys import EVAL_DIR, SECRET_KEY_FILE, save_keys
-    from ckksnet.runtime import load_client_spec
-    from ckksnet.runtime import Client
+    from ckksnet.core.backend import EVAL_DIR, SECRET_KEY_FILE
+    from ckksnet.runtime import Client, load_client_spec
 
     out = Path(args.out)
     if (out / SECRET_KEY_FILE).exists() and not args.force:
@@ -397,10 +398,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     t0 = time.time()
     client = Client(spec)
     keygen = time.time() - t0
-    save_keys(client.ckks, out)
+    client.save_keys(out)
     size = sum(f.stat().st_size for f in (out / EVAL_DIR).iterdir())
     report = {"keys": str(out), "eval_keys": str(out / EVAL_DIR), "secret_key": str(out / SECRET_KEY_FILE),
-              "preset": spec.preset.name, "context_id": client.ckks.context_id,
+              "preset": spec.preset.name, "backend": spec.backend, "context_id": client.context_id,
               "rotation_keys": len(spec.rotation_keys), "bootstrap_keys": spec.bootstrap,
               "keygen_seconds": round(keygen, 2), "save_seconds": round(time.time() - t0 - keygen, 2),
               "eval_keys_bytes": size}
@@ -411,18 +412,15 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _client_from_files(client_artifact: str, keys: str):
     """A runtime Client from a client artifact and a key folder written by keygen."""
-    from ckksnet.backend.keys import load_client_keys
-    from ckksnet.runtime import load_client_spec
-    from ckksnet.runtime import Client
+    from ckksnet.runtime import Client, load_client_spec
 
-    return Client(load_client_spec(client_artifact), keys=load_client_keys(keys))
+    return Client.load(load_client_spec(client_artifact), keys)
 
 
 def _cmd_encrypt(args: argparse.Namespace) -> int:
     """Encrypt images (PNG / JPEG / .npy), one ciphertext file each."""
     from pathlib import Path
 
-    from ckksnet.backend.serialize import save_ciphertext
     from ckksnet.errors import InputError
     from ckksnet.imagefile import read_image
 
@@ -442,7 +440,7 @@ def _cmd_encrypt(args: argparse.Namespace) -> int:
         pixels, note = read_image(image, lay.channels, lay.height, lay.width, args.resize)
         if note:
             print(note, file=sys.stderr)
-        save_ciphertext(client.ckks, client.encrypt(pixels), out / name)
+        client.save_ciphertext(client.encrypt(pixels), out / name)
         done.append({"image": image, "ciphertext": str(out / name), "resized": note is not None})
     return _emit(args, {"ciphertexts": done}, "\n".join(f"{d['image']} -> {d['ciphertext']}" for d in done))
 
@@ -465,18 +463,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if Path(args.input).is_dir() or args.workers is not None or args.ray is not None:
         return _cmd_run_batch(args)
-    from ckksnet.backend.keys import load_evaluation_keys
-    from ckksnet.backend.serialize import load_ciphertext, save_ciphertext
     from ckksnet.runtime import Server, load_plan
 
     _check_writable(args.output)  # before any work: a secure image takes 13-15 minutes of inference
-    plan = load_plan(args.plan)
-    sched = plan.schedule
-    keys = load_evaluation_keys(args.eval_keys, rotations=sched.key_rotations,
-                                bootstrap=bool(sched.bootstrap_slots))
-    server = Server(plan, keys)
-    out = server.run(load_ciphertext(keys, args.input), progress=True)
-    save_ciphertext(keys, out, args.output)
+    server = Server.load(load_plan(args.plan), args.eval_keys)
+    out = server.run(server.load_ciphertext(args.input), progress=True)
+    server.save_ciphertext(out, args.output)
     rep = server.report.to_dict()
     return _emit(args, {"in": args.input, "out": args.output, "report": rep},
                  f"{len(rep['steps'])} steps, {count(rep['bootstraps'], 'bootstrap')} in {rep['seconds']:.1f} s "
@@ -550,8 +542,6 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
     several files (or a folder of .ckks files) one line each, JSON ``{"predictions": [...]}``."""
     from pathlib import Path
 
-    from ckksnet.backend.serialize import load_ciphertext
-
     client = _client_from_files(args.client, args.keys)
     files = []
     for name in args.ciphertext:
@@ -562,7 +552,7 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
         files += found
     preds = []
     for name in files:
-        logits = client.decrypt(load_ciphertext(client.ckks, name))
+        logits = client.decrypt(client.load_ciphertext(name))
         preds.append({"ciphertext": name, **_prediction(logits, client.spec.classes)})
     if len(args.ciphertext) == 1 and len(files) == 1 and not Path(args.ciphertext[0]).is_dir():
         return _emit(args, preds[0], _prediction_text("encrypted prediction", preds[0]))

@@ -1,13 +1,15 @@
 """The deployment area's only contact with plans, keys and ciphertexts (the HTTP service and its
-workers, and the Ray workers).
+workers, the Ray driver and workers, ``remote.py``).
 
-Everything the service needs from the rest of ckksnet goes through these few functions, so
-that a change of the plan-artifact or key-bundle format touches this file alone:
+Everything the deployment code needs from the rest of ckksnet goes through these few functions,
+and they reach keys and ciphertexts only through the plan's backend
+(:func:`ckksnet.core.backend.get_backend`, by the name the plan records), so that a new backend
+or a change of a key-bundle format touches neither this file nor its callers:
 
 - :func:`describe_plan`, :func:`load_plan`: the server plan artifact;
-- :func:`bundle_file_allowed`, :func:`validate_bundle`: an uploaded evaluation-key folder,
-  checked by its envelope headers and SHA-256 checksums without loading a key (the HTTP
-  process never loads keys);
+- :func:`bundle_file_allowed`, :func:`validate_bundle`, :func:`bundle_identity`: an uploaded
+  evaluation-key folder, checked by its headers and checksums without loading a key (the HTTP
+  process never loads keys, nor the OpenFHE module);
 - :func:`ciphertext_keyset`: the key set a ciphertext envelope belongs to (checked on upload);
 - :func:`load_server`, :func:`run_job`: in the worker process only.
 """
@@ -19,13 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckksnet.errors import CkksnetError
+from ckksnet.core.backend import Backend, get_backend
+from ckksnet.core.backend import ciphertext_keyset as backend_ciphertext_keyset
 from ckksnet.deploy.errors import InvalidKeysError
-
-#: file names an evaluation-key folder may hold (``ckksnet.backend.keys.save_evaluation_keys``):
-#: the envelopes and the raw key files they describe
-BUNDLE_NAME = re.compile(r"^(?:(?:context|public_key|mult_keys|rotation_keys|bootstrap_keys)\.ckks"
-                         r"|(?:mult_keys|bootstrap_keys|rotation_keys\.\d{1,4})\.bin)$")
+from ckksnet.errors import CkksnetError
 
 
 @dataclass(frozen=True)
@@ -48,24 +47,27 @@ def load_plan(path: str | os.PathLike):
 
 
 def describe_plan(plan) -> dict:
-    """The facts about a plan the HTTP side needs: preset name and number of steps."""
-    return {"preset": plan.preset.name, "steps": len(plan.steps)}
+    """The facts about a plan the HTTP side needs: preset name, backend name, number of steps."""
+    return {"preset": plan.preset.name, "backend": plan.backend, "steps": len(plan.steps)}
 
 
 # ---------------------------------------------------------------- key bundles
-def bundle_file_allowed(name: str) -> bool:
-    """Whether ``name`` may be a member of an uploaded evaluation-key bundle."""
-    return BUNDLE_NAME.match(name) is not None
+def backend_of(plan_or_name) -> Backend:
+    """The backend a plan (or a backend name) runs on."""
+    return get_backend(plan_or_name if isinstance(plan_or_name, str) else plan_or_name.backend)
 
 
-def validate_bundle(folder: str | os.PathLike, preset: str | None = None) -> BundleInfo:
-    """Check an uploaded evaluation-key folder without loading a key: every envelope, every key
-    file's length and SHA-256 (read in 16 MiB blocks), one key set throughout, and (if given)
-    the preset. Raises :class:`InvalidKeysError` carrying the reason."""
-    from ckksnet.backend.keys import check_evaluation_keys
+def bundle_file_allowed(name: str, backend: str) -> bool:
+    """Whether ``name`` may be a member of an uploaded evaluation-key bundle of ``backend``."""
+    return get_backend(backend).bundle_file_allowed(name)
 
+
+def validate_bundle(folder: str | os.PathLike, backend: str, preset: str | None = None) -> BundleInfo:
+    """Check an uploaded evaluation-key folder without loading a key (every envelope, every key
+    file's length and checksum, one key set throughout) and, if given, its preset. Raises
+    :class:`InvalidKeysError` carrying the reason."""
     try:
-        info = check_evaluation_keys(folder)
+        info = get_backend(backend).check_evaluation_keys(folder)
     except CkksnetError as exc:
         raise InvalidKeysError(f"the key bundle is invalid: {exc}") from exc
     extra = sorted(set(p.name for p in Path(folder).iterdir()) - set(info.files))
@@ -78,36 +80,39 @@ def validate_bundle(folder: str | os.PathLike, preset: str | None = None) -> Bun
     return BundleInfo(info.context_id, info.preset.name, dict(info.files))
 
 
+def bundle_identity(folder: str | os.PathLike, backend: str):
+    """(key set id, preset, bytes on disk) of a bundle, as cheaply as its backend can (no key
+    file read): what a dispatcher needs. Raises the backend's errors for a damaged bundle."""
+    return get_backend(backend).bundle_identity(folder)
+
+
+def load_memory_gib(bundle_bytes: int, backend: str) -> float:
+    """GiB a worker needs to load a bundle of ``bundle_bytes`` and run with it."""
+    return get_backend(backend).load_memory_gib(bundle_bytes)
+
+
 # ---------------------------------------------------------------- ciphertexts
 def ciphertext_keyset(data: bytes) -> str:
-    """The key set id of a ciphertext envelope, after checking its kind, length and SHA-256.
+    """The key set id of a ciphertext envelope, after checking its kind, length and checksum.
     Raises :class:`InvalidKeysError` for anything that is not an intact ciphertext."""
-    from ckksnet.backend.serialize import unpack
-
     try:
-        _, header = unpack(data, "ciphertext")
+        return backend_ciphertext_keyset(data)
     except CkksnetError as exc:
         raise InvalidKeysError(f"not an intact ckksnet ciphertext: {exc}") from exc
-    return str(header["context_id"])
 
 
 # ---------------------------------------------------------------- worker side
 def load_server(plan, keys_folder: str | os.PathLike):
-    """A :class:`ckksnet.Server` for ``plan`` with the evaluation keys in ``keys_folder``,
+    """A :class:`ckksnet.runtime.Server` for ``plan`` with the evaluation keys in ``keys_folder``,
     loading exactly what the plan's schedule needs (MissingKeyError from the headers first)."""
-    from ckksnet.backend.keys import load_evaluation_keys
     from ckksnet.runtime import Server
 
-    sched = plan.schedule
-    keys = load_evaluation_keys(keys_folder, rotations=sched.key_rotations, bootstrap=bool(sched.bootstrap_slots))
-    return Server(plan, keys)
+    return Server.load(plan, keys_folder)
 
 
 def run_job(server, data: bytes, on_step: Callable[[int, int, str], None]) -> bytes:
     """Encrypted inference of one ciphertext envelope; returns the output's envelope.
     ``on_step(i, n, name)`` is called as step i of n (1-based) starts."""
-    from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes
-
-    ct = ciphertext_from_bytes(server.ckks, data)
+    ct = server.ciphertext_from_bytes(data)
     out = server.run(ct, on_step=lambda i, n, name: on_step(i + 1, n, name))
-    return ciphertext_to_bytes(server.ckks, out)
+    return server.ciphertext_to_bytes(out)

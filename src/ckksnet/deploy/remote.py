@@ -182,7 +182,7 @@ def _show(bar: tqdm, job: dict) -> None:
 
 def _ciphertext_keyset(ciphertext: bytes) -> str:
     """The key set id in a ciphertext envelope's header."""
-    from ckksnet.backend.serialize import unpack
+    from ckksnet.deploy.engine import ciphertext_keyset
 
-    return str(unpack(ciphertext, "ciphertext")[1]["context_id"])
+    return ciphertext_keyset(ciphertext)
 

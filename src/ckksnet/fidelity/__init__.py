@@ -91,7 +91,7 @@ class NoiseProbe:
 
     def __call__(self, index: int, step, inputs, output) -> None:
         def dec(value):  # a value over several ciphertexts: their slots side by side
-            return np.concatenate([self.client.ckks.decrypt(c) for c in tiles_of(value)])
+            return np.concatenate([self.client.keys.decrypt(c) for c in tiles_of(value)])
 
         out_id = self.plan.steps[index][2]
         used = np.asarray(self.plan.values[out_id].layout.index).ravel()

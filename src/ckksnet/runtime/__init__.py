@@ -7,24 +7,31 @@
     server.report.to_dict()                            # per-step time, levels, bootstraps, RSS
 
 Both only read the plan: its schedule (compile time) says where bootstraps fall, each map's baby
-step and the input's level. The client needs only the weight-free :class:`ClientSpec`.
+step and the input's level. The client needs only the weight-free :class:`ClientSpec`. Keys,
+key files and ciphertext bytes go through the plan's backend (:mod:`ckksnet.core.backend`,
+found by the name the plan records), so nothing here knows OpenFHE.
 """
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
+from pathlib import Path
+
 import numpy as np
-import psutil
 from tqdm.auto import tqdm
 
 import ckksnet.kernels  # noqa: F401  (registers the built-in kernel types plans name)
-from ckksnet.backend import CkksClient, CkksServer
 from ckksnet.core import artifact
-from ckksnet.core.costs import cost_model
+from ckksnet.core.backend import EVAL_DIR, SECRET_KEY_FILE, Backend, KeySet, SecretKeys, get_backend
+from ckksnet.core.envelope import load, save
 from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.memory import check_memory, peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
 from ckksnet.core.plan import ClientSpec, Plan
 from ckksnet.core.tiles import join, split_packed, tiles_of, width
 from ckksnet.core.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
-from ckksnet.errors import ContextMismatchError, LevelError, MissingKeyError, ShapeError, WrongTypeError
+from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, SerializationError, ShapeError,
+                            WrongTypeError)
 
 
 def load_plan(path) -> Plan:
@@ -41,25 +48,77 @@ def load_client_spec(path) -> ClientSpec:
 class Client:
     """Holds the secret key. Makes every key the plan needs (or takes a loaded key set),
     encrypts images and decrypts logits. Built from a :class:`ClientSpec` (no weights) or, for
-    convenience, a whole :class:`Plan` (only its client half is kept)."""
+    convenience, a whole :class:`Plan` (only its client half is kept). ``keys``: the backend's
+    secret-key holder (:class:`ckksnet.core.backend.SecretKeys`)."""
 
-    def __init__(self, spec: ClientSpec | Plan, keys: CkksClient | None = None, bootstrap_keys: bool = True,
+    def __init__(self, spec: ClientSpec | Plan, keys: SecretKeys | None = None, bootstrap_keys: bool = True,
                  memory_check: bool = True):
         if isinstance(spec, Plan):
             spec = spec.client_spec()
         if not isinstance(spec, ClientSpec):
             raise WrongTypeError(f"Client needs a ClientSpec or a Plan, got {type(spec).__name__}")
         self.spec = spec
+        self.backend: Backend = get_backend(spec.backend)
         if keys is not None:
-            if not isinstance(keys, CkksClient):
-                raise WrongTypeError(f"keys must be a CkksClient (the secret-key holder), got {type(keys).__name__}")
+            if not isinstance(keys, SecretKeys) or isinstance(keys, Evaluator):
+                raise WrongTypeError(f"keys must be the secret-key holder of a key set (Client.load, or a "
+                                     f"backend's make_keys), got {type(keys).__name__}")
             if keys.preset != spec.preset:
                 raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {spec.preset.name!r}")
-            self.ckks, self.key_memory_gb = keys, {}
+            self.keys = keys
             return
-        check_memory(key_memory_estimate_gib(spec, bootstrap_keys),
-                      f"generating the keys of preset {spec.preset.name!r}", override=not memory_check)
-        self.ckks, self.key_memory_gb = _generate_keys(spec, bootstrap_keys)
+        bootstrap = bootstrap_keys and spec.bootstrap
+        check_memory(self.backend.key_memory_gib(spec.preset, len(spec.rotation_keys), bootstrap),
+                     f"generating the keys of preset {spec.preset.name!r}", override=not memory_check)
+        self.keys = self.backend.make_keys(spec.preset, spec.rotation_keys, bootstrap)
+
+    @classmethod
+    def load(cls, spec: ClientSpec | Plan, folder: str | os.PathLike) -> "Client":
+        """The client of a key folder written by :meth:`save_keys` (nothing is generated)."""
+        spec = spec.client_spec() if isinstance(spec, Plan) else spec
+        if not isinstance(spec, ClientSpec):
+            raise WrongTypeError(f"Client.load needs a ClientSpec or a Plan, got {type(spec).__name__}")
+        return cls(spec, keys=get_backend(spec.backend).load_secret_keys(folder))
+
+    @property
+    def key_memory_gb(self) -> dict:
+        """What making the keys cost (GiB and key counts; {} for loaded keys)."""
+        return getattr(self.keys, "key_memory_gb", {}) or {}
+
+    @property
+    def context_id(self) -> str:
+        """The key set's id (every ciphertext and key file of it carries it)."""
+        return self.keys.context_id
+
+    def save_keys(self, folder: str | os.PathLike) -> Path:
+        """Write the key set to ``folder``: the secret key (owner-only) and the evaluation-key
+        bundle ``folder/eval`` to ship to a server. Returns ``folder``.
+
+        Complete or absent: the keys are written into a hidden sibling folder that is renamed
+        to ``folder`` once whole, so an interrupted write (Ctrl-C, a full disk, out of memory)
+        leaves no half key set where readers look. An existing ``folder`` is replaced only if it
+        is empty or holds a key set (``SerializationError`` otherwise: it is not ours to delete)."""
+        folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()) and not (folder / SECRET_KEY_FILE).exists() \
+                and not (folder / EVAL_DIR).exists():
+            raise SerializationError(f"{folder} holds other files: write the keys to a folder of their own")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tag = secrets.token_hex(4)
+        partial = folder.parent / f".{folder.name}.partial-{tag}"
+        try:
+            self.backend.save_keys(self.keys, partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{tag}"
+            os.rename(folder, old)
+            os.rename(partial, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(partial, folder)
+        os.chmod(folder, 0o700)
+        return folder
 
     def encrypt(self, image: np.ndarray):
         """One image (uint8 HWC or float CHW in [0, 1]) -> a ciphertext of the packed input at the
@@ -69,7 +128,7 @@ class Client:
         if packed.ndim != 1:
             raise ShapeError("encrypt takes one image; call it once per image of a batch")
         parts = split_packed(packed, self.spec.preset.slots)  # an input over several ciphertexts: Tiles
-        return join([self.ckks.encrypt(p, levels_left=self.spec.input_level) for p in parts])
+        return join([self.keys.encrypt(p, levels_left=self.spec.input_level) for p in parts])
 
     def decrypt(self, ct) -> np.ndarray:
         """The output ciphertext(s) -> logits (float64). Raises :class:`ShapeError` for a number of
@@ -78,56 +137,25 @@ class Client:
         if width(ct) != want:
             raise ShapeError(f"the ciphertext holds {width(ct)} ciphertext(s); the plan's output is {want}: decrypt "
                              "what the server's run returns (an input ciphertext holds no logits)")
-        return self.spec.postprocess(np.concatenate([self.ckks.decrypt(c) for c in tiles_of(ct)]))
+        return self.spec.postprocess(np.concatenate([self.keys.decrypt(c) for c in tiles_of(ct)]))
 
-    def evaluation_keys(self) -> CkksServer:
-        """The server's view of the keys: public and evaluation keys only (no secret key)."""
-        return self.ckks.server()
+    def evaluation_keys(self) -> Evaluator:
+        """The server's view of the keys in this process: public and evaluation keys only."""
+        return self.keys.evaluator()
 
+    def ciphertext_to_bytes(self, ct) -> bytes:
+        return self.backend.ciphertext_to_bytes(self.keys, ct)
 
-#: measured at the secure preset (2026-12-04): a context 0.32 GiB; 20 rotation keys 7.34 GiB resident
-#: and 9.04 GiB at the peak of their generation, so a key in memory is about 3 x its serialized
-#: size (``one_key_gib``) and generation peaks 1.25 x above the resident keys
-KEY_RESIDENT_FACTOR = 3.0
-KEYGEN_PEAK_FACTOR = 1.25
-CONTEXT_GIB = 0.4
+    def ciphertext_from_bytes(self, data: bytes):
+        return self.backend.ciphertext_from_bytes(self.keys, data)
 
+    def save_ciphertext(self, ct, path: str | os.PathLike) -> Path:
+        """Write a ciphertext file (an envelope naming the key set)."""
+        return save(self.ciphertext_to_bytes(ct), path)
 
-def key_memory_estimate_gib(spec: ClientSpec, bootstrap_keys: bool = True) -> float | None:
-    """GiB that generating ``spec``'s keys takes at its peak, from the preset's measured constants
-    (``core/costs.json``: the whole key set of a bootstrapping plan, one key-switching key's size)
-    and the factors above; None where the preset has no measured constants."""
-    costs = cost_model(spec.preset.name)
-    memory = costs.memory if costs else {}
-    if "one_key_gib" not in memory:
-        return None
-    per_key = float(memory["one_key_gib"]) * KEY_RESIDENT_FACTOR * KEYGEN_PEAK_FACTOR
-    own = len(spec.rotation_keys) * per_key  # the plan's rotation keys beyond bootstrapping's
-    if bootstrap_keys and spec.bootstrap and "keys_gib" in memory:
-        return round(float(memory["keys_gib"]) + own, 2)
-    return round(CONTEXT_GIB + per_key + own, 2)  # the context, relinearization and rotation keys
-
-
-def _generate_keys(spec: ClientSpec, bootstrap_keys: bool) -> tuple[CkksClient, dict]:
-    rss = lambda: psutil.Process().memory_info().rss / 2**30  # noqa: E731
-    start = rss()
-    ckks = CkksClient(spec.preset)
-    if bootstrap_keys and spec.bootstrap:
-        ckks.gen_bootstrap_keys()  # first: later rotation keys then merge without copies
-    mid = rss()
-    reused = len(ckks.rotations)  # bootstrapping's rotation keys, shared by the kernels
-    ckks.gen_rotation_keys(spec.rotation_keys)
-    one_key = ckks.key_switching_key_bytes() / 2**30
-    present = ckks.automorphism_key_count()
-    #: resident memory added by key generation, GiB (bootstrapping includes its precomputations),
-    #: and the rotation keys present (bootstrapping's, reused, and the kernels' own): their
-    #: count and their size, count x one key-switching key. Differences of resident memory, so memory the
-    #: process frees meanwhile (a compile's matrices) lowers them: never below 0
-    return ckks, {"bootstrap_and_relinearization": max(0.0, round(mid - start, 2)),
-                  "rotation": max(0.0, round(rss() - mid, 2)),
-                  "rotation_keys": len(spec.rotation_keys), "bootstrap_rotation_keys_reused": reused,
-                  "automorphism_keys_present": present, "one_key": round(one_key, 4),
-                  "automorphism_keys": round(present * one_key, 2)}
+    def load_ciphertext(self, path: str | os.PathLike):
+        """Read a ciphertext file of this key set (:class:`ContextMismatchError` for another's)."""
+        return self.ciphertext_from_bytes(load(path))
 
 
 def rotation_key_text(key_memory_gb: dict | None) -> str:
@@ -140,29 +168,51 @@ def rotation_key_text(key_memory_gb: dict | None) -> str:
 
 
 class Server:
-    """Runs a plan on any evaluator (:class:`ckksnet.core.evaluator.Evaluator`): OpenFHE's
-    :class:`CkksServer`, or another backend's. Holds no secret key. Raises
-    :class:`MissingKeyError` at construction, naming the indices, if ``keys`` lack a key the
-    plan's schedule assumes; :class:`WrongTypeError` for a secret-key holder or a non-evaluator."""
+    """Runs a plan on its backend's evaluator (:class:`ckksnet.core.evaluator.Evaluator`).
+    Holds no secret key. Raises :class:`MissingKeyError` at construction, naming the indices, if
+    the keys lack a key the plan's schedule assumes; :class:`WrongTypeError` for a secret-key
+    holder or another backend's evaluator. ``evaluator``: the keys it computes with."""
 
-    def __init__(self, plan: Plan, keys: CkksServer):
+    def __init__(self, plan: Plan, keys: Evaluator):
         if not isinstance(plan, Plan) or plan.schedule is None:
             raise WrongTypeError(f"Server needs a compiled Plan (ckksnet.compile or ckksnet.load_plan), "
-                               f"got {type(plan).__name__}")
-        if isinstance(keys, CkksClient) or not isinstance(keys, Evaluator):
-            raise WrongTypeError(f"Server needs evaluation keys (a CkksServer: client.evaluation_keys() or "
-                               f"ckksnet.backend.keys.load_evaluation_keys, or another backend's evaluator), "
-                               f"got {type(keys).__name__}; a server never holds the secret key")
-        if getattr(keys, "preset", plan.preset) != plan.preset:
-            raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {plan.preset.name!r}")
-        check_keys(plan, keys)
+                                 f"got {type(plan).__name__}")
+        self.backend: Backend = get_backend(plan.backend)
+        if isinstance(keys, SecretKeys):
+            raise WrongTypeError(f"Server needs evaluation keys (client.evaluation_keys() or Server.load), got "
+                                 f"{type(keys).__name__}; a server never holds the secret key")
+        self.key_set: KeySet = self.backend.key_set(keys)  # WrongTypeError naming the backend's evaluator
+        if self.key_set.preset != plan.preset:
+            raise ContextMismatchError(f"keys are for preset {self.key_set.preset.name!r}, the plan for "
+                                       f"{plan.preset.name!r}")
+        check_keys(plan, self.key_set)
         self.plan = plan
-        self.ckks = keys
+        self.evaluator = keys
         self.report = RunReport()
 
-    @property
-    def net(self) -> Plan:
-        return self.plan
+    @classmethod
+    def load(cls, plan: Plan, folder: str | os.PathLike, memory_check: bool = True) -> "Server":
+        """A server with the evaluation keys of ``folder`` (``KEYDIR/eval``), loading what the
+        plan's schedule needs (:class:`MissingKeyError` from the bundle's headers first)."""
+        if not isinstance(plan, Plan) or plan.schedule is None:
+            raise WrongTypeError(f"Server.load needs a compiled Plan, got {type(plan).__name__}")
+        sched = plan.schedule
+        keys = get_backend(plan.backend).load_evaluation_keys(folder, rotations=sched.key_rotations,
+                                                             bootstrap=bool(sched.bootstrap_slots),
+                                                             memory_check=memory_check)
+        return cls(plan, keys)
+
+    def ciphertext_to_bytes(self, ct) -> bytes:
+        return self.backend.ciphertext_to_bytes(self.evaluator, ct)
+
+    def ciphertext_from_bytes(self, data: bytes):
+        return self.backend.ciphertext_from_bytes(self.evaluator, data)
+
+    def save_ciphertext(self, ct, path: str | os.PathLike) -> Path:
+        return save(self.ciphertext_to_bytes(ct), path)
+
+    def load_ciphertext(self, path: str | os.PathLike):
+        return self.ciphertext_from_bytes(load(path))
 
     def run(self, ct, progress: bool = False, probe=None, on_step=None):
         """Encrypted inference of one ciphertext; fills :attr:`report`.
@@ -171,31 +221,27 @@ class Server:
         ``probe(index, step, inputs, output)``, if given, sees every step's ciphertexts (the noise
         calibration decrypts them with the client's key; a real server never would).
         """
-        check = getattr(self.ckks, "check_ciphertext", None)  # OpenFHE's: key set and type
         want = getattr(self.plan.input_layout, "ciphertexts", 1)
         if width(ct) != want:
             raise ShapeError(f"the input is {width(ct)} ciphertext(s); the plan reads {want} (encrypt with a "
                              "Client of this plan)")
+        ev = self.evaluator
         for c in tiles_of(ct):
-            if check is not None:
-                check(c)
-            if self.ckks.levels_left(c) < self.plan.schedule.input_level:
-                raise LevelError(f"the ciphertext has {self.ckks.levels_left(c)} levels; the plan expects "
+            self.key_set.check_ciphertext(c)
+            if ev.levels_left(c) < self.plan.schedule.input_level:
+                raise LevelError(f"the ciphertext has {ev.levels_left(c)} levels; the plan expects "
                                  f"{self.plan.schedule.input_level} (encrypt with a Client of this plan)")
-        self.report = RunReport(rotation_keys=sorted(getattr(self.ckks, "rotations", ())))
-        refresh = ScheduledRefresh(self.ckks, self.plan.schedule.decisions())
+        self.report = RunReport(rotation_keys=sorted(self.key_set.rotations))
+        refresh = ScheduledRefresh(ev, self.plan.schedule.decisions())
         after = None if probe is None else (lambda i, step, ins, out: probe(i, step, ins, out))
-        return walk(self.plan, self.ckks, ct, refresh, self.report, progress=tqdm if progress else None,
+        return walk(self.plan, ev, ct, refresh, self.report, progress=tqdm if progress else None,
                     on_step=on_step, after_step=after, free_memory=True)
 
 
-def check_keys(plan: Plan, keys: Evaluator) -> None:
-    """Raise :class:`MissingKeyError` naming what ``keys`` lack of what ``plan`` assumes (an
-    evaluator without a key inventory, e.g. numpy slots, lacks nothing)."""
-    if not hasattr(keys, "rotations"):
-        return
+def check_keys(plan: Plan, keys: KeySet) -> None:
+    """Raise :class:`MissingKeyError` naming what ``keys`` lack of what ``plan`` assumes."""
     sched = plan.schedule
-    if sched.bootstrap_slots and not keys.has_bootstrap_keys:  # first: it also explains missing rotations
+    if sched.bootstrap_slots and not keys.bootstrap:  # first: it also explains missing rotations
         raise MissingKeyError(f"the plan bootstraps ({sched.bootstraps} times) but the evaluation keys hold no "
                               "bootstrapping keys: make the keys with bootstrapping (ckksnet keygen does; in "
                               "Python, ckksnet.Client(plan) without bootstrap_keys=False)")

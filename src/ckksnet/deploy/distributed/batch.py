@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ckksnet.backend.serialize import file_digest, save
+from ckksnet.core.envelope import file_digest, save
 from ckksnet.errors import CkksnetError, InputError
 
 BATCH_FILE = "batch.json"

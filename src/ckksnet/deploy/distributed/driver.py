@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckksnet.deploy import engine
 from ckksnet.deploy.distributed.batch import BatchReport, BatchState, list_inputs
 from ckksnet.deploy.distributed.worker import InferenceWorker
 from ckksnet.errors import CkksnetError
@@ -68,12 +69,10 @@ class _Task:
     attempts: int = 0
 
 
-def worker_memory_gib(key_bytes: int) -> float:
-    """Memory to declare per worker (GiB) for an evaluation-key folder of ``key_bytes``: what
-    loading it needs (:func:`ckksnet.backend.keys.load_memory_gib`, checked again in the worker)."""
-    from ckksnet.backend.keys import load_memory_gib
-
-    return load_memory_gib(key_bytes)
+def worker_memory_gib(key_bytes: int, backend: str) -> float:
+    """Memory to declare per worker (GiB) for an evaluation-key folder of ``key_bytes`` of
+    ``backend``: what loading it needs (checked again in the worker)."""
+    return engine.load_memory_gib(key_bytes, backend)
 
 
 def worker_actor_class(ray, memory_gib: float, cpus: int):
@@ -115,8 +114,6 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     :class:`ckksnet.SerializationError` for a bad plan or key folder, :class:`DistributedError`
     when no worker can start, ``KeyboardInterrupt`` untouched (results so far are kept).
     """
-    from ckksnet.backend.keys import evaluation_keys_id
-    from ckksnet.runtime import load_plan
     from ckksnet.core.artifact import plan_id as compute_plan_id
 
     if workers < 1 or worker_cpus < 1 or retries < 0:
@@ -124,8 +121,9 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     if worker_memory_gb is not None and not (math.isfinite(worker_memory_gb) and worker_memory_gb > 0):
         raise CkksnetError(f"worker_memory_gb (--worker-memory) must be a positive number of GiB, got {worker_memory_gb}")
     t0 = time.monotonic()
-    loaded = load_plan(plan)
-    context_id, preset, key_bytes = evaluation_keys_id(eval_keys)
+    loaded = engine.load_plan(plan)
+    backend = loaded.backend
+    context_id, preset, key_bytes = engine.bundle_identity(eval_keys, backend)
     if preset.name != loaded.preset.name:
         raise CkksnetError(f"the keys are for preset {preset.name!r}, the plan for {loaded.preset.name!r}")
     files = list_inputs(inputs)
@@ -135,7 +133,7 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     report = state.report()
     if not todo:
         return report
-    memory = worker_memory_gb if worker_memory_gb is not None else worker_memory_gib(key_bytes)
+    memory = worker_memory_gb if worker_memory_gb is not None else worker_memory_gib(key_bytes, backend)
     worker_cpus = local_worker_cpus(worker_cpus, address)
     run = _Run(state, Path(plan).resolve(), Path(eval_keys).resolve(), memory, worker_cpus, retries, context_id,
                on_event or (lambda kind, **fields: None))
@@ -311,12 +309,10 @@ class _Run:
                                    "the cluster has and what waits)")
 
     def _submit(self, slot: _Slot, task: _Task) -> None:
-        from ckksnet.backend.serialize import unpack
-
         task.attempts += 1
         data = task.path.read_bytes()
         try:
-            keyset = str(unpack(data, "ciphertext")[1]["context_id"])  # envelope and checksum: cheap, here
+            keyset = engine.ciphertext_keyset(data)  # envelope and checksum: cheap, here
             if keyset != self.context_id:
                 raise CkksnetError(f"the ciphertext belongs to key set {keyset[:16]}..., the evaluation keys "
                                    f"to {self.context_id[:16]}... (encrypt with the client whose keys these are)")

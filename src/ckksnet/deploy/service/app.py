@@ -151,7 +151,7 @@ def _check_disk(svc: Service, length: int | None) -> None:
 
 async def _receive_bundle(svc: Service, request: Request, folder: Path) -> dict[str, int]:
     """Stream the request's tar into ``folder``; 413 above ``max_body``, 400 if malformed."""
-    receiver, received = TarReceiver(folder, engine.bundle_file_allowed), 0
+    receiver, received = TarReceiver(folder, lambda name: engine.bundle_file_allowed(name, svc.plan["backend"])), 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
@@ -178,7 +178,7 @@ def _admit_upload(svc: Service, request: Request) -> None:
 def _store_keyset(svc: Service, folder: Path) -> dict:
     """Validate a received bundle and move it into place under a new token (blocking: hashes
     every key file)."""
-    info = engine.validate_bundle(folder, svc.plan["preset"])
+    info = engine.validate_bundle(folder, svc.plan["backend"], svc.plan["preset"])
     token = secrets.token_urlsafe(32)
     svc.store.add_keyset(info.keyset_id, token_hash(token), info.preset, info.files, folder, svc.limits.max_keysets)
     return {"keyset_id": info.keyset_id, "token": token, "preset": info.preset, "files": info.files}

@@ -49,7 +49,8 @@ class RaySupervisor:
         from ckksnet.deploy.distributed.driver import connect_ray, import_ray
         from ckksnet.deploy import engine
 
-        self.steps = engine.describe_plan(engine.load_plan(self.plan_path))["steps"]
+        facts = engine.describe_plan(engine.load_plan(self.plan_path))
+        self.steps, self.backend = facts["steps"], facts["backend"]
         self.ray = import_ray()
         self._started_ray = connect_ray(self.ray, self.address, len(self.slots) * self.cpus)
         self._thread.start()
@@ -98,13 +99,14 @@ class RaySupervisor:
         slot.job, slot.future = job["id"], slot.actor.run.remote(data)
 
     def _replace_actor(self, slot: _RaySlot, keyset: str) -> None:
-        from ckksnet.backend.keys import evaluation_keys_id
+        from ckksnet.deploy import engine
         from ckksnet.deploy.distributed.driver import worker_actor_class, worker_memory_gib
 
         if slot.actor is not None:
             self.ray.kill(slot.actor)
         folder = self.store.keyset_dir(keyset)
-        actor_class = worker_actor_class(self.ray, worker_memory_gib(evaluation_keys_id(folder)[2]), self.cpus)
+        actor_class = worker_actor_class(self.ray, worker_memory_gib(engine.bundle_identity(folder, self.backend)[2],
+                                                                         self.backend), self.cpus)
         slot.actor, slot.keyset = actor_class.remote(str(self.plan_path), str(folder), slot.name), keyset
 
     def _collect(self, slot: _RaySlot) -> None:

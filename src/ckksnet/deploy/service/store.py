@@ -27,7 +27,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from ckksnet.backend.serialize import save
+from ckksnet.core.envelope import save
 from ckksnet.deploy.errors import ConflictError, StateLockedError
 
 SCHEMA = """
@@ -241,7 +241,7 @@ class Store:
         return done
 
     def save_result(self, job_id: str, worker: str, data: bytes) -> bool:
-        """Write a job's output (whole, then renamed: :func:`ckksnet.backend.serialize.save`) and
+        """Write a job's output (whole, then renamed: :func:`ckksnet.core.envelope.save`) and
         mark the job done; if it is no longer ``worker``'s (failed or deleted meanwhile), remove the
         output again. True if done. Raises :class:`SerializationError` if it cannot be written."""
         path = save(data, self.result_path(job_id))
