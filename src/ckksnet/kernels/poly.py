@@ -12,7 +12,9 @@ Evaluation (one algorithm on every evaluator; levels spent):
   dense layer), the output is stored divided by a S_in^2 instead of S_out (a = w2 / B^2 > 0, the
   leading coefficient in x): u (u + q1 / q2) + q0 / q2, and the next linear map takes the factor
   (its matrix is multiplied by the output's scale, as for every value). The compiler decides
-  (:meth:`free_output`, called by :func:`ckksnet.compiler.phases.finalize`); to keep the
+  (:meth:`free_output`, called by :func:`ckksnet.compiler.phases.finalize`; where a residual
+  addition reads it too, :func:`ckksnet.compiler.lower_poly.split_poly_readers` routes the
+  addition through an identity linear step first); to keep the
   folded output inside [-1, 1] too (a bootstrap may fall before the next map), the step asks for
   an input scale S_in >= sqrt(max |p| / a) (:meth:`input_bound`): |u| stays below 1.
 * d = 3: u^2 (q3 u + q2) + q1 u + q0: 2 levels.
