@@ -217,3 +217,20 @@ def test_a_polynomial_resnet_folds_activations_read_by_a_shortcut_too():
     assert np.max(np.abs(twin - want)) < 1e-5 and np.max(np.abs(want)) > 0.1
     got = encrypted_logits(net, IMAGES[:1])
     assert np.max(np.abs(got - want[:1])) < 1e-3
+
+
+def test_an_mlp_with_polynomial_activations():
+    """PolyAct after dense layers (vector layouts): twin, the algorithm as written, ciphertexts."""
+    torch.manual_seed(19)
+    model = random_batchnorms(nn.Sequential(nn.Flatten(), nn.Linear(48, 24), nn.BatchNorm1d(24), PolyAct(2, 3.0),
+                                            nn.Linear(24, 16), PolyAct(4, 3.0), nn.Linear(16, 10)),
+                              torch.Generator().manual_seed(20))
+    images = np.random.default_rng(21).random((16, 3, 4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecurePresetWarning)
+        net = ckksnet.compile(model, calibration=images, preset="test", input_shape=(3, 4, 4))
+    assert level_costs(net) == {"3": 1, "5": 3}
+    want = torch_logits(model, images)
+    assert np.max(np.abs(net.twin(images) - want)) < 1e-5
+    assert np.max(np.abs(net.twin(images[:2], reference=True) - want[:2])) < 1e-5
+    assert np.max(np.abs(encrypted_logits(net, images[:1]) - want[:1])) < 1e-3

@@ -18,7 +18,8 @@ Adding a kernel is one class and one registration (``examples/silu_kernel.py``):
 
 Built in: :class:`LinearStep` (convolutions at any stride, shortcuts and dense layers, by
 diagonals with baby-step giant-step rotations, or masks and a box sum after pooling),
-:class:`ReluStep` (minimax composite ReLU), :class:`SumPoolStep` (rotate-and-sum pooling),
+:class:`ReluStep` (minimax composite ReLU), :class:`PolyStep` (a trainable polynomial activation,
+``ckksnet.nn.PolyAct``, degree 2 to 4), :class:`SumPoolStep` (rotate-and-sum pooling),
 :class:`AddStep` (residual additions).
 """
 from __future__ import annotations
