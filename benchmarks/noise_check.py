@@ -1,6 +1,6 @@
 """Does the twin's CKKS noise model match the encrypted runs? (secure preset)
 
-    python benchmarks/noise_check.py [--seeds 30] [--state runs/fidelity/encrypted.jsonl]
+    python benchmarks/noise_check.py [--seeds 30] [--state runs/fidelity/encrypted.jsonl] [--fit [--store]]
 
 Encrypted logits come from two places: benchmarks/resnet20_last.json (written by resnet20.py,
 which also measured the noise model; official test images from foolbox) and the resumable
@@ -11,7 +11,9 @@ twin, max |logit - exact twin|, is compared with the noisy twin's (one draw per 
 Stated tolerance: every image's encrypted deviation lies within a factor 3 of the noisy twin's
 median; the pooled check compares the RMS logit deviation over all images (encrypted against
 noisy twin), also within a factor 3. Writes the figures to benchmarks/RESULTS.md (section
-"Noise model check").
+"Noise model check"). ``--fit`` fits the noise model's factor and checks with it; only with
+``--store`` is the fitted model saved as the package's shipped one
+(ckksnet/fidelity/noise_<preset>.json), never as a side effect.
 """
 from __future__ import annotations
 
@@ -72,28 +74,37 @@ def pool(rows: list[dict]) -> dict:
     return out
 
 
-def fit_factor(net, noise: NoiseModel, records: list[dict], seeds: int) -> None:
-    """Scale the shipped noise model so that the twin's RMS logit deviation equals the
-    encrypted one on ``records`` (deviations are linear in the noise at these sizes)."""
+def fit_factor(net, noise: NoiseModel, records: list[dict], seeds: int, store: bool = False) -> None:
+    """Scale the noise model so that the twin's RMS logit deviation equals the encrypted one on
+    ``records`` (deviations are linear in the noise at these sizes); with ``store``, save it as
+    the package's shipped model."""
     noise.factor = 1.0
     ratio = pool([check(net, noise, rec, seeds) for rec in records])["rms_ratio"]
     noise.factor = round(ratio, 3)
     names = ", ".join(f"{r['source']} {r['index']}" for r in records)
     noise.fit = f"fitted {today()} on {len(records)} encrypted images ({names}) by benchmarks/noise_check.py --fit"
-    noise.save(bundled_noise_path(noise.preset))
+    if store:
+        noise.save(bundled_noise_path(noise.preset))
+    else:
+        print(f"fitted factor {noise.factor}; {bundled_noise_path(noise.preset)} left alone (--store saves it)",
+              file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--state", default="runs/fidelity/encrypted.jsonl",
                     help="record of `ckksnet fidelity --encrypted K` ('' to skip)")
     ap.add_argument("--data", default=None, help="CIFAR-10 location for the record's images")
     ap.add_argument("--fit", action="store_true",
-                    help="fit the noise model's factor on the first half of the images (saved to the "
-                         "package's noise file), then check all of them")
+                    help="fit the noise model's factor on the first half of the images, then check all of them")
+    ap.add_argument("--store", action="store_true",
+                    help="with --fit: save the fitted model as the package's noise file "
+                         "(ckksnet/fidelity/noise_<preset>.json); without it the shipped file is left alone")
     args = ap.parse_args(argv)
+    if args.store and not args.fit:
+        ap.error("--store saves a fitted noise model: give --fit too")
     run = json.loads((Path(__file__).parent / "resnet20_last.json").read_text())
     model, meta = load_bundled()
     net = compile(model, calibration=meta["calibration"]["relus"], preset=run["preset"],
@@ -104,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     records = encrypted_records(run, net, Path(args.state) if args.state else None, args.data)
     n_fit = max(1, len(records) // 2) if args.fit else len(records)
     if args.fit:
-        fit_factor(net, noise, records[:n_fit], args.seeds)
+        fit_factor(net, noise, records[:n_fit], args.seeds, args.store)
     rows = [check(net, noise, rec, args.seeds) for rec in records]
     pooled = pool(rows)
     held = rows[n_fit:]  # images this run's fit did not see (none without --fit)

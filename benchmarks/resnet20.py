@@ -1,9 +1,12 @@
 """Full ResNet-20, encrypted, at the secure preset, on real CIFAR-10 test images.
 
-    python benchmarks/resnet20.py [--images 3] [--alpha A --eps-bits E] [--json [PATH]]
+    python benchmarks/resnet20.py [--images 3] [--alpha A --eps-bits E] [--json [PATH]] [--store]
 Writes the totals and a per-layer table, with date and machine, to benchmarks/RESULTS.md
 (section "ResNet-20 encrypted inference"), replacing that section's previous run, and the raw
-JSON next to it (benchmarks/resnet20_last.json). Before each image a reference bootstrap (a
+JSON next to it (benchmarks/resnet20_last.json, with the cost constants and the noise model this
+run measured). Only with --store does it also install those in the package, as the shipped
+constants: the secure preset's entry of ckksnet/core/costs.json and the twin's noise model
+ckksnet/fidelity/noise_secure.json; never as a side effect. Before each image a reference bootstrap (a
 fresh 2^14-slot ciphertext, median of 3) is timed in the same process; ``--json`` also writes,
 per image, total seconds, reference bootstrap seconds, their ratio, bootstraps by slot count,
 encrypted and plaintext predictions, max logit error and peak RSS (default path
@@ -87,7 +90,7 @@ def per_image(res: dict, argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1)
     ap.add_argument("--alpha", type=int, default=DEFAULT_ALPHA)
     ap.add_argument("--eps-bits", type=int, default=DEFAULT_EPS_BITS)
@@ -97,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="per-ReLU sign table, as for ckksnet plan")
     ap.add_argument("--no-record", action="store_true",
                     help="a side measurement: leave RESULTS.md, resnet20_last.json, costs.json and the noise model alone")
+    ap.add_argument("--store", action="store_true",
+                    help="install this run's cost constants and noise model in the package (ckksnet/core/costs.json, "
+                         "ckksnet/fidelity/noise_secure.json); without it they are only written to resnet20_last.json")
     args = ap.parse_args(argv)
+    if args.store and args.no_record:
+        ap.error("--store and --no-record exclude each other")
     res = inference.run(args.images, "secure", signs=SignTables(args.alpha, args.eps_bits, args.relu_sign),
                         progress=True, on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=not args.no_record,
                         measure_costs=True, reference_each=True)
@@ -107,12 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in res.items() if k != "report"}, indent=1))
         return 0
     rep = res["report"]
-    store("secure", res["costs"], {"keys_gib": res["peak_rss_gb_after_keygen"],
-                                   "one_key_gib": res["key_memory_gb"]["one_key"],
-                                   "run_overhead_gib": round(rep["peak_rss_gb"] - res["peak_rss_gb_after_keygen"], 2)},
-          "python benchmarks/resnet20.py " + " ".join(argv))
-    # the per-step CKKS error of this run is the twin's noise model for the secure preset
-    NoiseModel(**res["noise_model"]).save(bundled_noise_path("secure"))
+    if args.store:
+        store("secure", res["costs"], {"keys_gib": res["peak_rss_gb_after_keygen"],
+                                       "one_key_gib": res["key_memory_gb"]["one_key"],
+                                       "run_overhead_gib": round(rep["peak_rss_gb"] - res["peak_rss_gb_after_keygen"], 2)},
+              "python benchmarks/resnet20.py " + " ".join(argv))
+        # the per-step CKKS error of this run is the twin's noise model for the secure preset
+        NoiseModel(**res["noise_model"]).save(bundled_noise_path("secure"))
+    else:
+        print("the package's costs.json and noise_secure.json left alone (this run's are in resnet20_last.json; "
+              "--store installs them)", file=sys.stderr)
     (Path(__file__).parent / "resnet20_last.json").write_text(json.dumps(res, indent=1) + "\n")
     replace_section(HEADER, section(res, argv))
     print(json.dumps({k: v for k, v in res.items() if k != "report"}, indent=1))

@@ -79,7 +79,9 @@ def run(k: int, preset: str, size: int = 32) -> None:
         ct = client.encrypt(image)                  # client side
         out = server.run(ct, progress=True)         # server side, on ciphertexts only
         logits = client.decrypt(out)                # client side
-        print(f"image {i}: label {label}, plaintext {plain[i].argmax()}, encrypted {logits.argmax()}, "
+        name = lambda k: f"{k} ({net.classes[k]})"  # the class index and its name
+        print(f"image {i}: label {name(label)}, plaintext {name(plain[i].argmax())}, "
+              f"encrypted {name(logits.argmax())}, "
               f"max |logit diff| {np.max(np.abs(logits - plain[i])):.2e}, "
               f"{server.report.seconds:.0f} s, {server.report.bootstraps} bootstraps")
 

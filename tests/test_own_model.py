@@ -158,8 +158,12 @@ def test_plan_takes_a_factory_model_without_convolution(own, capsys, monkeypatch
     assert cli(["plan", "--model", "own_nets:mlp", "--weights", "mlp.pt", "--calibration", "calibration.npz",
                 "--preset", "test"]) == 2
     assert "give --input-shape C H W (or --image-size N)" in capsys.readouterr().err  # no size is guessed
+    # issue 38: its first dense layer reads 64 = 1 x 8 x 8 values: one channel, inferred
     assert cli(["plan", "--model", "own_nets:mlp", "--weights", "mlp.pt", "--calibration", "calibration.npz",
-                "--preset", "test", "--image-size", "8"]) == 2
+                "--preset", "test", "--image-size", "8", *SIGNS, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_shape"] == [1, 8, 8]
+    assert cli(["plan", "--model", "own_nets:mlp", "--weights", "mlp.pt", "--calibration", "calibration.npz",
+                "--preset", "test", "--image-size", "7"]) == 2  # 64 values are no C x 7 x 7
     assert "cannot tell how many channels the input has" in capsys.readouterr().err
 
 
@@ -201,8 +205,10 @@ def test_eval_takes_a_factory_model(own, capsys, monkeypatch):
 def test_input_shape_errors():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.ReLU(), nn.Linear(4, 2))
     images = np.random.default_rng(0).random((4, 1, 4, 4))
+    # issue 38: the dense layer (16 = 1 x 4 x 4 inputs) and the images tell one channel
+    assert ckksnet.compile(model, calibration=images, preset="test", image_size=(4, 4)).input_shape == (1, 4, 4)
     with pytest.raises(CompileError, match="cannot tell how many channels.*--input-shape C H W"):
-        ckksnet.compile(model, calibration=images, preset="test", image_size=(4, 4))
+        ckksnet.compile(model, calibration=images, preset="test", image_size=(3, 3))  # 16 inputs: no C x 3 x 3
     with pytest.raises(CompileError, match=r"image_size \(5, 5\) disagrees with input_shape \(1, 4, 4\)"):
         ckksnet.compile(model, calibration=images, preset="test", input_shape=(1, 4, 4), image_size=(5, 5))
     with pytest.raises(CompileError, match="input_shape must be .channels, height, width."):

@@ -32,7 +32,7 @@ def plans():
     kw = dict(calibration=IMAGES, preset="test", image_size=(8, 8), lanes=True)
     laned = compile(model, **kw)
     optimised = compile(model, **kw)
-    optimised.schedule = optimise_variants(optimised, optimised.schedule)
+    optimised.schedule, optimised.steps = optimise_variants(optimised, optimised.schedule)
     return model, laned, optimised
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ckksnet.errors import DataError, InputError, ShapeError
+from ckksnet.inputs import as_images
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Pillow modes read as they are, by channel count ("P": palette indices into RGB colours, read
@@ -82,8 +83,6 @@ def _describe_mode(im) -> str:
 
 
 def _read_npy(path: Path, channels: int, height: int, width: int, resize: bool) -> np.ndarray:
-    from ckksnet.inputs import as_images
-
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:  # not an .npy file, or one holding Python objects

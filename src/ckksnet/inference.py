@@ -101,7 +101,9 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
                "bootstraps": server.report.bootstraps,
                "bootstraps_by_slots": {str(net.preset.slots): server.report.bootstraps},
                "peak_rss_gb": round(peak_rss_gb(), 2), "probe_seconds": round(timed.seconds, 2),
-               "logits": [round(float(v), 5) for v in logits]}
+               "logits": [round(float(v), 5) for v in logits],
+               **_class_names(net.classes, label=int(labels[i]), plain=int(plain[i].argmax()),
+                              enc=int(logits.argmax()))}
         if ref is not None:
             rec.update(reference_bootstrap_seconds=round(ref, 3), ratio=round(seconds / ref, 2))
         records.append(rec)
@@ -121,6 +123,15 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
             "plan_bootstraps": net.schedule.bootstraps,
             "noise_model": probe and vars(probe.model(net.preset.name, f"measured on image {indices[0]} "
                                                    f"({source}), alpha {signs.alpha}", input_sd))}
+
+
+def _class_names(classes, **indices) -> dict:
+    """{"label_name": ..., "plain_name": ..., "enc_name": ...}: each index's class name, where the
+    plan names its classes (by more than their numbers)."""
+    names = tuple(classes or ())
+    if not names or all(n == str(i) for i, n in enumerate(names)):
+        return {}
+    return {f"{key}_name": names[i] for key, i in indices.items() if 0 <= i < len(names)}
 
 
 def _minutes(seconds: float) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ckksnet.core.artifact import plan_type
+from ckksnet.core.slots import SlotEvaluator
 from ckksnet.approx.evaluate import count_products, count_relinearizations, depth_of, eval_odd
 from ckksnet.approx.remez import odd_minimax_sign
 
@@ -65,8 +66,6 @@ class CompositeSign:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The composite in float64 (the cleartext twin's order of operations)."""
-        from ckksnet.core.slots import SlotEvaluator
-
         ev = SlotEvaluator()
         for coeffs in self.components:
             x = eval_odd(ev, x, coeffs)

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ckksnet.core.slots import SlotEvaluator
+
 
 def depth_of(degree: int) -> int:
     """Levels spent by :func:`eval_odd` on a degree-``degree`` series: ceil(log2(d + 1))."""
@@ -97,8 +99,6 @@ def count_relinearizations(odd_coeffs: Sequence[float]) -> int:
 
 
 def _counts(odd_coeffs: Sequence[float]):
-    from ckksnet.core.slots import SlotEvaluator
-
     ev = SlotEvaluator()
     eval_odd(ev, np.zeros(1), odd_coeffs)
     return ev

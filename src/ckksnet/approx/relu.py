@@ -43,6 +43,7 @@ import math
 import numpy as np
 
 from ckksnet.core.artifact import plan_type
+from ckksnet.core.slots import SlotEvaluator
 from ckksnet.approx.composite import DEFAULT_EPS_BITS, CompositeSign, load_table
 from ckksnet.approx.evaluate import depth_of, eval_odd
 from ckksnet.errors import ApproxError
@@ -162,8 +163,6 @@ class ReluApprox:
                 report.add(x * self.extension, 1.0, self.extension)
             else:
                 report.add(x, self.bound, self.extension)
-        from ckksnet.core.slots import SlotEvaluator
-
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned
             return self.evaluate(SlotEvaluator(), x, prescaled)
 

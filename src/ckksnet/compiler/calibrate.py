@@ -46,7 +46,10 @@ def _pixels(images, image_shape: tuple | None) -> tuple[object, tuple]:
             raise InputError(f"calibration images must be a batch: uint8 (N, H, W, C) or float (N, C, H, W), "
                              f"got shape {arr.shape}")
         image_shape = (arr.shape[3],) + arr.shape[1:3] if arr.dtype == np.uint8 else arr.shape[1:]
-    return arr, tuple(int(v) for v in image_shape)
+    image_shape = tuple(int(v) for v in image_shape)
+    from ckksnet.compiler.user_checks import calibration_batch
+
+    return calibration_batch(arr, image_shape), image_shape  # one image: a batch of one
 
 
 def _batch(arr, image_shape: tuple, mean=None, std=None) -> torch.Tensor:

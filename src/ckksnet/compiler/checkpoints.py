@@ -42,9 +42,11 @@ class SignTables:
                 "relu_alpha": relu_overrides(list(self.relu_sign), relu_names)}
 
 
-def load_model(checkpoint: str | None = None, factory: str | None = None, weights: str | None = None):
+def load_model(checkpoint: str | None = None, factory: str | None = None, weights: str | None = None,
+               trust_pickle: bool = False):
     """(model, metadata) of a checkpoint folder, of a factory (``package.module:attr`` with an
-    optional state dict file ``weights``; metadata: {"model": factory, "weights": weights}), or
+    optional weights file ``weights``, see :func:`load_weights`; ``trust_pickle``: it may be
+    unpickled beyond tensors; metadata: {"model": factory, "weights": weights}), or
     of the bundled ResNet-20 when neither is given. Raises :class:`CompileError` (a factory that
     cannot be imported, called or gives no ``nn.Module``; both sources given; weights without a
     factory) and :class:`DataError` (a checkpoint or weights file missing, unreadable or not fitting)."""
@@ -58,8 +60,11 @@ def load_model(checkpoint: str | None = None, factory: str | None = None, weight
     if checkpoint is not None:
         raise CompileError(f"give either --checkpoint ({checkpoint}) or --model ({factory}), not both")
     model = load_factory_model(factory)
+    from ckksnet.compiler.model_forms import refuse_quantized
+
+    refuse_quantized(model)  # before anything traces it: one clear refusal
     if weights is not None:
-        load_weights(model, weights, factory)
+        load_weights(model, weights, factory, trust_pickle)
     return model.eval(), {"model": factory, "weights": weights}
 
 
@@ -126,31 +131,23 @@ def _import(module_name: str, spec: str):
             sys.path.remove(os.getcwd())
 
 
-def load_weights(model, path: str, spec: str = "the model") -> None:
-    """Load the state dict file ``path`` (``torch.save(model.state_dict(), path)``; a dict holding
-    it under "state_dict" too) into ``model``, strictly. Raises :class:`DataError` for a missing or
-    unreadable file and for weights that do not fit (missing and unexpected keys, shapes: named)."""
-    import torch
-
+def load_weights(model, path: str, spec: str = "the model", trust_pickle: bool = False) -> None:
+    """Load the weights file ``path`` into ``model``, strictly: a state dict
+    (``torch.save(model.state_dict(), path)``), or a training checkpoint holding one
+    (``{"model_state_dict": ..., "optimizer_state_dict": ...}``, ``{"model": ..., "epoch": ...}``,
+    ``{"state_dict": ...}``: the one state dict in it, or the one of several that fits the model;
+    a :class:`~ckksnet.compiler.model_forms.ModelFormWarning` names the key used). The file is read
+    with ``torch.load(weights_only=True)``; a whole pickled model (``torch.save(model)``) or other
+    pickled objects are unpickled only with ``trust_pickle`` (``--trust-pickle``: unpickling runs
+    code the file names), the model's state dict taken. Raises :class:`DataError` for a missing or
+    unreadable file, pickled objects without ``trust_pickle``, a checkpoint whose state dict is
+    ambiguous or absent (its keys listed, with the one-line conversion), and weights that do not
+    fit (missing and unexpected keys, shapes: named)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"--weights {p}: no such file")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        import pickle
-
-        first = (str(exc).strip().splitlines() or [""])[0]  # torch's own text runs on for lines
-        if isinstance(exc, pickle.UnpicklingError):  # torch suggests weights_only=False: not for a file we were handed
-            first = "garbled, or it holds Python objects beyond tensors"
-        raise DataError(f"--weights {p}: not a readable torch state dict, as torch.save(model.state_dict(), path) "
-                        f"writes ({type(exc).__name__}: {first})") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise DataError(f"--weights {p}: expected a state dict (names -> tensors, torch.save(model.state_dict(), "
-                        f"path)), got a {type(state).__name__}")
+    state = _read_weights(p, trust_pickle)
+    state = _state_dict_in(state, p, model)
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     expected = model.state_dict()
@@ -164,6 +161,114 @@ def load_weights(model, path: str, spec: str = "the model") -> None:
                  f"shapes differ: {'; '.join(shapes[:5])}" if shapes else ""]
         raise DataError(f"--weights {p} does not fit {spec}: " + ", ".join(x for x in parts if x))
     model.load_state_dict(state)
+
+
+def _read_weights(p: Path, trust_pickle: bool):
+    """What ``torch.load`` reads from ``p``: tensors and containers only, unless ``trust_pickle``."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        objects = _pickled_globals(p)
+        if not objects:  # torch refused something other than a global: garbled
+            raise DataError(f"--weights {p}: not a readable torch state dict, as torch.save(model.state_dict(), path) "
+                            "writes (UnpicklingError: garbled, or it holds Python objects beyond tensors)") from exc
+        if not trust_pickle:
+            model = any(g.startswith("torch.nn.modules.") for g in objects)
+            what = ("a whole pickled model (torch.save(model)), not a state dict" if model else
+                    "pickled Python objects beyond tensors")
+            raise DataError(
+                f"--weights {p} holds {what} ({_names(sorted(objects), 4)}); ckksnet does not unpickle objects "
+                "without consent: unpickling runs code the file names. If you trust the file, add --trust-pickle "
+                "(ckksnet then takes the model's state dict), or convert it once: python -c \"import torch; "
+                f"m = torch.load('{p}', weights_only=False); "
+                f"torch.save(m.state_dict(), '{p.with_name(p.stem + '_state.pt')}')\" and pass that file") from exc
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            first = (str(exc2).strip().splitlines() or [""])[0]
+            raise DataError(f"--weights {p} --trust-pickle: unpickling failed ({type(exc2).__name__}: {first}); the "
+                            "classes it names must be importable (on PYTHONPATH or in the current directory)") from exc2
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's own text runs on for lines
+        raise DataError(f"--weights {p}: not a readable torch state dict, as torch.save(model.state_dict(), path) "
+                        f"writes ({type(exc).__name__}: {first})") from exc
+
+
+def _pickled_globals(p: Path) -> list[str]:
+    """The Python objects (module.name) a torch file's pickle names beyond what weights_only allows,
+    read without unpickling; empty if they cannot be read."""
+    try:
+        from torch.serialization import get_unsafe_globals_in_checkpoint
+
+        return list(get_unsafe_globals_in_checkpoint(str(p)))
+    except Exception:
+        return []
+
+
+#: keys under which training scripts commonly store the model's state dict, most likely first
+_STATE_KEYS = ("model_state_dict", "state_dict", "model", "model_state", "net", "network", "weights")
+
+
+def _is_state_dict(obj) -> bool:
+    import torch
+
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items())
+
+
+def _state_dict_in(obj, p: Path, model) -> dict:
+    """The state dict in what a weights file held: itself, a pickled model's, or the one in a
+    training checkpoint (a ModelFormWarning names the key); DataError where none or several."""
+    import warnings
+
+    import torch.nn as nn
+
+    from ckksnet.compiler.model_forms import ModelFormWarning
+
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict) and not obj:
+        raise DataError(f"--weights {p}: the file holds an empty dict, no weights")
+    if _is_state_dict(obj):
+        return obj
+    if not isinstance(obj, dict):
+        raise DataError(f"--weights {p}: expected a state dict (names -> tensors, torch.save(model.state_dict(), "
+                        f"path)), got a {type(obj).__name__}")
+    found = {}
+    for key, value in obj.items():
+        if isinstance(value, nn.Module):
+            value = value.state_dict()
+        if _is_state_dict(value):
+            found[key] = value
+    if len(found) > 1:
+        expected = set(model.state_dict())
+        fitting = {k: v for k, v in found.items() if {_unprefixed(n) for n in v} == expected}
+        found = fitting if len(fitting) == 1 else found
+    keys = ", ".join(repr(k) for k in obj)
+    if len(found) == 1:
+        (key, state), = found.items()
+        others = [repr(k) for k in obj if k != key]
+        warnings.warn(f"--weights {p}: a training checkpoint; using the state dict under {key!r}"
+                      + (f" (also in it: {', '.join(others[:6])})" if others else ""), ModelFormWarning, stacklevel=3)
+        return state
+    pick = next((k for k in _STATE_KEYS if k in found), next(iter(found), "KEY"))
+    convert = (f"python -c \"import torch; torch.save(torch.load('{p}')[{pick!r}], "
+               f"'{p.with_name(p.stem + '_state.pt')}')\"")
+    if found:
+        raise DataError(f"--weights {p}: a checkpoint holding several state dicts ({', '.join(map(repr, found))}; "
+                        f"keys {keys}), none or more than one of which fits the model: pick one with {convert} "
+                        "and pass that file")
+    raise DataError(f"--weights {p}: a dict without a state dict in it (keys {keys}); expected names -> tensors "
+                    f"(torch.save(model.state_dict(), path)), or a checkpoint holding one under a key. If the "
+                    f"weights are under another key, take them out once: {convert}")
+
+
+def _unprefixed(name: str) -> str:
+    return name[len("module."):] if name.startswith("module.") else name
 
 
 def _names(keys: list[str], n: int = 8) -> str:
@@ -195,7 +300,16 @@ def model_input_shape(model, meta: dict | None = None, input_shape=None, image_s
             raise DataError(f"the checkpoint's input_shape {recorded!r} is malformed: {exc}") from exc
         return (channels, *(size or hw))
     _, hw = _input_size(None, size)
-    _, mean, _ = input_normalization(trace(model), dict(model.named_modules()))
+    graph, modules = trace(model), dict(model.named_modules())
+    try:
+        _, mean, _ = input_normalization(graph, modules)
+    except CompileError:  # no convolution, no per-channel mean/std: an MLP's first dense layer tells
+        from ckksnet.compiler.user_checks import infer_channels
+
+        channels = infer_channels(model, graph, modules, None, hw)
+        if channels is None:
+            raise
+        return (channels, *hw)
     return (len(mean), *hw)
 
 
@@ -266,15 +380,16 @@ def read_calibration(path: str, input_shape: tuple[int, int, int]):
 def compile_checkpoint(checkpoint: str | None = None, preset: str = "secure",
                        signs: SignTables = SignTables(), factory: str | None = None, weights: str | None = None,
                        calibration: str | None = None, input_shape=None, image_size=None,
-                       **options) -> tuple[Plan, object, dict]:
+                       trust_pickle: bool = False, **options) -> tuple[Plan, object, dict]:
     """Compile a checkpoint with its stored ReLU calibration, or a factory's model
     (:func:`load_model`) with calibration images read from ``calibration``
-    (:func:`read_calibration`; for a checkpoint they replace the stored bounds); returns (plan,
+    (:func:`read_calibration`; for a checkpoint they replace the stored bounds; ``trust_pickle``:
+    see :func:`load_weights`); returns (plan,
     model, metadata). The input is ``input_shape`` (C, H, W) or ``image_size`` (N for N x N, or
     (H, W)) (:func:`model_input_shape`). ``options``: further :func:`ckksnet.compile` arguments
     (``margin``, ...). Raises the checkpoint's :class:`ckksnet.errors.DataError` kinds and
     :class:`CompileError`."""
-    model, meta = load_model(checkpoint, factory, weights)
+    model, meta = load_model(checkpoint, factory, weights, trust_pickle)
     shape = model_input_shape(model, meta, input_shape, image_size)
     if calibration is not None:
         images = read_calibration(calibration, shape)

@@ -52,6 +52,7 @@ from ckksnet.core.schedule import schedule_plan
 from ckksnet.errors import CkksnetError, CompileError
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.nn import Normalize
+from ckksnet.compiler import user_checks  # what users write: subclasses, hints, channels, ranges
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -71,6 +72,7 @@ _UNSUPPORTED_HINTS = {
     nn.MaxPool2d: "max pooling has no cheap polynomial form here: use nn.AvgPool2d (same kernel and stride), "
                   "or register a kernel with ckksnet.kernels.register",
     nn.AdaptiveMaxPool2d: "use nn.AdaptiveAvgPool2d, or register a kernel with ckksnet.kernels.register",
+    **user_checks.ACTIVATION_HINTS,  # GELU, SiLU, ...: ReLU, a polynomial activation, or a kernel of one's own
 }
 
 
@@ -79,7 +81,8 @@ class _Tracer(fx.Tracer):
     it (``node.meta["source"]``: file, line, code; cheaper than ``record_stack_traces``)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m) in LOWERINGS or super().is_leaf_module(m, qualname)
+        # a subclass of a registered layer that inherits its forward computes as that layer
+        return user_checks.registered_type(m, LOWERINGS, qualname) is not None or super().is_leaf_module(m, qualname)
 
     def create_node(self, *args, **kwargs):
         node = super().create_node(*args, **kwargs)
@@ -157,8 +160,9 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         graph = trace(model)
         modules = dict(model.named_modules())
         channels, image_size = _input_size(input_shape, image_size)
-        norm, mean, std = input_normalization(graph, modules, mean, std, channels)
+        norm, mean, std = _normalization(model, graph, modules, mean, std, channels, calibration, image_size)
         image_shape = (len(mean), int(image_size[0]), int(image_size[1]))
+        calibration = user_checks.calibration_batch(calibration, image_shape)  # one image: a batch of one
         ranges = _ranges(model, calibration, image_shape, None if norm else (mean, std))
         plan = Plan(preset=preset, rotation_keys=rotation_keys, model_id=model_identity(model),
                     options=options.record(), backend=runs_on.name)
@@ -166,11 +170,13 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
     finally:
         for m, training in modes.items():
             m.training = training
+    user_checks.check_ranges([step for step, _, _ in plan.steps], _complete_ranges(ranges, names))  # none zero
     lower_poly.split_poly_readers(plan)  # degree-2 polynomials read by a shortcut too: fold them anyway
     assign_scales(plan, _complete_ranges(ranges, names), margin)
     finalize(plan, options)
-    plan.schedule = schedule_plan(plan, runs_on, optimise=lanes is None)  # an explicit lanes choice is kept
+    plan.schedule, plan.steps = schedule_plan(plan, runs_on, optimise=lanes is None)  # an explicit lanes choice is kept
     outputs = plan.output_layout.length
+    user_checks.check_classes(classes, outputs)
     plan.classes = tuple(classes) if classes else (CIFAR10_CLASSES if outputs == 10 else
                                                     tuple(str(i) for i in range(outputs)))
     if not isinstance(calibration, dict):
@@ -254,15 +260,17 @@ def trace(model: nn.Module) -> fx.Graph:
     source lines (``node.stack_trace``)."""
     try:
         return _Tracer().trace(model)
+    except CompileError:
+        raise
     except Exception as exc:  # fx raises plain errors for data-dependent control flow
-        raise CompileError(f"torch.fx cannot trace the model: {exc}") from exc
+        raise user_checks.trace_failure(exc) from exc
 
 
 # ------------------------------------------------------------------ reading the graph
 def lowering_key(node: fx.Node, modules: dict):
     """The registry key of a node: module type, function, or "method:<name>"."""
     if node.op == "call_module":
-        return type(modules[node.target])
+        return user_checks.registered_type(modules[node.target], LOWERINGS, node.target) or type(modules[node.target])
     if node.op == "call_method":
         return f"method:{node.target}"
     return node.target
@@ -384,6 +392,23 @@ def input_normalization(graph: fx.Graph, modules: dict, mean=None, std=None, exp
     if np.any(out[1] <= 0):
         raise CompileError(f"std must be positive, got {out[1].tolist()}")
     return (norm.name if norm is not None else None), out[0], out[1]
+
+
+def _normalization(model, graph, modules: dict, mean, std, channels, calibration, image_size):
+    """:func:`input_normalization`, with the channels of a model that does not tell them (an MLP)
+    inferred from its first dense layer or the calibration images, and mean/std in 0..255 units
+    refused."""
+    try:
+        norm, mean, std = input_normalization(graph, modules, mean, std, channels)
+    except CompileError:
+        inferred = None if channels is not None else user_checks.infer_channels(model, graph, modules, calibration,
+                                                                                image_size)
+        if inferred is None:
+            raise
+        norm, mean, std = input_normalization(graph, modules, mean, std, inferred)
+    user_checks.check_normalisation_units(
+        mean, std, f"the Normalize module {norm!r}'s mean/std" if norm else "mean/std")
+    return norm, mean, std
 
 
 def _sample_run(model: nn.Module, gm: fx.GraphModule, shape: tuple) -> dict:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import resource
 from functools import lru_cache
+
+from ckksnet.errors import InsufficientMemoryError
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
@@ -121,10 +124,6 @@ def check_memory(needed_gib: float | None, what: str, override: bool = False) ->
     load) if it needs more than this process can allocate (GiB, see :func:`memory_room_gib`);
     OpenFHE would otherwise abort (std::bad_alloc) or the kernel kill the process minutes in.
     ``override`` (or the environment variable CKKSNET_SKIP_MEMORY_CHECK=1) skips the check."""
-    import os
-
-    from ckksnet.errors import InsufficientMemoryError
-
     if needed_gib is None or override or os.environ.get(SKIP_ENV) == "1":
         return
     room, limit = memory_room_gib()

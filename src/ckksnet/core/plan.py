@@ -10,7 +10,7 @@ and the model's identity. It holds **no weights**, so a model owner can hand it 
 
 ``plan.save(folder)`` writes both halves (``server_plan.ckksnet``, ``client_plan.ckksnet``);
 :func:`ckksnet.load_plan` and :func:`ckksnet.load_client_spec` read them back, validated
-(:mod:`ckksnet.core.artifact`).
+(:mod:`ckksnet.core.artifact`; the writing half, :mod:`ckksnet.core.encode`, sits below this file).
 """
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ckksnet.core.encode import plan_id, plan_type, save_artifact
 from ckksnet.core.params import Preset
+from ckksnet.core.slots import SlotEvaluator
 from ckksnet.core.tiles import join, split_packed, tiles_of
+from ckksnet.core.walker import ScheduledRefresh, walk
 from ckksnet.errors import RangeError
+from ckksnet.inputs import as_images
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.layout.rotations import rotation_paths, signed_powers_of_two
 
@@ -38,13 +42,12 @@ def preprocess(images: np.ndarray, layout: Layout, mean: np.ndarray, std: np.nda
                scale: float) -> tuple[np.ndarray, bool]:
     """Images -> packed slot vectors (batch, slots): normalized, divided by the input scale.
     Returns (packed, single image given). Raises ShapeError, NonFiniteError, RangeError."""
-    from ckksnet.inputs import as_images
-
     x, single = as_images(images, layout.channels, layout.height, layout.width)
     x = (x - mean[None, :, None, None]) / std[None, :, None, None]
     return layout.pack(x / scale), single
 
 
+@plan_type
 @dataclass
 class Value:
     """A tensor of the plan: its layout and its scale (stored slot value = true value / scale).
@@ -57,6 +60,7 @@ class Value:
     pending: dict = field(default_factory=dict)
 
 
+@plan_type
 @dataclass(frozen=True)
 class ClientSpec:
     """The client artifact. ``input_level``: levels the client encrypts with; ``rotation_keys``:
@@ -100,11 +104,10 @@ class ClientSpec:
         return self.output_layout.unpack(slots) * self.output_scale
 
     def save(self, path) -> Path:
-        from ckksnet.core.artifact import save_artifact
-
         return save_artifact("client_plan", self, path)
 
 
+@plan_type
 @dataclass
 class Plan:
     """A compiled network. ``steps``: (kernel, input value ids, output value id) in order."""
@@ -209,8 +212,6 @@ class Plan:
     # ------------------------------------------------------------ the client half
     def client_spec(self) -> ClientSpec:
         """What a client needs: no weights (see :class:`ClientSpec`)."""
-        from ckksnet.core.artifact import plan_id
-
         sched = self.schedule
         return ClientSpec(self.preset, self.mean, self.std, self.input_layout, self.values[self.input].scale,
                           sched.input_level, self.output_layout, self.values[self.output].scale,
@@ -224,8 +225,6 @@ class Plan:
 
     def save(self, folder) -> Path:
         """Write the server artifact and the client artifact into ``folder``."""
-        from ckksnet.core.artifact import save_artifact
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_artifact("server_plan", self, folder / SERVER_FILE)
@@ -259,9 +258,6 @@ class Plan:
     def twin_packed(self, packed: np.ndarray, noise=None, rng: np.random.Generator | None = None,
                     reference: bool = False, ranges: dict | None = None) -> np.ndarray:
         """The twin on packed slots (batch, ciphertexts * slots) -> logits (batch, classes)."""
-        from ckksnet.core.slots import SlotEvaluator
-        from ckksnet.core.walker import ScheduledRefresh, walk
-
         ev = SlotEvaluator(self.preset.slots, self.preset.levels_after_bootstrap, fast=not reference)
         used = lambda v: np.asarray(self.values[v].layout.index).ravel()  # noqa: E731
         x = packed if noise is None else noise.perturb("input", packed, rng, used(self.input))

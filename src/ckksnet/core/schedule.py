@@ -13,20 +13,27 @@ the client to add), :func:`schedule_plan`
    without lanes: 2 levels and few products, or 1 level and more) and keeps the variants with
    the least estimated time (:func:`optimise_variants`).
 
-The result is a :class:`Schedule` stored in the plan; servers, clients and the twin follow it.
+The result is :class:`Scheduled`: the :class:`Schedule`, and the plan's steps as it ran them
+(each kernel tuned to the keys, the chosen variants). Nothing here edits the plan: the compiler
+installs both (``plan.schedule, plan.steps = schedule_plan(plan, ...)``); servers, clients and
+the twin follow them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from ckksnet.core.backend import Backend
 from ckksnet.core.costs import cost_model
+from ckksnet.core.encode import plan_type
 from ckksnet.core.tiles import join
 from ckksnet.core.tracer import INPUT, LevelTracer
+from ckksnet.core.walker import GreedyRefresh, Refresh, RunReport, ScheduledRefresh, walk
 from ckksnet.errors import CompileError, LevelError, MissingKeyError
 
 
 
+@plan_type
 @dataclass(frozen=True)
 class StepSchedule:
     """One step as scheduled: levels left in and out, bootstraps it triggers, distinct rotation
@@ -44,6 +51,7 @@ class StepSchedule:
     refreshes: tuple = ()
 
 
+@plan_type
 @dataclass(frozen=True)
 class Schedule:
     """``input_level``: levels the client encrypts with; ``key_rotations``: every rotation index
@@ -75,19 +83,29 @@ class Schedule:
         return [d for s in self.steps for d in s.refreshes]
 
 
-def schedule_plan(plan, backend: Backend, optimise: bool = True) -> "Schedule":
+class Scheduled(NamedTuple):
+    """What scheduling decided: the :class:`Schedule`, and the plan's ``steps`` as it ran them
+    ((kernel, input ids, output id), each kernel tuned to the key set, the chosen variants). The
+    schedule describes those steps, not the plan's old ones: the caller installs both."""
+
+    schedule: Schedule
+    steps: list
+
+
+def schedule_plan(plan, backend: Backend, optimise: bool = True) -> Scheduled:
     """Tune ``plan``'s kernels to its key set and fix its schedule (see the module doc); with
     ``optimise``, first pick each kernel's variant by :func:`optimise_variants`. ``backend``:
     the plan's backend (:mod:`ckksnet.core.backend`): the rotation keys its bootstrapping key
     generation makes anyway, and its measured cost constants (:mod:`ckksnet.core.costs`), which
-    estimate the seconds. Raises :class:`CompileError` if the plan needs more levels than the
+    estimate the seconds. Returns :class:`Scheduled` (the schedule and the tuned steps); ``plan``
+    is left as it was. Raises :class:`CompileError` if the plan needs more levels than the
     preset gives."""
     tuner = _Tuner(backend.bootstrap_rotations(plan.preset), backend.name)
-    schedule = _schedule(plan, tuner)
-    return optimise_variants(plan, schedule, tuner) if optimise else schedule
+    first = _schedule(plan, plan.steps, tuner)
+    return optimise_variants(plan, first.schedule, tuner, first.steps) if optimise else first
 
 
-def optimise_variants(plan, schedule: "Schedule", tuner=None) -> "Schedule":
+def optimise_variants(plan, schedule: "Schedule", tuner=None, steps: list | None = None) -> Scheduled:
     """Bootstrap placement over kernel variants, at compile time: coordinate descent that offers
     each step its :meth:`~ckksnet.kernels.base.Kernel.variants` (a linear map in lanes spends 2
     levels for a quarter of the products, without lanes 1 level), schedules the whole plan with
@@ -99,25 +117,25 @@ def optimise_variants(plan, schedule: "Schedule", tuner=None) -> "Schedule":
     pushes the next ReLU's first component past a bootstrap boundary (3 bootstraps per pair
     instead of 2); whether the extra products of a lane-free map cost less than that bootstrap
     depends on the stage, which only the cost model knows. Without a cost model (presets with no
-    measured constants) the objective is the bootstrap count. Returns the best schedule; the
-    plan's steps are left as that schedule ran them."""
+    measured constants) the objective is the bootstrap count. ``steps``: the steps ``schedule``
+    ran (default: the plan's). Returns :class:`Scheduled`: the best schedule and the steps it
+    ran; ``plan`` is left as it was."""
     tuner = tuner or _Tuner(_bootstrap_keys_of(schedule), plan.backend)
-    best = schedule
+    best = Scheduled(schedule, list(plan.steps if steps is None else steps))
     for _ in range(3):
         improved = False
-        for i in range(len(plan.steps)):
-            step, ins, out = plan.steps[i]
+        for i in range(len(best.steps)):
+            step, ins, out = best.steps[i]
             for alt in step.variants():
-                kept = list(plan.steps)
-                plan.steps[i] = (alt, ins, out)
+                trial = list(best.steps)
+                trial[i] = (alt, ins, out)
                 try:
-                    cand = _schedule(plan, tuner)
+                    cand = _schedule(plan, trial, tuner)
                 except (CompileError, LevelError, MissingKeyError):  # the variant cannot run: keep the rest
                     cand = None
-                if cand is not None and _objective(cand) < _objective(best):
+                if cand is not None and _objective(cand.schedule) < _objective(best.schedule):
                     best, improved = cand, True
                     break
-                plan.steps = kept
         if not improved:
             break
     return best
@@ -151,9 +169,9 @@ class _Tuner:
         return tuned
 
 
-def _schedule(plan, tuner: "_Tuner") -> "Schedule":
-    from ckksnet.core.walker import GreedyRefresh, RunReport, ScheduledRefresh, walk
-
+def _schedule(plan, plan_steps: list, tuner: "_Tuner") -> Scheduled:
+    """Schedule ``plan`` with ``plan_steps`` in place of its own (on a copy: ``plan`` is not edited)."""
+    plan = replace(plan, steps=list(plan_steps))
     preset = plan.preset
     boot_keys = tuner.bootstrap_keys if preset.bootstrap else frozenset()
     extra = plan.key_indices(boot_keys)
@@ -190,9 +208,10 @@ def _schedule(plan, tuner: "_Tuner") -> "Schedule":
                                r.key_switches, round(seconds[i + 1] - seconds[i], 4),
                                tuple(decisions[calls[i]:calls[i + 1]]))
                   for i, r in enumerate(report.steps))
-    return Schedule(input_level, tuple(sorted(keys)), tuple(sorted(extra)),
-                    (preset.slots,) if preset.bootstrap and greedy.count else (),
-                    steps, costs.source if costs else "", dict(costs.memory) if costs else {})
+    return Scheduled(Schedule(input_level, tuple(sorted(keys)), tuple(sorted(extra)),
+                              (preset.slots,) if preset.bootstrap and greedy.count else (),
+                              steps, costs.source if costs else "", dict(costs.memory) if costs else {}),
+                     plan.steps)
 
 
 def _fresh_input(plan, tracer, levels: int):
@@ -217,8 +236,6 @@ def _dry_run(plan, tracer, levels: int, refresh, walk) -> None:
 def levels_needed(plan) -> int:
     """Levels the plan spends from input to output without bootstrapping: a dry run with
     unlimited levels, every rotation one key switch."""
-    from ckksnet.core.walker import Refresh, walk
-
     class _Never(Refresh):
         def __call__(self, ct, levels: int):
             self.ev.require_levels(ct, levels, "a stage")
@@ -233,8 +250,6 @@ def levels_needed(plan) -> int:
 def estimate_seconds(plan, costs) -> float:
     """The plan's estimated run time (seconds) under another cost model (e.g. constants measured
     in the same process as a run, for a like-for-like comparison)."""
-    from ckksnet.core.walker import ScheduledRefresh, walk
-
     tracer = LevelTracer(plan.preset, plan.schedule.key_rotations, costs)
     walk(plan, tracer, _fresh_input(plan, tracer, plan.schedule.input_level),
          ScheduledRefresh(tracer, plan.schedule.decisions()))

@@ -80,7 +80,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise CkksnetError(f"--limit must be at least 1 image, not {args.limit}")
-    model, meta = load_model(args.checkpoint, args.model, args.weights)
+    model, meta = load_model(args.checkpoint, args.model, args.weights, args.trust_pickle)
     c, h, w = model_input_shape(model, meta, args.input_shape, args.image_size)
     if c != 3 or h > 32 or w > 32:
         raise CkksnetError(f"eval reads CIFAR-10's 3x32x32 test images; the model takes {c}x{h}x{w} "
@@ -238,10 +238,17 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bootstrap)
 
 
+def _named(rec: dict, key: str, index: str) -> str:
+    """'cat (3)' where the record names the class, else '3'."""
+    name = rec.get(f"{key}_name")
+    return f"{name} ({rec[index]})" if name is not None else str(rec[index])
+
+
 def _print_image(rec: dict) -> None:
     mark = "same" if rec["plain_pred"] == rec["enc_pred"] else "DIFFERENT"
-    print(f"image {rec['index']:5d}: label {rec['label']}, plaintext {rec['plain_pred']}, encrypted "
-          f"{rec['enc_pred']} ({mark}), max |logit diff| {rec['max_abs_logit_diff']:.2e}, "
+    print(f"image {rec['index']:5d}: label {_named(rec, 'label', 'label')}, plaintext "
+          f"{_named(rec, 'plain', 'plain_pred')}, encrypted {_named(rec, 'enc', 'enc_pred')} ({mark}), "
+          f"max |logit diff| {rec['max_abs_logit_diff']:.2e}, "
           f"{rec['seconds']:.1f} s, {count(rec['bootstraps'], 'bootstrap')}", flush=True)
 
 
@@ -364,7 +371,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     """Compile a checkpoint and write the server and client artifacts (no key is made)."""
     from ckksnet.compiler.checkpoints import compile_checkpoint
 
-    net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), **flags.model_source(args))
+    net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), classes=flags.class_names(args),
+                                   **flags.model_source(args))
+    net.classes = flags.default_classes(args, len(net.classes))  # --model: indices unless --classes names them
     folder = net.save(args.out)
     if args.model and not args.weights:  # said after success: a refusal stays one line
         import warnings
@@ -566,11 +575,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from ckksnet.compiler.checkpoints import load_model, model_input_shape
-    from ckksnet.compiler.phases import CIFAR10_CLASSES
     from ckksnet.imagefile import read_image
     from ckksnet.inputs import as_images
 
-    model, meta = load_model(args.checkpoint, args.model, args.weights)
+    model, meta = load_model(args.checkpoint, args.model, args.weights, args.trust_pickle)
     channels, height, width = model_input_shape(model, meta, args.input_shape, args.image_size)
     out = []
     for image in args.images:
@@ -584,7 +592,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except RuntimeError as exc:  # torch's shape errors: the model takes another input than said
             raise CkksnetError(f"the model does not run on {channels}x{height}x{width} images ({exc}); give its "
                                "input with --input-shape C H W or --image-size N") from exc
-        out.append({"image": image, **_prediction(np.asarray(logits), CIFAR10_CLASSES)})
+        out.append({"image": image, **_prediction(np.asarray(logits), flags.default_classes(args, len(logits)))})
     return _emit(args, {"predictions": out},
                  "\n".join(_prediction_text(f"plaintext prediction of {p['image']}", p) for p in out))
 
@@ -592,7 +600,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile a checkpoint, or your own model (--model), into server and "
                        "client artifacts")
-    flags.add(p, *flags.MODEL, "calibration", "preset")
+    flags.add(p, *flags.MODEL, "calibration", "preset", "classes")
     p.add_argument("--out", required=True, help="folder for server_plan.ckksnet and client_plan.ckksnet")
     flags.add(p, "alpha", "eps-bits", "relu-sign", "json")
     p.set_defaults(func=_cmd_compile)
@@ -644,7 +652,7 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="plaintext prediction of a checkpoint, or your own model (--model), on "
                        "image files (torch)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, .npy)")
-    flags.add(p, *flags.MODEL, "resize", "json")
+    flags.add(p, *flags.MODEL, "classes", "resize", "json")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -699,6 +707,20 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"ckksnet: warning: {message}\n"
 
 
+def _once(fmt):
+    """``fmt`` that gives each line once: a warning raised from two places (the insecure preset:
+    by the compiler and by the key set) is printed once per command."""
+    said: set[str] = set()
+
+    def line(message, category, filename, lineno, line=None) -> str:
+        text = fmt(message, category, filename, lineno, line)
+        if text in said:
+            return ""
+        said.add(text)
+        return text
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -713,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         from ckksnet.core.memory import SKIP_ENV
 
         os.environ[SKIP_ENV] = "1"  # this process and the workers it starts
-    shown, warnings.formatwarning = warnings.formatwarning, _warning_line
+    shown, warnings.formatwarning = warnings.formatwarning, _once(_warning_line)
     try:
         return args.func(args)
     except CkksnetError as exc:

@@ -46,7 +46,12 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
                                      "called with no arguments, that returns the torch.nn.Module"}),
     "weights": (("--weights",), {"metavar": "STATE_DICT",
                                  "help": "with --model: the weights, a file written by "
-                                         "torch.save(model.state_dict(), path)"}),
+                                         "torch.save(model.state_dict(), path), or a training checkpoint "
+                                         "holding them ({'model_state_dict': ..., 'epoch': ...})"}),
+    "trust-pickle": (("--trust-pickle",), {
+        "action": "store_true",
+        "help": "with --weights: also read a file of pickled Python objects (a whole model saved with "
+                "torch.save(model)); unpickling runs code the file names: only for files you trust"}),
     "input-shape": (("--input-shape",), {"type": int, "nargs": 3, "metavar": ("C", "H", "W"),
                                          "help": "the model's input: channels, height, width (needed where the "
                                                  "model has no convolution to tell its channels, e.g. an MLP)"}),
@@ -54,6 +59,10 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
                                          "help": "images to measure each ReLU's input range on (required with "
                                                  "--model): an .npz or .npy array (uint8 N,H,W,C or float N,C,H,W "
                                                  "in [0, 1]) or a folder of PNG/JPEG/.npy images of the model's size"}),
+    "classes": (("--classes",), {"metavar": "NAMES",
+                                 "help": "the outputs' class names, in order: comma-separated (cat,dog,...) or a "
+                                         "text file with one name a line (default: CIFAR-10's names for a "
+                                         "checkpoint with 10 outputs; for --model the class indices 0, 1, ...)"}),
     "resize": (("--resize",), {"nargs": "?", "const": "crop", "choices": ("crop", "stretch"), "default": False,
                                "help": "resize PNG/JPEG images to the model's size: crop (default: keep the "
                                        "aspect ratio, take the centre) or stretch"}),
@@ -61,7 +70,7 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
 #: the flags of a compiled plan's sign tables, together
 SIGN_TABLES = ("alpha", "eps-bits", "relu-sign")
 #: where a command's model comes from: a checkpoint, or a factory with its weights and input shape
-MODEL = ("checkpoint", "model", "weights", "input-shape", "image-size")
+MODEL = ("checkpoint", "model", "weights", "trust-pickle", "input-shape", "image-size")
 
 
 def add(parser: argparse.ArgumentParser, *names: str, **overrides) -> None:
@@ -77,7 +86,48 @@ def model_source(args: argparse.Namespace) -> dict:
     :func:`ckksnet.compiler.checkpoints.compile_checkpoint`."""
     return {"checkpoint": args.checkpoint, "factory": args.model, "weights": args.weights,
             "input_shape": tuple(args.input_shape) if args.input_shape else None, "image_size": args.image_size,
-            "calibration": args.calibration}
+            "calibration": args.calibration, "trust_pickle": getattr(args, "trust_pickle", False)}
+
+
+def class_names(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The parsed ``--classes``: names from a text file (one a line) or a comma-separated list;
+    None where not given."""
+    from pathlib import Path
+
+    from ckksnet.errors import InputError
+
+    text = getattr(args, "classes", None)
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        names = [name.strip() for name in text.split(",")]
+    if not names or not all(names):
+        raise InputError(f"--classes {text!r}: expected names separated by commas (cat,dog,bird) or a text file "
+                         "with one name a line, with no empty name")
+    if len(set(names)) != len(names):
+        raise InputError(f"--classes {text!r}: names repeat ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
+    return tuple(names)
+
+
+def default_classes(args: argparse.Namespace, outputs: int) -> tuple[str, ...]:
+    """The class names of a command's model: ``--classes``; else CIFAR-10's for a checkpoint with
+    10 outputs; else (``--model``, or another count) the indices 0, 1, ... . InputError where
+    ``--classes`` names another count than the model's outputs."""
+    names = class_names(args)
+    if names is not None:
+        if len(names) != outputs:
+            from ckksnet.errors import InputError
+
+            raise InputError(f"--classes gives {len(names)} name(s) but the model has {outputs} outputs")
+        return names
+    if outputs == 10 and not getattr(args, "model", None):
+        from ckksnet.compiler.phases import CIFAR10_CLASSES
+
+        return CIFAR10_CLASSES
+    return tuple(str(i) for i in range(outputs))
 
 
 def sign_tables(args: argparse.Namespace):
