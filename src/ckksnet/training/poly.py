@@ -154,7 +154,8 @@ def reestimate_batchnorm(model: nn.Module, images, batch_size: int = 250) -> nn.
     other weights unchanged: after the ReLUs of a trained model are replaced by polynomials, the
     statistics the convolutions after them see change, and their batch norms should follow
     (otherwise activations drift layer after layer). Returns the model in eval mode."""
-    from ckksnet.training.train import to_tensor
+    def to_tensor(a):  # uint8 NHWC -> float NCHW in [0, 1] (as training.train.to_tensor)
+        return torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255)
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum) for m in bns]
