@@ -38,3 +38,48 @@ class PadShortcut(nn.Module):
         x = x[:, :, :: self.stride, :: self.stride]
         pad = self.out_ch - self.in_ch
         return F.pad(x, (0, 0, 0, 0, pad // 2, pad - pad // 2))
+
+
+class PolyAct(nn.Module):
+    """A trainable polynomial activation, for use wherever ``nn.ReLU`` would go:
+
+        y = sum_k coefficients[k] (x / bound)^k,   k = 0 .. degree (2, 3 or 4)
+
+    ``coefficients`` (degree + 1 values) is an ``nn.Parameter`` in the power basis of the input
+    normalised by ``bound``, its input bound B (a buffer: it travels with the state dict; the
+    boundary loss of :mod:`ckksnet.training.poly` keeps |x| <= B). Default: the least-squares fit
+    of ReLU on [-B, B] (:meth:`from_relu`). The compiler calibrates its input range like a
+    ReLU's and evaluates it encrypted in ``ceil(log2 degree) + 1`` levels at most
+    (:class:`ckksnet.kernels.poly.PolyStep`); the polynomial itself is exact at any input, but
+    an input beyond the calibrated bound may break bootstrapping (the twin reports it).
+    """
+
+    def __init__(self, degree: int = 2, bound: float = 1.0, coefficients=None):
+        super().__init__()
+        from ckksnet.approx.poly import check_degree, relu_fit
+
+        self.degree = check_degree(degree)
+        if coefficients is None:
+            coefficients = relu_fit(bound, self.degree)
+        c = torch.as_tensor(coefficients, dtype=torch.float32).detach().clone().reshape(-1)
+        if c.numel() != self.degree + 1:
+            raise ValueError(f"a degree-{self.degree} PolyAct has {self.degree + 1} coefficients, got {c.numel()}")
+        self.coefficients = nn.Parameter(c)
+        relu_fit(bound, self.degree)  # checks the bound
+        self.register_buffer("bound", torch.tensor(float(bound), dtype=torch.float32))
+
+    @classmethod
+    def from_relu(cls, bound: float, degree: int = 2) -> "PolyAct":
+        """The least-squares polynomial of ReLU on [-bound, bound] (see :mod:`ckksnet.approx.poly`)."""
+        return cls(degree, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x / self.bound
+        c = self.coefficients
+        y = c[self.degree] * t + c[self.degree - 1]
+        for k in range(self.degree - 2, -1, -1):
+            y = y * t + c[k]
+        return y
+
+    def extra_repr(self) -> str:
+        return f"degree={self.degree}, bound={float(self.bound):.4g}"

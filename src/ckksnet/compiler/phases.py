@@ -40,6 +40,7 @@ from ckksnet.compiler.model_forms import prepare_model
 from ckksnet.core.backend import get_backend
 from ckksnet.core.options import CompileOptions
 from ckksnet.core.params import Preset, get_preset
+from ckksnet.compiler.lowerings import poly as lower_poly
 from ckksnet.core.plan import Plan
 from ckksnet.compiler.affine import Affine
 from ckksnet.compiler.lowerings import GraphContext, layout_shape, materialize
@@ -130,6 +131,7 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         for m, training in modes.items():
             m.training = training
     user_checks.check_ranges([step for step, _, _ in plan.steps], _complete_ranges(ranges, names))  # none zero
+    lower_poly.split_poly_readers(plan)  # degree-2 polynomials read by a shortcut too: fold them anyway
     assign_scales(plan, _complete_ranges(ranges, names), margin)
     finalize(plan, options)
     plan.schedule, plan.steps = schedule_plan(plan, runs_on, optimise=lanes is None)  # an explicit lanes choice is kept
@@ -543,12 +545,25 @@ def assign_scales(plan: Plan, ranges: dict[str, float], margin: float) -> None:
         bound = step.input_bound(ranges, margin)
         if bound is not None:
             need[find(ins[0])] = max(need.get(find(ins[0]), 0.0), bound)
+        out_bound = getattr(step, "output_bound", None)  # a step whose output needs a scale of its own
+        if out_bound is not None:
+            need[find(out)] = max(need.get(find(out), 0.0), out_bound(ranges, margin))
     for v in plan.values:
         v.scale = need.get(find(v.id), 1.0)
 
 
 def finalize(plan: Plan, options: CompileOptions) -> None:
     """Every kernel folds its input and output scales in (and picks its approximation)."""
+    readers: dict[int, list] = {}
+    for step, ins, out in plan.steps:
+        for v in ins:
+            readers.setdefault(v, []).append(step)
     for i, (step, ins, out) in enumerate(plan.steps):  # replaced one by one: old matrices go at once
+        free = getattr(step, "free_output", None)  # only linear maps read the output: its scale may change
+        if free is not None and out != plan.output and readers.get(out) and \
+                all(r.kind == "linear" for r in readers[out]):
+            step = free()
         new = step.finalize(plan.values[ins[0]].scale, plan.values[out].scale, options)
         plan.steps[i] = (step if new is None else new, ins, out)  # None: finalized in place
+        if getattr(new, "output_scale", None) is not None:  # a step that folds a factor into its readers
+            plan.values[out].scale = new.output_scale

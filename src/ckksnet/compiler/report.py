@@ -32,10 +32,13 @@ def plan_report(plan) -> dict:
     steps = [{"step": s.name, "kind": s.kind, "ciphertexts": k, "level_in": s.level_in, "level_out": s.level_out,
               "bootstraps": s.bootstraps, "rotations": s.rotations, "key_switches": s.key_switches,
               "estimated_seconds": s.seconds} for s, k in zip(sched.steps, widths)]
+    acts = [{"step": k.name, "activation": k.kind, "levels": k.levels()}  # ReLU, polynomial, any activation
+            for k, _, _ in plan.steps if k.domain is not None]
     return {"preset": preset.name, "secure": preset.secure, "ring_dim": preset.ring_dim, "slots": preset.slots,
             "depth": preset.depth, "levels_after_bootstrap": preset.levels_after_bootstrap,
             "input_level": sched.input_level, "input_shape": list(plan.input_shape),
             "input_ciphertexts": getattr(plan.input_layout, "ciphertexts", 1), "steps": steps,
+            "activations": acts,
             "totals": {"steps": len(steps), "bootstraps": sched.bootstraps, "key_switches": sched.key_switches,
                        "rotation_keys_assumed": len(sched.key_rotations),
                        "rotation_keys_client_makes": len(sched.client_rotations),
@@ -69,6 +72,12 @@ def plan_text(rep: dict) -> str:
                 f"{count(t['bootstraps'], 'bootstrap')} (one per ciphertext refreshed), {t['key_switches']} key switches, "
                 f"{t['rotation_keys_client_makes']} rotation keys made beyond bootstrapping's "
                 f"({t['automorphism_keys']} automorphism keys, {key}); estimated {est}, {peak}")
+    kinds: dict = {}
+    for a in rep.get("activations", []):
+        kinds.setdefault((a["activation"], a["levels"]), []).append(a["step"])
+    if kinds:
+        rows.append("activations: " + "; ".join(f"{len(v)} x {k[0]} at {count(k[1], 'level')} ({', '.join(v[:3])}"
+                                                 f"{', ...' if len(v) > 3 else ''})" for k, v in kinds.items()))
     rows.append("columns: cts = ciphertexts the step's output spans; levels = levels left in -> out; boots = "
                 "bootstraps; rots = rotation indices; ks = key switches (rotations and relinearizations); "
                 "est s = estimated seconds")

@@ -35,7 +35,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       blocks=args.blocks, widths=tuple(args.widths), threads=args.threads,
                       device=args.device, cutout=args.cutout, label_smoothing=args.label_smoothing,
                       amp=args.amp, teacher=args.teacher, kd_weight=args.kd_weight,
-                      kd_temperature=args.kd_temperature, graph=args.graph)
+                      kd_temperature=args.kd_temperature, graph=args.graph, activation=args.activation,
+                      init_from=args.init_from, init_margin=args.init_margin,
+                      boundary_weight=args.boundary_weight, clip_grad=args.clip_grad)
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
     if args.teacher_depth:  # a teacher first, same recipe, in RUN_DIR/teacher; then the distilled student
@@ -301,7 +303,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="on a GPU: float32, no bf16 autocast")
     p.add_argument("--no-graph", dest="graph", action="store_false",
                    help="on a GPU: eager steps (default: each full batch replayed from a CUDA graph)")
-    p.add_argument("--teacher", help="distil from this checkpoint or run folder (with --kd-weight)")
+    p.add_argument("--teacher", help="distil from this checkpoint or run folder, or 'bundled' (with --kd-weight)")
     p.add_argument("--teacher-depth", type=int, help="first train a ResNet of this depth (e.g. 56) as the "
                    "teacher, same recipe, in RUN_DIR/teacher; then distil from it")
     p.add_argument("--teacher-epochs", type=int, help="the teacher's epochs (default: --epochs)")
@@ -309,6 +311,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="weight w of the distillation term, (1 - w) CE + w T^2 KL (default 0; 0.7 with "
                         "--teacher-depth)")
     p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature T (default 4)")
+    p.add_argument("--activation", default="relu", choices=("relu", "poly2", "poly3", "poly4"),
+                   help="activation of every ReLU position: ReLU, or a trainable polynomial of degree 2-4 (PolyAct)")
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="start from this ReLU checkpoint (or 'bundled'), each "
+                   "ReLU replaced by its least-squares polynomial on its calibrated range (with --activation polyD)")
+    p.add_argument("--init-margin", type=float, default=1.0,
+                   help="with --init-from: each polynomial's bound is this x the ReLU's calibrated max |input|")
+    p.add_argument("--boundary-weight", type=float, default=0.0,
+                   help="weight of the boundary loss on polynomial inputs beyond their bound (0 = off)")
+    p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' global norm (0 = off)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="epoch lines only, no bars")
     p.add_argument("--calibration-images", type=int, default=10000,
                    help="training images whose ReLU inputs set each bound")

@@ -19,7 +19,8 @@ Adding a kernel is one class and one registration (``examples/silu_kernel.py``):
 
 Built in: :class:`LinearStep` (convolutions at any stride, shortcuts and dense layers, by
 diagonals with baby-step giant-step rotations, or masks and a box sum after pooling),
-:class:`ReluStep` (minimax composite ReLU), :class:`SumPoolStep` (rotate-and-sum pooling),
+:class:`ReluStep` (minimax composite ReLU), :class:`PolyStep` (a trainable polynomial activation,
+``ckksnet.nn.PolyAct``, degree 2 to 4), :class:`SumPoolStep` (rotate-and-sum pooling),
 :class:`AddStep` (residual additions). Their lowering rules live in
 ``compiler/lowerings/<family>.py``, one file per kernel file here.
 """
@@ -34,6 +35,7 @@ from ckksnet.core.encode import PLAN_TYPES
 from ckksnet.kernels.base import Kernel, Refresh, activation_bound
 from ckksnet.kernels.add import AddStep
 from ckksnet.kernels.linear import LinearMap, LinearStep
+from ckksnet.kernels.poly import PolyStep
 from ckksnet.kernels.pool import SumPoolStep
 from ckksnet.kernels.pooled_dense import PooledDense
 from ckksnet.kernels.relu import ReluStep
@@ -47,5 +49,5 @@ def materialize(ctx: LoweringContext, value: Value) -> Value:
 
 
 __all__ = ["AddStep", "CompileOptions", "Evaluator", "Kernel", "Layout", "LinearMap", "LinearStep",
-           "LoweringContext", "PLAN_TYPES", "PooledDense", "Refresh", "ReluStep", "SumPoolStep", "Value",
+           "LoweringContext", "PLAN_TYPES", "PolyStep", "PooledDense", "Refresh", "ReluStep", "SumPoolStep", "Value",
            "activation_bound", "depth_of", "eval_odd", "materialize", "register"]

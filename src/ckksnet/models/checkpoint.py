@@ -120,6 +120,13 @@ def check_config(config: object, where: str) -> dict:
     for key in ("mean", "std"):
         for i, v in enumerate(_list(config[key], where, f"config.{key}", 3)):
             _number(v, where, f"config.{key}[{i}]", positive=key == "std")
+    if "activation" in config:  # "relu" or a polynomial (ckksnet.models.poly); others refused by name
+        from ckksnet.models.poly import activation_degree
+
+        try:
+            activation_degree(config["activation"])
+        except ValueError as exc:
+            raise DataError(f"{where}: config.activation: {exc}") from None
     return config
 
 

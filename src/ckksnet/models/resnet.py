@@ -101,5 +101,10 @@ def resnet_cifar(depth: int, shortcut: str = "A", widths: tuple[int, int, int] =
 
 def build(config: dict) -> ResNetCifar:
     """Rebuild a model from its ``config`` dict (as stored in checkpoint metadata)."""
-    return ResNetCifar(config["blocks"], tuple(config["widths"]), config["num_classes"],
-                       tuple(config["mean"]), tuple(config["std"]), config.get("shortcut", "A"))
+    model = ResNetCifar(config["blocks"], tuple(config["widths"]), config["num_classes"],
+                        tuple(config["mean"]), tuple(config["std"]), config.get("shortcut", "A"))
+    if config.get("activation", "relu") != "relu":  # polynomial activations (ckksnet.models.poly)
+        from ckksnet.models.poly import activation_degree, to_polynomial
+
+        to_polynomial(model, activation_degree(config["activation"]))
+    return model

@@ -86,6 +86,10 @@ def load_run_state(run_dir: str | os.PathLike) -> tuple[ResNetCifar, TrainConfig
     check_config_fits({"blocks": cfg.blocks, "widths": list(cfg.widths), "num_classes": classes},
                       state["model"], str(path))
     model = ResNetCifar(cfg.blocks, cfg.widths, classes)
+    if cfg.activation != "relu":  # a polynomial run: its coefficients and bounds come with the state
+        from ckksnet.models.poly import activation_degree, to_polynomial
+
+        to_polynomial(model, activation_degree(cfg.activation))
     check_state(model.state_dict(), state["model"], str(path))
     model.load_state_dict(state["model"])
     return model.eval(), cfg, state["history"]

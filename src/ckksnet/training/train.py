@@ -56,6 +56,13 @@ class TrainConfig:
     kd_temperature: float = 4.0  # T: softmax temperature of the distillation term
     deterministic: bool = True  # on a GPU: deterministic cuDNN algorithms (False: autotuned, faster)
     graph: bool = True  # on a GPU: each full batch's forward + backward replayed from a CUDA graph
+    # polynomial activations (ckksnet.training.poly): "relu", or "poly2" / "poly3" / "poly4"
+    activation: str = "relu"
+    init_from: str | None = None  # start from this ReLU checkpoint, each ReLU -> its least-squares polynomial
+    init_margin: float = 1.0  # the polynomials' bound: this x each ReLU's calibrated max |input|
+    boundary_weight: float = 0.0  # weight of the boundary loss (activation inputs beyond their bound)
+    clip_grad: float = 0.0  # clip the gradients' global norm to this (0: off)
+    diverge_ratio: float = 100.0  # stop, naming the layer, when an activation input passes this x its bound
 
 
 # Settings that may differ between the sessions of one resumed run (they change speed, not the run).
@@ -170,7 +177,12 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.pt"
     torch.manual_seed(cfg.seed)
-    model = ResNetCifar(cfg.blocks, tuple(cfg.widths), len(train_split.classes))
+    if cfg.activation == "relu" and not cfg.init_from:
+        model = ResNetCifar(cfg.blocks, tuple(cfg.widths), len(train_split.classes))
+    else:  # polynomial activations
+        from ckksnet.training.poly import build_student
+
+        model = build_student(cfg, len(train_split.classes))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -282,11 +294,24 @@ class _EagerStep:
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, teacher):
         self.model, self.cfg, self.teacher = model, cfg, teacher
+        self.monitor = None
+        if cfg.activation != "relu":  # boundary loss and divergence check (ckksnet.training.poly)
+            from ckksnet.training.poly import ActivationMonitor
+
+            self.monitor = ActivationMonitor(model)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         self.model.zero_grad(set_to_none=True)
         out, loss = _step_loss(self.model, x, y, self.cfg, self.teacher)
+        if self.monitor:
+            from ckksnet.training.poly import check_divergence
+
+            if self.cfg.boundary_weight:
+                loss = loss + self.cfg.boundary_weight * self.monitor.boundary_loss()
+            check_divergence(self.monitor, loss, self.cfg.diverge_ratio)
         loss.backward()
+        if self.cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
         return loss.detach(), (out.argmax(1) == y).sum()
 
 
@@ -353,7 +378,7 @@ class _GraphStep:
 
 def make_step(model: nn.Module, cfg: TrainConfig, teacher):
     """The step for ``cfg``: a CUDA graph on a CUDA device when ``cfg.graph``, else eager."""
-    if cfg.graph and torch.device(cfg.device).type == "cuda":
+    if cfg.graph and torch.device(cfg.device).type == "cuda" and cfg.activation == "relu":
         return _GraphStep(model, cfg, teacher)
     return _EagerStep(model, cfg, teacher)
 
@@ -373,7 +398,11 @@ def load_teacher(path: str | os.PathLike, device: str) -> nn.Module:
 
     path = Path(path)
     state_file = path if path.is_file() else path / "state.pt"
-    if state_file.name == "state.pt" and state_file.is_file():
+    if str(path) == "bundled" and not path.exists():  # the bundled ResNet-20
+        from ckksnet.models import load_bundled
+
+        model, _ = load_bundled()
+    elif state_file.name == "state.pt" and state_file.is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=False)
         cfg = state["config"]
         model = ResNetCifar(cfg["blocks"], tuple(cfg["widths"]), state["model"]["fc.weight"].shape[0])

@@ -8,6 +8,8 @@ family, named as in ``kernels/``: the rules in ``lowerings/<family>.py`` lower t
 * ``pool.py``: average pooling, any spelling -> :class:`~ckksnet.kernels.SumPoolStep` (or a
   linear map);
 * ``relu.py``: ReLU, any spelling -> :class:`~ckksnet.kernels.ReluStep`;
+* ``poly.py``: :class:`ckksnet.nn.PolyAct` -> :class:`~ckksnet.kernels.PolyStep` (and the identity
+  maps that let a degree-2 polynomial read by a shortcut fold its leading coefficient);
 * ``add.py``: arithmetic operators: residual additions -> :class:`~ckksnet.kernels.AddStep`
   (with a constant: a linear map);
 * not rules: ``deferred.py`` (deferred linear maps, :func:`apply_linear`, and
@@ -47,6 +49,7 @@ from __future__ import annotations
 # the families: importing each registers its rules (one line per file in this folder)
 from ckksnet.compiler.lowerings import add  # noqa: F401
 from ckksnet.compiler.lowerings import linear  # noqa: F401
+from ckksnet.compiler.lowerings import poly  # noqa: F401
 from ckksnet.compiler.lowerings import pool  # noqa: F401
 from ckksnet.compiler.lowerings import pooled_dense  # noqa: F401
 from ckksnet.compiler.lowerings import relu  # noqa: F401
