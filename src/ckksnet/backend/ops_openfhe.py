@@ -47,6 +47,58 @@ def _measured_rotations(preset: Preset) -> frozenset:
     client.gen_bootstrap_keys()
     return frozenset(client.rotations)
 
+# ---------------------------------------------------------------- threads (OpenMP)
+_OPENMP_NAMES = ("libgomp", "libomp", "libiomp5")
+
+
+def openmp_libraries() -> list:
+    """The OpenMP runtimes mapped into this process (ctypes handles, never a new load).
+
+    OpenFHE's libraries ask for ``libgomp.so.1`` (RUNPATH ``$ORIGIN``). The 1.6.1 wheel ships
+    ``openfhe/lib/libgomp.so`` under another name, so the dynamic linker takes the system's
+    ``libgomp.so.1`` — or torch's ``torch/lib/libgomp.so.1`` when torch was imported first (one
+    soname, one copy). Whichever it is, it is in ``/proc/self/maps``."""
+    import ctypes
+
+    paths: list[str] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rstrip("\n").partition("/")[2]
+                name = os.path.basename(path)
+                if path and name.startswith(_OPENMP_NAMES) and "/" + path not in paths:
+                    paths.append("/" + path)
+    except OSError:
+        return []
+    libs = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            lib.omp_set_num_threads, lib.omp_get_max_threads  # noqa: B018 (an OpenMP runtime)
+        except (OSError, AttributeError):
+            continue
+        libs.append((path, lib))
+    return libs
+
+
+def openmp_report() -> dict:
+    """``openmp_library``, ``openmp_threads`` (what a parallel region of this thread would use)
+    and ``openmp_threads_at_load`` (the thread count libgomp took from ``OMP_NUM_THREADS`` when it
+    loaded: asked from a fresh thread, which sees the global setting); {} while no OpenMP runtime
+    is loaded."""
+    import threading
+
+    libs = openmp_libraries()
+    if not libs:
+        return {}
+    path, lib = libs[0]
+    seen: list[int] = []
+    probe = threading.Thread(target=lambda: seen.append(lib.omp_get_max_threads()), daemon=True)
+    probe.start()
+    probe.join()
+    return {"openmp_library": path, "openmp_threads": lib.omp_get_max_threads(),
+            "openmp_threads_at_load": seen[0] if seen else None}
+
 
 class OpenFHE(Backend):
     """OpenFHE 1.6.1 (CPU). See the module docstring."""
@@ -83,6 +135,21 @@ class OpenFHE(Backend):
         if bootstrap and preset.bootstrap and "keys_gib" in memory:
             return round(float(memory["keys_gib"]) + own, 2)
         return round(CONTEXT_GIB + per_key + own, 2)  # the context, relinearization and rotation keys
+
+    # ------------------------------------------------------------ threads
+    def set_threads(self, n: int) -> None:
+        """``n`` OpenMP threads: ``OMP_NUM_THREADS`` for an OpenMP runtime not loaded yet (and for
+        child processes), and ``omp_set_num_threads(n)`` (ctypes) on each one loaded. OpenMP keeps
+        that per calling thread: call it from the thread that computes (the CLI's main thread)."""
+        from ckksnet.core.threads import parse_threads
+
+        n = parse_threads(n, "set_threads")
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        for _, lib in openmp_libraries():
+            lib.omp_set_num_threads(n)
+
+    def thread_report(self) -> dict:
+        return openmp_report()
 
     # ------------------------------------------------------------ a key set
     def make_keys(self, preset: Preset, rotations: Iterable[int], bootstrap: bool):

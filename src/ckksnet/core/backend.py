@@ -145,6 +145,17 @@ class Backend(ABC):
         beyond bootstrapping's), checked before key generation; None where unknown."""
         return None
 
+    # ------------------------------------------------------------ the machine
+    def set_threads(self, n: int) -> None:
+        """Compute with ``n`` threads in this process from now on (an OpenMP library: its thread
+        count; a library not loaded yet: what it will read when it loads). By default nothing:
+        a backend without threads of its own. :mod:`ckksnet.core.threads` chooses ``n``."""
+
+    def thread_report(self) -> dict:
+        """What the backend's threading library says it uses, for reports (e.g. OpenMP's thread
+        count); {} where nothing is loaded or known."""
+        return {}
+
     # ------------------------------------------------------------ a key set
     @abstractmethod
     def make_keys(self, preset: Preset, rotations: Iterable[int], bootstrap: bool) -> SecretKeys:
