@@ -20,6 +20,9 @@ def __getattr__(name: str):
     if name == "compile":
         from ckksnet.compiler import compile as fn
         return fn
+    if name == "set_threads":
+        from ckksnet.core.threads import set_threads
+        return set_threads
     if name in ("Client", "Server"):
         import ckksnet.runtime as rt
         return getattr(rt, name)
@@ -33,5 +36,5 @@ def __getattr__(name: str):
 
 __all__ = ["ApproxError", "CkksnetError", "CompileError", "ContextMismatchError", "CorruptDataError", "DataError",
            "InputError", "InsufficientMemoryError", "LevelError", "MissingKeyError", "NonFiniteError", "PresetError",
-           "RangeError", "SerializationError", "ShapeError", "VersionMismatchError", "WrongFileTypeError", "__version__", "compile", "Client", "Server",
+           "RangeError", "SerializationError", "ShapeError", "VersionMismatchError", "WrongFileTypeError", "__version__", "compile", "set_threads", "Client", "Server",
            "load_plan", "load_client_spec", "Plan", "ClientSpec"]

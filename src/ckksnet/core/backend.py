@@ -251,6 +251,11 @@ def get_backend(name: str) -> Backend:
     return _BACKENDS[name]
 
 
+def loaded_backends() -> list[Backend]:
+    """The backends registered so far in this process (those whose module was imported)."""
+    return list(_BACKENDS.values())
+
+
 def backend_names() -> list[str]:
     """Every backend registered or shipped (``ckksnet/backend/ops_*.py``), sorted."""
     shipped = {p.stem[4:] for p in (Path(__file__).parents[1] / "backend").glob("ops_*.py")}

@@ -180,23 +180,24 @@ class ThreadChoice:
                 "omp_wait_policy": d["wait_policy"]}
 
     def text(self) -> str:
-        """'1 thread (2 cores, load 5.4)' for one-line reports."""
-        return (f"{self.threads} thread{'s' if self.threads != 1 else ''} ({self.cores} "
-                f"core{'s' if self.cores != 1 else ''}, load {self.load:.1f})")
+        """'1 thread, 2 cores, load 5.4' for one-line reports."""
+        return (f"{self.threads} thread{'s' if self.threads != 1 else ''}, {self.cores} "
+                f"core{'s' if self.cores != 1 else ''}, load {self.load:.1f}")
 
 
 def parse_threads(value, where: str) -> int:
     """``value`` (int or text) as a thread count >= 1, or :class:`ThreadsError` naming ``where``."""
     text = str(value).strip()
+    sep = "" if where.endswith("=") else " "
     try:
-        n = int(text)
-        if isinstance(value, float) and value != n:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError
+        n = int(value) if isinstance(value, (int, float)) else int(text)
     except (TypeError, ValueError):
-        raise ThreadsError(f"{where} {text!r}: a thread count is a whole number, 1 or more "
-                           f"(e.g. {where} 1)") from None
-    if n < 1 or isinstance(value, bool):
-        raise ThreadsError(f"{where} {text}: a thread count is 1 or more (this process may use "
+        raise ThreadsError(f"{where}{sep}{text!r}: a thread count is a whole number, 1 or more "
+                           f"(e.g. {where}{sep}1)") from None
+    if n < 1:
+        raise ThreadsError(f"{where}{sep}{text}: a thread count is 1 or more (this process may use "
                            f"{usable_cores()} core(s))")
     return n
 
@@ -229,16 +230,16 @@ def choose_threads(requested: int | str | None = None, flag: str = "--threads") 
     else:
         threads, source = default_threads(cores, load), "default"
     oversubscribed = threads + round(load) > cores and threads > 1
+    free = max(1, cores - round(load))
+    fix = {"set_threads": f"ckksnet.set_threads({free})", ENV: f"{ENV}={free}",
+           "OMP_NUM_THREADS": f"OMP_NUM_THREADS={free}"}.get(source, f"{flag} {free}")
     warning = ""
     if threads > cores:
         warning = (f"{threads} threads ({source}) but this process may use {cores} core(s): threads beyond the "
-                   f"cores make OpenFHE 4-30x slower; use --threads {max(1, cores - round(load))} "
-                   f"(or unset {source})")
+                   f"cores make OpenFHE 4-30x slower; use {fix}")
     elif oversubscribed:
-        free = max(1, cores - round(load))
-        warning = (f"{threads} threads on {cores} core(s) with a load of {load:.1f} from other work: threads "
-                   f"beyond the free cores make OpenFHE 4-30x slower; use --threads {free} "
-                   f"(or {ENV}={free})")
+        warning = (f"{threads} threads ({source}) on {cores} core(s) with a load of {load:.1f} from other work: "
+                   f"threads beyond the free cores make OpenFHE 4-30x slower; use {fix}")
     return ThreadChoice(threads, cores, load, source, oversubscribed or threads > cores, warning, wait_policy())
 
 
@@ -262,10 +263,8 @@ def apply(choice: ThreadChoice, warn: bool = True) -> ThreadChoice:
     os.environ["OMP_NUM_THREADS"] = os.environ[_OMP_BY_US] = str(choice.threads)
     if choice.wait_policy and not os.environ.get("OMP_WAIT_POLICY"):
         os.environ["OMP_WAIT_POLICY"] = choice.wait_policy.upper()  # read once, when libgomp loads
-    if "ckksnet.backend.ops_openfhe" in sys.modules or "openfhe" in sys.modules:
-        from ckksnet.core.backend import get_backend
-
-        get_backend("openfhe").set_threads(choice.threads)
+    for backend in _backends():
+        backend.set_threads(choice.threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(choice.threads)
     _APPLIED = choice
@@ -279,7 +278,7 @@ def set_threads(n: int | None = None) -> ThreadChoice:
     """Threads for OpenFHE (and torch, where loaded) in this process, for notebooks and scripts:
     ``n``, else the default rule (``$CKKSNET_THREADS``, ...). Returns the :class:`ThreadChoice`;
     prints its warning once when the machine is oversubscribed."""
-    return apply(choose_threads(n, "set_threads"))
+    return apply(choose_threads(n, "set_threads") if n is not None else choose_threads())
 
 
 def current() -> ThreadChoice:
@@ -287,6 +286,22 @@ def current() -> ThreadChoice:
     return _APPLIED if _APPLIED is not None else choose_threads()
 
 
+def _backends() -> list:
+    """The backends loaded in this process (none imported here: a backend not loaded yet reads
+    ``OMP_NUM_THREADS`` when it loads). OpenFHE imported directly counts as loaded."""
+    if "ckksnet.core.backend" not in sys.modules and "openfhe" not in sys.modules:
+        return []
+    from ckksnet.core.backend import get_backend, loaded_backends
+
+    if "openfhe" in sys.modules:
+        get_backend("openfhe")  # registers it (its module loads no OpenFHE of its own)
+    return loaded_backends()
+
+
 def report_fields() -> dict:
-    """``threads``, ``cores``, ``load``, ``threads_source``, ``omp_wait_policy`` for a report."""
-    return current().to_dict()
+    """``threads``, ``cores``, ``load``, ``threads_source``, ``omp_wait_policy`` for a report,
+    and what each loaded backend's threading library says (e.g. ``openmp_threads``)."""
+    fields = current().to_dict()
+    for backend in _backends():
+        fields.update(backend.thread_report())
+    return fields

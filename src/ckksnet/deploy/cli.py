@@ -15,10 +15,47 @@ from ckksnet.deploy.service_cli import add_query, add_serve
 from ckksnet.errors import CkksnetError
 
 
+#: commands that compute (OpenFHE or torch): each takes --threads (flags.FLAGS["threads"])
+COMPUTING = ("demo", "infer", "plan", "compile", "keygen", "encrypt", "run", "decrypt", "predict", "fidelity",
+             "bootstrap", "train", "snapshot", "eval", "serve")
+#: the commands among them that run torch (its intra-op threads are set too)
+TORCH = ("demo", "infer", "plan", "compile", "predict", "fidelity", "train", "snapshot", "eval")
+#: commands whose one-line text reports times: it says on how many threads
+TIMED = ("demo", "infer", "plan", "compile", "keygen", "run", "fidelity", "bootstrap", "eval")
+
+
+def _with_threads(report: dict) -> dict:
+    """``report`` with the threads it ran on (threads, cores, load, where the count came from,
+    and the OpenMP runtime's own figure where one is loaded)."""
+    from ckksnet.core import threads
+
+    return {**report, **threads.report_fields()}
+
+
 def _emit(args: argparse.Namespace, report: dict, text: str) -> int:
-    """Print ``report`` as JSON with --json, else the one-line ``text``."""
+    """Print ``report`` as JSON with --json, else the one-line ``text``; both say the threads
+    the command computed with (commands that compute)."""
+    if args.command in COMPUTING:
+        report = _with_threads(report)
+        if args.command in TIMED:
+            from ckksnet.core import threads
+
+            text += f"\n(on {threads.current().text()})"
     print(json.dumps(report, indent=2) if args.json else text)
     return 0
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Before any command computes: choose its threads (--threads, $CKKSNET_THREADS, ...), set
+    them before OpenFHE or torch loads, and warn once (stderr) when they overload the machine."""
+    from ckksnet.core import threads
+
+    choice = threads.apply(threads.choose_threads(args.threads, "--threads"))
+    args.threads = choice.threads
+    if args.command in TORCH:
+        import torch
+
+        torch.set_num_threads(choice.threads)
 
 
 def _command_line() -> str:
@@ -52,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        progress=args.progress)
     folder, result = export_checkpoint(model, cfg, run["history"], train_split, test_split, args.out,
                                        _command_line(), args.calibration_images)
-    print(json.dumps({"checkpoint": str(folder), "test_accuracy": result["accuracy"]}))
+    print(json.dumps(_with_threads({"checkpoint": str(folder), "test_accuracy": result["accuracy"]})))
     return 0
 
 
@@ -68,8 +105,8 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
                                        load_cifar10("test", args.data), args.out,
                                        f"ckksnet train (run {args.run_dir}); snapshot by {_command_line()}",
                                        args.calibration_images, note)
-    print(json.dumps({"checkpoint": str(folder), "epochs": len(history), "test_accuracy": result["accuracy"],
-                      "note": note}))
+    print(json.dumps(_with_threads({"checkpoint": str(folder), "epochs": len(history),
+                                    "test_accuracy": result["accuracy"], "note": note})))
     return 0
 
 
@@ -294,7 +331,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64], metavar="W",
                    help="channels of the three stages")
     p.add_argument("--limit", type=int, help="train on the first LIMIT images only")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every core)")
     p.add_argument("--cutout", type=int, default=0, help="cutout square side in pixels (0 = off)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (0 = off)")
     p.add_argument("--device", default="cpu",
@@ -696,6 +732,10 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_demo, _add_infer, _add_plan, _add_client_server, _add_fidelity, _add_bootstrap, _add_train,
                 _add_snapshot, _add_eval, _add_approx, add_serve, add_query):
         add(sub)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name in COMPUTING:
+                flags.add(action.choices[name], "threads")
     for each in _every_parser(parser):  # add_parser does not pass the formatter down
         each.formatter_class = _DefaultsFormatter
         _describe(each)
@@ -725,10 +765,6 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", 0) is None:
-        import os
-
-        args.threads = os.cpu_count() or 1
     if getattr(args, "skip_memory_check", False):
         import os
 
@@ -737,6 +773,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[SKIP_ENV] = "1"  # this process and the workers it starts
     shown, warnings.formatwarning = warnings.formatwarning, _once(_warning_line)
     try:
+        if args.command in COMPUTING:
+            _apply_threads(args)
         return args.func(args)
     except CkksnetError as exc:
         print(f"ckksnet {args.command}: error: {exc}", file=sys.stderr)

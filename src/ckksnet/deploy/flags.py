@@ -66,6 +66,10 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "resize": (("--resize",), {"nargs": "?", "const": "crop", "choices": ("crop", "stretch"), "default": False,
                                "help": "resize PNG/JPEG images to the model's size: crop (default: keep the "
                                        "aspect ratio, take the centre) or stretch"}),
+    "threads": (("--threads",), {"metavar": "N",
+                                 "help": "threads to compute with (OpenFHE's OpenMP threads, torch's): default "
+                                         "$CKKSNET_THREADS, else $OMP_NUM_THREADS, else the cores this process may "
+                                         "use (affinity, cgroup quota) less the load of other work at start"}),
 }
 #: the flags of a compiled plan's sign tables, together
 SIGN_TABLES = ("alpha", "eps-bits", "relu-sign")
