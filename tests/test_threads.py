@@ -252,3 +252,11 @@ def test_bootstrap_json_reports_the_threads_openfhe_loaded_with():
     assert (report["threads"], report["threads_source"]) == (1, "--threads")
     assert report["cores"] >= 1 and report["load"] >= 0
     assert report["openmp_threads"] == 1 and report["openmp_threads_at_load"] == 1
+
+
+def test_serve_workers_share_the_free_cores(monkeypatch):
+    _machine(monkeypatch, 8, 0.0)
+    choice = threads.choose_threads(processes=4)
+    assert (choice.threads, choice.processes) == (2, 4) and not choice.warning
+    choice = threads.choose_threads(4, "--threads", processes=4)  # 16 threads on 8 cores
+    assert choice.oversubscribed and "x 4 processes" in choice.warning and "--threads 2" in choice.warning

@@ -172,12 +172,16 @@ class ThreadChoice:
     oversubscribed: bool
     warning: str = ""
     wait_policy: str | None = None
+    processes: int = 1  #: processes computing with ``threads`` each (``serve --workers``)
 
     def to_dict(self) -> dict:
         """The fields reports carry: threads, cores, load, source, wait policy."""
         d = asdict(self)
-        return {"threads": d["threads"], "cores": d["cores"], "load": d["load"], "threads_source": d["source"],
-                "omp_wait_policy": d["wait_policy"]}
+        out = {"threads": d["threads"], "cores": d["cores"], "load": d["load"], "threads_source": d["source"],
+               "omp_wait_policy": d["wait_policy"]}
+        if self.processes > 1:
+            out["processes"] = self.processes
+        return out
 
     def text(self) -> str:
         """'1 thread, 2 cores, load 5.4' for one-line reports."""
@@ -215,11 +219,14 @@ def wait_policy() -> str | None:
     return DEFAULT_WAIT_POLICY
 
 
-def choose_threads(requested: int | str | None = None, flag: str = "--threads") -> ThreadChoice:
+def choose_threads(requested: int | str | None = None, flag: str = "--threads", processes: int = 1) -> ThreadChoice:
     """The threads to use: ``requested`` (the ``flag`` given, e.g. ``--threads``), else
     ``$CKKSNET_THREADS``, else ``$OMP_NUM_THREADS`` if set, else :func:`default_threads`. A bad
-    value raises :class:`ThreadsError` naming where it came from."""
+    value raises :class:`ThreadsError` naming where it came from. ``processes``: processes that
+    each compute with that many threads at once (``serve --workers``): the default shares the
+    free cores among them, and the warning counts them all."""
     cores, load = usable_cores(), round(other_load(), 2)
+    processes = max(1, int(processes))
     if requested is not None:
         threads, source = parse_threads(requested, flag), flag
     elif os.environ.get(ENV, "").strip():
@@ -228,19 +235,22 @@ def choose_threads(requested: int | str | None = None, flag: str = "--threads") 
         threads, source = parse_threads(os.environ["OMP_NUM_THREADS"].split(",")[0], "OMP_NUM_THREADS="), \
             "OMP_NUM_THREADS"
     else:
-        threads, source = default_threads(cores, load), "default"
-    oversubscribed = threads + round(load) > cores and threads > 1
-    free = max(1, cores - round(load))
+        threads, source = max(1, default_threads(cores, load) // processes), "default"
+    total = threads * processes
+    oversubscribed = total + round(load) > cores and total > 1
+    free = max(1, (cores - round(load)) // processes)
     fix = {"set_threads": f"ckksnet.set_threads({free})", ENV: f"{ENV}={free}",
            "OMP_NUM_THREADS": f"OMP_NUM_THREADS={free}"}.get(source, f"{flag} {free}")
+    asked = f"{threads} threads ({source})" + (f" x {processes} processes" if processes > 1 else "")
     warning = ""
-    if threads > cores:
-        warning = (f"{threads} threads ({source}) but this process may use {cores} core(s): threads beyond the "
-                   f"cores make OpenFHE 4-30x slower; use {fix}")
+    if total > cores:
+        warning = (f"{asked} but this process may use {cores} core(s): threads beyond the cores make OpenFHE "
+                   f"4-30x slower; use {fix}")
     elif oversubscribed:
-        warning = (f"{threads} threads ({source}) on {cores} core(s) with a load of {load:.1f} from other work: "
-                   f"threads beyond the free cores make OpenFHE 4-30x slower; use {fix}")
-    return ThreadChoice(threads, cores, load, source, oversubscribed or threads > cores, warning, wait_policy())
+        warning = (f"{asked} on {cores} core(s) with a load of {load:.1f} from other work: threads beyond the free "
+                   f"cores make OpenFHE 4-30x slower; use {fix}")
+    return ThreadChoice(threads, cores, load, source, oversubscribed or total > cores, warning, wait_policy(),
+                        processes)
 
 
 # ---------------------------------------------------------------- applying it

@@ -20,8 +20,15 @@ COMPUTING = ("demo", "infer", "plan", "compile", "keygen", "encrypt", "run", "de
              "bootstrap", "train", "snapshot", "eval", "serve")
 #: the commands among them that run torch (its intra-op threads are set too)
 TORCH = ("demo", "infer", "plan", "compile", "predict", "fidelity", "train", "snapshot", "eval")
+#: --threads help where the shared text is not the whole story
+_THREADS_HELP = {
+    "serve": {"help": "OpenMP threads of each worker process (default: the free cores shared among --workers; "
+                      "$CKKSNET_THREADS, $OMP_NUM_THREADS as elsewhere; Ray workers: one core each)"},
+    "run": {"help": "threads to compute with for one ciphertext file (default: $CKKSNET_THREADS, else "
+                    "$OMP_NUM_THREADS, else the free cores); a folder's Ray workers take --worker-cpus"},
+}
 #: commands whose one-line text reports times: it says on how many threads
-TIMED = ("demo", "infer", "plan", "compile", "keygen", "run", "fidelity", "bootstrap", "eval")
+TIMED = ("demo", "infer", "compile", "keygen", "run", "fidelity", "bootstrap", "eval")
 
 
 def _with_threads(report: dict) -> dict:
@@ -50,7 +57,8 @@ def _apply_threads(args: argparse.Namespace) -> None:
     them before OpenFHE or torch loads, and warn once (stderr) when they overload the machine."""
     from ckksnet.core import threads
 
-    choice = threads.apply(threads.choose_threads(args.threads, "--threads"))
+    workers = getattr(args, "workers", 1) if args.command == "serve" and not getattr(args, "ray", None) else 1
+    choice = threads.apply(threads.choose_threads(args.threads, "--threads", processes=workers or 1))
     args.threads = choice.threads
     if args.command in TORCH:
         import torch
@@ -735,7 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name in COMPUTING:
-                flags.add(action.choices[name], "threads")
+                flags.add(action.choices[name], "threads", threads=_THREADS_HELP.get(name, {}))
     for each in _every_parser(parser):  # add_parser does not pass the formatter down
         each.formatter_class = _DefaultsFormatter
         _describe(each)
