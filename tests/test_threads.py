@@ -184,7 +184,7 @@ def test_more_threads_than_cores_is_said_even_on_an_idle_machine(monkeypatch):
 def test_the_text_report_says_the_threads(monkeypatch, capsys):
     _machine(monkeypatch, 2, 0.0)
     assert main(["bootstrap", "--preset", "test", "--backend", "cleartext", "--threads", "1"]) == 0
-    assert "(on 1 thread, 2 cores, load 0.0)" in capsys.readouterr().out
+    assert "(max error 0.00e+00) (on 1 thread, 2 cores, load 0.0)" in capsys.readouterr().out
 
 
 def test_every_command_that_computes_takes_threads():

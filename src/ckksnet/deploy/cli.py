@@ -28,7 +28,7 @@ _THREADS_HELP = {
                     "$OMP_NUM_THREADS, else the free cores); a folder's Ray workers take --worker-cpus"},
 }
 #: commands whose one-line text reports times: it says on how many threads
-TIMED = ("demo", "infer", "compile", "keygen", "run", "fidelity", "bootstrap", "eval")
+TIMED = ("compile", "keygen", "run", "fidelity", "bootstrap", "eval")  # infer and demo: in their own line
 
 
 def _with_threads(report: dict) -> dict:
@@ -47,7 +47,7 @@ def _emit(args: argparse.Namespace, report: dict, text: str) -> int:
         if args.command in TIMED:
             from ckksnet.core import threads
 
-            text += f"\n(on {threads.current().text()})"
+            text += f" (on {threads.current().text()})"
     print(json.dumps(report, indent=2) if args.json else text)
     return 0
 
@@ -304,8 +304,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                            progress=not args.json, on_image=None if args.json else _print_image)
     from ckksnet.runtime import rotation_key_text
 
+    from ckksnet.core import threads
+
     return _emit(args, result, f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the "
-                 f"plaintext ones; keys {result['keygen_seconds']:.0f} s, {result['rotation_keys']} rotation "
+                 f"plaintext ones (on {threads.current().text()}); keys {result['keygen_seconds']:.0f} s, {result['rotation_keys']} rotation "
                  f"keys made for the kernels, {rotation_key_text(result['key_memory_gb'])}; peak memory "
                  f"{result['report']['peak_rss_gb']:.1f} GiB")
 
