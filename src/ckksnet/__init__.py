@@ -12,6 +12,8 @@ from ckksnet.errors import (ApproxError, CkksnetError, CompileError, ContextMism
                             PresetError, RangeError, SerializationError, ShapeError,
                             VersionMismatchError, WrongFileTypeError)
 
+from ckksnet.core.threads import set_threads  # standard library only
+
 __version__ = "0.1.0"
 
 
@@ -20,9 +22,6 @@ def __getattr__(name: str):
     if name == "compile":
         from ckksnet.compiler import compile as fn
         return fn
-    if name == "set_threads":
-        from ckksnet.core.threads import set_threads
-        return set_threads
     if name in ("Client", "Server"):
         import ckksnet.runtime as rt
         return getattr(rt, name)

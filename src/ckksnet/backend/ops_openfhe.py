@@ -11,8 +11,10 @@ modules when called (the HTTP service and the Ray driver stay light until a job 
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +24,7 @@ from ckksnet.backend import bundle
 from ckksnet.core.backend import Backend, BundleInfo, KeySetView, register_backend
 from ckksnet.core.costs import cost_model
 from ckksnet.core.params import PRESETS, Preset
+from ckksnet.core.threads import parse_threads
 from ckksnet.errors import WrongTypeError
 
 BOOTSTRAP_ROTATIONS = Path(__file__).with_name("bootstrap_rotations.json")
@@ -58,8 +61,6 @@ def openmp_libraries() -> list:
     ``openfhe/lib/libgomp.so`` under another name, so the dynamic linker takes the system's
     ``libgomp.so.1`` — or torch's ``torch/lib/libgomp.so.1`` when torch was imported first (one
     soname, one copy). Whichever it is, it is in ``/proc/self/maps``."""
-    import ctypes
-
     paths: list[str] = []
     try:
         with open("/proc/self/maps") as f:
@@ -86,8 +87,6 @@ def openmp_report() -> dict:
     and ``openmp_threads_at_load`` (the thread count libgomp took from ``OMP_NUM_THREADS`` when it
     loaded: asked from a fresh thread, which sees the global setting); {} while no OpenMP runtime
     is loaded."""
-    import threading
-
     libs = openmp_libraries()
     if not libs:
         return {}
@@ -141,8 +140,6 @@ class OpenFHE(Backend):
         """``n`` OpenMP threads: ``OMP_NUM_THREADS`` for an OpenMP runtime not loaded yet (and for
         child processes), and ``omp_set_num_threads(n)`` (ctypes) on each one loaded. OpenMP keeps
         that per calling thread: call it from the thread that computes (the CLI's main thread)."""
-        from ckksnet.core.threads import parse_threads
-
         n = parse_threads(n, "set_threads")
         os.environ["OMP_NUM_THREADS"] = str(n)
         for _, lib in openmp_libraries():

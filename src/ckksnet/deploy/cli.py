@@ -9,6 +9,7 @@ import math
 import shlex
 import sys
 
+from ckksnet.core import threads
 from ckksnet.core.text import count
 from ckksnet.deploy import flags
 from ckksnet.deploy.service_cli import add_query, add_serve
@@ -34,8 +35,6 @@ TIMED = ("compile", "keygen", "run", "fidelity", "bootstrap", "eval")  # infer a
 def _with_threads(report: dict) -> dict:
     """``report`` with the threads it ran on (threads, cores, load, where the count came from,
     and the OpenMP runtime's own figure where one is loaded)."""
-    from ckksnet.core import threads
-
     return {**report, **threads.report_fields()}
 
 
@@ -45,8 +44,6 @@ def _emit(args: argparse.Namespace, report: dict, text: str) -> int:
     if args.command in COMPUTING:
         report = _with_threads(report)
         if args.command in TIMED:
-            from ckksnet.core import threads
-
             text += f" (on {threads.current().text()})"
     print(json.dumps(report, indent=2) if args.json else text)
     return 0
@@ -55,8 +52,6 @@ def _emit(args: argparse.Namespace, report: dict, text: str) -> int:
 def _apply_threads(args: argparse.Namespace) -> None:
     """Before any command computes: choose its threads (--threads, $CKKSNET_THREADS, ...), set
     them before OpenFHE or torch loads, and warn once (stderr) when they overload the machine."""
-    from ckksnet.core import threads
-
     workers = getattr(args, "workers", 1) if args.command == "serve" and not getattr(args, "ray", None) else 1
     choice = threads.apply(threads.choose_threads(args.threads, "--threads", processes=workers or 1))
     args.threads = choice.threads
@@ -303,8 +298,6 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     result = inference.run(args.images, args.preset, args.data, args.checkpoint, flags.sign_tables(args),
                            progress=not args.json, on_image=None if args.json else _print_image)
     from ckksnet.runtime import rotation_key_text
-
-    from ckksnet.core import threads
 
     return _emit(args, result, f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the "
                  f"plaintext ones (on {threads.current().text()}); keys {result['keygen_seconds']:.0f} s, {result['rotation_keys']} rotation "
