@@ -29,7 +29,7 @@ _THREADS_HELP = {
                     "$OMP_NUM_THREADS, else the free cores); a folder's Ray workers take --worker-cpus"},
 }
 #: commands whose one-line text reports times: it says on how many threads
-TIMED = ("compile", "keygen", "run", "fidelity", "bootstrap", "eval")  # infer and demo: in their own line
+TIMED = ("compile", "keygen", "run", "fidelity", "bootstrap", "eval")  # infer, demo: in their text's first clause
 
 
 def _with_threads(report: dict) -> dict:
@@ -300,8 +300,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from ckksnet.runtime import rotation_key_text
 
     return _emit(args, result, f"{result['agreement'] * 100:.0f}% of encrypted predictions equal the "
-                 f"plaintext ones (on {threads.current().text()}); keys {result['keygen_seconds']:.0f} s, {result['rotation_keys']} rotation "
-                 f"keys made for the kernels, {rotation_key_text(result['key_memory_gb'])}; peak memory "
+                 f"plaintext ones (on {threads.current().text()}); keys {result['keygen_seconds']:.0f} s, "
+                 f"{result['rotation_keys']} rotation keys made for the kernels, {rotation_key_text(result['key_memory_gb'])}; peak memory "
                  f"{result['report']['peak_rss_gb']:.1f} GiB")
 
 
