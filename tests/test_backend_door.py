@@ -171,3 +171,19 @@ def test_an_interrupted_key_write_leaves_no_half_key_set(compiled, tmp_path, mon
     (tmp_path / "mine" / "notes.txt").write_text("not a key")
     with pytest.raises(ckksnet.SerializationError, match="other files"):
         client.save_keys(tmp_path / "mine")
+
+
+def test_ciphertext_files_record_their_role(compiled, tmp_path):
+    """Issue #38: decrypting an encrypted *input* (a 1-ciphertext input and output look alike)
+    is refused from what the file records, as is running a run's output again."""
+    name, plan, expected = compiled
+    client = Client(plan)
+    server = Server(plan, client.evaluation_keys())
+    client.save_ciphertext(client.encrypt(IMAGES[0]), tmp_path / "in.ckks")
+    with pytest.raises(ckksnet.InputError, match="in.ckks: it is an encrypted input"):
+        client.load_ciphertext(tmp_path / "in.ckks", expect="output")
+    server.save_ciphertext(server.run(server.load_ciphertext(tmp_path / "in.ckks")), tmp_path / "out.ckks")
+    with pytest.raises(ckksnet.InputError, match="already the output of a run"):
+        server.load_ciphertext(tmp_path / "out.ckks")
+    got = client.decrypt(client.load_ciphertext(tmp_path / "out.ckks", expect="output"))
+    assert np.max(np.abs(got - expected[0])) < 2e-2

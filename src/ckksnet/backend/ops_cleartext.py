@@ -151,14 +151,14 @@ class Cleartext(Backend):
         return CleartextEvaluator(info.preset, info.context_id, frozenset(info.rotations), info.bootstrap)
 
     # ------------------------------------------------------------ ciphertexts
-    def ciphertext_to_bytes(self, keys, ct) -> bytes:
+    def ciphertext_to_bytes(self, keys, ct, role: str | None = None) -> bytes:
         parts = tiles_of(ct)
         for c in parts:
             _check(c, keys.preset)
         buf = io.BytesIO()
         np.save(buf, np.stack([c.data for c in parts]), allow_pickle=False)
         header = {"context_id": keys.context_id, "preset": keys.preset.name,
-                  "extra": {"levels": [int(c.level) for c in parts]}}
+                  "extra": {"levels": [int(c.level) for c in parts]}} | ({"role": role} if role else {})
         return pack("ciphertext", buf.getvalue(), header)
 
     def ciphertext_from_bytes(self, keys, data: bytes):

@@ -217,10 +217,10 @@ class OpenFHE(Backend):
         return bundle.load_memory_gib(bundle_bytes)
 
     # ------------------------------------------------------------ ciphertexts
-    def ciphertext_to_bytes(self, keys, ct) -> bytes:
+    def ciphertext_to_bytes(self, keys, ct, role: str | None = None) -> bytes:
         from ckksnet.backend.serialize import ciphertext_to_bytes
 
-        return ciphertext_to_bytes(keys, ct)
+        return ciphertext_to_bytes(keys, ct, role)
 
     def ciphertext_from_bytes(self, keys, data: bytes):
         from ckksnet.backend.serialize import ciphertext_from_bytes

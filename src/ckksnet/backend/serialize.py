@@ -138,16 +138,17 @@ def bootstrap_keys_to_bytes(ctx: CkksContext) -> bytes:
 MAX_TILES = 4096
 
 
-def ciphertext_to_bytes(ctx: CkksContext, ct: Ciphertext) -> bytes:
+def ciphertext_to_bytes(ctx: CkksContext, ct: Ciphertext, role: str | None = None) -> bytes:
     """One ciphertext, or the :class:`~ckksnet.core.tiles.Tiles` of a tensor over several (their
-    payloads one after another, each one's length in the header's ``tiles`` list)."""
+    payloads one after another, each one's length in the header's ``tiles`` list). ``role``
+    ("input", "output"), if given, goes in the header (a reader checks it)."""
     require_type(ctx, CkksContext, "the key set", "a CkksClient or CkksServer")
     parts = tiles_of(ct)
     for c in parts:
         ctx.check_ciphertext(c)
     payloads = [ofhe.Serialize(c, ofhe.BINARY) for c in parts]
     extra = {"tiles": [len(p) for p in payloads]} if isinstance(ct, Tiles) else None
-    return pack("ciphertext", b"".join(payloads), key_fields(ctx) | (extra or {}))
+    return pack("ciphertext", b"".join(payloads), key_fields(ctx) | (extra or {}) | ({"role": role} if role else {}))
 
 
 # ---------------------------------------------------------------- key objects: from bytes

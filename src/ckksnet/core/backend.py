@@ -204,13 +204,21 @@ class Backend(ABC):
 
     # ------------------------------------------------------------ ciphertexts
     @abstractmethod
-    def ciphertext_to_bytes(self, keys: SecretKeys | Evaluator, ct: Ciphertext) -> bytes:
+    def ciphertext_to_bytes(self, keys: SecretKeys | Evaluator, ct: Ciphertext, role: str | None = None) -> bytes:
         """A ciphertext (or the tiles of one tensor) as a ciphertext envelope
-        (:mod:`ckksnet.core.envelope`, kind ``ciphertext``, header field ``context_id``)."""
+        (:mod:`ckksnet.core.envelope`, kind ``ciphertext``, header fields ``context_id`` and, if
+        given, ``role``: "input" (a client's encryption) or "output" (a server's run))."""
 
     @abstractmethod
     def ciphertext_from_bytes(self, keys: SecretKeys | Evaluator, data: bytes) -> Ciphertext:
         """The inverse of :meth:`ciphertext_to_bytes`, for ``keys``' key set only."""
+
+
+def ciphertext_role(data: bytes) -> str | None:
+    """What a ciphertext envelope says it is: "input", "output", or None (a file written before
+    ciphertexts recorded it). Raises the envelope's errors."""
+    _, header = unpack(data, CIPHERTEXT_KIND)
+    return header_field(header, "role", str, "ciphertext header") if "role" in header else None
 
 
 def ciphertext_keyset(data: bytes) -> str:

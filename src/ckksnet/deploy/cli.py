@@ -600,7 +600,7 @@ def _cmd_decrypt(args: argparse.Namespace) -> int:
         files += found
     preds = []
     for name in files:
-        logits = client.decrypt(client.load_ciphertext(name))
+        logits = client.decrypt(client.load_ciphertext(name, expect="output"))
         preds.append({"ciphertext": name, **_prediction(logits, client.spec.classes)})
     if len(args.ciphertext) == 1 and len(files) == 1 and not Path(args.ciphertext[0]).is_dir():
         return _emit(args, preds[0], _prediction_text("encrypted prediction", preds[0]))

@@ -23,15 +23,16 @@ from tqdm.auto import tqdm
 
 import ckksnet.kernels  # noqa: F401  (registers the built-in kernel types plans name)
 from ckksnet.core import artifact
-from ckksnet.core.backend import EVAL_DIR, SECRET_KEY_FILE, Backend, KeySet, SecretKeys, get_backend
+from ckksnet.core.backend import (EVAL_DIR, SECRET_KEY_FILE, Backend, KeySet, SecretKeys, ciphertext_role,
+                                  get_backend)
 from ckksnet.core.envelope import load, save
 from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.memory import check_memory, peak_rss_gb, rss_gb  # noqa: F401  (re-exported)
 from ckksnet.core.plan import ClientSpec, Plan
 from ckksnet.core.tiles import join, split_packed, tiles_of, width
 from ckksnet.core.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
-from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, SerializationError, ShapeError,
-                            WrongTypeError)
+from ckksnet.errors import (ContextMismatchError, InputError, LevelError, MissingKeyError, SerializationError,
+                            ShapeError, WrongTypeError)
 
 
 def load_plan(path) -> Plan:
@@ -143,19 +144,27 @@ class Client:
         """The server's view of the keys in this process: public and evaluation keys only."""
         return self.keys.evaluator()
 
-    def ciphertext_to_bytes(self, ct) -> bytes:
-        return self.backend.ciphertext_to_bytes(self.keys, ct)
+    def ciphertext_to_bytes(self, ct, role: str = "input") -> bytes:
+        """A ciphertext envelope naming the key set and ``role`` (what the client sends: "input")."""
+        return self.backend.ciphertext_to_bytes(self.keys, ct, role)
 
-    def ciphertext_from_bytes(self, data: bytes):
+    def ciphertext_from_bytes(self, data: bytes, expect: str | None = None):
+        """The ciphertext of an envelope of this key set (:class:`ContextMismatchError` for
+        another's); ``expect`` ("output" before decrypting logits): :class:`InputError` where the
+        envelope records another role."""
+        _check_role(data, expect)
         return self.backend.ciphertext_from_bytes(self.keys, data)
 
-    def save_ciphertext(self, ct, path: str | os.PathLike) -> Path:
-        """Write a ciphertext file (an envelope naming the key set)."""
-        return save(self.ciphertext_to_bytes(ct), path)
+    def save_ciphertext(self, ct, path: str | os.PathLike, role: str = "input") -> Path:
+        """Write a ciphertext file (an envelope naming the key set and the role)."""
+        return save(self.ciphertext_to_bytes(ct, role), path)
 
-    def load_ciphertext(self, path: str | os.PathLike):
-        """Read a ciphertext file of this key set (:class:`ContextMismatchError` for another's)."""
-        return self.ciphertext_from_bytes(load(path))
+    def load_ciphertext(self, path: str | os.PathLike, expect: str | None = None):
+        """Read a ciphertext file of this key set (see :meth:`ciphertext_from_bytes`)."""
+        try:
+            return self.ciphertext_from_bytes(load(path), expect)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from exc
 
 
 def rotation_key_text(key_memory_gb: dict | None) -> str:
@@ -203,16 +212,22 @@ class Server:
         return cls(plan, keys)
 
     def ciphertext_to_bytes(self, ct) -> bytes:
-        return self.backend.ciphertext_to_bytes(self.evaluator, ct)
+        """A run's result as a ciphertext envelope (role "output")."""
+        return self.backend.ciphertext_to_bytes(self.evaluator, ct, "output")
 
     def ciphertext_from_bytes(self, data: bytes):
+        """A client's input ciphertext (:class:`InputError` for one a run already wrote)."""
+        _check_role(data, "input")
         return self.backend.ciphertext_from_bytes(self.evaluator, data)
 
     def save_ciphertext(self, ct, path: str | os.PathLike) -> Path:
         return save(self.ciphertext_to_bytes(ct), path)
 
     def load_ciphertext(self, path: str | os.PathLike):
-        return self.ciphertext_from_bytes(load(path))
+        try:
+            return self.ciphertext_from_bytes(load(path))
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from exc
 
     def run(self, ct, progress: bool = False, probe=None, on_step=None):
         """Encrypted inference of one ciphertext; fills :attr:`report`.
@@ -236,6 +251,19 @@ class Server:
         after = None if probe is None else (lambda i, step, ins, out: probe(i, step, ins, out))
         return walk(self.plan, ev, ct, refresh, self.report, progress=tqdm if progress else None,
                     on_step=on_step, after_step=after, free_memory=True)
+
+
+_ROLE_ADVICE = {"input": "it is an encrypted input (what encrypt writes), not a server's output: run it through the "
+                         "plan first (ckksnet run) and decrypt what the run writes",
+                "output": "it is already the output of a run: send the encrypted input (what encrypt writes)"}
+
+
+def _check_role(data: bytes, expect: str | None) -> None:
+    """:class:`InputError` where the envelope records a role other than ``expect`` (files
+    written before ciphertexts recorded their role pass)."""
+    role = ciphertext_role(data) if expect else None
+    if role is not None and role != expect:
+        raise InputError(_ROLE_ADVICE.get(role, f"its role is {role!r}, expected {expect!r}"))
 
 
 def check_keys(plan: Plan, keys: KeySet) -> None:
