@@ -52,8 +52,9 @@ CORE_LAZY_THIRD_PARTY = {"scipy"}
 
 #: (package, package it never imports, why), whatever the layers allow. Kernels and the compiler
 #: compute through ``core.evaluator.Evaluator`` and a backend found by name, never OpenFHE's
-#: classes. ``inference`` and ``fidelity`` are left out on purpose: they import
-#: ``backend.measure`` (lazily) to measure the backend, which is their job.
+#: classes. ``inference`` and ``fidelity`` are left out on purpose: they may import
+#: ``backend.measure`` (which loads OpenFHE only when it measures) to measure the backend, which is
+#: their job.
 FORBIDDEN = [
     ("kernels", "backend", "a kernel is written once against core.evaluator.Evaluator"),
     ("compiler", "backend", "the compiler reaches a backend by name (core.backend.get_backend)"),

@@ -186,9 +186,9 @@ def test_an_input_beyond_the_bound_is_reported_like_a_relus():
     with pytest.raises(RangeError, match="beyond their approximation's interval"):
         net.twin(np.round(IMAGES), strict=True, ranges=ranges)
     assert ranges["2"]["outside"] and set(ranges) == {"2", "6"}
-    from ckksnet.fidelity import relu_reports  # the fidelity report lists them as it lists ReLUs'
+    from ckksnet.fidelity import activation_reports  # the fidelity report lists them as it lists ReLUs'
 
-    report = relu_reports(net, ranges)
+    report = activation_reports(net, ranges)
     step = next(s for s, _, _ in net.steps if s.name == "2")
     assert report["2"]["outside"] == ranges["2"]["outside"] and report["2"]["bound"] == step.input_scale > 0
 

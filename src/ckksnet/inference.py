@@ -11,9 +11,13 @@ import time
 import numpy as np
 import torch
 
+from ckksnet.backend import measure
 from ckksnet.compiler.checkpoints import SignTables, compile_checkpoint
+from ckksnet.core.costs import CostModel
+from ckksnet.core.schedule import estimate_seconds
 from ckksnet.core.text import count
 from ckksnet.data import load_cifar10
+from ckksnet.fidelity import NoiseProbe
 from ckksnet.runtime import Client, Server, peak_rss_gb
 from ckksnet.training.train import to_tensor
 
@@ -67,26 +71,17 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     server = Server(net, client.evaluation_keys())
     costs = None
     if measure_costs:
-        from ckksnet.backend.measure import measure_costs as measure
-
-        from ckksnet.core.costs import CostModel
-        from ckksnet.core.schedule import estimate_seconds
-
-        costs = measure(client.keys, [1, 3, 5, 7, 12, 20])
+        costs = measure.measure_costs(client.keys, [1, 3, 5, 7, 12, 20])
         costs["estimate_seconds"] = round(estimate_seconds(net, CostModel(preset, costs["coefficients"])), 1)
     with torch.no_grad():
         plain = model(to_tensor(images)).double().numpy()
     records, first_report, probe = [], None, None
     if calibrate_noise:
-        from ckksnet.fidelity import NoiseProbe
-
         probe = NoiseProbe(net, client)
     for i in range(k):
         ref = None
         if reference_each:
-            from ckksnet.backend.measure import reference_bootstrap
-
-            ref = reference_bootstrap(client.keys)
+            ref = measure.reference_bootstrap(client.keys)
         timed = _Timed(probe if i == 0 else None)
         t = time.time()
         ct = client.encrypt(images[i])

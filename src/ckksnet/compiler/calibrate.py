@@ -16,8 +16,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ckksnet.compiler.graph import activation_nodes, trace
+from ckksnet.compiler.user_checks import calibration_batch
 from ckksnet.errors import InputError
-from ckksnet.inputs import as_images
+from ckksnet.inputs import _to_array, as_images
 
 
 class _TopK:
@@ -39,8 +40,6 @@ class _TopK:
 def _pixels(images, image_shape: tuple | None) -> tuple[object, tuple]:
     """The images and their (C, H, W): uint8 NHWC (values 0..255) or float NCHW in [0, 1], the
     forms ``plan.twin`` and ``client.encrypt`` accept (checked by :func:`ckksnet.inputs.as_images`)."""
-    from ckksnet.inputs import _to_array
-
     arr = _to_array(images)
     if image_shape is None:
         if arr.ndim != 4:
@@ -48,8 +47,6 @@ def _pixels(images, image_shape: tuple | None) -> tuple[object, tuple]:
                              f"got shape {arr.shape}")
         image_shape = (arr.shape[3],) + arr.shape[1:3] if arr.dtype == np.uint8 else arr.shape[1:]
     image_shape = tuple(int(v) for v in image_shape)
-    from ckksnet.compiler.user_checks import calibration_batch
-
     return calibration_batch(arr, image_shape), image_shape  # one image: a batch of one
 
 

@@ -16,13 +16,26 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import pickle
 import sys
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckksnet.compiler.phases import compile_model, relu_overrides
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ckksnet.compiler.graph import activation_nodes, trace
+from ckksnet.compiler.model_forms import ModelFormWarning, refuse_quantized
+from ckksnet.compiler.phases import _input_size, compile_model, input_normalization, relu_overrides
+from ckksnet.compiler.user_checks import infer_channels
 from ckksnet.core.plan import Plan
-from ckksnet.errors import CompileError, DataError
+from ckksnet.errors import CompileError, DataError, InputError
+from ckksnet.imagefile import PIL_SUFFIXES, read_image
+from ckksnet.inputs import as_images
+from ckksnet.models import load_bundled, load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -50,8 +63,6 @@ def load_model(checkpoint: str | None = None, factory: str | None = None, weight
     of the bundled ResNet-20 when neither is given. Raises :class:`CompileError` (a factory that
     cannot be imported, called or gives no ``nn.Module``; both sources given; weights without a
     factory) and :class:`DataError` (a checkpoint or weights file missing, unreadable or not fitting)."""
-    from ckksnet.models import load_bundled, load_checkpoint
-
     if factory is None:
         if weights is not None:
             raise CompileError("--weights loads a state dict into the model of --model package.module:factory; "
@@ -60,8 +71,6 @@ def load_model(checkpoint: str | None = None, factory: str | None = None, weight
     if checkpoint is not None:
         raise CompileError(f"give either --checkpoint ({checkpoint}) or --model ({factory}), not both")
     model = load_factory_model(factory)
-    from ckksnet.compiler.model_forms import refuse_quantized
-
     refuse_quantized(model)  # before anything traces it: one clear refusal
     if weights is not None:
         load_weights(model, weights, factory, trust_pickle)
@@ -73,8 +82,6 @@ def load_factory_model(spec: str):
     allowed) is a class or function called with no arguments, or a module instance. The module
     is imported from sys.path or the current directory. Raises :class:`CompileError` saying
     which part failed."""
-    import torch.nn as nn
-
     module_name, sep, attr = str(spec).partition(":")
     if not (sep and module_name and attr):
         raise CompileError(f"--model {spec!r}: expected MODULE:FACTORY, e.g. mypackage.models:make_model "
@@ -165,10 +172,6 @@ def load_weights(model, path: str, spec: str = "the model", trust_pickle: bool =
 
 def _read_weights(p: Path, trust_pickle: bool):
     """What ``torch.load`` reads from ``p``: tensors and containers only, unless ``trust_pickle``."""
-    import pickle
-
-    import torch
-
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -202,9 +205,7 @@ def _pickled_globals(p: Path) -> list[str]:
     """The Python objects (module.name) a torch file's pickle names beyond what weights_only allows,
     read without unpickling; empty if they cannot be read."""
     try:
-        from torch.serialization import get_unsafe_globals_in_checkpoint
-
-        return list(get_unsafe_globals_in_checkpoint(str(p)))
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(p)))
     except Exception:
         return []
 
@@ -214,8 +215,6 @@ _STATE_KEYS = ("model_state_dict", "state_dict", "model", "model_state", "net", 
 
 
 def _is_state_dict(obj) -> bool:
-    import torch
-
     return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                        for k, v in obj.items())
 
@@ -223,12 +222,6 @@ def _is_state_dict(obj) -> bool:
 def _state_dict_in(obj, p: Path, model) -> dict:
     """The state dict in what a weights file held: itself, a pickled model's, or the one in a
     training checkpoint (a ModelFormWarning names the key); DataError where none or several."""
-    import warnings
-
-    import torch.nn as nn
-
-    from ckksnet.compiler.model_forms import ModelFormWarning
-
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, dict) and not obj:
@@ -282,9 +275,6 @@ def model_input_shape(model, meta: dict | None = None, input_shape=None, image_s
     ``image_size`` (N for N x N, or (H, W); default 32 x 32, not for a factory's model, whose
     metadata names it: no size is guessed for it). Raises :class:`CompileError` where the model
     cannot tell (give --input-shape), a factory's model has neither size, or two disagree."""
-    from ckksnet.compiler.graph import trace
-    from ckksnet.compiler.phases import _input_size, input_normalization
-
     size = _pair(image_size)
     if input_shape is not None:
         channels, hw = _input_size(tuple(input_shape), size)
@@ -305,8 +295,6 @@ def model_input_shape(model, meta: dict | None = None, input_shape=None, image_s
     try:
         _, mean, _ = input_normalization(graph, modules)
     except CompileError:  # no convolution, no per-channel mean/std: an MLP's first dense layer tells
-        from ckksnet.compiler.user_checks import infer_channels
-
         channels = infer_channels(model, graph, modules, None, hw)
         if channels is None:
             raise
@@ -330,12 +318,6 @@ def read_calibration(path: str, input_shape: tuple[int, int, int]):
     (N, H, W, C) 0..255 or float (N, C, H, W) in [0, 1] (1 channel: (N, H, W) too). Raises
     :class:`DataError` for a file or folder that cannot be read and the input errors
     (:class:`ShapeError`, :class:`RangeError`, ...) naming the file for images that do not fit."""
-    import numpy as np
-
-    from ckksnet.errors import InputError
-    from ckksnet.imagefile import PIL_SUFFIXES, read_image
-    from ckksnet.inputs import as_images
-
     c, h, w = input_shape
     p = Path(path)
     if p.is_dir():
@@ -351,8 +333,6 @@ def read_calibration(path: str, input_shape: tuple[int, int, int]):
         raise DataError(f"--calibration {p}: no such file or folder")
     try:
         if p.suffix.lower() == ".npz":
-            import zipfile
-
             if not zipfile.is_zipfile(p):
                 raise DataError(f"--calibration {p}: not an .npz archive (numpy.savez writes one)")
             with np.load(p, allow_pickle=False) as data:
@@ -394,8 +374,6 @@ def compile_checkpoint(checkpoint: str | None = None, preset: str = "secure",
     shape = model_input_shape(model, meta, input_shape, image_size)
     if calibration is not None:
         images = read_calibration(calibration, shape)
-        from ckksnet.compiler.graph import activation_nodes, trace
-
         relus = list(activation_nodes(trace(model), dict(model.named_modules())).values())
         plan = compile_model(model, calibration=images, preset=preset, input_shape=shape,
                              **signs.compile_kwargs(relus), **options)

@@ -24,6 +24,7 @@ reads pixels in [0, 1] as they are).
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import operator
 import warnings
@@ -34,6 +35,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ckksnet.approx.relu import extension_bits
 from ckksnet.compiler.calibrate import calibrate
 from ckksnet.compiler.graph import lowering_key, source_line, step_names, trace
 from ckksnet.compiler.model_forms import prepare_model
@@ -48,6 +50,7 @@ from ckksnet.core.plan import Value
 from ckksnet.kernels.registry import LOWERINGS
 from ckksnet.core.schedule import schedule_plan
 from ckksnet.errors import CkksnetError, CompileError
+from ckksnet.inputs import as_images
 from ckksnet.layout import Layout, VectorLayout
 from ckksnet.nn import Normalize
 from ckksnet.compiler import user_checks  # what users write: subclasses, hints, channels, ranges
@@ -106,7 +109,6 @@ def compile_model(model: nn.Module, calibration: np.ndarray | dict | None = None
         raise CompileError(f"rotation_key_policy must be 'reuse', 'pow2' or 'direct', not {rotation_key_policy!r}")
     preset = get_preset(preset) if isinstance(preset, str) else preset
     runs_on = get_backend(backend)
-    from ckksnet.approx.relu import extension_bits
     try:
         extension_bits(relu_extension)
     except CkksnetError as exc:
@@ -160,8 +162,6 @@ def check_depth(plan: Plan, model: nn.Module, images, image_shape: tuple, pipeli
     with depth); warns (:class:`ApproximationDriftWarning`) when the largest logit difference
     passes DRIFT_LOGIT_ERROR or a top-1 prediction differs, naming the finer sign table to try.
     Returns {"max_logit_error", "agreement", "images"}."""
-    from ckksnet.inputs import as_images
-
     x, _ = as_images(np.asarray(images)[:n], *image_shape)
     if pipeline is not None:
         mean, std = (np.asarray(v, dtype=np.float64) for v in pipeline)
@@ -194,8 +194,6 @@ def check_depth(plan: Plan, model: nn.Module, images, image_shape: tuple, pipeli
 def relu_overrides(specs: list, names) -> dict[str, tuple[int, int]]:
     """{ReLU step name: (alpha, eps_bits)} from ``--relu-sign`` specs matched (fnmatch) against
     ``names``, later specs winning. Raises :class:`CompileError` for a pattern matching no ReLU."""
-    import fnmatch
-
     out: dict[str, tuple[int, int]] = {}
     for pattern, table in specs:
         hits = fnmatch.filter(list(names), pattern)

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ckksnet.errors import CompileError
+from ckksnet.inputs import _to_array
 
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 _CKKSNET_DIR = str(Path(__file__).resolve().parent.parent)
@@ -204,8 +205,6 @@ def calibration_batch(calibration, image_shape: tuple):
     one) becomes a batch of one; anything else is returned as it is (checked later)."""
     if calibration is None or isinstance(calibration, dict):
         return calibration
-    from ckksnet.inputs import _to_array
-
     arr = _to_array(calibration)
     c, h, w = image_shape
     if arr.ndim == 3 and c > 1:

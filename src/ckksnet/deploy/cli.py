@@ -6,14 +6,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
 
 from ckksnet.core import threads
+from ckksnet.core.memory import SKIP_ENV
+from ckksnet.core.params import get_preset
 from ckksnet.core.text import count
 from ckksnet.deploy import flags
 from ckksnet.deploy.service_cli import add_query, add_serve
-from ckksnet.errors import CkksnetError
+from ckksnet.errors import CkksnetError, InputError
 
 
 #: commands that compute (OpenFHE or torch): each takes --threads (flags.FLAGS["threads"])
@@ -81,9 +88,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
     if args.teacher_depth:  # a teacher first, same recipe, in RUN_DIR/teacher; then the distilled student
-        from dataclasses import replace
-        from pathlib import Path
-
         teacher_cfg = replace(cfg, blocks=(args.teacher_depth - 2) // 6, epochs=args.teacher_epochs or cfg.epochs,
                               teacher=None, kd_weight=0.0)
         train(teacher_cfg, train_split, Path(args.run_dir) / "teacher", progress=args.progress)
@@ -129,8 +133,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.limit is not None:
         split = split.stratified(args.limit)  # the test split is class-sorted: every class, in turn
     if (h, w) != split.images.shape[1:3]:
-        from dataclasses import replace
-
         top, left = (split.images.shape[1] - h) // 2, (split.images.shape[2] - w) // 2
         split = replace(split, images=split.images[:, top:top + h, left:left + w].copy(),
                         source=f"{split.source}, each image's {h}x{w} centre")
@@ -150,12 +152,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
     """Encrypt a random vector, bootstrap it, decrypt it; print times and precision in bits."""
-    import time
-
     import numpy as np
 
     from ckksnet.core.backend import get_backend
-    from ckksnet.core.params import get_preset
 
     preset = get_preset(args.preset)
     t0 = time.time()
@@ -415,8 +414,6 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     net.classes = flags.default_classes(args, len(net.classes))  # --model: indices unless --classes names them
     folder = net.save(args.out)
     if args.model and not args.weights:  # said after success: a refusal stays one line
-        import warnings
-
         warnings.warn(f"--model {args.model} without --weights: the plan holds the factory's own weights "
                       "(random unless it loads trained ones)", stacklevel=1)
     spec = net.client_spec()
@@ -432,9 +429,6 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     """Make every key a client artifact asks for; write the key set (secret key owner-only)."""
-    import time
-    from pathlib import Path
-
     from ckksnet.core.backend import EVAL_DIR, SECRET_KEY_FILE
     from ckksnet.runtime import Client, load_client_spec
 
@@ -467,9 +461,6 @@ def _client_from_files(client_artifact: str, keys: str):
 
 def _cmd_encrypt(args: argparse.Namespace) -> int:
     """Encrypt images (PNG / JPEG / .npy), one ciphertext file each."""
-    from pathlib import Path
-
-    from ckksnet.errors import InputError
     from ckksnet.imagefile import read_image
 
     out = Path(args.out)
@@ -507,8 +498,6 @@ def _check_input_shape(args: argparse.Namespace, shape: tuple) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     """The server side, offline: a ciphertext file through the plan with the evaluation keys;
     a folder of them (or ``--workers``) goes to :func:`_cmd_run_batch`."""
-    from pathlib import Path
-
     if Path(args.input).is_dir() or args.workers is not None or args.ray is not None:
         return _cmd_run_batch(args)
     from ckksnet.runtime import Server, load_plan
@@ -526,9 +515,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _check_writable(path: str) -> None:
     """Raise :class:`CkksnetError` now if ``path`` could not be written later: its folder is
     missing or not writable, or it is a folder."""
-    import os
-    from pathlib import Path
-
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
@@ -588,8 +574,6 @@ def _prediction_text(what: str, pred: dict) -> str:
 def _cmd_decrypt(args: argparse.Namespace) -> int:
     """The client decrypts the server's output: logits, class name, softmax probabilities. With
     several files (or a folder of .ckks files) one line each, JSON ``{"predictions": [...]}``."""
-    from pathlib import Path
-
     client = _client_from_files(args.client, args.keys)
     files = []
     for name in args.ciphertext:
@@ -765,14 +749,8 @@ def _once(fmt):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
     args = build_parser().parse_args(argv)
     if getattr(args, "skip_memory_check", False):
-        import os
-
-        from ckksnet.core.memory import SKIP_ENV
-
         os.environ[SKIP_ENV] = "1"  # this process and the workers it starts
     shown, warnings.formatwarning = warnings.formatwarning, _once(_warning_line)
     try:
@@ -783,8 +761,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ckksnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `ckksnet ... --json | head`: the reader left; not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     finally:

@@ -8,6 +8,9 @@ nor OpenFHE (``ckksnet --help`` stays fast).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ckksnet.errors import InputError
 
 
 def relu_sign_arg(text: str) -> tuple[str, tuple[int, int]]:
@@ -96,10 +99,6 @@ def model_source(args: argparse.Namespace) -> dict:
 def class_names(args: argparse.Namespace) -> tuple[str, ...] | None:
     """The parsed ``--classes``: names from a text file (one a line) or a comma-separated list;
     None where not given."""
-    from pathlib import Path
-
-    from ckksnet.errors import InputError
-
     text = getattr(args, "classes", None)
     if text is None:
         return None
@@ -123,8 +122,6 @@ def default_classes(args: argparse.Namespace, outputs: int) -> tuple[str, ...]:
     names = class_names(args)
     if names is not None:
         if len(names) != outputs:
-            from ckksnet.errors import InputError
-
             raise InputError(f"--classes gives {len(names)} name(s) but the model has {outputs} outputs")
         return names
     if outputs == 10 and not getattr(args, "model", None):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import httpx
 from tqdm import tqdm
 
+from ckksnet.deploy.service.bundle import tar_length, tar_stream
 from ckksnet.errors import CkksnetError
 
 TERMINAL = ("done", "failed")
@@ -89,8 +90,6 @@ class RemoteClient:
         """Upload an evaluation-key folder (streamed as a tar, never held in memory); remember
         and return (keyset_id, token). Checks the server's size and key-set limits first, so
         that a refused bundle is not sent (the server checks them again)."""
-        from ckksnet.deploy.service.bundle import tar_length, tar_stream
-
         length, health = tar_length(eval_folder), self.health()
         limits = health["limits"]
         if length > limits["max_body"]:

@@ -1,7 +1,7 @@
 """The ``ckksnet serve`` and ``ckksnet query`` sub-commands (added to ``ckksnet.deploy.cli``'s parser
 by :func:`add_serve` and :func:`add_query`). This module stays outside ``ckksnet.runtime`` and
-imports the service only when a command runs, so building the CLI parser stays cheap (no torch,
-no OpenFHE).
+imports the web application (FastAPI, the engine) and the HTTP client only when a command runs,
+so building the CLI parser stays cheap (no torch, no OpenFHE, no numpy).
 
     ckksnet serve --plan SERVER_PLAN --state DIR [--host 127.0.0.1] [--port 8000] ...
     ckksnet query --url URL upload --keys EVAL_DIR            -> {"keyset_id", "token"}
@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ckksnet.core.envelope import atomic_path
+from ckksnet.deploy.service import serve
 from ckksnet.errors import CkksnetError
 
 _UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
@@ -41,7 +42,6 @@ def size(text: str) -> int:
 
 # ---------------------------------------------------------------- serve
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ckksnet.deploy.service import serve
     from ckksnet.deploy.service.app import Limits
 
     limits = Limits(max_body=args.max_body, max_ciphertext=args.max_ciphertext, max_keysets=args.max_keysets,

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from ckksnet.core.slots import SlotEvaluator, SlotVector
 from ckksnet.core.tiles import TiledEvaluator, join, split_packed, tiles_of
 from ckksnet.errors import DataError
 
@@ -108,8 +109,6 @@ class NoiseProbe:
 def step_twin(step, inputs: list[np.ndarray], slots: int | None = None) -> np.ndarray:
     """One step's kernel on plain slot vectors (levels unchecked, no bootstrap); with ``slots``,
     inputs longer than that are values over several ciphertexts (split, and the output joined)."""
-    from ckksnet.core.slots import SlotEvaluator, SlotVector
-
     ev = TiledEvaluator(SlotEvaluator(slots, fast=True))
     values = [join([SlotVector(np.asarray(p, dtype=np.float64), 1 << 20)
                     for p in (split_packed(x, slots) if slots else [x])]) for x in inputs]

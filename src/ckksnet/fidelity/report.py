@@ -2,13 +2,15 @@
 with plots. See :func:`ckksnet.fidelity.evaluate` for the figures."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ckksnet.core.text import count
-from ckksnet.fidelity import bundled_noise, evaluate, summarize
+from ckksnet.data import load_cifar10
+from ckksnet.fidelity import bundled_noise, evaluate, profile, summarize
 
 
 def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secure", data: str | None = None,
@@ -23,8 +25,6 @@ def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secur
     ``signs``: the ReLUs' sign tables (:class:`~ckksnet.compiler.checkpoints.SignTables`; default
     alpha 13, eps 2^-9)."""
     from ckksnet.compiler.checkpoints import SignTables, compile_checkpoint
-    from ckksnet.data import load_cifar10
-
     signs = signs or SignTables()
     alpha, eps_bits = signs.alpha, signs.eps_bits
     split = load_cifar10("test", data)
@@ -35,10 +35,6 @@ def fidelity_report(twin: int = 10_000, encrypted: int = 0, preset: str = "secur
     res.update(source=split.source, checkpoint=checkpoint or "bundled", alpha=alpha, eps_bits=eps_bits,
                noise_model=res["noise_model"] if noise_model or not noise else f"none shipped for {preset}: exact twin")
     if res["profile"] is None and profile_from:  # no encrypted image ran now: a saved run report
-        import json
-
-        from ckksnet.fidelity import profile
-
         saved = json.loads(Path(profile_from).read_text())
         res["profile"] = profile(saved["report"], {"from": str(profile_from), "key_memory_gb": saved.get("key_memory_gb")})
     if alphas:

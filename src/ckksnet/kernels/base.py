@@ -30,11 +30,10 @@ first).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TYPE_CHECKING
 
 from ckksnet.core.encode import plan_type
+from ckksnet.errors import CompileError
 
 #: what a kernel's ``evaluate`` receives as ``refresh``: ``refresh(value, levels)`` returns the value
 #: with at least ``levels`` levels left (bootstrapped first where the walker's
@@ -91,8 +90,6 @@ class Kernel:
 
 def activation_bound(name: str, ranges: dict, margin: float, what: str = "activation") -> float:
     """``margin`` x the calibrated max |input| of module ``name`` (an activation's bound B)."""
-    from ckksnet.errors import CompileError
-
     if name not in ranges:
         raise CompileError(f"no calibration range for {what} {name!r}")
     return margin * max(ranges[name], 1e-6)

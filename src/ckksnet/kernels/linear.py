@@ -38,18 +38,17 @@ and 2q - 1 masked products. :meth:`fold` picks lanes when its cost model says th
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from ckksnet.core.artifact import plan_type
-from ckksnet.kernels.base import Kernel
+from ckksnet.core.tiles import join, tiles_of
 from ckksnet.errors import MissingKeyError
+from ckksnet.kernels.base import Kernel
 from ckksnet.layout.rotations import compose_rotations, rotation_chain, rotation_paths
 
 if TYPE_CHECKING:
@@ -564,8 +563,6 @@ class BlockLinearMap:
     def evaluate(self, ev, ct):
         """The map on any evaluator (:mod:`ckksnet.core.evaluator`); ``ct``: the input tiles (or one
         ciphertext). Returns the output tiles (or one ciphertext). One level."""
-        from ckksnet.core.tiles import join, tiles_of
-
         xs = tiles_of(ct)
         if len(xs) != self.inputs:
             raise ValueError(f"{self.name}: {len(xs)} input ciphertext(s), the map reads {self.inputs}")

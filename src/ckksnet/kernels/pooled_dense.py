@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckksnet.core.artifact import plan_type
+from ckksnet.kernels.linear import ROTATION_COST
 
 
 def sum_rounds(n: int, stride: int) -> list[list[int]]:
@@ -104,8 +105,6 @@ class PooledDense:
 
     def cost(self) -> int:
         """Estimated work in plaintext products, as :meth:`LinearMap.cost` counts it."""
-        from ckksnet.kernels.linear import ROTATION_COST
-
         return len(self.shifts) + ROTATION_COST * len(self.rotations())
 
     def scaled(self, factor: float, bias_divisor: float) -> "PooledDense":

@@ -36,6 +36,8 @@ import torch
 
 from ckksnet.core.envelope import atomic_path
 from ckksnet.errors import ChecksumError, DataError, UnverifiedCheckpointWarning
+from ckksnet.models.poly import activation_degree
+from ckksnet.models.resnet import build
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "resnet20"
 CHECKSUM_FIELDS = ("tensors", "config", "calibration")
@@ -121,8 +123,6 @@ def check_config(config: object, where: str) -> dict:
         for i, v in enumerate(_list(config[key], where, f"config.{key}", 3)):
             _number(v, where, f"config.{key}[{i}]", positive=key == "std")
     if "activation" in config:  # "relu" or a polynomial (ckksnet.models.poly); others refused by name
-        from ckksnet.models.poly import activation_degree
-
         try:
             activation_degree(config["activation"])
         except ValueError as exc:
@@ -289,8 +289,6 @@ def _unwrapped(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Te
 
 def _load(folder: Path) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]:
     """Read, verify and rebuild; returns (model in eval mode, metadata, state dict)."""
-    from ckksnet.models.resnet import build
-
     for name in ("model.pt", "model.json"):
         if not (folder / name).is_file():
             raise DataError(f"{folder}: checkpoint file {name} is missing")
@@ -344,8 +342,6 @@ def save_checkpoint(model: torch.nn.Module, meta: dict, folder: str | os.PathLik
     replaced). Raises DataError, before writing anything, for metadata that is not JSON or
     whose config or calibration :func:`load_checkpoint` would refuse.
     """
-    from ckksnet.models.resnet import build
-
     folder = Path(folder)
     while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
         model = model.module  # the wrapper only spreads training over devices

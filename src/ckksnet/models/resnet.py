@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ckksnet.models.poly import activation_degree, to_polynomial
 from ckksnet.nn import CIFAR10_MEAN, CIFAR10_STD, Normalize, PadShortcut  # noqa: F401  (re-exported)
 
 
@@ -104,7 +105,5 @@ def build(config: dict) -> ResNetCifar:
     model = ResNetCifar(config["blocks"], tuple(config["widths"]), config["num_classes"],
                         tuple(config["mean"]), tuple(config["std"]), config.get("shortcut", "A"))
     if config.get("activation", "relu") != "relu":  # polynomial activations (ckksnet.models.poly)
-        from ckksnet.models.poly import activation_degree, to_polynomial
-
         to_polynomial(model, activation_degree(config["activation"]))
     return model

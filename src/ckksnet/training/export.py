@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
+from ckksnet.compiler.calibrate import calibrate
 from ckksnet.data import Split
 from ckksnet.errors import DataError
 from ckksnet.models import save_checkpoint
 from ckksnet.models.checkpoint import check_config_fits, check_state
+from ckksnet.models.poly import activation_degree, to_polynomial
 from ckksnet.models.resnet import ResNetCifar
-from ckksnet.compiler.calibrate import calibrate
 from ckksnet.training.train import TrainConfig, evaluate
 
 
@@ -87,8 +88,6 @@ def load_run_state(run_dir: str | os.PathLike) -> tuple[ResNetCifar, TrainConfig
                       state["model"], str(path))
     model = ResNetCifar(cfg.blocks, cfg.widths, classes)
     if cfg.activation != "relu":  # a polynomial run: its coefficients and bounds come with the state
-        from ckksnet.models.poly import activation_degree, to_polynomial
-
         to_polynomial(model, activation_degree(cfg.activation))
     check_state(model.state_dict(), state["model"], str(path))
     model.load_state_dict(state["model"])

@@ -26,8 +26,10 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ckksnet.data import Split, load_cifar10
 from ckksnet.training.train import TrainConfig, evaluate, train
 
 
@@ -53,10 +55,6 @@ def probe_epoch_seconds(cfg: TrainConfig, split, run_dir: Path, images: int) -> 
 
 def _synthetic_split(n: int, seed: int = 0):
     """``n`` random 32x32 images of 10 classes: data for the graph check, no files needed."""
-    import numpy as np
-
-    from ckksnet.data import Split
-
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     return Split(images, rng.integers(0, 10, n).astype(np.int64), tuple(f"c{i}" for i in range(10)), "synthetic")
@@ -123,8 +121,6 @@ def run(out: str, data: str | None = None, budget_s: float = 480.0, device: str 
     """The whole lease; returns (and writes to OUT/summary.json) the recipe and the figures. With
     ``teacher`` (a trained checkpoint or run folder) no teacher is trained: the student distils from
     it and takes the whole budget."""
-    from ckksnet.data import load_cifar10
-
     t0 = time.time()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

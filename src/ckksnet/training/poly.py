@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 
 from ckksnet.errors import CkksnetError, DataError
+from ckksnet.models import load_checkpoint
+from ckksnet.models.checkpoint import load_bundled
 from ckksnet.models.poly import activation_degree, relu_names, to_polynomial
 from ckksnet.models.resnet import ResNetCifar
 from ckksnet.nn import PolyAct
@@ -60,9 +62,6 @@ def init_from_relu(checkpoint, degree: int, margin: float = 1.0) -> nn.Module:
     """A ReLU checkpoint's model with each ReLU replaced by its least-squares polynomial of
     ``degree`` on [-B, B], B = ``margin`` x the ReLU's calibrated max |input| (from the
     checkpoint's calibration; DataError if it has none for a ReLU)."""
-    from ckksnet.models import load_checkpoint
-    from ckksnet.models.checkpoint import load_bundled
-
     bundled = str(checkpoint) == "bundled" and not Path(checkpoint).exists()
     model, meta = load_bundled() if bundled else load_checkpoint(checkpoint)
     if model.config.get("activation", "relu") != "relu":

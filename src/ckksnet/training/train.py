@@ -28,8 +28,10 @@ from tqdm import tqdm
 
 from ckksnet.core.envelope import atomic_path
 from ckksnet.data import Split
-from ckksnet.errors import InputError
+from ckksnet.errors import DataError, InputError
+from ckksnet.models import load_bundled, load_checkpoint
 from ckksnet.models.resnet import ResNetCifar
+from ckksnet.training.poly import ActivationMonitor, build_student, check_divergence
 
 
 @dataclass
@@ -180,8 +182,6 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
     if cfg.activation == "relu" and not cfg.init_from:
         model = ResNetCifar(cfg.blocks, tuple(cfg.widths), len(train_split.classes))
     else:  # polynomial activations
-        from ckksnet.training.poly import build_student
-
         model = build_student(cfg, len(train_split.classes))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -296,16 +296,12 @@ class _EagerStep:
         self.model, self.cfg, self.teacher = model, cfg, teacher
         self.monitor = None
         if cfg.activation != "relu":  # boundary loss and divergence check (ckksnet.training.poly)
-            from ckksnet.training.poly import ActivationMonitor
-
             self.monitor = ActivationMonitor(model)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         self.model.zero_grad(set_to_none=True)
         out, loss = _step_loss(self.model, x, y, self.cfg, self.teacher)
         if self.monitor:
-            from ckksnet.training.poly import check_divergence
-
             if self.cfg.boundary_weight:
                 loss = loss + self.cfg.boundary_weight * self.monitor.boundary_loss()
             check_divergence(self.monitor, loss, self.cfg.diverge_ratio)
@@ -394,13 +390,9 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 def load_teacher(path: str | os.PathLike, device: str) -> nn.Module:
     """A frozen teacher in eval mode on ``device``: a checkpoint folder (model.pt + model.json) or
     a run folder / state file of :func:`train`. Raises :class:`ckksnet.errors.DataError`."""
-    from ckksnet.errors import DataError
-
     path = Path(path)
     state_file = path if path.is_file() else path / "state.pt"
     if str(path) == "bundled" and not path.exists():  # the bundled ResNet-20
-        from ckksnet.models import load_bundled
-
         model, _ = load_bundled()
     elif state_file.name == "state.pt" and state_file.is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=False)
@@ -408,8 +400,6 @@ def load_teacher(path: str | os.PathLike, device: str) -> nn.Module:
         model = ResNetCifar(cfg["blocks"], tuple(cfg["widths"]), state["model"]["fc.weight"].shape[0])
         model.load_state_dict(state["model"])
     elif (path / "model.json").is_file():
-        from ckksnet.models import load_checkpoint
-
         model, _ = load_checkpoint(path)
     else:
         raise DataError(f"{path}: not a teacher (expected a checkpoint folder with model.json or a "

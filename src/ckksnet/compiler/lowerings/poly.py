@@ -4,9 +4,13 @@ module is an activation: calibration records its input range, which gives the st
 scale (as a ReLU's bound B)."""
 from __future__ import annotations
 
+import numpy as np
+import scipy.sparse as sp
+
 from ckksnet.compiler.lowerings.deferred import materialize
-from ckksnet.kernels.registry import register
+from ckksnet.kernels.linear import BlockLinearMap, LinearMap, LinearStep, tile_spans
 from ckksnet.kernels.poly import PolyStep
+from ckksnet.kernels.registry import register
 from ckksnet.nn import PolyAct
 
 
@@ -22,11 +26,6 @@ def lower_poly(ctx, node, module: PolyAct, args):
 def _identity_step(name: str, layout):
     """A LinearStep y = mask x on ``layout``'s used slots (one plaintext diagonal, no rotation):
     one level, and a free choice of scale, like any linear map."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    from ckksnet.kernels.linear import BlockLinearMap, LinearMap, LinearStep, tile_spans
-
     slots = layout.slots
     k = getattr(layout, "ciphertexts", 1)
     mask = np.zeros(k * slots)

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckksnet.core.artifact import plan_id as compute_plan_id
 from ckksnet.deploy import engine
 from ckksnet.deploy.distributed.batch import BatchReport, BatchState, list_inputs
 from ckksnet.deploy.distributed.worker import InferenceWorker
@@ -114,8 +115,6 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     :class:`ckksnet.SerializationError` for a bad plan or key folder, :class:`DistributedError`
     when no worker can start, ``KeyboardInterrupt`` untouched (results so far are kept).
     """
-    from ckksnet.core.artifact import plan_id as compute_plan_id
-
     if workers < 1 or worker_cpus < 1 or retries < 0:
         raise CkksnetError("workers and worker_cpus must be >= 1, retries >= 0")
     if worker_memory_gb is not None and not (math.isfinite(worker_memory_gb) and worker_memory_gb > 0):

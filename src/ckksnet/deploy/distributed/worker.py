@@ -13,7 +13,8 @@ import time
 import traceback
 from pathlib import Path
 
-from ckksnet.core.memory import peak_rss_gb, rss_gb
+from ckksnet.core.memory import peak_rss_gb, rss_gb, tune_allocator
+from ckksnet.deploy import engine
 from ckksnet.errors import CkksnetError
 
 
@@ -27,9 +28,6 @@ class InferenceWorker:
     """
 
     def __init__(self, plan_path: str | os.PathLike, eval_keys: str | os.PathLike, name: str = "worker"):
-        from ckksnet.core.memory import tune_allocator
-        from ckksnet.deploy import engine
-
         tune_allocator()
         self.name = name
         t0 = time.monotonic()
@@ -48,8 +46,6 @@ class InferenceWorker:
         **info}`` or, for an input this worker refuses (corrupt, another key set, too few
         levels: any :class:`ckksnet.CkksnetError`), ``{"ok": False, "error": "Type: message"}``.
         Other exceptions propagate (a bug: the driver reports it with the image)."""
-        from ckksnet.deploy import engine
-
         t0 = time.monotonic()
         try:
             out = engine.run_job(self.server, data, lambda i, n, name: None)

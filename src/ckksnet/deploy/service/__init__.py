@@ -57,6 +57,8 @@ import ipaddress
 import sys
 from pathlib import Path
 
+from ckksnet.deploy.service.store import Store
+
 __all__ = ["Limits", "Service", "create_app", "serve"]
 
 
@@ -91,7 +93,6 @@ def serve(plan: str | Path, state: str | Path, host: str = "127.0.0.1", port: in
 
     from ckksnet.deploy import engine
     from ckksnet.deploy.service.app import Limits, Service, create_app
-    from ckksnet.deploy.service.store import Store
 
     store = Store(state)
     store.lock()  # held until the process exits

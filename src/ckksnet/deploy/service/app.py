@@ -22,6 +22,7 @@ from ckksnet.deploy.service.bundle import TarReceiver
 from ckksnet.deploy.errors import (AuthError, BadUploadError, ConflictError, ForbiddenError,
                                             InvalidKeysError, NotFoundError, QueueFullError, ServiceError,
                                             StorageError, TooLargeError)
+from ckksnet.deploy.service.ray_supervisor import RaySupervisor
 from ckksnet.deploy.service.store import Store, job_view, token_hash, token_matches
 from ckksnet.deploy.service.supervisor import Supervisor
 
@@ -97,8 +98,6 @@ def create_app(svc: Service) -> FastAPI:
         if svc.ray is None:
             supervisor = Supervisor(svc.store, svc.plan_path, svc.workers)
         else:
-            from ckksnet.deploy.service.ray_supervisor import RaySupervisor
-
             supervisor = RaySupervisor(svc.store, svc.plan_path, svc.workers,
                                        None if svc.ray == "local" else svc.ray)
         supervisor.start()
