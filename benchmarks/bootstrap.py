@@ -19,7 +19,7 @@ import numpy as np
 
 from _results import append_log, machine, peak_rss_gb, today
 from ckksnet.backend import CkksClient
-from ckksnet.core.params import get_preset
+from ckksnet.core.preset import get_preset
 
 LOG_HEADER = "## Benchmark log: bootstrap.py (appended automatically)"
 COLUMNS = ("date", "machine", "preset", "N", "slots", "scale/first", "dnum", "depth", "budget",

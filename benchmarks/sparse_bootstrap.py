@@ -24,7 +24,7 @@ import numpy as np
 from _results import machine, peak_rss_gb, today
 from ckksnet.core.memory import rss_gb, trim
 from ckksnet.backend.presets import build_crypto_context
-from ckksnet.core.params import get_preset
+from ckksnet.core.preset import get_preset
 
 
 def parse_setup(text: str) -> tuple[int, list[int]]:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 import ckksnet
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 
 SIZE = 8  #: 3 x 8 x 8 inputs: 192 of the test preset's 2,048 slots
 CLASSES = ("stripes across", "stripes down", "bright centre", "dark centre")

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 import ckksnet
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.nn import PolyAct
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from ckksnet.backend import CkksClient
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 
 
 def make_client() -> CkksClient:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ckksnet.backend import CkksServer
-from ckksnet.core.params import SECURE, InsecurePresetWarning, get_preset
+from ckksnet.core.preset import SECURE, InsecurePresetWarning, get_preset
 from ckksnet.errors import (ContextMismatchError, LevelError, MissingKeyError, NonFiniteError,
                             PresetError, RangeError, ShapeError)
 from tests.conftest import make_client

@@ -21,14 +21,14 @@ import ckksnet
 from ckksnet.backend.ops_cleartext import CleartextWarning
 from ckksnet.core.backend import (EVAL_DIR, Backend, KeySet, SecretKeys, UnknownBackendError, backend_names,
                                   get_backend)
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.deploy import engine
 from ckksnet.deploy.errors import InvalidKeysError
 from ckksnet.errors import ContextMismatchError, MissingKeyError, WrongTypeError
 from ckksnet.runtime import Client, Server
 from tests.helpers import random_batchnorms
 
-pytestmark = [pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning"),
+pytestmark = [pytest.mark.filterwarnings("ignore::ckksnet.core.preset.InsecurePresetWarning"),
               pytest.mark.filterwarnings("ignore::ckksnet.backend.ops_cleartext.CleartextWarning")]
 
 BACKENDS = ["cleartext", "openfhe"]

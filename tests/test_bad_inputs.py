@@ -27,7 +27,7 @@ from ckksnet.nn import Normalize
 from ckksnet.runtime import Client, Server
 from tests.conftest import make_client
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.preset.InsecurePresetWarning")
 
 IMAGES = np.random.default_rng(1).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ckksnet.core.params import get_preset
+from ckksnet.core.preset import get_preset
 from ckksnet.core.slots import SlotEvaluator
 from ckksnet.core.tracer import LevelTracer
 from ckksnet.compiler import compile

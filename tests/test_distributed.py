@@ -28,7 +28,7 @@ import torch.nn as nn
 ray = pytest.importorskip("ray")  # a dependency of the test extra: ./run.sh test installs it
 
 from ckksnet.backend.keys import load_evaluation_keys, save_keys  # noqa: E402
-from ckksnet.core.params import InsecurePresetWarning  # noqa: E402
+from ckksnet.core.preset import InsecurePresetWarning  # noqa: E402
 from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes, save_ciphertext  # noqa: E402
 from ckksnet.compiler import compile  # noqa: E402
 from ckksnet.runtime import load_client_spec, load_plan  # noqa: E402

@@ -148,7 +148,7 @@ def test_every_registered_evaluator_passes_the_conformance_suite(name):
     relinearizations, the protocol's methods with the interface's parameters."""
     import warnings
 
-    from ckksnet.core.params import InsecurePresetWarning, get_preset
+    from ckksnet.core.preset import InsecurePresetWarning, get_preset
     from ckksnet.core.evaluator import EVALUATORS
 
     with warnings.catch_warnings():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.compiler import compile
 from ckksnet.errors import DataError
 from ckksnet.fidelity import EncryptedLog, NoiseModel, NoiseProbe, encrypted_sample, evaluate, summarize

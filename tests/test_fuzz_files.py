@@ -44,7 +44,7 @@ BIG = 64 << 20  # files larger than this get fewer, streamed cases (bootstrappin
 TIMEOUT = 300  # seconds per worker process (a hang fails naming the last case started)
 SEED = 18
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.preset.InsecurePresetWarning")
 
 
 # ====================================================================== the worker (subprocess)

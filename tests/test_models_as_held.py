@@ -17,14 +17,14 @@ import torch
 import torch.nn as nn
 
 import ckksnet
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.core import envelope
 from ckksnet.backend import headers as H
 from ckksnet.compiler.model_forms import ModelFormWarning
 from ckksnet.errors import CompileError, InsufficientMemoryError, MissingKeyError, VersionMismatchError
 from tests.helpers import deep_plain_cnn, random_batchnorms
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.preset.InsecurePresetWarning")
 IMAGES = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
 DEEP_PLAIN = Path(__file__).parent / "data" / "deep_plain_48x8.pt"  # tests/data/make_deep_plain.py
 

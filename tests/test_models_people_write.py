@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ckksnet.core.params import InsecurePresetWarning, get_preset
+from ckksnet.core.preset import InsecurePresetWarning, get_preset
 from ckksnet.compiler import compile
 from ckksnet.errors import CompileError
 from ckksnet.nn import Normalize

@@ -20,7 +20,7 @@ import torch.nn as nn
 import ckksnet
 from ckksnet.compiler.checkpoints import load_factory_model
 from ckksnet.deploy.cli import main as cli
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.errors import CompileError
 from tests.helpers import random_batchnorms
 

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.compiler import compile
 from ckksnet.core.schedule import optimise_variants
 from ckksnet.runtime import Client, Server

@@ -22,7 +22,7 @@ import torch
 import ckksnet
 from ckksnet.backend import serialize as S
 from ckksnet.core import envelope
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.compiler import compile
 from ckksnet.core import artifact, envelope
 from ckksnet.core.plan import CLIENT_FILE, SERVER_FILE, ClientSpec, Plan
@@ -31,7 +31,7 @@ from ckksnet.kernels import LinearMap, PooledDense
 from ckksnet.runtime import Client, Server
 from tests.test_compiler import IMAGES, _tiny_resnet
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.preset.InsecurePresetWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADERS = {"server_plan": (SERVER_FILE, ckksnet.load_plan), "client_plan": (CLIENT_FILE, ckksnet.load_client_spec)}

@@ -13,7 +13,7 @@ import torch.nn as nn
 import ckksnet
 from ckksnet.approx.poly import evaluate, relu_fit, relu_fit_error, relu_fit_unit
 from ckksnet.core import artifact
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.core.plan import ActivationRangeWarning
 from ckksnet.errors import CorruptDataError, RangeError
 from ckksnet.kernels import PolyStep

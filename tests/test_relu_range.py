@@ -21,7 +21,7 @@ from ckksnet.runtime import Client, Server
 from tests.conftest import make_client
 from tests.helpers import random_batchnorms
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.preset.InsecurePresetWarning")
 
 # alpha 13 with eps 2^-8: L = 4 uses the shipped eps 2^-10 table (degrees 15/31/27, sign depth
 # 14 instead of 12: ceil(log2 4) = 2 levels more)

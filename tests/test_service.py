@@ -30,7 +30,7 @@ import torch.nn as nn
 
 import ckksnet
 from ckksnet.backend import CkksClient
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.backend.keys import save_keys
 from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes
 from ckksnet.nn import Normalize

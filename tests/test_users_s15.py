@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import ckksnet
 from ckksnet.compiler.checkpoints import load_weights
 from ckksnet.compiler.model_forms import ModelFormWarning
-from ckksnet.core.params import InsecurePresetWarning
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.deploy.cli import main as cli
 from ckksnet.errors import CompileError, DataError, InputError
 from ckksnet.nn import Normalize
@@ -34,7 +34,7 @@ from tests.helpers import random_batchnorms
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.params.InsecurePresetWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.preset.InsecurePresetWarning")
 
 
 def small(bias: bool = True) -> nn.Module:
@@ -408,7 +408,7 @@ def test_the_insecure_preset_warning_is_printed_once_per_command():
     """compile and the key set each look the preset up (the demo does both): one line."""
     code = textwrap.dedent('''
         import sys
-        from ckksnet.core.params import get_preset
+        from ckksnet.core.preset import get_preset
         from ckksnet.deploy import cli
 
         def twice(args):

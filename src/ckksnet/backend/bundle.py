@@ -17,7 +17,7 @@ from typing import Iterable
 from ckksnet.backend.headers import bootstrap_key_rotations, preset_from_header, rotation_groups, unpack_key
 from ckksnet.core.backend import EVAL_DIR, SECRET_KEY_FILE, BundleInfo
 from ckksnet.core.envelope import check_attached, header_field, regular_file
-from ckksnet.core.params import Preset
+from ckksnet.core.preset import Preset
 from ckksnet.errors import CorruptDataError, MissingKeyError, SerializationError
 
 #: the evaluation-key envelopes that may be in a bundle, in load order (bootstrapping keys

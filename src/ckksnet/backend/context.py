@@ -21,7 +21,7 @@ from ckksnet.backend.headers import context_id_for, rotations_of_automorphisms
 from ckksnet.core.evaluator import Conformance, register_evaluator
 from ckksnet.core.memory import tune_allocator
 from ckksnet.backend.presets import build_crypto_context
-from ckksnet.core.params import Preset, get_preset
+from ckksnet.core.preset import Preset, get_preset
 from ckksnet.layout.rotations import compose_rotations
 from ckksnet.errors import (ContextMismatchError, DecryptionError, InputError, LevelError, MissingKeyError,
                             NonFiniteError, RangeError, ShapeError, WrongTypeError)

@@ -17,7 +17,7 @@ from importlib import metadata
 from typing import Iterable
 
 from ckksnet.core.envelope import header_field, register_kind, unpack
-from ckksnet.core.params import Preset, get_preset
+from ckksnet.core.preset import Preset, get_preset
 from ckksnet.errors import ContextMismatchError, CorruptDataError, PresetError, VersionMismatchError
 
 

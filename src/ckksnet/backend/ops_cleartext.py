@@ -24,7 +24,7 @@ import numpy as np
 from ckksnet.backend.headers import preset_from_header
 from ckksnet.core.backend import EVAL_DIR, SECRET_KEY_FILE, Backend, BundleInfo, KeySetView, register_backend
 from ckksnet.core.envelope import header_field, load, pack, register_kind, save, unpack
-from ckksnet.core.params import Preset
+from ckksnet.core.preset import Preset
 from ckksnet.core.slots import SlotEvaluator, SlotVector
 from ckksnet.core.tiles import join, tiles_of
 from ckksnet.errors import (ContextMismatchError, CorruptDataError, MissingKeyError, SerializationError,

@@ -23,7 +23,7 @@ from typing import Iterable
 from ckksnet.backend import bundle
 from ckksnet.core.backend import Backend, BundleInfo, KeySetView, register_backend
 from ckksnet.core.costs import cost_model
-from ckksnet.core.params import PRESETS, Preset
+from ckksnet.core.preset import PRESETS, Preset
 from ckksnet.core.threads import parse_threads
 from ckksnet.errors import WrongTypeError
 

@@ -1,10 +1,10 @@
-"""The OpenFHE crypto context built from a :class:`~ckksnet.core.params.Preset` (the presets
-themselves are numbers, in :mod:`ckksnet.core.params`)."""
+"""The OpenFHE crypto context built from a :class:`~ckksnet.core.preset.Preset` (the presets
+themselves are numbers, in :mod:`ckksnet.core.preset`)."""
 from __future__ import annotations
 
 import openfhe as ofhe
 
-from ckksnet.core.params import Preset
+from ckksnet.core.preset import Preset
 from ckksnet.errors import PresetError
 
 _SECURITY = {"HEStd_128_classic": ofhe.HEStd_128_classic, "HEStd_NotSet": ofhe.HEStd_NotSet}
@@ -14,7 +14,7 @@ _SECRET = {"SPARSE_ENCAPSULATED": ofhe.SPARSE_ENCAPSULATED, "SPARSE_TERNARY": of
 
 def openfhe_bootstrap_depth(level_budget: tuple[int, int], secret_dist: str) -> int:
     """OpenFHE's own figure for the levels one bootstrap consumes (checks the formula the
-    presets use, :func:`ckksnet.core.params._bootstrap_depth`)."""
+    presets use, :func:`ckksnet.core.preset._bootstrap_depth`)."""
     params = ofhe.CCParamsCKKSRNS()  # GetBootstrapDepth needs any CKKS context in Python
     params.SetSecurityLevel(ofhe.HEStd_NotSet)
     params.SetRingDim(16)

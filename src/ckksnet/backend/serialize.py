@@ -31,7 +31,7 @@ from ckksnet.backend.context import CkksClient, CkksContext, CkksServer, Ciphert
 from ckksnet.backend.headers import (bootstrap_automorphisms, context_id_for, openfhe_version, preset_from_header,
                                      rotation_groups, unpack_key)
 from ckksnet.core.envelope import header_field, load, pack, save
-from ckksnet.core.params import Preset
+from ckksnet.core.preset import Preset
 from ckksnet.core.tiles import Tiles, join, tiles_of
 from ckksnet.errors import CorruptDataError, SerializationError
 

@@ -41,7 +41,7 @@ from ckksnet.compiler.graph import lowering_key, source_line, step_names, trace
 from ckksnet.compiler.model_forms import prepare_model
 from ckksnet.core.backend import get_backend
 from ckksnet.core.options import CompileOptions
-from ckksnet.core.params import Preset, get_preset
+from ckksnet.core.preset import Preset, get_preset
 from ckksnet.compiler.lowerings import poly as lower_poly
 from ckksnet.core.plan import Plan
 from ckksnet.compiler.affine import Affine

@@ -37,7 +37,7 @@ import numpy as np
 
 from ckksnet.core.envelope import header_field, register_kind, unpack
 from ckksnet.core.evaluator import Evaluator
-from ckksnet.core.params import Preset
+from ckksnet.core.preset import Preset
 from ckksnet.errors import CkksnetError
 
 SECRET_KEY_FILE = "secret_key.ckks"  #: the secret key's file in a key folder, mode 0o600

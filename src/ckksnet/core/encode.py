@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ckksnet.core import envelope
-from ckksnet.core.params import Preset
+from ckksnet.core.preset import Preset
 from ckksnet.errors import SerializationError
 from ckksnet.layout import Layout, PooledLayout, VectorLayout
 

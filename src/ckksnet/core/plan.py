@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ckksnet.core.encode import plan_id, plan_type, save_artifact
-from ckksnet.core.params import Preset
+from ckksnet.core.preset import Preset
 from ckksnet.core.slots import SlotEvaluator
 from ckksnet.core.tiles import join, split_packed, tiles_of
 from ckksnet.core.walker import ScheduledRefresh, walk

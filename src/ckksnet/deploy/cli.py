@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ckksnet.core import threads
 from ckksnet.core.memory import SKIP_ENV
-from ckksnet.core.params import get_preset
+from ckksnet.core.preset import get_preset
 from ckksnet.core.text import count
 from ckksnet.deploy import flags
 from ckksnet.deploy.service_cli import add_query, add_serve

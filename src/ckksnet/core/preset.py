@@ -1,4 +1,4 @@
-"""CKKS parameters as numbers: the :class:`Preset` dataclass and the shipped presets.
+"""The CKKS parameter sets: the :class:`Preset` dataclass (numbers only) and the shipped presets.
 
 ``secure`` (the default) is 128-bit (``HEStd_128_classic``) at N = 2^16. ``test`` is an
 explicitly insecure small ring for the test suite: it is only returned when asked for by
