@@ -199,7 +199,7 @@ def test_worker_in_process_counts_one_key_load_and_refuses_bad_input(setup):
     data = (setup["ct"] / "img0.ckks").read_bytes()
     res = worker.run(data)
     assert res["ok"] and res["key_loads"] == 1 and res["images"] == 1 and res["bootstraps"] > 0
-    logits = setup["client"].decrypt(ciphertext_from_bytes(setup["client"].ckks, res["ciphertext"]))
+    logits = setup["client"].decrypt(ciphertext_from_bytes(setup["client"].keys, res["ciphertext"]))
     assert np.max(np.abs(logits - setup["single"]["img0.ckks"])) < 1e-6
     bad = worker.run(data[:-10])
     assert not bad["ok"] and "CorruptDataError" in bad["error"] and bad["images"] == 1

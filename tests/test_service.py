@@ -80,14 +80,14 @@ class World:
         self.clients = {name: _client(self.plan, name == "a") for name in "abc"}
         self.eval = {name: save_keys(c.keys, root / f"keys_{name}") / "eval" for name, c in self.clients.items()}
         owner = self.clients["a"]
-        self.cts = [ciphertext_to_bytes(owner.ckks, owner.encrypt(img)) for img in IMAGES[:4]]
+        self.cts = [ciphertext_to_bytes(owner.keys, owner.encrypt(img)) for img in IMAGES[:4]]
         x = torch.from_numpy(IMAGES[:4]).permute(0, 3, 1, 2).float() / 255
         with torch.no_grad():
             self.logits = model(x).numpy()
 
     def decrypt(self, data: bytes) -> np.ndarray:
         owner = self.clients["a"]
-        return owner.decrypt(ciphertext_from_bytes(owner.ckks, data))
+        return owner.decrypt(ciphertext_from_bytes(owner.keys, data))
 
 
 # ---------------------------------------------------------------- the server process

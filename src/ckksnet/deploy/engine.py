@@ -92,9 +92,12 @@ def load_memory_gib(bundle_bytes: int, backend: str) -> float:
 
 
 # ---------------------------------------------------------------- ciphertexts
-def ciphertext_keyset(data: bytes) -> str:
+def ciphertext_keyset(data: bytes, service: bool = True) -> str:
     """The key set id of a ciphertext envelope, after checking its kind, length and checksum.
-    Raises :class:`InvalidKeysError` for anything that is not an intact ciphertext."""
+    Raises :class:`InvalidKeysError` for anything that is not an intact ciphertext (the HTTP
+    service's 422), or with ``service=False`` the envelope's own error (``CorruptDataError``, ...)."""
+    if not service:
+        return backend_ciphertext_keyset(data)
     try:
         return backend_ciphertext_keyset(data)
     except CkksnetError as exc:

@@ -183,5 +183,5 @@ def _ciphertext_keyset(ciphertext: bytes) -> str:
     """The key set id in a ciphertext envelope's header."""
     from ckksnet.deploy.engine import ciphertext_keyset
 
-    return ciphertext_keyset(ciphertext)
+    return ciphertext_keyset(ciphertext, service=False)
 
