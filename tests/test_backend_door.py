@@ -187,3 +187,49 @@ def test_ciphertext_files_record_their_role(compiled, tmp_path):
         server.load_ciphertext(tmp_path / "out.ckks")
     got = client.decrypt(client.load_ciphertext(tmp_path / "out.ckks", expect="output"))
     assert np.max(np.abs(got - expected[0])) < 2e-2
+
+
+def test_what_a_newcomer_broke_is_refused_by_name(compiled, tmp_path, monkeypatch):
+    """From a newcomer's pass: another backend's secret keys, an in-memory encrypted input given
+    to decrypt, a plan file naming no backend, a key folder that is a file, unknown roles."""
+    name, plan, _ = compiled
+    other = "openfhe" if name == "cleartext" else "cleartext"
+    foreign = get_backend(other).make_keys(plan.preset, (), False)
+    with pytest.raises(ckksnet.BackendError, match=f"{other!r} keys"):
+        Client(plan, keys=foreign)
+    client = Client(plan)
+    assert plan.client_spec().output_level == plan.schedule.steps[-1].level_out
+    with pytest.raises(ckksnet.InputError, match="levels of an encrypted input"):
+        client.decrypt(client.encrypt(IMAGES[0]))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ckksnet.SerializationError, match="is a file"):
+        client.save_keys(tmp_path / "file")
+    with pytest.raises(ckksnet.InputError, match="role"):
+        client.ciphertext_to_bytes(client.encrypt(IMAGES[0]), role="bogus")
+    plan.save(tmp_path / "plan")
+    monkeypatch.setattr(plan, "backend", "Bad Name!")
+    plan.save(tmp_path / "bad")
+    with pytest.raises(ckksnet.CorruptDataError, match="bad/server_plan.ckksnet: the plan's backend"):
+        ckksnet.load_plan(tmp_path / "bad" / "server_plan.ckksnet")
+    monkeypatch.setattr(plan, "backend", "nosuch")
+    with pytest.raises(ckksnet.UnknownBackendError, match="no backend 'nosuch'"):
+        engine.describe_plan(plan)  # a service refuses to start with it
+
+
+def test_a_backend_outside_ckksnet_is_found_through_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "outside_backend.py").write_text(
+        "from ckksnet.backend.ops_cleartext import Cleartext\n"
+        "from ckksnet.core.backend import register_backend\n\n\n"
+        "class Outside(Cleartext):\n    name = 'outside'\n\n\nregister_backend(Outside())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UnknownBackendError, match="CKKSNET_BACKEND_MODULES"):
+        get_backend("outside")
+    monkeypatch.setenv("CKKSNET_BACKEND_MODULES", "outside_backend")
+    assert get_backend("outside").name == "outside"
+    with pytest.raises(ckksnet.BackendError, match="registered already"):
+        from ckksnet.backend.ops_cleartext import Cleartext
+        from ckksnet.core.backend import register_backend
+
+        class Impostor(Cleartext):
+            name = "openfhe"
+        register_backend(Impostor())

@@ -7,9 +7,9 @@ ReLU), ``data`` (CIFAR-10), ``backend`` (OpenFHE: context, keys, serialization),
 ``runtime`` (client and server), ``compiler`` / ``training`` / ``models`` (the only torch users),
 ``fidelity``, and ``deploy`` (the CLI, the HTTP service, Ray).
 """
-from ckksnet.errors import (ApproxError, CkksnetError, CompileError, ContextMismatchError, CorruptDataError,
+from ckksnet.errors import (ApproxError, BackendError, CkksnetError, CompileError, ContextMismatchError, CorruptDataError,
                             DataError, InputError, InsufficientMemoryError, LevelError, MissingKeyError, NonFiniteError,
-                            PresetError, RangeError, SerializationError, ShapeError,
+                            PresetError, RangeError, SerializationError, ShapeError, UnknownBackendError,
                             VersionMismatchError, WrongFileTypeError)
 
 from ckksnet.core.threads import set_threads  # standard library only
@@ -35,5 +35,5 @@ def __getattr__(name: str):
 
 __all__ = ["ApproxError", "CkksnetError", "CompileError", "ContextMismatchError", "CorruptDataError", "DataError",
            "InputError", "InsufficientMemoryError", "LevelError", "MissingKeyError", "NonFiniteError", "PresetError",
-           "RangeError", "SerializationError", "ShapeError", "VersionMismatchError", "WrongFileTypeError", "__version__", "compile", "set_threads", "Client", "Server",
+           "RangeError", "SerializationError", "ShapeError", "BackendError", "UnknownBackendError", "VersionMismatchError", "WrongFileTypeError", "__version__", "compile", "set_threads", "Client", "Server",
            "load_plan", "load_client_spec", "Plan", "ClientSpec"]

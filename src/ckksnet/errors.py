@@ -90,6 +90,14 @@ class DataError(CkksnetError):
     """A data set is missing or not in the expected format."""
 
 
+class BackendError(CkksnetError, TypeError):
+    """A backend registered wrongly, or keys and plans of different backends put together."""
+
+
+class UnknownBackendError(BackendError, LookupError):
+    """No backend is registered under the name asked for (a plan naming one this process lacks)."""
+
+
 class CompileError(CkksnetError):
     """A model cannot be compiled to an encrypted plan."""
 

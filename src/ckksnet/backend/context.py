@@ -413,6 +413,8 @@ class CkksServer(CkksContext):
 class CkksClient(CkksContext):
     """Owns the secret key. Encrypts, decrypts and generates evaluation keys for a server."""
 
+    backend = "openfhe"  #: its backend's name (:class:`ckksnet.core.backend.SecretKeys`)
+
     def __init__(self, preset: str | Preset = "secure"):
         preset = get_preset(require_type(preset, (str, Preset), "preset", "a preset name such as 'secure'"))
         cc = build_crypto_context(preset)

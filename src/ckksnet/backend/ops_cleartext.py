@@ -15,7 +15,7 @@ import io
 import os
 import secrets
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -39,8 +39,18 @@ class CleartextWarning(UserWarning):
     """A cleartext key set: nothing is encrypted."""
 
 
+@dataclass
+class SealedVector(SlotVector):
+    """A cleartext "ciphertext" as a client makes it: slots, levels and the key set's id (the
+    server refuses another key set's, as with real ciphertexts)."""
+
+    context_id: str = ""
+
+
 class CleartextKeys:
     """The client's side: a key set id, the preset and the rotation indices made (no secret)."""
+
+    backend = "cleartext"
 
     def __init__(self, preset: Preset, rotations: Iterable[int], bootstrap: bool, context_id: str | None = None):
         self.preset = preset
@@ -49,12 +59,16 @@ class CleartextKeys:
         self.bootstrap = bool(bootstrap and preset.bootstrap)
         self.key_memory_gb: dict = {}
 
-    def encrypt(self, values: np.ndarray, levels_left: int) -> SlotVector:
-        return SlotVector(np.array(values, dtype=np.float64), int(levels_left))
+    def encrypt(self, values: np.ndarray, levels_left: int) -> SealedVector:
+        return SealedVector(np.array(values, dtype=np.float64), int(levels_left), context_id=self.context_id)
 
     def decrypt(self, ct) -> np.ndarray:
         _check(ct, self.preset)
         return np.array(ct.data, dtype=np.float64)
+
+    def levels_left(self, ct) -> int:
+        _check(ct, self.preset)
+        return int(ct.level)
 
     def evaluator(self) -> "CleartextEvaluator":
         return CleartextEvaluator(self.preset, self.context_id, self.rotations, self.bootstrap)
@@ -70,9 +84,11 @@ class CleartextEvaluator(SlotEvaluator):
         self.rotations, self.has_bootstrap_keys = frozenset(rotations), bootstrap
 
 
-def _check(ct, preset: Preset) -> None:
+def _check(ct, preset: Preset, context_id: str | None = None) -> None:
     if not isinstance(ct, SlotVector) or np.shape(ct.data) != (preset.slots,):
         raise WrongTypeError(f"not a cleartext ciphertext of {preset.slots} slots: {type(ct).__name__}")
+    if context_id is not None and not (isinstance(ct, SealedVector) and ct.context_id == context_id):
+        raise ContextMismatchError("the ciphertext belongs to another key set (or was not made by a client)")
 
 
 def _fields(keys, bundle: bool) -> dict:
@@ -100,7 +116,7 @@ class Cleartext(Backend):
                                  f"{type(evaluator).__name__}")
         preset = evaluator.preset
         return KeySetView(preset, evaluator.context_id, evaluator.rotations, evaluator.has_bootstrap_keys,
-                          lambda ct: _check(ct, preset))
+                          lambda ct: _check(ct, preset, evaluator.context_id))
 
     # ------------------------------------------------------------ files
     def save_keys(self, keys: CleartextKeys, folder: str | os.PathLike) -> Path:
@@ -173,7 +189,7 @@ class Cleartext(Backend):
             raise CorruptDataError(f"unreadable cleartext ciphertext: {exc}") from exc
         if arrays.shape != (len(levels), keys.preset.slots) or not all(type(v) is int for v in levels):
             raise CorruptDataError(f"the ciphertext holds {arrays.shape}, its header {len(levels)} tiles")
-        parts = [SlotVector(a.astype(np.float64), lv) for a, lv in zip(arrays, levels)]
+        parts = [SealedVector(a.astype(np.float64), lv, context_id=keys.context_id) for a, lv in zip(arrays, levels)]
         return join(parts)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ckksnet.core import envelope
+from ckksnet.core.backend import valid_backend_name
 from ckksnet.core.encode import (FILE_NAMES, KINDS, PLAN_TYPES, _encode, _is_sparse, plan_id,  # noqa: F401
                                  plan_type, save_artifact, to_payload)  # (re-exported)
 from ckksnet.core.plan import ClientSpec, Plan, Value  # noqa: F401  (registered there; imported so a file can name them)
@@ -93,6 +94,8 @@ def load_artifact(path, kind: str):
     expected = "Plan" if kind == "server_plan" else "ClientSpec"
     if type(obj).__name__ != expected:
         raise CorruptDataError(f"{path}: holds a {type(obj).__name__}, not a {expected}")
+    if not valid_backend_name(obj.backend):
+        raise CorruptDataError(f"{path}: the plan's backend {obj.backend!r} is not a backend name (a lower-case word)")
     return obj
 
 

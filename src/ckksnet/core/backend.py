@@ -38,7 +38,7 @@ import numpy as np
 from ckksnet.core.envelope import header_field, register_kind, unpack
 from ckksnet.core.evaluator import Evaluator
 from ckksnet.core.preset import Preset
-from ckksnet.errors import CkksnetError
+from ckksnet.errors import BackendError, UnknownBackendError
 
 SECRET_KEY_FILE = "secret_key.ckks"  #: the secret key's file in a key folder, mode 0o600
 EVAL_DIR = "eval"  #: the evaluation-key bundle's folder in a key folder
@@ -46,10 +46,6 @@ EVAL_DIR = "eval"  #: the evaluation-key bundle's folder in a key folder
 Ciphertext = Any  #: a ciphertext as the backend represents it
 #: the envelope kind of every backend's ciphertext files (header field ``context_id``: the key set)
 CIPHERTEXT_KIND = register_kind("ciphertext")
-
-
-class UnknownBackendError(CkksnetError):
-    """No backend is registered under the name asked for."""
 
 
 @runtime_checkable
@@ -87,11 +83,16 @@ class KeySetView:
 @runtime_checkable
 class SecretKeys(Protocol):
     """The client's side of a key set: holds the secret key; encrypts and decrypts.
-    ``key_memory_gb``: what making the keys cost, where measured (else {})."""
+    ``backend``: its backend's name; ``key_memory_gb``: what making the keys cost, where measured
+    (else {})."""
 
+    backend: str
     preset: Preset
     context_id: str
     key_memory_gb: dict
+
+    def levels_left(self, ct: Ciphertext) -> int:
+        """Levels ``ct`` can still spend (the client tells an encrypted input from a run's output)."""
 
     def encrypt(self, values: np.ndarray, levels_left: int) -> Ciphertext:
         """``slots`` float64 values -> a ciphertext with ``levels_left`` levels."""
@@ -205,9 +206,11 @@ class Backend(ABC):
     # ------------------------------------------------------------ ciphertexts
     @abstractmethod
     def ciphertext_to_bytes(self, keys: SecretKeys | Evaluator, ct: Ciphertext, role: str | None = None) -> bytes:
-        """A ciphertext (or the tiles of one tensor) as a ciphertext envelope
-        (:mod:`ckksnet.core.envelope`, kind ``ciphertext``, header fields ``context_id`` and, if
-        given, ``role``: "input" (a client's encryption) or "output" (a server's run))."""
+        """A ciphertext, or the :class:`~ckksnet.core.tiles.Tiles` of one tensor over several, as
+        an envelope of kind :data:`CIPHERTEXT_KIND` whose header holds ``context_id`` (the key
+        set) and ``role``: "input" (a client's encryption) or "output" (a server's run). Readers
+        check both; a file without ``role`` is read as one written before roles existed, so a
+        backend must write it."""
 
     @abstractmethod
     def ciphertext_from_bytes(self, keys: SecretKeys | Evaluator, data: bytes) -> Ciphertext:
@@ -234,17 +237,37 @@ _BACKENDS: dict[str, Backend] = {}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
+def valid_backend_name(name: object) -> bool:
+    """Whether ``name`` is a well-formed backend name (a lower-case word), registered or not."""
+    return isinstance(name, str) and _NAME.match(name) is not None
+
+
+ROLES = ("input", "output")  #: what a ciphertext file may say it is
+
+
 def register_backend(backend: Backend) -> Backend:
-    """Register ``backend`` under ``backend.name`` (a later one of the same name replaces it)."""
+    """Register ``backend`` under ``backend.name``. Raises :class:`BackendError` for anything but a
+    :class:`Backend` with a lower-case name, and for a second backend of a name already taken
+    (re-registering the same class, as a reloaded module does, replaces it)."""
     if not isinstance(backend, Backend) or not _NAME.match(backend.name or ""):
-        raise TypeError(f"register_backend takes a Backend instance with a lower-case name, got {backend!r}")
+        raise BackendError(f"register_backend takes a Backend instance with a lower-case name, got {backend!r}")
+    present = _BACKENDS.get(backend.name)
+    if present is not None and type(present).__qualname__ != type(backend).__qualname__:
+        raise BackendError(f"a backend named {backend.name!r} is registered already ({type(present).__module__}."
+                           f"{type(present).__qualname__}); give yours another name")
     _BACKENDS[backend.name] = backend
     return backend
 
 
+#: modules to import (comma-separated) when a backend name is not found: how a backend outside
+#: ckksnet reaches the command line, ``ckksnet serve`` and Ray workers (which inherit it)
+MODULES_ENV = "CKKSNET_BACKEND_MODULES"
+
+
 def get_backend(name: str) -> Backend:
-    """The backend registered as ``name``, importing ``ckksnet.backend.ops_<name>`` on first use.
-    Raises :class:`UnknownBackendError` naming the backends there are."""
+    """The backend registered as ``name``, importing ``ckksnet.backend.ops_<name>`` on first use,
+    then the modules named in ``$CKKSNET_BACKEND_MODULES``. Raises :class:`UnknownBackendError`
+    naming the backends there are."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise UnknownBackendError(f"a backend name is a lower-case word, got {name!r}")
     if name not in _BACKENDS:
@@ -253,9 +276,15 @@ def get_backend(name: str) -> Backend:
         except ModuleNotFoundError as exc:
             if exc.name != f"ckksnet.backend.ops_{name}":
                 raise
+    for module in filter(None, os.environ.get(MODULES_ENV, "").split(",")) if name not in _BACKENDS else ():
+        try:
+            importlib.import_module(module.strip())
+        except ImportError as exc:
+            raise UnknownBackendError(f"${MODULES_ENV} names {module.strip()!r}, which cannot be imported: {exc}") from exc
     if name not in _BACKENDS:
-        raise UnknownBackendError(f"no backend {name!r}; there are: {', '.join(backend_names())} "
-                                  "(a backend outside ckksnet registers itself when its module is imported)")
+        raise UnknownBackendError(f"no backend {name!r}; there are: {', '.join(backend_names())} (a backend outside "
+                                  f"ckksnet registers itself when its module is imported: import it first, or name "
+                                  f"the module in ${MODULES_ENV} for the command line, ckksnet serve and Ray)")
     return _BACKENDS[name]
 
 

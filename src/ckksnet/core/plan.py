@@ -83,6 +83,9 @@ class ClientSpec:
     model_id: str = ""
     plan_id: str = ""
     backend: str = ""  #: the backend's name (:func:`ckksnet.core.backend.get_backend`)
+    #: levels left in the run's output (the schedule's last step), -1 where unknown (older files):
+    #: how a client tells a run's output from an encrypted input
+    output_level: int = -1
 
     @property
     def bootstrap(self) -> bool:
@@ -219,7 +222,8 @@ class Plan:
         return ClientSpec(self.preset, self.mean, self.std, self.input_layout, self.values[self.input].scale,
                           sched.input_level, self.output_layout, self.values[self.output].scale,
                           sched.client_rotations, sched.bootstrap_slots, tuple(self.classes),
-                          self.model_id, plan_id(self), self.backend)
+                          self.model_id, plan_id(self), self.backend,
+                          sched.steps[-1].level_out if sched.steps else -1)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """Images -> packed slot vectors (see :meth:`ClientSpec.preprocess`)."""

@@ -28,9 +28,9 @@ from ckksnet.errors import CkksnetError
 
 
 @dataclass(frozen=True)
-class BundleInfo:
-    """What validation learned about a key bundle: its key set id (the context id every
-    ciphertext of it carries), the preset name, and file name -> size in bytes."""
+class UploadedKeyset:
+    """What validation learned about an uploaded key bundle: its key set id (the context id
+    every ciphertext of it carries), the preset name, and file name -> size in bytes."""
 
     keyset_id: str
     preset: str
@@ -47,7 +47,10 @@ def load_plan(path: str | os.PathLike):
 
 
 def describe_plan(plan) -> dict:
-    """The facts about a plan the HTTP side needs: preset name, backend name, number of steps."""
+    """The facts about a plan the HTTP side needs: preset name, backend name, number of steps.
+    Raises :class:`ckksnet.errors.UnknownBackendError` for a plan whose backend this process
+    lacks (a service refuses to start with it)."""
+    get_backend(plan.backend)
     return {"preset": plan.preset.name, "backend": plan.backend, "steps": len(plan.steps)}
 
 
@@ -62,12 +65,13 @@ def bundle_file_allowed(name: str, backend: str) -> bool:
     return get_backend(backend).bundle_file_allowed(name)
 
 
-def validate_bundle(folder: str | os.PathLike, backend: str, preset: str | None = None) -> BundleInfo:
+def validate_bundle(folder: str | os.PathLike, backend: str, preset: str | None = None) -> UploadedKeyset:
     """Check an uploaded evaluation-key folder without loading a key (every envelope, every key
     file's length and checksum, one key set throughout) and, if given, its preset. Raises
     :class:`InvalidKeysError` carrying the reason."""
+    checker = get_backend(backend)  # an unknown backend is the plan's problem, not the keys'
     try:
-        info = get_backend(backend).check_evaluation_keys(folder)
+        info = checker.check_evaluation_keys(folder)
     except CkksnetError as exc:
         raise InvalidKeysError(f"the key bundle is invalid: {exc}") from exc
     extra = sorted(set(p.name for p in Path(folder).iterdir()) - set(info.files))
@@ -77,7 +81,7 @@ def validate_bundle(folder: str | os.PathLike, backend: str, preset: str | None 
         raise InvalidKeysError(f"the keys are for preset {info.preset.name!r}, this server's plan for {preset!r}")
     if not re.fullmatch(r"[0-9a-f]{16,128}", info.context_id):
         raise InvalidKeysError("the context's key set id is malformed")
-    return BundleInfo(info.context_id, info.preset.name, dict(info.files))
+    return UploadedKeyset(info.context_id, info.preset.name, dict(info.files))
 
 
 def bundle_identity(folder: str | os.PathLike, backend: str):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 import ckksnet.kernels  # noqa: F401  (registers the built-in kernel types plans name)
 from ckksnet.core import artifact
-from ckksnet.core.backend import (EVAL_DIR, SECRET_KEY_FILE, Backend, KeySet, SecretKeys, ciphertext_role,
+from ckksnet.core.backend import (EVAL_DIR, ROLES, SECRET_KEY_FILE, Backend, KeySet, SecretKeys, ciphertext_role,
                                   get_backend)
 from ckksnet.core.envelope import load, save
 from ckksnet.core.evaluator import Evaluator
@@ -31,8 +31,8 @@ from ckksnet.core.memory import check_memory, peak_rss_gb, rss_gb  # noqa: F401 
 from ckksnet.core.plan import ClientSpec, Plan
 from ckksnet.core.tiles import join, split_packed, tiles_of, width
 from ckksnet.core.walker import RunReport, ScheduledRefresh, StepReport, walk  # noqa: F401
-from ckksnet.errors import (ContextMismatchError, InputError, LevelError, MissingKeyError, SerializationError,
-                            ShapeError, WrongTypeError)
+from ckksnet.errors import (BackendError, CkksnetError, ContextMismatchError, InputError, LevelError, MissingKeyError,
+                            SerializationError, ShapeError, WrongTypeError)
 
 
 def load_plan(path) -> Plan:
@@ -64,6 +64,9 @@ class Client:
             if not isinstance(keys, SecretKeys) or isinstance(keys, Evaluator):
                 raise WrongTypeError(f"keys must be the secret-key holder of a key set (Client.load, or a "
                                      f"backend's make_keys), got {type(keys).__name__}")
+            if keys.backend != spec.backend:
+                raise BackendError(f"the keys are {keys.backend!r} keys; the plan is compiled for the {spec.backend!r} "
+                                   "backend (make the keys with a Client of this plan)")
             if keys.preset != spec.preset:
                 raise ContextMismatchError(f"keys are for preset {keys.preset.name!r}, the plan for {spec.preset.name!r}")
             self.keys = keys
@@ -100,6 +103,8 @@ class Client:
         leaves no half key set where readers look. An existing ``folder`` is replaced only if it
         is empty or holds a key set (``SerializationError`` otherwise: it is not ours to delete)."""
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise SerializationError(f"{folder} is a file: give a folder for the keys")
         if folder.exists() and any(folder.iterdir()) and not (folder / SECRET_KEY_FILE).exists() \
                 and not (folder / EVAL_DIR).exists():
             raise SerializationError(f"{folder} holds other files: write the keys to a folder of their own")
@@ -138,6 +143,11 @@ class Client:
         if width(ct) != want:
             raise ShapeError(f"the ciphertext holds {width(ct)} ciphertext(s); the plan's output is {want}: decrypt "
                              "what the server's run returns (an input ciphertext holds no logits)")
+        spec = self.spec
+        levels = {self.keys.levels_left(c) for c in tiles_of(ct)}
+        if spec.output_level >= 0 and spec.input_level != spec.output_level and levels == {spec.input_level}:
+            raise InputError(f"the ciphertext has the {spec.input_level} levels of an encrypted input (the run's "
+                             f"output has {spec.output_level}): decrypt what the server's run returns")
         return self.spec.postprocess(np.concatenate([self.keys.decrypt(c) for c in tiles_of(ct)]))
 
     def evaluation_keys(self) -> Evaluator:
@@ -146,6 +156,8 @@ class Client:
 
     def ciphertext_to_bytes(self, ct, role: str = "input") -> bytes:
         """A ciphertext envelope naming the key set and ``role`` (what the client sends: "input")."""
+        if role not in ROLES:
+            raise InputError(f"a ciphertext's role is one of {', '.join(ROLES)}, not {role!r}")
         return self.backend.ciphertext_to_bytes(self.keys, ct, role)
 
     def ciphertext_from_bytes(self, data: bytes, expect: str | None = None):
@@ -160,11 +172,9 @@ class Client:
         return save(self.ciphertext_to_bytes(ct, role), path)
 
     def load_ciphertext(self, path: str | os.PathLike, expect: str | None = None):
-        """Read a ciphertext file of this key set (see :meth:`ciphertext_from_bytes`)."""
-        try:
-            return self.ciphertext_from_bytes(load(path), expect)
-        except InputError as exc:
-            raise InputError(f"{path}: {exc}") from exc
+        """Read a ciphertext file of this key set (see :meth:`ciphertext_from_bytes`); errors
+        name the file."""
+        return _naming(path, lambda: self.ciphertext_from_bytes(load(path), expect))
 
 
 def rotation_key_text(key_memory_gb: dict | None) -> str:
@@ -224,10 +234,8 @@ class Server:
         return save(self.ciphertext_to_bytes(ct), path)
 
     def load_ciphertext(self, path: str | os.PathLike):
-        try:
-            return self.ciphertext_from_bytes(load(path))
-        except InputError as exc:
-            raise InputError(f"{path}: {exc}") from exc
+        """Read a client's input ciphertext file; errors name the file."""
+        return _naming(path, lambda: self.ciphertext_from_bytes(load(path)))
 
     def run(self, ct, progress: bool = False, probe=None, on_step=None):
         """Encrypted inference of one ciphertext; fills :attr:`report`.
@@ -258,9 +266,21 @@ _ROLE_ADVICE = {"input": "it is an encrypted input (what encrypt writes), not a 
                 "output": "it is already the output of a run: send the encrypted input (what encrypt writes)"}
 
 
+def _naming(path, read):
+    """``read()``, its :class:`CkksnetError` prefixed with ``path`` (same class) where it does not name it."""
+    try:
+        return read()
+    except CkksnetError as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
+
+
 def _check_role(data: bytes, expect: str | None) -> None:
     """:class:`InputError` where the envelope records a role other than ``expect`` (files
     written before ciphertexts recorded their role pass)."""
+    if expect is not None and expect not in ROLES:
+        raise InputError(f"expect is one of {', '.join(ROLES)} or None, not {expect!r}")
     role = ciphertext_role(data) if expect else None
     if role is not None and role != expect:
         raise InputError(_ROLE_ADVICE.get(role, f"its role is {role!r}, expected {expect!r}"))
