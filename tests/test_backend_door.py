@@ -233,3 +233,34 @@ def test_a_backend_outside_ckksnet_is_found_through_the_environment(tmp_path, mo
         class Impostor(Cleartext):
             name = "openfhe"
         register_backend(Impostor())
+
+
+def test_the_command_line_runs_a_plan_compiled_for_another_backend(tmp_path, capsys):
+    """compile --backend cleartext, then keygen, encrypt, run and decrypt: the CLI reaches keys and
+    ciphertexts only through the plan's backend."""
+    from ckksnet.deploy.cli import main as cli
+
+    np.save(tmp_path / "calibration.npy", IMAGES)
+    np.save(tmp_path / "image.npy", IMAGES[0])
+    model = ["--model", "tests.test_backend_door:small_cnn", "--input-shape", "3", "8", "8"]
+    assert cli(["compile", *model, "--calibration", str(tmp_path / "calibration.npy"), "--preset", "test",
+                "--backend", "cleartext", "--alpha", "8", "--eps-bits", "8", "--out", str(tmp_path / "plan")]) == 0
+    client_plan, server_plan = str(tmp_path / "plan" / "client_plan.ckksnet"), str(tmp_path / "plan" / "server_plan.ckksnet")
+    assert ckksnet.load_plan(server_plan).backend == "cleartext"
+    assert cli(["keygen", "--client", client_plan, "--out", str(tmp_path / "keys")]) == 0
+    assert cli(["encrypt", str(tmp_path / "image.npy"), "--keys", str(tmp_path / "keys"), "--client", client_plan,
+                "--out", str(tmp_path / "ct")]) == 0
+    assert cli(["decrypt", str(tmp_path / "ct" / "image.ckks"), "--keys", str(tmp_path / "keys"),
+                "--client", client_plan]) == 2  # an encrypted input holds no logits
+    assert "it is an encrypted input" in capsys.readouterr().err
+    assert cli(["run", "--plan", server_plan, "--eval-keys", str(tmp_path / "keys" / EVAL_DIR),
+                "--in", str(tmp_path / "ct" / "image.ckks"), "--out", str(tmp_path / "out.ckks")]) == 0
+    capsys.readouterr()
+    assert cli(["decrypt", str(tmp_path / "out.ckks"), "--keys", str(tmp_path / "keys"), "--client", client_plan,
+                "--json"]) == 0
+    import json
+
+    logits = np.array(json.loads(capsys.readouterr().out)["logits"])
+    with torch.no_grad():
+        want = small_cnn()(torch.tensor(IMAGES[:1], dtype=torch.float32))[0].numpy()
+    assert np.max(np.abs(logits - want)) < 2e-2

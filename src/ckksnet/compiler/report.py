@@ -34,7 +34,8 @@ def plan_report(plan) -> dict:
               "estimated_seconds": s.seconds} for s, k in zip(sched.steps, widths)]
     acts = [{"step": k.name, "activation": k.kind, "levels": k.levels()}  # ReLU, polynomial, any activation
             for k, _, _ in plan.steps if k.domain is not None]
-    return {"preset": preset.name, "secure": preset.secure, "ring_dim": preset.ring_dim, "slots": preset.slots,
+    return {"preset": preset.name, "backend": plan.backend, "secure": preset.secure, "ring_dim": preset.ring_dim,
+            "slots": preset.slots,
             "depth": preset.depth, "levels_after_bootstrap": preset.levels_after_bootstrap,
             "input_level": sched.input_level, "input_shape": list(plan.input_shape),
             "input_ciphertexts": getattr(plan.input_layout, "ciphertexts", 1), "steps": steps,

@@ -272,7 +272,7 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="encrypt, bootstrap and decrypt a vector: time and precision")
     flags.add(p, "preset")
     p.add_argument("--seed", type=int, default=0, help="seed of the random test vector")
-    p.add_argument("--backend", default="openfhe", help="the backend, by name (default openfhe)")
+    flags.add(p, "backend")
     flags.add(p, "json")
     p.set_defaults(func=_cmd_bootstrap)
 
@@ -381,7 +381,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from ckksnet.compiler.checkpoints import compile_checkpoint
     from ckksnet.compiler.report import plan_report, plan_text
 
-    net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), **flags.model_source(args))
+    net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), backend=args.backend,
+                                   **flags.model_source(args))
     rep = plan_report(net)
     return _emit(args, rep, plan_text(rep))
 
@@ -389,7 +390,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="compile and print the schedule (levels, bootstraps, keys, estimated "
                        "time and memory) without making any key")
-    flags.add(p, *flags.MODEL, "calibration", "preset", "alpha", "eps-bits", "relu-sign")
+    flags.add(p, *flags.MODEL, "calibration", "preset", "backend", "alpha", "eps-bits", "relu-sign")
     flags.add(p, "json")
     p.set_defaults(func=_cmd_plan)
 
@@ -410,7 +411,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from ckksnet.compiler.checkpoints import compile_checkpoint
 
     net, _, _ = compile_checkpoint(preset=args.preset, signs=flags.sign_tables(args), classes=flags.class_names(args),
-                                   **flags.model_source(args))
+                                   backend=args.backend, **flags.model_source(args))
     net.classes = flags.default_classes(args, len(net.classes))  # --model: indices unless --classes names them
     folder = net.save(args.out)
     if args.model and not args.weights:  # said after success: a refusal stays one line
@@ -623,7 +624,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _add_client_server(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile a checkpoint, or your own model (--model), into server and "
                        "client artifacts")
-    flags.add(p, *flags.MODEL, "calibration", "preset", "classes")
+    flags.add(p, *flags.MODEL, "calibration", "preset", "backend", "classes")
     p.add_argument("--out", required=True, help="folder for server_plan.ckksnet and client_plan.ckksnet")
     flags.add(p, "alpha", "eps-bits", "relu-sign", "json")
     p.set_defaults(func=_cmd_compile)

@@ -28,6 +28,10 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "checkpoint": (("--checkpoint",), {"help": "checkpoint folder (default: the bundled ResNet-20)"}),
     "preset": (("--preset",), {"default": "secure",
                                "help": "CKKS parameter preset: secure (128-bit, default) or test (INSECURE)"}),
+    "backend": (("--backend",), {"default": "openfhe", "metavar": "NAME",
+                                 "help": "the backend the plan runs on, by name (default openfhe; 'cleartext' "
+                                         "encrypts nothing: for testing a pipeline; one outside ckksnet: name its "
+                                         "module in $CKKSNET_BACKEND_MODULES)"}),
     "data": (("--data",), {"help": "CIFAR-10 location (default: $CKKSNET_DATA or ../shared/data)"}),
     "alpha": (("--alpha",), {"type": int, "default": 13,
                              "help": "ReLU sign precision in bits (shipped tables: 6..13; default 13)"}),
