@@ -34,9 +34,10 @@ from ckksnet.errors import InputError
 ENV = "CKKSNET_THREADS"  #: threads for every ckksnet process (the --threads flag wins)
 WAIT_ENV = "CKKSNET_OMP_WAIT_POLICY"  #: OMP_WAIT_POLICY for ckksnet (active / passive)
 WAIT_POLICIES = ("active", "passive")
-#: OMP_WAIT_POLICY set when neither it nor CKKSNET_OMP_WAIT_POLICY is (None: OpenMP's own default);
-#: to be decided by benchmarks/threads.py on a quiet machine
-DEFAULT_WAIT_POLICY: str | None = None
+#: OMP_WAIT_POLICY set when neither it nor CKKSNET_OMP_WAIT_POLICY is. Measured by benchmarks/threads.py
+#: (2026-12-07, 2 cores, RESULTS "Threads"): with 2 busy processes beside it a 2-thread bootstrap took
+#: 5.01 s active, 3.17 s unset, 1.36 s passive (1 thread: 1.2-1.3 s); alone, passive cost 9% (0.60 vs 0.55 s)
+DEFAULT_WAIT_POLICY: str | None = "passive"
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")  #: where cgroup file systems are mounted (tests point it elsewhere)
 PROC_CGROUP = Path("/proc/self/cgroup")  #: this process's cgroups

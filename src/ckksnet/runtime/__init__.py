@@ -87,7 +87,7 @@ class Client:
     @property
     def key_memory_gb(self) -> dict:
         """What making the keys cost (GiB and key counts; {} for loaded keys)."""
-        return getattr(self.keys, "key_memory_gb", {}) or {}
+        return self.keys.key_memory_gb or {}
 
     @property
     def context_id(self) -> str:
