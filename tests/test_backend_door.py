@@ -8,8 +8,6 @@ a GPU backend is added to BACKENDS and must pass the same. Results are compared 
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -136,15 +134,6 @@ def test_a_plan_of_one_backend_refuses_another_backends_keys():
         plan.backend = "openfhe"
         with pytest.raises(WrongTypeError, match="CkksServer"):
             Server(plan, other)
-
-
-def test_the_service_the_ray_batch_and_the_engine_load_no_openfhe():
-    code = ("import sys, ckksnet.deploy.service.app, ckksnet.deploy.distributed, ckksnet.deploy.engine; "
-            "from ckksnet.core.backend import get_backend; b = get_backend('openfhe'); "
-            "print('openfhe' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
 
 
 def test_an_interrupted_key_write_leaves_no_half_key_set(compiled, tmp_path, monkeypatch):
