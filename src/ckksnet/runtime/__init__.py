@@ -143,12 +143,13 @@ class Client:
         if width(ct) != want:
             raise ShapeError(f"the ciphertext holds {width(ct)} ciphertext(s); the plan's output is {want}: decrypt "
                              "what the server's run returns (an input ciphertext holds no logits)")
+        slots = [self.keys.decrypt(c) for c in tiles_of(ct)]  # first: it names what is not a ciphertext
         spec = self.spec
         levels = {self.keys.levels_left(c) for c in tiles_of(ct)}
         if spec.output_level >= 0 and spec.input_level != spec.output_level and levels == {spec.input_level}:
             raise InputError(f"the ciphertext has the {spec.input_level} levels of an encrypted input (the run's "
                              f"output has {spec.output_level}): decrypt what the server's run returns")
-        return self.spec.postprocess(np.concatenate([self.keys.decrypt(c) for c in tiles_of(ct)]))
+        return spec.postprocess(np.concatenate(slots))
 
     def evaluation_keys(self) -> Evaluator:
         """The server's view of the keys in this process: public and evaluation keys only."""
