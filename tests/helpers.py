@@ -1,8 +1,11 @@
 """Helpers shared by tests (and the benchmarks that build the same random models)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from ckksnet.data import Split
 
 
 def random_bn(bn: nn.BatchNorm2d | nn.BatchNorm1d, gen: torch.Generator):
@@ -33,3 +36,12 @@ def deep_plain_cnn(layers: int = 48, channels: int = 8) -> nn.Sequential:
         c = channels
     blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)]
     return nn.Sequential(*blocks)
+
+
+def synthetic_split(n: int, seed: int = 0) -> Split:
+    """Two easy classes of 32x32 images: bright vs dark, with noise (training tests)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    base = np.where(labels[:, None, None, None] == 1, 170, 70)
+    images = np.clip(base + rng.normal(0, 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+    return Split(images, labels.astype(np.int64), ("dark", "bright"), "synthetic")

@@ -6,23 +6,15 @@ import json
 
 import numpy as np
 
-from ckksnet.data import Split
 from ckksnet.deploy.cli import main as cli
 from ckksnet.models import load_checkpoint
-
-
-def _synthetic(n: int, seed: int = 0) -> Split:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    base = np.where(labels[:, None, None, None] == 1, 170, 70)
-    images = np.clip(base + rng.normal(0, 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
-    return Split(images, labels.astype(np.int64), ("dark", "bright"), "synthetic")
+from tests.helpers import synthetic_split
 
 
 def test_cli_init_from_a_relu_checkpoint_with_a_teacher_then_plan(tmp_path, capsys, monkeypatch):
     """A tiny ReLU ResNet trained and exported; then `train --activation poly2 --init-from` it,
     distilled from it (`--teacher`); `plan` lists each activation with its kind and levels."""
-    data = _synthetic(96)
+    data = synthetic_split(96)
     import ckksnet.data as D
     monkeypatch.setattr(D, "load_cifar10", lambda split, data_path=None, **kw: data)
     tiny = ["--epochs", "1", "--blocks", "1", "--widths", "4", "8", "8", "--calibration-images", "32",

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 
 from ckksnet.approx.poly import evaluate as poly_eval
-from ckksnet.data import Split
 from ckksnet.deploy.cli import main as cli
 from ckksnet.errors import DataError
 from ckksnet.models import load_bundled, load_checkpoint, save_checkpoint
@@ -20,14 +19,7 @@ from ckksnet.models.poly import activation_degree
 from ckksnet.nn import PolyAct
 from ckksnet.training import TrainConfig, evaluate, train
 from ckksnet.training.poly import ActivationMonitor, DivergenceError, boundary_loss, init_from_relu
-
-
-def _synthetic(n: int, seed: int = 0) -> Split:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    base = np.where(labels[:, None, None, None] == 1, 170, 70)
-    images = np.clip(base + rng.normal(0, 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
-    return Split(images, labels.astype(np.int64), ("dark", "bright"), "synthetic")
+from tests.helpers import synthetic_split
 
 
 CFG = TrainConfig(epochs=2, batch_size=32, lr=0.05, warmup_epochs=0.5, blocks=1, widths=(4, 8, 8), threads=1,
@@ -93,11 +85,11 @@ def test_polynomial_checkpoints_round_trip_and_unknown_kinds_are_refused(tmp_pat
 
 
 def test_a_polynomial_resnet_trains_and_its_run_state_reloads(tmp_path):
-    data = _synthetic(128)
+    data = synthetic_split(128)
     model, run = train(CFG, data, tmp_path / "run", progress=False)
     assert all(np.isfinite(h["loss"]) for h in run["history"])
     assert sum(isinstance(m, PolyAct) for m in model.modules()) == 7  # 3 stages x 1 block x 2, and the stem
-    assert evaluate(model, _synthetic(64, seed=1))["accuracy"] > 60.0
+    assert evaluate(model, synthetic_split(64, seed=1))["accuracy"] > 60.0
     # the run resumes from its state with the polynomial model (snapshot's reader too)
     from ckksnet.training.export import load_run_state
 
@@ -111,7 +103,7 @@ def test_a_polynomial_resnet_trains_and_its_run_state_reloads(tmp_path):
 def test_divergence_stops_naming_the_layer(tmp_path):
     cfg = replace(CFG, lr=1e4, boundary_weight=0.0, clip_grad=0.0, diverge_ratio=20.0, epochs=1)
     with pytest.raises(DivergenceError, match=r"training diverged at activation '[\w.]+': its input"):
-        train(cfg, _synthetic(128), tmp_path / "run", progress=False)
+        train(cfg, synthetic_split(128), tmp_path / "run", progress=False)
 
 
 def test_monitor_names_a_non_finite_input_first_in_forward_order():
@@ -125,7 +117,7 @@ def test_monitor_names_a_non_finite_input_first_in_forward_order():
 
 
 def test_cli_train_with_polynomial_activations(tmp_path, capsys, monkeypatch):
-    data = _synthetic(96)
+    data = synthetic_split(96)
     import ckksnet.data as D
     monkeypatch.setattr(D, "load_cifar10", lambda split, data_path=None, **kw: data)
     out = tmp_path / "ck"

@@ -11,18 +11,9 @@ import torch
 import torch.nn as nn
 
 from ckksnet.deploy.cli import main as cli
-from ckksnet.data import Split
 from ckksnet.models import load_checkpoint, resnet20
 from ckksnet.training import TrainConfig, calibrate, evaluate, to_tensor, train
-
-
-def _synthetic(n: int, seed: int = 0) -> Split:
-    """Two easy classes: bright images vs dark images, with noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    base = np.where(labels[:, None, None, None] == 1, 170, 70)
-    images = np.clip(base + rng.normal(0, 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
-    return Split(images, labels.astype(np.int64), ("dark", "bright"), "synthetic")
+from tests.helpers import synthetic_split
 
 
 CFG = TrainConfig(epochs=3, batch_size=32, lr=0.05, warmup_epochs=0.5, blocks=1, widths=(4, 8, 8),
@@ -30,14 +21,14 @@ CFG = TrainConfig(epochs=3, batch_size=32, lr=0.05, warmup_epochs=0.5, blocks=1,
 
 
 def test_loss_decreases(tmp_path):
-    model, run = train(CFG, _synthetic(256), tmp_path, progress=False)
+    model, run = train(CFG, synthetic_split(256), tmp_path, progress=False)
     losses = [h["loss"] for h in run["history"]]
     assert losses[-1] < losses[0] * 0.8
-    assert evaluate(model, _synthetic(200, seed=1))["accuracy"] > 80.0
+    assert evaluate(model, synthetic_split(200, seed=1))["accuracy"] > 80.0
 
 
 def test_resume_continues_exactly(tmp_path):
-    data = _synthetic(128)
+    data = synthetic_split(128)
     straight, _ = train(replace(CFG, epochs=2), data, tmp_path / "a", progress=False)
     cfg = replace(CFG, epochs=2)
     state = tmp_path / "b"
@@ -65,15 +56,15 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_resume_refuses_other_config(tmp_path):
-    train(replace(CFG, epochs=1), _synthetic(64), tmp_path, progress=False)
+    train(replace(CFG, epochs=1), synthetic_split(64), tmp_path, progress=False)
     with pytest.raises(ValueError, match="another configuration"):
-        train(replace(CFG, epochs=1, lr=0.2), _synthetic(64), tmp_path, progress=False)
+        train(replace(CFG, epochs=1, lr=0.2), synthetic_split(64), tmp_path, progress=False)
 
 
 def test_calibration_matches_direct_computation():
     torch.manual_seed(0)
     model = resnet20().eval()
-    images = _synthetic(40).images
+    images = synthetic_split(40).images
     stats = calibrate(model, images, q=0.999, batch_size=16)
     relus = {n for n, m in model.named_modules() if isinstance(m, nn.ReLU)}
     assert set(stats) == relus and len(relus) == 19  # 1 stem + 2 per block x 9 blocks
@@ -95,7 +86,7 @@ def test_calibration_matches_direct_computation():
 
 
 def test_cli_train_writes_checkpoint_and_eval_reads_it(tmp_path, capsys, monkeypatch):
-    data = _synthetic(96)
+    data = synthetic_split(96)
     import ckksnet.data as D
     monkeypatch.setattr(D, "load_cifar10", lambda split, data_path=None, **kw: data)
     out = tmp_path / "ck"
