@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckksnet.core.backend import Backend, get_backend
+from ckksnet.core.backend import get_backend
 from ckksnet.core.backend import ciphertext_keyset as backend_ciphertext_keyset
 from ckksnet.deploy.errors import InvalidKeysError
 from ckksnet.errors import CkksnetError
@@ -55,11 +55,6 @@ def describe_plan(plan) -> dict:
 
 
 # ---------------------------------------------------------------- key bundles
-def backend_of(plan_or_name) -> Backend:
-    """The backend a plan (or a backend name) runs on."""
-    return get_backend(plan_or_name if isinstance(plan_or_name, str) else plan_or_name.backend)
-
-
 def bundle_file_allowed(name: str, backend: str) -> bool:
     """Whether ``name`` may be a member of an uploaded evaluation-key bundle of ``backend``."""
     return get_backend(backend).bundle_file_allowed(name)
@@ -100,11 +95,11 @@ def ciphertext_keyset(data: bytes, service: bool = True) -> str:
     """The key set id of a ciphertext envelope, after checking its kind, length and checksum.
     Raises :class:`InvalidKeysError` for anything that is not an intact ciphertext (the HTTP
     service's 422), or with ``service=False`` the envelope's own error (``CorruptDataError``, ...)."""
-    if not service:
-        return backend_ciphertext_keyset(data)
     try:
         return backend_ciphertext_keyset(data)
     except CkksnetError as exc:
+        if not service:
+            raise
         raise InvalidKeysError(f"not an intact ckksnet ciphertext: {exc}") from exc
 
 
