@@ -17,7 +17,7 @@ from PIL import Image
 
 from ckksnet.core.envelope import temporary_path
 from ckksnet.training.train import augment, cut_out, distillation_loss
-from tests.test_training import _synthetic
+from tests.helpers import synthetic_split
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -101,7 +101,7 @@ def test_distillation_loss_is_zero_only_for_the_teachers_distribution():
 def test_train_with_a_teacher_first_records_it_in_the_checkpoint(tmp_path, monkeypatch):
     from ckksnet.deploy.cli import main as cli
 
-    data = _synthetic(64)
+    data = synthetic_split(64)
     import ckksnet.data as D
     monkeypatch.setattr(D, "load_cifar10", lambda split, data_path=None, **kw: data)
     out = tmp_path / "ck"
@@ -183,7 +183,7 @@ def test_two_writers_never_share_a_temporary_file(tmp_path):
     target = tmp_path / "cache.npz"
     names = {temporary_path(target) for _ in range(100)}
     assert len(names) == 100 and all(p.parent == tmp_path for p in names)
-    split = _synthetic(200)
+    split = synthetic_split(200)
     errors = []
 
     def write():
