@@ -1,10 +1,12 @@
 """Full ResNet-20, encrypted, at the secure preset, on real CIFAR-10 test images.
 
-    python benchmarks/resnet20.py [--images 3] [--alpha A --eps-bits E] [--json [PATH]] [--store]
+    python benchmarks/resnet20.py [--checkpoint resnet20-poly] [--images 3] [--alpha A --eps-bits E]
+                                  [--json [PATH]] [--store]
 Writes the totals and a per-layer table, with date and machine, to benchmarks/RESULTS.md
-(section "ResNet-20 encrypted inference"), replacing that section's previous run, and the raw
-JSON next to it (benchmarks/resnet20_last.json, with the cost constants and the noise model this
-run measured). Only with --store does it also install those in the package, as the shipped
+(section "ResNet-20 encrypted inference", or "... encrypted inference, <checkpoint>" for another
+checkpoint than the bundled ReLU one), replacing that section's previous run, and the raw
+JSON next to it (benchmarks/resnet20_last.json, or resnet20_<checkpoint name>_last.json, with the
+cost constants and the noise model this run measured). Only with --store does it also install those in the package, as the shipped
 constants: the secure preset's entry of ckksnet/core/costs.json and the twin's noise model
 ckksnet/fidelity/noise_secure.json; never as a side effect. Before each image a reference bootstrap (a
 fresh 2^14-slot ciphertext, median of 3) is timed in the same process; ``--json`` also writes,
@@ -29,12 +31,25 @@ from ckksnet.fidelity import NoiseModel, bundled_noise_path
 from ckksnet.runtime import rotation_key_text
 
 HEADER = "## ResNet-20 encrypted inference (benchmarks/resnet20.py)"
+DEFAULT_CHECKPOINTS = (None, "resnet20", "bundled")  # the bundled ReLU ResNet-20
 
 
-def section(res: dict, argv: list[str]) -> str:
+def header(checkpoint: str | None) -> str:
+    """RESULTS.md section of a run of ``checkpoint`` (the ReLU model's keeps its old title)."""
+    if checkpoint in DEFAULT_CHECKPOINTS:
+        return HEADER
+    return f"## ResNet-20 encrypted inference, {Path(checkpoint).name} (benchmarks/resnet20.py --checkpoint)"
+
+
+def last_json(checkpoint: str | None) -> Path:
+    name = "" if checkpoint in DEFAULT_CHECKPOINTS else "_" + Path(checkpoint).name.replace("-", "_")
+    return Path(__file__).parent / f"resnet20{name}_last.json"
+
+
+def section(res: dict, argv: list[str], checkpoint: str | None = None) -> str:
     rep = res["report"]
     total = rep["seconds"]
-    lines = [HEADER, "",
+    lines = [header(checkpoint), "",
              f"{today()}, {machine()}. Command: `python benchmarks/resnet20.py {' '.join(argv)}`.",
              f"Checkpoint: {res['checkpoint']} ({res['checkpoint_note'] or 'final'}; plaintext accuracy "
              f"{res['plain_test_accuracy']}% on CIFAR-10 (JPEG copy)). Images: {res['source']}.", "",
@@ -48,7 +63,7 @@ def section(res: dict, argv: list[str]) -> str:
              f"(policy {res['rotation_key_policy']}); {rotation_key_text(res['key_memory_gb']) or 'size not recorded'} |",
              f"| peak RSS | {rep['peak_rss_gb']:.1f} GiB = {rep['peak_rss_gb'] * 1.073741824:.1f} GB (after key "
              f"generation: {res['peak_rss_gb_after_keygen']:.1f} GiB) |",
-             f"| ReLU | alpha {res['alpha']}, eps 2^-{res['eps_bits']} |"]
+             f"| activations | {activation_text(res)} |"]
     costs = res.get("costs")
     if costs:
         ref = costs["reference_bootstrap_seconds"]
@@ -76,6 +91,15 @@ def section(res: dict, argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def activation_text(res: dict) -> str:
+    """What the plan's activations are: composite ReLU (its sign table) and/or polynomials."""
+    kinds = res.get("activations") or {}
+    parts = [f"{n} {k}" for k, n in sorted(kinds.items()) if k != "relu"]
+    if kinds.get("relu", 0) or not kinds:
+        parts.insert(0, f"{kinds.get('relu', '')} composite ReLU, alpha {res['alpha']}, eps 2^-{res['eps_bits']}".strip())
+    return "; ".join(parts)
+
+
 def per_image(res: dict, argv: list[str]) -> dict:
     """The figures issue #20 asks for, per image, with the run's configuration."""
     keys = ("index", "label", "seconds", "reference_bootstrap_seconds", "ratio", "bootstraps",
@@ -91,6 +115,8 @@ def per_image(res: dict, argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", help="checkpoint folder, or a bundled one by name: resnet20 (the default, "
+                                         "ReLU) or resnet20-poly (polynomial activations)")
     ap.add_argument("--images", type=int, default=1)
     ap.add_argument("--alpha", type=int, default=DEFAULT_ALPHA)
     ap.add_argument("--eps-bits", type=int, default=DEFAULT_EPS_BITS)
@@ -106,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.store and args.no_record:
         ap.error("--store and --no-record exclude each other")
-    res = inference.run(args.images, "secure", signs=SignTables(args.alpha, args.eps_bits, args.relu_sign),
+    res = inference.run(args.images, "secure", checkpoint=args.checkpoint, signs=SignTables(args.alpha, args.eps_bits, args.relu_sign),
                         progress=True, on_image=lambda r: print(json.dumps(r), flush=True), calibrate_noise=not args.no_record,
                         measure_costs=True, reference_each=True)
     if args.json:
@@ -125,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("the package's costs.json and noise_secure.json left alone (this run's are in resnet20_last.json; "
               "--store installs them)", file=sys.stderr)
-    (Path(__file__).parent / "resnet20_last.json").write_text(json.dumps(res, indent=1) + "\n")
-    replace_section(HEADER, section(res, argv))
+    last_json(args.checkpoint).write_text(json.dumps(res, indent=1) + "\n")
+    replace_section(header(args.checkpoint), section(res, argv, args.checkpoint))
     print(json.dumps({k: v for k, v in res.items() if k != "report"}, indent=1))
     return 0
 

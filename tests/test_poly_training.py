@@ -18,7 +18,8 @@ from ckksnet.models import load_bundled, load_checkpoint, save_checkpoint
 from ckksnet.models.poly import activation_degree
 from ckksnet.nn import PolyAct
 from ckksnet.training import TrainConfig, evaluate, train
-from ckksnet.training.poly import ActivationMonitor, DivergenceError, boundary_loss, init_from_relu
+from ckksnet.training.poly import (ActivationMonitor, DivergenceError, boundary_loss, data_fits, init_from_relu,
+                                   ramp_mix, set_relu_mix)
 from tests.helpers import synthetic_split
 
 
@@ -131,3 +132,52 @@ def test_cli_train_with_polynomial_activations(tmp_path, capsys, monkeypatch):
     assert len(meta["calibration"]["relus"]) == 7 and "layers.2.relu2" in meta["calibration"]["relus"]
     model, _ = load_checkpoint(out)
     assert isinstance(model.relu, PolyAct)
+
+
+def test_ramp_blends_relu_in_train_mode_only_and_the_compiler_refuses_a_model_mid_ramp():
+    """--ramp-epochs: ReLU's share falls linearly from 1 to 0; in train mode a PolyAct with share m
+    gives p + m (ReLU - p); eval mode, and share 0, give the polynomial alone; a model compiled
+    mid-ramp is refused by name (its polynomial is not what it was trained to compute yet)."""
+    import ckksnet
+    from ckksnet.errors import CompileError
+
+    assert [ramp_mix(2, s, 10) for s in (0, 5, 10, 20, 30)] == [1.0, 0.75, 0.5, 0.0, 0.0]
+    assert ramp_mix(0, 0, 10) == 0.0
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), PolyAct(2, 3.0), nn.Flatten(), nn.Linear(32, 2))
+    act = model[1]
+    x = torch.linspace(-3, 3, 8).reshape(2, 4)
+    poly = act.eval()(x)
+    set_relu_mix(model, 0.25)
+    assert torch.allclose(act.train()(x), poly + 0.25 * (torch.relu(x) - poly))
+    assert torch.equal(act.eval()(x), poly)
+    with pytest.raises(CompileError, match="still blends in ReLU"):
+        ckksnet.compile(model.eval(), calibration=np.random.default_rng(0).uniform(0, 1, (8, 1, 4, 4)).astype(np.float32),
+                        input_shape=(1, 4, 4), preset="test")
+    set_relu_mix(model, 0.0)
+    assert not act.blending and torch.equal(act.train()(x), poly)
+    assert "relu_mix" not in act.state_dict()  # training state only: never saved
+
+
+def test_data_fit_is_closer_to_relu_where_the_inputs_fall():
+    """init_fit "data": each polynomial fitted on the inputs its ReLU sees on training images has a
+    smaller mean squared error on those inputs than the uniform fit on [-B, B], and the network
+    with its first ReLUs replaced by data fits agrees more with the ReLU network."""
+    from ckksnet.data import load_cifar10
+
+    images = load_cifar10("train").stratified(200).images
+    relu_model, meta = load_bundled()
+    bounds = {n: float(r["max_abs"]) for n, r in meta["calibration"]["relus"].items()}
+    fits = data_fits(relu_model, images, 2, bounds, samples=5000)
+    seen = {}
+    hook = relu_model.relu.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].reshape(-1)))
+    with torch.no_grad():
+        relu_model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    hook.remove()
+    x = seen["x"].double().numpy()
+    b = bounds["relu"]
+    err_data = np.mean((poly_eval(fits["relu"], x / b) - np.maximum(x, 0)) ** 2)
+    err_range = np.mean((poly_eval(PolyAct.from_relu(b, 2).coefficients.detach().double().numpy(), x / b)
+                         - np.maximum(x, 0)) ** 2)
+    assert err_data < 0.5 * err_range
+    by_data = init_from_relu("resnet20", 2, images=images)
+    assert torch.allclose(by_data.relu.coefficients.detach().double(), torch.as_tensor(fits["relu"]), rtol=0.05, atol=0.05)

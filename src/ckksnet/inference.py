@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -108,6 +109,7 @@ def run(k: int = 1, preset: str = "secure", data: str | None = None, checkpoint:
     return {"preset": net.preset.name, "source": source, "checkpoint": checkpoint or "bundled",
             "checkpoint_note": meta.get("note", ""), "plain_test_accuracy": meta.get("test", {}).get("accuracy"),
             "alpha": signs.alpha, "eps_bits": signs.eps_bits, "relu_signs": [[p, list(t)] for p, t in signs.relu_sign],
+            "activations": dict(Counter(k.kind for k, _, _ in net.steps if k.domain is not None)),
             "compile_seconds": round(compile_s, 2),
             "keygen_seconds": round(keygen_s, 2), "rotation_keys": client.key_memory_gb["rotation_keys"],
             "rotation_key_policy": net.rotation_key_policy, "peak_rss_gb_after_keygen": round(keygen_rss, 2),

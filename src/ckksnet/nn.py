@@ -67,6 +67,12 @@ class PolyAct(nn.Module):
         self.coefficients = nn.Parameter(c)
         relu_fit(bound, self.degree)  # checks the bound
         self.register_buffer("bound", torch.tensor(float(bound), dtype=torch.float32))
+        # Training only (ckksnet train --ramp-epochs): in train mode, while ``blending``, the output
+        # is p(x) + m (ReLU(x) - p(x)), m = ``relu_mix`` falling from 1 to 0, so a network whose
+        # ReLUs were just replaced never sees its untrained polynomials at full weight. Not saved;
+        # eval mode and the compiler always see the polynomial alone.
+        self.register_buffer("relu_mix", torch.zeros(()), persistent=False)
+        self.blending = False
 
     @classmethod
     def from_relu(cls, bound: float, degree: int = 2) -> "PolyAct":
@@ -79,6 +85,8 @@ class PolyAct(nn.Module):
         y = c[self.degree] * t + c[self.degree - 1]
         for k in range(self.degree - 2, -1, -1):
             y = y * t + c[k]
+        if self.blending and self.training:
+            y = y + self.relu_mix * (torch.relu(x) - y)
         return y
 
     def extra_repr(self) -> str:

@@ -83,7 +83,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       device=args.device, cutout=args.cutout, label_smoothing=args.label_smoothing,
                       amp=args.amp, teacher=args.teacher, kd_weight=args.kd_weight,
                       kd_temperature=args.kd_temperature, graph=args.graph, activation=args.activation,
-                      init_from=args.init_from, init_margin=args.init_margin,
+                      init_from=args.init_from, init_margin=args.init_margin, init_fit=args.init_fit,
+                      ramp_epochs=args.ramp_epochs,
                       boundary_weight=args.boundary_weight, clip_grad=args.clip_grad)
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
@@ -355,6 +356,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "ReLU replaced by its least-squares polynomial on its calibrated range (with --activation polyD)")
     p.add_argument("--init-margin", type=float, default=1.0,
                    help="with --init-from: each polynomial's bound is this x the ReLU's calibrated max |input|")
+    p.add_argument("--init-fit", choices=("range", "data"), default="range",
+                   help="with --init-from: fit each polynomial to ReLU uniformly on its range (range) or on the "
+                        "inputs it sees on training images (data: closer where most inputs fall)")
+    p.add_argument("--ramp-epochs", type=float, default=0.0,
+                   help="blend ReLU into each polynomial, its share falling from 1 to 0 over these first epochs "
+                        "(replacing every ReLU at once leaves a trained network near chance; 0 = off)")
     p.add_argument("--boundary-weight", type=float, default=0.0,
                    help="weight of the boundary loss on polynomial inputs beyond their bound (0 = off)")
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' global norm (0 = off)")

@@ -1,7 +1,8 @@
-"""Trainable torch models that ckksnet compiles, and the bundled trained checkpoint."""
+"""Trainable torch models that ckksnet compiles, and the bundled trained checkpoints."""
 from ckksnet.models.resnet import (CIFAR10_MEAN, CIFAR10_STD, BasicBlock, Normalize, PadShortcut,
                                    ResNetCifar, build, resnet20)
-from ckksnet.models.checkpoint import load_bundled, load_checkpoint, save_checkpoint, BUNDLED_DIR
+from ckksnet.models.checkpoint import BUNDLED, BUNDLED_DIR, checkpoint_folder, load_bundled, load_checkpoint, save_checkpoint
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "BasicBlock", "Normalize", "PadShortcut", "ResNetCifar",
-           "build", "resnet20", "load_bundled", "load_checkpoint", "save_checkpoint", "BUNDLED_DIR"]
+           "build", "resnet20", "load_bundled", "load_checkpoint", "save_checkpoint", "BUNDLED", "BUNDLED_DIR",
+           "checkpoint_folder"]

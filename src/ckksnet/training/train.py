@@ -29,9 +29,9 @@ from tqdm import tqdm
 from ckksnet.core.envelope import atomic_path
 from ckksnet.data import Split
 from ckksnet.errors import DataError, InputError
-from ckksnet.models import load_bundled, load_checkpoint
+from ckksnet.models import checkpoint_folder, load_checkpoint
 from ckksnet.models.resnet import ResNetCifar
-from ckksnet.training.poly import ActivationMonitor, build_student, check_divergence
+from ckksnet.training.poly import ActivationMonitor, build_student, check_divergence, ramp_mix, set_relu_mix
 
 
 @dataclass
@@ -62,6 +62,8 @@ class TrainConfig:
     activation: str = "relu"
     init_from: str | None = None  # start from this ReLU checkpoint, each ReLU -> its least-squares polynomial
     init_margin: float = 1.0  # the polynomials' bound: this x each ReLU's calibrated max |input|
+    init_fit: str = "range"  # "range": least squares on [-B, B]; "data": on the inputs of training images
+    ramp_epochs: float = 0.0  # blend ReLU into each polynomial, its share 1 -> 0 over these epochs
     boundary_weight: float = 0.0  # weight of the boundary loss (activation inputs beyond their bound)
     clip_grad: float = 0.0  # clip the gradients' global norm to this (0: off)
     diverge_ratio: float = 100.0  # stop, naming the layer, when an activation input passes this x its bound
@@ -182,7 +184,8 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
     if cfg.activation == "relu" and not cfg.init_from:
         model = ResNetCifar(cfg.blocks, tuple(cfg.widths), len(train_split.classes))
     else:  # polynomial activations
-        model = build_student(cfg, len(train_split.classes))
+        fit_images = train_split.stratified(min(2000, len(train_split))).images  # for init_fit "data"
+        model = build_student(cfg, len(train_split.classes), fit_images)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -222,6 +225,7 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
                                  "optimizer": opt.state_dict(), "epoch": epoch + 1,
                                  "history": history})
     model.to(memory_format=torch.contiguous_format)
+    set_relu_mix(model, 0.0)  # the polynomials alone from here on
     return model.cpu().eval(), {"history": history, "config": asdict(cfg)}
 
 
@@ -261,6 +265,8 @@ def _epoch(model: nn.Module, opt, data: _DeviceData, cfg: TrainConfig, epoch: in
             x = cut_out(x, cfg.cutout, gen)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, epoch * steps + s, steps)
+        if cfg.ramp_epochs:
+            set_relu_mix(model, ramp_mix(cfg.ramp_epochs, epoch * steps + s, steps))
         loss, hit = step(x, data.labels[idx])
         opt.step()
         loss_sum += loss * len(idx)
@@ -390,11 +396,9 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 def load_teacher(path: str | os.PathLike, device: str) -> nn.Module:
     """A frozen teacher in eval mode on ``device``: a checkpoint folder (model.pt + model.json) or
     a run folder / state file of :func:`train`. Raises :class:`ckksnet.errors.DataError`."""
-    path = Path(path)
+    path = checkpoint_folder(path)  # a bundled name ("bundled", "resnet20") -> its folder
     state_file = path if path.is_file() else path / "state.pt"
-    if str(path) == "bundled" and not path.exists():  # the bundled ResNet-20
-        model, _ = load_bundled()
-    elif state_file.name == "state.pt" and state_file.is_file():
+    if state_file.name == "state.pt" and state_file.is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=False)
         cfg = state["config"]
         model = ResNetCifar(cfg["blocks"], tuple(cfg["widths"]), state["model"]["fc.weight"].shape[0])

@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ckksnet.compiler.lowerings.deferred import materialize
+from ckksnet.errors import CompileError
 from ckksnet.kernels.linear import BlockLinearMap, LinearMap, LinearStep, tile_spans
 from ckksnet.kernels.poly import PolyStep
 from ckksnet.kernels.registry import register
@@ -16,8 +17,12 @@ from ckksnet.nn import PolyAct
 
 @register(PolyAct, activation=True)
 def lower_poly(ctx, node, module: PolyAct, args):
-    src = materialize(ctx, args[0])
     name = ctx.step_name(node) if hasattr(ctx, "step_name") else node.target
+    if module.blending and float(module.relu_mix) != 0:
+        raise CompileError(f"{name}: this polynomial activation still blends in ReLU ({float(module.relu_mix):.3g} of "
+                           "it; a training ramp, --ramp-epochs, that has not ended): finish training, or compile "
+                           "after ckksnet.training.poly.set_relu_mix(model, 0)")
+    src = materialize(ctx, args[0])
     step = PolyStep(name, tuple(float(c) for c in module.coefficients.detach().double().cpu().numpy()),
                     float(module.bound), src.layout)
     return ctx.add_step(step, [src], ctx.new_value(src.layout))
