@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -337,11 +338,41 @@ def test_bad_uploads_are_rejected_and_stored_keysets_stay(world, served, owner, 
     assert twice.status_code == 409 and "already stored" in twice.json()["detail"]
 
 
-def _query(url: str, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+def _query(url: str, *args: str, token: str | None = None, quiet: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "CKKSNET_TOKEN": token} if token else {k: v for k, v in os.environ.items()
                                                                  if k != "CKKSNET_TOKEN"}
-    return subprocess.run([sys.executable, "-m", "ckksnet.deploy.cli", "query", "--url", url, "--quiet", *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "ckksnet.deploy.cli", "query", "--url", url,
+                           *(["--quiet"] if quiet else []), *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _bar_lines(err: str) -> list[str]:
+    return [line for line in re.split(r"[\r\n]", err) if line.startswith("job ")]
+
+
+def test_progress_bar_counts_the_plans_steps(world, served, owner, capsys):
+    """The bar of ``wait`` (and so of ``query run``) knows the plan's N steps from its first
+    line, while the job is still queued, and says "step k/N" of each running step it sees."""
+    steps = len(world.plan.steps)
+    history: list[dict] = []
+    job = owner.submit(world.cts[3])
+    owner.wait(job, progress=True, poll=0.05, timeout=300, on_status=history.append)
+    bars = _bar_lines(capsys.readouterr().err)
+    assert bars and f" 0/{steps} " in bars[0] and f" {steps}/{steps} " in bars[-1], bars
+    running = [h for h in history if h["state"] == "running" and h["step"]]
+    assert running, history
+    for h in running:
+        assert any(f"step {h['step']}/{steps}" in line for line in bars), (h, bars)
+
+
+def test_query_run_shows_the_step_count(world, served, owner, tmp_path):
+    (tmp_path / "in.ckks").write_bytes(world.cts[0])
+    done = _query(served.url, "run", "--in", str(tmp_path / "in.ckks"), "--out", str(tmp_path / "out.ckks"),
+                  token=owner.token, quiet=False)
+    assert done.returncode == 0, done.stderr
+    steps = len(world.plan.steps)
+    bars = _bar_lines(done.stderr)
+    assert bars and f" 0/{steps} " in bars[0] and f" {steps}/{steps} " in bars[-1], done.stderr[-2000:]
 
 
 def test_query_command_runs_a_ciphertext(world, served, owner, tmp_path):
