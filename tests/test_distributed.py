@@ -192,6 +192,30 @@ def test_interrupted_batch_resumes_without_redoing(setup, tmp_path):
     assert_equals_single_process(setup, out)
 
 
+def _two_images(setup, tmp_path: Path) -> Path:
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("img0.ckks", "img1.ckks"):
+        (folder / name).write_bytes((setup["ct"] / name).read_bytes())
+    return folder
+
+
+def test_local_ray_run_prints_no_raw_ray_output(setup, tmp_path):
+    """A run over a local Ray instance started for it: what reaches the terminal is ckksnet's:
+    no worker's warning forwarded raw by Ray ("(InferenceWorker pid=...) .../headers.py:96:
+    InsecurePresetWarning: ..."), no Ray log line about token authentication; the insecure
+    preset is said once."""
+    done = subprocess.run([CKKSNET, "run", "--plan", str(setup["plan"]), "--eval-keys", str(setup["keys"]),
+                           "--in", str(_two_images(setup, tmp_path)), "--out", str(tmp_path / "out"), "--json"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    err = done.stderr
+    for raw in ("pid=", "InsecurePresetWarning", "Token authentication", "authentication_token_setup", "\tWARNING "):
+        assert raw not in err, err[-3000:]
+    assert err.count("NOT secure") == 1, err[-3000:]
+    assert json.loads(done.stdout)["done"] == 2
+
+
 def test_worker_in_process_counts_one_key_load_and_refuses_bad_input(setup):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecurePresetWarning)

@@ -26,6 +26,7 @@ fails alone, with the worker's error, and the batch goes on.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -39,8 +40,11 @@ from pathlib import Path
 from ckksnet.core.artifact import plan_id as compute_plan_id
 from ckksnet.deploy import engine
 from ckksnet.deploy.distributed.batch import BatchReport, BatchState, list_inputs
-from ckksnet.deploy.distributed.worker import InferenceWorker
+from ckksnet.deploy.distributed.worker import InferenceWorker, say_warnings
 from ckksnet.errors import CkksnetError
+
+#: the logger of Ray's notice that a new local instance uses token authentication
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 #: seconds to wait for a first worker before giving up (a secure worker loads its keys in ~1 min;
 #: a worker Ray cannot place, for want of memory or CPUs, never starts)
@@ -162,6 +166,10 @@ def connect_ray(ray, address: str | None, cpus: int) -> bool:
             _check_reachable(address)
             ray.init(address=address, logging_level="warning", runtime_env={"env_vars": env})
             return True
+        # Ray >= 2.5x tells every new local instance, raw on the user's terminal, that it enabled
+        # its default (token authentication): nothing to act on here. (Setting RAY_AUTH_MODE
+        # instead breaks ray.init once Ray's config was read at import.)
+        logging.getLogger(_RAY_AUTH_LOGGER).setLevel(logging.ERROR)
         # Ray runs its workers at nice 15 by default (its own daemons first); here the workers are
         # the work, and at nice 15 any other process on the machine starved them 20-fold (measured)
         ray.init(num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False, logging_level="warning",
@@ -229,6 +237,7 @@ class _Run:
         self.starting: dict = {}   # ready future -> slot
         self.running: dict = {}    # run future -> (slot, task)
         self.deaths = self.retried = 0
+        self.said: set[str] = set()  # the workers' warnings said so far
         self.bar = None
         self._actor_class = None
         self.started_at = time.monotonic()
@@ -253,6 +262,7 @@ class _Run:
             warnings.warn(f"worker {slot.name} could not start: {failure_cause(exc)}", RuntimeWarning, stacklevel=2)
             return
         slot.started = self.started_at = time.monotonic()
+        say_warnings(slot.name, slot.info, self.said)
         self.idle.append(slot)
         self.emit("worker_ready", worker=slot.name, pid=slot.info["pid"], load_seconds=slot.info["load_seconds"])
 
@@ -335,6 +345,7 @@ class _Run:
             self._failed(task, f"internal error: {failure_cause(exc)}", slot)
             return
         self.idle.append(slot)
+        say_warnings(slot.name, res, self.said)
         if not res.pop("ok"):
             self._failed(task, res["error"], slot)
             return
