@@ -43,6 +43,7 @@ from tests.helpers import random_batchnorms  # noqa: E402
 CKKSNET = str(Path(sys.executable).parent / "ckksnet")
 IMAGES = np.random.default_rng(11).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
 CALIBRATION = np.random.default_rng(12).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
+pytestmark = pytest.mark.slow  # Ray instances, worker processes, the scale-out example
 
 
 def small_cnn() -> nn.Module:
