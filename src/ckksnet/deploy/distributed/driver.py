@@ -104,8 +104,9 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
               on_event: Callable[..., None] | None = None, use_ray: str = "auto") -> BatchReport:
     """Run the server plan ``plan`` (``server_plan.ckksnet``) with the evaluation keys in
     ``eval_keys`` (``KEYDIR/eval``) on every ciphertext of ``inputs`` (a folder of ``.ckks``
-    files or a list of them) over ``workers`` Ray actors; outputs go to ``out_dir`` (layout and
-    resumption: :mod:`ckksnet.deploy.distributed.batch`).
+    files or a list of them) over ``workers`` Ray actors, or in this process when Ray would not
+    pay (``use_ray``); outputs go to ``out_dir`` (layout and resumption:
+    :mod:`ckksnet.deploy.distributed.batch`).
 
     ``address``: a Ray cluster to join (``"auto"``, ``"HOST:6379"``); None starts a local Ray
     instance (and stops it at the end) unless this process is already connected to one.
