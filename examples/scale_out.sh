@@ -23,6 +23,8 @@
 # environment: IMAGE_SIZE (model input N x N, default 32), ALPHA (default 13), EPS_BITS (default 9),
 #   RAY_ADDRESS (join this Ray cluster; every node must read WORKDIR at the same path),
 #   WORKER_CPUS (cores, hence OpenMP threads, per worker; default 1),
+#   USE_RAY (auto: Ray only when its workers beat one process despite its start-up, the default;
+#   always; never),
 #   CKKSNET (the command; default: ckksnet on PATH, else .venv/bin/ckksnet), PYTHON (default python3)
 set -euo pipefail
 
@@ -102,11 +104,13 @@ if [ ! -d "$WORK/ct" ]; then
     say "encrypted ${#IMAGES[@]} images -> $WORK/ct"
 fi
 
-# server: the whole folder over WORKERS Ray workers (progress bar on stderr); exit status 1 when
+# server: the whole folder over WORKERS Ray workers, or in one process when Ray would not pay (it
+# says which and why; progress bar on stderr); exit status 1 when
 # some images failed (their reasons are in run.json and below): the others are still compared
 RUN_STATUS=0
 "$CKKSNET" run --plan "$PLAN/server_plan.ckksnet" --eval-keys "$KEYS/eval" --in "$WORK/ct" \
-    --out "$WORK/out" --workers "$WORKERS" --worker-cpus "${WORKER_CPUS:-1}" "${RAY[@]}" --json \
+    --out "$WORK/out" --workers "$WORKERS" --worker-cpus "${WORKER_CPUS:-1}" --use-ray "${USE_RAY:-auto}" \
+    "${RAY[@]}" --json \
     > "$WORK/run.json" || RUN_STATUS=$?
 [ "$RUN_STATUS" -le 1 ] || exit "$RUN_STATUS"
 say "encrypted inference of ${#IMAGES[@]} images over $WORKERS worker(s) -> $WORK/out"

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "client_server.sh"
 CKKSNET = str(Path(sys.executable).parent / "ckksnet")
 SIZE = 8
+pytestmark = pytest.mark.slow  # whole client/server flows through the example script and ckksnet serve
 
 
 def _tiny_checkpoint(folder: Path) -> Path:

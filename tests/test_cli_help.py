@@ -3,9 +3,9 @@ every command's --help, in a fresh process, loads no heavy library and returns f
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
-import time
 
 from ckksnet.deploy.cli import _every_parser, build_parser
 
@@ -78,13 +78,16 @@ def test_every_command_help_loads_no_heavy_library():
 
 
 def test_ckksnet_help_as_a_whole_process_is_fast():
-    """Wall time of `python -m ckksnet.deploy.cli --help`, interpreter start included: measured
-    0.1-0.2 s on the 2-core development machine under load; 3 s is a wide margin (the issue asks
-    for under 1 s; with torch up front it was 4-10 s)."""
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "ckksnet.deploy.cli", "--help"], capture_output=True,
-                         text=True, timeout=60)
-    seconds = time.perf_counter() - start
-    print(f"ckksnet --help: {seconds:.2f} s wall")
-    assert out.returncode == 0 and "usage: ckksnet" in out.stdout
-    assert seconds < 3.0
+    """CPU time of `python -m ckksnet.deploy.cli --help`, interpreter start included: measured
+    0.08-0.09 s on the 2-core development machine (the issue asks for under 1 s; with torch up
+    front it was 4-10 s, and importing torch alone takes 1.6 CPU seconds). CPU time, not wall
+    time: a loaded machine makes the wait longer, not the work."""
+    proc = subprocess.Popen([sys.executable, "-m", "ckksnet.deploy.cli", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = usage.ru_utime + usage.ru_stime
+    print(f"ckksnet --help: {seconds:.2f} CPU s")
+    assert proc.returncode == 0 and "usage: ckksnet" in out
+    assert seconds < 1.0

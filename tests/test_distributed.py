@@ -33,7 +33,9 @@ from ckksnet.backend.serialize import ciphertext_from_bytes, ciphertext_to_bytes
 from ckksnet.compiler import compile  # noqa: E402
 from ckksnet.runtime import load_client_spec, load_plan  # noqa: E402
 from ckksnet.deploy.distributed import DistributedError, InferenceWorker, run_batch  # noqa: E402
+from ckksnet.deploy.distributed import runner as runner_module  # noqa: E402
 from ckksnet.deploy.distributed.batch import RESULTS_FILE, BatchState, list_inputs  # noqa: E402
+from ckksnet.deploy.distributed.runner import RunnerOptionError  # noqa: E402
 from ckksnet.errors import CkksnetError, InputError  # noqa: E402
 from ckksnet.runtime import Client, Server  # noqa: E402
 from tests.helpers import random_batchnorms  # noqa: E402
@@ -41,6 +43,7 @@ from tests.helpers import random_batchnorms  # noqa: E402
 CKKSNET = str(Path(sys.executable).parent / "ckksnet")
 IMAGES = np.random.default_rng(11).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
 CALIBRATION = np.random.default_rng(12).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
+pytestmark = pytest.mark.slow  # Ray instances, worker processes, the scale-out example
 
 
 def small_cnn() -> nn.Module:
@@ -163,7 +166,7 @@ def test_interrupted_batch_resumes_without_redoing(setup, tmp_path):
     interrupted (SIGINT) after three images, the second finishes the rest."""
     out = tmp_path / "out"
     cmd = [CKKSNET, "run", "--plan", str(setup["plan"]), "--eval-keys", str(setup["keys"]), "--in",
-           str(setup["ct"]), "--out", str(out), "--workers", "1", "--json"]
+           str(setup["ct"]), "--out", str(out), "--workers", "1", "--use-ray", "always", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # SIGINT as a terminal would deliver it, whatever this suite inherited: a suite started in the
     # background of a non-interactive shell ignores SIGINT, its children too, and Python then never
@@ -190,6 +193,94 @@ def test_interrupted_batch_resumes_without_redoing(setup, tmp_path):
     lines = [line["input"] for line in result_lines(out)]
     assert sorted(lines) == sorted(setup["single"])  # each image exactly once over both runs
     assert_equals_single_process(setup, out)
+
+
+def _two_images(setup, tmp_path: Path) -> Path:
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("img0.ckks", "img1.ckks"):
+        (folder / name).write_bytes((setup["ct"] / name).read_bytes())
+    return folder
+
+
+def _run_two(setup, tmp_path: Path, out: str, *flags: str) -> tuple[subprocess.Popen, dict, str]:
+    """``ckksnet run`` of two images in a Python process of its own that says, last on stderr,
+    whether it imported Ray: (the process, its JSON report, its stderr)."""
+    code = ("import json, sys; from ckksnet.deploy.cli import main; rc = main(sys.argv[1:]); "
+            "print(json.dumps({'rc': rc, 'ray_imported': 'ray' in sys.modules}), file=sys.stderr)")
+    cmd = [sys.executable, "-c", code, "run", "--plan", str(setup["plan"]), "--eval-keys", str(setup["keys"]),
+           "--in", str(_two_images(setup, tmp_path)), "--out", str(tmp_path / out), "--json", *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    return proc, json.loads(stdout), stderr
+
+
+def _assert_two_equal_single_process(setup, out: Path) -> None:
+    got = decrypt_outputs(setup, out)
+    assert sorted(got) == ["img0.ckks", "img1.ckks"]
+    for name, logits in got.items():
+        assert np.max(np.abs(logits - setup["single"][name])) < 1e-6, name
+
+
+def test_two_images_run_in_process_without_starting_ray(setup, tmp_path):
+    """Two images at the test preset (8x8) would wait seconds for Ray to start and finish in
+    about as long: ``ckksnet run`` (even with --workers 2) runs them in its own process, says so
+    and why on stderr, in its text and in its JSON report, and never imports Ray."""
+    proc, rep, err = _run_two(setup, tmp_path, "out", "--workers", "2")
+    assert json.loads(err.strip().splitlines()[-1]) == {"rc": 0, "ray_imported": False}
+    assert rep["runner"] == "in-process" and "start-up" in rep["runner_reason"], rep
+    assert "ckksnet run: in this process (no Ray): " + rep["runner_reason"] in err
+    assert rep["done"] == 2 and [w["pid"] for w in rep["workers"]] == [proc.pid]
+    assert all(w["key_loads"] == 1 and w["images"] == 2 for w in rep["workers"])
+    _assert_two_equal_single_process(setup, tmp_path / "out")
+    again = subprocess.run([CKKSNET, "run", "--plan", str(setup["plan"]), "--eval-keys", str(setup["keys"]),
+                            "--in", str(tmp_path / "two"), "--out", str(tmp_path / "out")],
+                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert again.returncode == 0 and "2 of 2 images done (2 from an earlier run)" in again.stdout, again.stderr
+
+
+def test_local_ray_run_prints_no_raw_ray_output(setup, tmp_path):
+    """``--use-ray always`` still runs two images over a local Ray instance started for the
+    run, and what reaches the terminal is ckksnet's: no worker's warning forwarded raw by Ray
+    ("(InferenceWorker pid=...) .../headers.py:96: InsecurePresetWarning: ..."), no Ray log line
+    about token authentication; the insecure preset is said once."""
+    proc, rep, err = _run_two(setup, tmp_path, "out", "--use-ray", "always")
+    assert json.loads(err.strip().splitlines()[-1]) == {"rc": 0, "ray_imported": True}
+    assert rep["runner"] == "ray" and rep["runner_reason"] == "--use-ray always"
+    assert rep["done"] == 2 and all(w["pid"] != proc.pid for w in rep["workers"])
+    _assert_two_equal_single_process(setup, tmp_path / "out")
+    for raw in ("pid=", "InsecurePresetWarning", "Token authentication", "authentication_token_setup", "\tWARNING "):
+        assert raw not in err, err[-3000:]
+    assert err.count("NOT secure") == 1, err[-3000:]
+
+
+def test_use_ray_never_refuses_what_only_ray_does(setup, tmp_path):
+    def run(**options):
+        return run_batch(setup["plan"], setup["keys"], setup["ct"], tmp_path / "o", progress=False, **options)
+
+    with pytest.raises(RunnerOptionError, match="--workers 2 needs Ray"):
+        run(use_ray="never", workers=2)
+    with pytest.raises(RunnerOptionError, match="drop one"):
+        run(use_ray="never", address="auto")
+    with pytest.raises(RunnerOptionError, match="one of auto, always, never"):
+        run(use_ray="sometimes")
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_ray_starts_only_when_its_workers_pay(monkeypatch):
+    """The choice itself, by the plan's estimate: many images over 2 workers on 2 cores start Ray;
+    a few do not; one worker, one image or one core never does."""
+    monkeypatch.setattr(runner_module, "free_cores", lambda: 2)
+    pays = runner_module.by_estimate
+    assert pays(100, 2, 1, 1.7).ray and "~92 s over 2 Ray workers" in pays(100, 2, 1, 1.7).reason
+    assert not pays(2, 2, 1, 1.7).ray
+    assert not pays(100, 1, 1, 1.7).ray and not pays(1, 2, 1, 1.7).ray
+    assert not pays(100, 2, 2, 1.7).ray  # 2 cores hold one 2-CPU worker
+    assert not pays(100, 2, 1, None).ray  # no estimate: stays here, and says so
+    choose = runner_module.choose_runner
+    assert choose("always", 1, 1, 1, None, 1.7).ray and not choose("never", 100, 1, 1, None, 1.7).ray
 
 
 def test_worker_in_process_counts_one_key_load_and_refuses_bad_input(setup):
@@ -327,16 +418,17 @@ def test_scale_out_example(tmp_path):
             images / f"photo{i}.png")
     work = tmp_path / "work"
     args = ["bash", str(script), "test", str(ck), str(images), "2", str(work)]
-    done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=1200)
+    env = _env(USE_RAY="always")  # 3 images would run in one process: this is Ray's example
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "3 of 3 encrypted predictions equal plaintext"
     run = json.loads((work / "run.json").read_text())
     assert run["done"] == 3 and len(run["workers"]) == 2 and all(w["key_loads"] == 1 for w in run["workers"])
-    again = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and json.loads((work / "run.json").read_text())["resumed"] == 3
     # the same WORKDIR with another image set is refused, not mixed
     Image.fromarray(np.zeros((SIZE, SIZE, 3), dtype=np.uint8)).save(images / "photo1.png")
-    other = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=120)
+    other = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
     assert other.returncode == 2 and "made for other inputs" in other.stderr
     usage = subprocess.run(["bash", str(script), "test", str(ck)], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage: examples/scale_out.sh" in usage.stderr

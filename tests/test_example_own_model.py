@@ -12,16 +12,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "own_model.py"
 CKKSNET = str(Path(sys.executable).parent / "ckksnet")
+pytestmark = pytest.mark.slow  # trains a model, then runs it encrypted, in a subprocess
 
 
 def test_the_example_runs_encrypted_and_its_command_line_works(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     done = subprocess.run([sys.executable, str(EXAMPLE), "--out", str(tmp_path)], capture_output=True, text=True,
-                          env=env, timeout=600)
+                          env=env, timeout=1800)  # minutes: the timeout catches a hang, not a loaded machine
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = done.stdout
     assert out.startswith("trained SmallCNN for one epoch") and "NOT secure" in out

@@ -41,10 +41,11 @@ BOOT_ROTATIONS = [5, 48]  # rotations by bootstrapping's keys (checks their key 
 FIXED = 22  # envelope bytes before the JSON header: magic, version, header and payload lengths
 FORMAT = 2  # envelope format version (ckksnet.backend.serialize.FORMAT)
 BIG = 64 << 20  # files larger than this get fewer, streamed cases (bootstrapping keys: ~360 MB)
-TIMEOUT = 300  # seconds per worker process (a hang fails naming the last case started)
+TIMEOUT = 1800  # seconds per worker process: a hang fails naming the last case started (not a loaded machine)
 SEED = 18
 
-pytestmark = pytest.mark.filterwarnings("ignore::ckksnet.core.preset.InsecurePresetWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::ckksnet.core.preset.InsecurePresetWarning"),
+              pytest.mark.slow]  # every kind of file, damaged many ways, loaded in subprocesses
 
 
 # ====================================================================== the worker (subprocess)

@@ -89,6 +89,7 @@ def test_relu_sign_patterns_pick_tables_per_relu(tmp_path):
         cli(["plan", "--preset", "test", "--checkpoint", str(tmp_path / "ck"), "--relu-sign", "bad"])
 
 
+@pytest.mark.slow
 def test_bundled_resnet20_full_size_encrypted_at_test_preset():
     """Issue #29's done-when, as a user types it: `ckksnet infer --images 1 --preset test --json`
     runs the bundled ResNet-20 on the first official CIFAR-10 test image (3x32x32, bit-exact) at

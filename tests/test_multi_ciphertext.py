@@ -229,6 +229,7 @@ def test_tiles_round_trip_through_a_ciphertext_file_and_corrupt_ones_are_refused
         ciphertext_from_bytes(client.keys, pack("ciphertext", payload, fields))
 
 
+@pytest.mark.slow
 def test_the_command_line_flow_with_a_two_ciphertext_input(tmp_path):
     """examples/client_server.sh (compile, keygen, serve, query upload, encrypt, query run,
     decrypt, predict: one process each) on 32x32 images, which fill two ciphertexts."""

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "examples" / "encrypted_cifar.ipynb"
+pytestmark = pytest.mark.slow  # the whole notebook, encrypted
 
 
 def test_the_notebook_runs_at_the_test_preset_into_a_copy(tmp_path, monkeypatch):

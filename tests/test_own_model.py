@@ -94,6 +94,7 @@ def own(tmp_path_factory):
     return folder, model, images
 
 
+@pytest.mark.slow
 def test_the_command_line_takes_a_factory_model(own, tmp_path, capsys, monkeypatch):
     """compile (a process of its own, importing the module from its working folder) -> client plan
     that records the input -> keygen -> encrypt without --image-size -> run -> decrypt, against

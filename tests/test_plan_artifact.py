@@ -172,6 +172,7 @@ def _python(script: str, *args) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_client_and_server_in_fresh_processes(tiny, tmp_path):
     """The client process has the client artifact only, the server process the server
     artifact and the evaluation keys only; each is a fresh Python. The logits are right."""

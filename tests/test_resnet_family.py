@@ -90,6 +90,7 @@ def test_family_twin_matches_torch(depth, shortcut):
 FAMILY = [(20, "A", 13, 9), (32, "B", 8, 8), (44, "A", 6, 8), (56, "B", 6, 8), (110, "A", 6, 8)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth, shortcut, alpha, eps_bits", FAMILY)
 def test_family_runs_encrypted(depth, shortcut, alpha, eps_bits):
     """Each member of the family (tiny width, 8x8 image) runs encrypted at the test preset: the

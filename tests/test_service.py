@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -253,6 +254,7 @@ def test_store_queue_is_fifo_per_key_set_and_tokens_are_hashed(tmp_path):
 
 
 # ---------------------------------------------------------------- the service, end to end
+@pytest.mark.slow
 def test_upload_submit_progress_and_results(world, served, owner):
     stored = _keyset_files(served, owner.keyset_id)
     assert stored == {p.name: p.stat().st_size for p in world.eval["a"].iterdir()}
@@ -272,6 +274,7 @@ def test_upload_submit_progress_and_results(world, served, owner):
     assert not (served.state / "jobs" / f"{jobs[0]}.in").exists()  # inputs go once a job ends
 
 
+@pytest.mark.slow
 def test_a_second_client_can_touch_neither_keys_nor_jobs(world, served, owner):
     job = owner.submit(world.cts[2])
     other = RemoteClient(served.url)
@@ -299,6 +302,7 @@ def test_a_second_client_can_touch_neither_keys_nor_jobs(world, served, owner):
     other.close()
 
 
+@pytest.mark.slow
 def test_bad_uploads_are_rejected_and_stored_keysets_stay(world, served, owner, tmp_path):
     before = _keyset_files(served, owner.keyset_id)
     good = b"".join(tar_stream(world.eval["c"]))
@@ -337,13 +341,46 @@ def test_bad_uploads_are_rejected_and_stored_keysets_stay(world, served, owner, 
     assert twice.status_code == 409 and "already stored" in twice.json()["detail"]
 
 
-def _query(url: str, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+def _query(url: str, *args: str, token: str | None = None, quiet: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "CKKSNET_TOKEN": token} if token else {k: v for k, v in os.environ.items()
                                                                  if k != "CKKSNET_TOKEN"}
-    return subprocess.run([sys.executable, "-m", "ckksnet.deploy.cli", "query", "--url", url, "--quiet", *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "ckksnet.deploy.cli", "query", "--url", url,
+                           *(["--quiet"] if quiet else []), *args], env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
+def _bar_lines(err: str) -> list[str]:
+    return [line for line in re.split(r"[\r\n]", err) if line.startswith("job ")]
+
+
+@pytest.mark.slow
+def test_progress_bar_counts_the_plans_steps(world, served, owner, capsys):
+    """The bar of ``wait`` (and so of ``query run``) knows the plan's N steps from its first
+    line, while the job is still queued, and says "step k/N" of each running step it sees."""
+    steps = len(world.plan.steps)
+    history: list[dict] = []
+    job = owner.submit(world.cts[3])
+    owner.wait(job, progress=True, poll=0.05, timeout=300, on_status=history.append)
+    bars = _bar_lines(capsys.readouterr().err)
+    assert bars and f" 0/{steps} " in bars[0] and f" {steps}/{steps} " in bars[-1], bars
+    running = [h for h in history if h["state"] == "running" and h["step"]]
+    assert running, history
+    for h in running:
+        assert any(f"step {h['step']}/{steps}" in line for line in bars), (h, bars)
+
+
+@pytest.mark.slow
+def test_query_run_shows_the_step_count(world, served, owner, tmp_path):
+    (tmp_path / "in.ckks").write_bytes(world.cts[0])
+    done = _query(served.url, "run", "--in", str(tmp_path / "in.ckks"), "--out", str(tmp_path / "out.ckks"),
+                  token=owner.token, quiet=False)
+    assert done.returncode == 0, done.stderr
+    steps = len(world.plan.steps)
+    bars = _bar_lines(done.stderr)
+    assert bars and f" 0/{steps} " in bars[0] and f" {steps}/{steps} " in bars[-1], done.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_query_command_runs_a_ciphertext(world, served, owner, tmp_path):
     (tmp_path / "in.ckks").write_bytes(world.cts[1])
     done = _query(served.url, "run", "--in", str(tmp_path / "in.ckks"), "--out", str(tmp_path / "out.ckks"),
@@ -356,6 +393,7 @@ def test_query_command_runs_a_ciphertext(world, served, owner, tmp_path):
     assert refused.returncode == 2 and "HTTP 404" in refused.stderr
 
 
+@pytest.mark.slow
 def test_query_prints_json_takes_options_after_the_action_and_deletes_by_token(world, served, owner, tmp_path):
     """submit prints {"job": id} like upload prints JSON; --token may follow the action; status
     shows UTC times; delete needs no key set id: the token names its key set."""
@@ -406,6 +444,7 @@ def _kill_while_running(served: Served) -> str:
     raise AssertionError("no job was seen running")
 
 
+@pytest.mark.slow
 def test_killed_mid_job_restart_keeps_keys_and_reports_failure(world, served, owner):
     jobs = {owner.submit(world.cts[3]): 3, owner.submit(world.cts[0]): 0}
     killed = _kill_while_running(served)
@@ -432,6 +471,7 @@ def test_killed_mid_job_restart_keeps_keys_and_reports_failure(world, served, ow
     assert err.value.status == 413
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_tls_through_uvicorn_certificate_options(world, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"

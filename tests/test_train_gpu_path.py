@@ -130,6 +130,7 @@ def _image_folder(root: Path, per_class: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_the_prepared_lease_command_runs_within_its_budget_on_the_cpu(tmp_path):
     """benchmarks/train_gpu.sh as a lease runs it (here DEVICE=cpu): probe, teacher, distilled
     student, summary; only the files that come back from a lease are left in OUT."""
@@ -153,6 +154,7 @@ def test_the_prepared_lease_command_runs_within_its_budget_on_the_cpu(tmp_path):
     assert "probe:" in (out / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_a_lease_with_a_given_teacher_trains_only_the_student(tmp_path):
     """``--teacher CHECKPOINT``: no teacher phase; the student distils from the given teacher, whose
     path the summary's recipe records; the probe's estimate is the epoch itself, not the set-up."""

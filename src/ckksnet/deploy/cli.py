@@ -32,8 +32,9 @@ TORCH = ("demo", "infer", "plan", "compile", "predict", "fidelity", "train", "sn
 _THREADS_HELP = {
     "serve": {"help": "OpenMP threads of each worker process (default: the free cores shared among --workers; "
                       "$CKKSNET_THREADS, $OMP_NUM_THREADS as elsewhere; Ray workers: one core each)"},
-    "run": {"help": "threads to compute with for one ciphertext file (default: $CKKSNET_THREADS, else "
-                    "$OMP_NUM_THREADS, else the free cores); a folder's Ray workers take --worker-cpus"},
+    "run": {"help": "threads to compute with for one ciphertext file or a folder run in this process (default: "
+                    "$CKKSNET_THREADS, else $OMP_NUM_THREADS, else the free cores); a folder's Ray workers take "
+                    "--worker-cpus"},
 }
 #: commands whose one-line text reports times: it says on how many threads
 TIMED = ("compile", "keygen", "run", "fidelity", "bootstrap", "eval")  # infer, demo: in their text's first clause
@@ -506,7 +507,7 @@ def _check_input_shape(args: argparse.Namespace, shape: tuple) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     """The server side, offline: a ciphertext file through the plan with the evaluation keys;
     a folder of them (or ``--workers``) goes to :func:`_cmd_run_batch`."""
-    if Path(args.input).is_dir() or args.workers is not None or args.ray is not None:
+    if Path(args.input).is_dir() or args.workers is not None or args.ray is not None or args.use_ray is not None:
         return _cmd_run_batch(args)
     from ckksnet.runtime import Server, load_plan
 
@@ -533,15 +534,24 @@ def _check_writable(path: str) -> None:
         raise CkksnetError(f"--out {path}: the folder {folder} is not writable")
 
 
+_RUNNERS = {True: "over Ray workers", False: "in this process (no Ray)"}
+
+
 def _cmd_run_batch(args: argparse.Namespace) -> int:
-    """Every ciphertext of a folder over N Ray workers (ckksnet.deploy.distributed); resumable."""
+    """Every ciphertext of a folder, over N Ray workers or in this process when Ray would not
+    pay (ckksnet.deploy.distributed); resumable."""
     from ckksnet.deploy.distributed import run_batch
+
+    def say_runner(kind: str, **fields) -> None:
+        if kind == "runner":  # before the work: a user waiting knows what runs and why
+            print(f"ckksnet run: {_RUNNERS[fields['ray']]}: {fields['reason']}", file=sys.stderr)
 
     try:
         report = run_batch(args.plan, args.eval_keys, args.input, args.output,
                            workers=1 if args.workers is None else args.workers, address=args.ray,
                            worker_memory_gb=args.worker_memory, worker_cpus=args.worker_cpus,
-                           retries=args.retries, progress=True)  # the bar is on stderr, --json on stdout
+                           retries=args.retries, progress=True,  # the bar is on stderr, --json on stdout
+                           on_event=say_runner, use_ray=args.use_ray or "auto")
     except KeyboardInterrupt:
         print(f"ckksnet run: interrupted; finished images are in {args.output} (results.jsonl): run the same "
               "command again to resume", file=sys.stderr)
@@ -553,7 +563,8 @@ def _cmd_run_batch(args: argparse.Namespace) -> int:
     rate = f", {rep['images_per_minute']:.2f} images/min" if rep["images_per_minute"] else ""
     text = (f"{rep['done']} of {rep['images']} images done ({rep['resumed']} from an earlier run), {rep['failed']} "
             f"failed, in {rep['seconds']:.1f} s{rate}; {rep['worker_deaths']} worker(s) died; outputs in "
-            f"{args.output}" + (f"\n  workers: {workers}" if workers else "") + failed)
+            f"{args.output}\n  ran {_RUNNERS[rep['runner'] == 'ray']}: {rep['runner_reason']}"
+            + (f"\n  workers: {workers}" if workers else "") + failed)
     _emit(args, rep, text)
     return 0 if report.ok else 1
 
@@ -663,6 +674,10 @@ def _add_client_server(sub: argparse._SubParsersAction) -> None:
                    help="output ciphertext file, or (folder input) the output folder: one .ckks per input, "
                         "results.jsonl; rerun the same command to resume")
     p.add_argument("--workers", type=int, help="Ray workers for a folder (default 1); each loads the keys once")
+    p.add_argument("--use-ray", choices=["auto", "always", "never"],
+                   help="a folder over Ray workers: auto (default) starts a local Ray instance only when its "
+                        "workers beat this process despite Ray's start-up (~7 s), by the plan's estimate; "
+                        "always / never force it")
     p.add_argument("--ray", metavar="ADDRESS", help="join this Ray cluster ('auto', HOST:PORT) instead of "
                    "starting a local Ray instance")
     p.add_argument("--worker-memory", type=float, metavar="GIB",

@@ -126,10 +126,12 @@ class RemoteClient:
     def wait(self, job_id: str, progress: bool = True, poll: float = 0.5, timeout: float | None = None,
              on_status: Callable[[dict], None] | None = None) -> dict:
         """Poll until the job is done (its last status) or failed (:class:`JobFailedError`);
-        a tqdm bar over its steps if ``progress``. ``on_status`` sees every status polled.
-        ``timeout`` in seconds (None: no limit) raises :class:`RemoteError`."""
+        if ``progress``, a tqdm bar over the plan's steps ("step k/N"). ``on_status`` sees every
+        status polled. ``timeout`` in seconds (None: no limit) raises :class:`RemoteError`."""
         start = time.monotonic()
-        with tqdm(desc=f"job {job_id[:8]}", unit="step", disable=not progress) as bar:
+        # the plan's step count from the start: a job's own status carries it only once it runs
+        steps = self.health().get("steps") if progress else None
+        with tqdm(total=steps, desc=f"job {job_id[:8]}", unit="step", disable=not progress) as bar:
             while True:
                 job = self.status(job_id)
                 if on_status is not None:
@@ -169,13 +171,16 @@ def _detail(response: httpx.Response) -> str:
 
 
 def _show(bar: tqdm, job: dict) -> None:
-    """Move the progress bar to the job's step and name its state."""
+    """Move the progress bar to the steps the job has done and say its state: queued (its
+    position), running step k of N (and the step's name), done or failed."""
     if job.get("steps") and bar.total != job["steps"]:
         bar.total = job["steps"]
-    bar.n = job.get("step") or 0
-    state = job["state"]
-    bar.set_postfix_str(f"queued, position {job.get('position', 0)}" if state == "queued"
-                        else job.get("step_name") or state if state == "running" else state, refresh=False)
+    state, step = job["state"], int(job.get("step") or 0)
+    bar.n = (bar.total or step) if state == "done" else max(step - 1, 0)  # step k runs: k - 1 are done
+    of = f"/{bar.total}" if bar.total else ""
+    text = {"queued": f"queued, position {job.get('position', 0)}",
+            "running": f"step {max(step, 1)}{of}" + (f" ({job['step_name']})" if job.get("step_name") else "")}
+    bar.set_postfix_str(text.get(state, state), refresh=False)
     bar.refresh()
 
 

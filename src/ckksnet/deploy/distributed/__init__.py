@@ -10,10 +10,12 @@
   input order, retries when a worker dies, memory declared to Ray (what is shipped where: the
   module's docstring);
 - :mod:`~ckksnet.deploy.distributed.batch`: the output folder as the batch's state (resume by running
-  the same command again).
+  the same command again);
+- :mod:`~ckksnet.deploy.distributed.runner`: whether Ray pays for its start-up (``use_ray``), and
+  :mod:`~ckksnet.deploy.distributed.local`: the batch in this process when it does not.
 
 Command line: ``ckksnet run --plan P --eval-keys K --in CT_DIR --out OUT_DIR --workers N
-[--ray ADDRESS]``.
+[--ray ADDRESS] [--use-ray auto|always|never]``.
 """
 from ckksnet.deploy.distributed.batch import BatchReport, ImageResult, list_inputs
 from ckksnet.deploy.distributed.driver import DistributedError, run_batch, worker_memory_gib

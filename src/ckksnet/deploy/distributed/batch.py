@@ -52,13 +52,16 @@ class ImageResult:
 @dataclass
 class BatchReport:
     """What a batch did: per image (in input order), per worker (``InferenceWorker.info`` plus
-    ``died``), wall seconds of this run, worker deaths and images sent again."""
+    ``died``), wall seconds of this run, worker deaths and images sent again; ``runner``: where
+    it ran (``ray``, or ``in-process`` without Ray) and ``runner_reason`` why."""
 
     results: list[ImageResult]
     workers: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     worker_deaths: int = 0
     retried: int = 0
+    runner: str = ""
+    runner_reason: str = ""
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -73,6 +76,7 @@ class BatchReport:
                 "pending": self.count("pending"), "resumed": sum(r.resumed for r in self.results),
                 "seconds": round(self.seconds, 3), "worker_deaths": self.worker_deaths, "retried": self.retried,
                 "images_per_minute": round(60 * len(done_now) / self.seconds, 3) if self.seconds and done_now else None,
+                "runner": self.runner, "runner_reason": self.runner_reason,
                 "workers": self.workers, "results": [asdict(r) for r in self.results]}
 
 

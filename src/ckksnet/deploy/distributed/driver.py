@@ -26,6 +26,7 @@ fails alone, with the worker's error, and the batch goes on.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -39,8 +40,13 @@ from pathlib import Path
 from ckksnet.core.artifact import plan_id as compute_plan_id
 from ckksnet.deploy import engine
 from ckksnet.deploy.distributed.batch import BatchReport, BatchState, list_inputs
-from ckksnet.deploy.distributed.worker import InferenceWorker
+from ckksnet.deploy.distributed.local import keyset_error, run_here
+from ckksnet.deploy.distributed.runner import Runner, check_use_ray, choose_runner, free_cores
+from ckksnet.deploy.distributed.worker import InferenceWorker, say_warnings
 from ckksnet.errors import CkksnetError
+
+#: the logger of Ray's notice that a new local instance uses token authentication
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 #: seconds to wait for a first worker before giving up (a secure worker loads its keys in ~1 min;
 #: a worker Ray cannot place, for want of memory or CPUs, never starts)
@@ -95,23 +101,27 @@ def import_ray():
 def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out_dir: str | os.PathLike,
               workers: int = 1, address: str | None = None, worker_memory_gb: float | None = None,
               worker_cpus: int = 1, retries: int = 2, progress: bool = True,
-              on_event: Callable[..., None] | None = None) -> BatchReport:
+              on_event: Callable[..., None] | None = None, use_ray: str = "auto") -> BatchReport:
     """Run the server plan ``plan`` (``server_plan.ckksnet``) with the evaluation keys in
     ``eval_keys`` (``KEYDIR/eval``) on every ciphertext of ``inputs`` (a folder of ``.ckks``
-    files or a list of them) over ``workers`` Ray actors; outputs go to ``out_dir`` (layout and
-    resumption: :mod:`ckksnet.deploy.distributed.batch`).
+    files or a list of them) over ``workers`` Ray actors, or in this process when Ray would not
+    pay (``use_ray``); outputs go to ``out_dir`` (layout and resumption:
+    :mod:`ckksnet.deploy.distributed.batch`).
 
     ``address``: a Ray cluster to join (``"auto"``, ``"HOST:6379"``); None starts a local Ray
     instance (and stops it at the end) unless this process is already connected to one.
     ``worker_memory_gb``: memory each worker declares to Ray (default
     :func:`worker_memory_gib` of the key folder); fewer workers start, with a warning, if the
     cluster's nodes hold fewer. ``retries``: times an image is sent again after its worker died.
-    ``on_event(kind, **fields)``: ``worker_ready`` (worker, pid, load_seconds), ``started``
-    (image, worker, pid), ``done`` / ``failed`` (image, worker, ...), ``worker_died`` (worker,
-    image).
+    ``use_ray``: ``auto`` starts Ray only when its workers finish sooner than this process alone
+    despite its start-up, else the images run here one after another (:mod:`.runner`);
+    ``always`` / ``never`` force it. ``on_event(kind, **fields)``: ``runner`` (ray, reason),
+    ``worker_ready`` (worker, pid, load_seconds), ``started`` (image, worker, pid), ``done`` /
+    ``failed`` (image, worker, ...), ``worker_died`` (worker, image).
 
     Returns a :class:`BatchReport` (per image in input order, per worker: key loads, images,
-    seconds, memory). Raises :class:`ckksnet.InputError` for bad inputs,
+    seconds, memory; which runner and why). Raises :class:`ckksnet.InputError` for bad inputs,
+    :class:`.runner.RunnerOptionError` for a ``use_ray`` the other options contradict,
     :class:`ckksnet.SerializationError` for a bad plan or key folder, :class:`DistributedError`
     when no worker can start, ``KeyboardInterrupt`` untouched (results so far are kept).
     """
@@ -119,9 +129,11 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
         raise CkksnetError("workers and worker_cpus must be >= 1, retries >= 0")
     if worker_memory_gb is not None and not (math.isfinite(worker_memory_gb) and worker_memory_gb > 0):
         raise CkksnetError(f"worker_memory_gb (--worker-memory) must be a positive number of GiB, got {worker_memory_gb}")
+    check_use_ray(use_ray, workers, address)
     t0 = time.monotonic()
+    emit = on_event or (lambda kind, **fields: None)
     loaded = engine.load_plan(plan)
-    backend = loaded.backend
+    backend, seconds = loaded.backend, loaded.schedule.seconds
     context_id, preset, key_bytes = engine.bundle_identity(eval_keys, backend)
     if preset.name != loaded.preset.name:
         raise CkksnetError(f"the keys are for preset {preset.name!r}, the plan for {loaded.preset.name!r}")
@@ -129,13 +141,16 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
     state = BatchState(out_dir, files, {"plan_id": compute_plan_id(loaded), "context_id": context_id})
     del loaded
     todo = state.pending()
-    report = state.report()
     if not todo:
-        return report
+        return _ran(state.report(), Runner(False, "every image was done by an earlier run"), t0)
+    runner = choose_runner(use_ray, len(todo), workers, worker_cpus, address, seconds)
+    emit("runner", ray=runner.ray, reason=runner.reason)
+    if not runner.ray:
+        return _ran(run_here(state, Path(plan).resolve(), Path(eval_keys).resolve(), context_id, todo, progress,
+                             emit), runner, t0)
     memory = worker_memory_gb if worker_memory_gb is not None else worker_memory_gib(key_bytes, backend)
     worker_cpus = local_worker_cpus(worker_cpus, address)
-    run = _Run(state, Path(plan).resolve(), Path(eval_keys).resolve(), memory, worker_cpus, retries, context_id,
-               on_event or (lambda kind, **fields: None))
+    run = _Run(state, Path(plan).resolve(), Path(eval_keys).resolve(), memory, worker_cpus, retries, context_id, emit)
     ray = import_ray()
     started_ray = connect_ray(ray, address, workers * worker_cpus)
     try:
@@ -145,6 +160,11 @@ def run_batch(plan: str | os.PathLike, eval_keys: str | os.PathLike, inputs, out
         run.stop(ray)
         if started_ray:
             ray.shutdown()
+    return _ran(report, runner, t0)
+
+
+def _ran(report: BatchReport, runner: Runner, t0: float) -> BatchReport:
+    report.runner, report.runner_reason = runner.name, runner.reason
     report.seconds = time.monotonic() - t0
     return report
 
@@ -162,6 +182,10 @@ def connect_ray(ray, address: str | None, cpus: int) -> bool:
             _check_reachable(address)
             ray.init(address=address, logging_level="warning", runtime_env={"env_vars": env})
             return True
+        # Ray >= 2.5x tells every new local instance, raw on the user's terminal, that it enabled
+        # its default (token authentication): nothing to act on here. (Setting RAY_AUTH_MODE
+        # instead breaks ray.init once Ray's config was read at import.)
+        logging.getLogger(_RAY_AUTH_LOGGER).setLevel(logging.ERROR)
         # Ray runs its workers at nice 15 by default (its own daemons first); here the workers are
         # the work, and at nice 15 any other process on the machine starved them 20-fold (measured)
         ray.init(num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False, logging_level="warning",
@@ -191,7 +215,7 @@ def local_worker_cpus(cpus: int, address: str | None) -> int:
     cluster's nodes declare their own CPUs, which the placement already respects.)"""
     if address is not None or os.environ.get("RAY_ADDRESS"):
         return cpus
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = free_cores()
     if cpus > cores:
         warnings.warn(f"--worker-cpus {cpus} exceeds this machine's {cores} core(s): OpenMP threads beyond the "
                       f"free cores make OpenFHE 5-30x slower; each worker gets {cores}", RuntimeWarning, stacklevel=3)
@@ -229,6 +253,7 @@ class _Run:
         self.starting: dict = {}   # ready future -> slot
         self.running: dict = {}    # run future -> (slot, task)
         self.deaths = self.retried = 0
+        self.said: set[str] = set()  # the workers' warnings said so far
         self.bar = None
         self._actor_class = None
         self.started_at = time.monotonic()
@@ -253,6 +278,7 @@ class _Run:
             warnings.warn(f"worker {slot.name} could not start: {failure_cause(exc)}", RuntimeWarning, stacklevel=2)
             return
         slot.started = self.started_at = time.monotonic()
+        say_warnings(slot.name, slot.info, self.said)
         self.idle.append(slot)
         self.emit("worker_ready", worker=slot.name, pid=slot.info["pid"], load_seconds=slot.info["load_seconds"])
 
@@ -310,13 +336,9 @@ class _Run:
     def _submit(self, slot: _Slot, task: _Task) -> None:
         task.attempts += 1
         data = task.path.read_bytes()
-        try:
-            keyset = engine.ciphertext_keyset(data, service=False)  # envelope and checksum: cheap, here
-            if keyset != self.context_id:
-                raise CkksnetError(f"the ciphertext belongs to key set {keyset[:16]}..., the evaluation keys "
-                                   f"to {self.context_id[:16]}... (encrypt with the client whose keys these are)")
-        except CkksnetError as exc:
-            self._failed(task, f"{type(exc).__name__}: {exc}", None)
+        error = keyset_error(data, self.context_id)
+        if error:
+            self._failed(task, error, None)
             self.idle.appendleft(slot)
             return
         future = slot.actor.run.remote(data)
@@ -335,6 +357,7 @@ class _Run:
             self._failed(task, f"internal error: {failure_cause(exc)}", slot)
             return
         self.idle.append(slot)
+        say_warnings(slot.name, res, self.said)
         if not res.pop("ok"):
             self._failed(task, res["error"], slot)
             return

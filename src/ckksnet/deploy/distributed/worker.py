@@ -11,11 +11,18 @@ import os
 import socket
 import time
 import traceback
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from ckksnet.core.memory import peak_rss_gb, rss_gb, tune_allocator
+from ckksnet.core.preset import InsecurePresetWarning
 from ckksnet.deploy import engine
 from ckksnet.errors import CkksnetError
+
+
+class WorkerWarning(RuntimeWarning):
+    """A warning a worker raised while loading its keys or running an image."""
 
 
 class InferenceWorker:
@@ -30,9 +37,12 @@ class InferenceWorker:
     def __init__(self, plan_path: str | os.PathLike, eval_keys: str | os.PathLike, name: str = "worker"):
         tune_allocator()
         self.name = name
+        #: "Category: message" of each warning raised here, once each, in order
+        self.warnings: list[str] = []
         t0 = time.monotonic()
-        self.plan = engine.load_plan(Path(plan_path))
-        self.server = engine.load_server(self.plan, Path(eval_keys))
+        with self._kept_warnings():
+            self.plan = engine.load_plan(Path(plan_path))
+            self.server = engine.load_server(self.plan, Path(eval_keys))
         #: key loads in this process (1: keys are never reloaded per image) and their seconds
         self.key_loads = 1
         self.load_seconds = time.monotonic() - t0
@@ -48,7 +58,8 @@ class InferenceWorker:
         Other exceptions propagate (a bug: the driver reports it with the image)."""
         t0 = time.monotonic()
         try:
-            out = engine.run_job(self.server, data, lambda i, n, name: None)
+            with self._kept_warnings():
+                out = engine.run_job(self.server, data, lambda i, n, name: None)
         except CkksnetError as exc:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}", **self.info()}
         except Exception as exc:  # noqa: BLE001 - an OpenFHE failure on a crafted input
@@ -61,10 +72,34 @@ class InferenceWorker:
         return {"ok": True, "ciphertext": out, "seconds": round(seconds, 3), "run_seconds": round(rep.seconds, 3),
                 "bootstraps": rep.bootstraps, **self.info()}
 
+    @contextmanager
+    def _kept_warnings(self):
+        """Keep the warnings raised in the block (module docstring). The insecure preset's is
+        dropped: whoever started this worker loaded the same plan and has said it already."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("ignore", InsecurePresetWarning)
+            try:
+                yield
+            finally:  # a failed load or run may have warned why
+                for w in caught:
+                    text = f"{w.category.__name__}: {w.message}"
+                    if text not in self.warnings:
+                        self.warnings.append(text)
+
     def info(self) -> dict:
         """Who and how this worker is: name, host, pid, key loads and their seconds, images
-        done, busy seconds, resident and peak memory (GiB)."""
+        done, busy seconds, resident and peak memory (GiB), the warnings it kept."""
         return {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid(), "key_loads": self.key_loads,
                 "load_seconds": round(self.load_seconds, 3), "images": self.images,
                 "busy_seconds": round(self.busy_seconds, 3), "rss_gb": round(rss_gb(), 3),
-                "peak_rss_gb": round(peak_rss_gb(), 3)}
+                "peak_rss_gb": round(peak_rss_gb(), 3), "warnings": list(self.warnings)}
+
+
+def say_warnings(worker: str, info: dict, said: set[str]) -> None:
+    """Warn once each of the warnings in a worker's ``info`` that ``said`` lacks (and add them):
+    a worker keeps its warnings rather than print them raw (module docstring)."""
+    for text in info.get("warnings", ()):
+        if text not in said:
+            said.add(text)
+            warnings.warn(f"worker {worker}: {text}", WorkerWarning, stacklevel=3)

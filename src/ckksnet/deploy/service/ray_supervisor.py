@@ -44,6 +44,7 @@ class RaySupervisor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="ckksnet-ray-supervisor", daemon=True)
         self._started_ray = False
+        self._said: set[str] = set()
 
     def start(self) -> None:
         from ckksnet.deploy.distributed.driver import connect_ray, import_ray
@@ -133,10 +134,18 @@ class RaySupervisor:
 
             self.store.fail_job(job_id, f"internal error: {failure_cause(exc)}", slot.name)
             return
+        self._say_warnings(slot, res)
         if not res["ok"]:
             self.store.fail_job(job_id, res["error"], slot.name)
             return
         self.store.save_result(job_id, slot.name, res["ciphertext"])
+
+    def _say_warnings(self, slot: _RaySlot, res: dict) -> None:
+        """Print once each warning an actor kept (it keeps them rather than print them raw)."""
+        for text in res.get("warnings", ()):
+            if text not in self._said:
+                self._said.add(text)
+                print(f"ckksnet serve: warning: Ray worker {slot.name}: {text}", file=sys.stderr)
 
     def stop(self) -> None:
         """Stop the loop and the actors; a job that was running is marked failed."""
