@@ -613,11 +613,19 @@ def test_unverified_checkpoint_is_still_checked(ck, damage, text):
     assert str(folder) in str(exc)
 
 
-def test_missing_checkpoint_files(ck):
+def test_missing_checkpoint_files(ck, tmp_path, monkeypatch):
     folder, _ = ck
     (folder / "model.json").unlink()
     _raises(DataError, load_checkpoint, folder, path=folder, text="model.json is missing")
-    _raises(DataError, load_checkpoint, folder / "nowhere", text="model.pt is missing")
+    _raises(DataError, load_checkpoint, folder / "nowhere", text="no such checkpoint folder")
+    # a bundled checkpoint by name, where no folder of that name exists; a folder of that name wins
+    model, meta = load_checkpoint("resnet20")
+    assert meta["test"]["accuracy"] > 89 and model.config.get("activation", "relu") == "relu"
+    _raises(DataError, load_checkpoint, "resnet21", text="resnet20, resnet20-poly")
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(folder, "resnet20")  # without its model.json (removed above)
+    _raises(DataError, load_checkpoint, "resnet20", text="model.json is missing")  # the folder, not the bundled one
 
 
 @pytest.mark.parametrize("meta, text", [

@@ -293,6 +293,9 @@ def _unwrapped(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Te
 
 def _load(folder: Path) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]:
     """Read, verify and rebuild; returns (model in eval mode, metadata, state dict)."""
+    if not folder.exists():
+        raise DataError(f"{folder}: no such checkpoint folder (bundled checkpoints by name: "
+                        f"{', '.join(k for k in BUNDLED if k != 'bundled')})")
     for name in ("model.pt", "model.json"):
         if not (folder / name).is_file():
             raise DataError(f"{folder}: checkpoint file {name} is missing")
