@@ -19,7 +19,7 @@ from ckksnet.models.poly import activation_degree
 from ckksnet.nn import PolyAct
 from ckksnet.training import TrainConfig, evaluate, train
 from ckksnet.training.poly import (ActivationMonitor, DivergenceError, boundary_loss, data_fits, init_from_relu,
-                                   ramp_mix, set_relu_mix)
+                                   ramp_mix, set_relu_mix, set_train_clamp)
 from tests.helpers import synthetic_split
 
 
@@ -155,6 +155,12 @@ def test_ramp_blends_relu_in_train_mode_only_and_the_compiler_refuses_a_model_mi
                         input_shape=(1, 4, 4), preset="test")
     set_relu_mix(model, 0.0)
     assert not act.blending and torch.equal(act.train()(x), poly)
+    # --train-clamp: in train mode the polynomial reads its input clipped to [-B, B]; never in eval mode
+    set_train_clamp(model, True)
+    y = 2 * x  # -6..6, beyond the bound 3
+    assert torch.allclose(act.train()(y), act.eval()(y.clamp(-3, 3)))
+    assert not torch.allclose(act.train()(y), act.eval()(y))
+    set_train_clamp(model, False)
     assert "relu_mix" not in act.state_dict()  # training state only: never saved
 
 

@@ -73,6 +73,10 @@ class PolyAct(nn.Module):
         # eval mode and the compiler always see the polynomial alone.
         self.register_buffer("relu_mix", torch.zeros(()), persistent=False)
         self.blending = False
+        # Training only (--train-clamp): in train mode the polynomial reads its input clipped to
+        # [-B, B], so that one input far beyond the bound cannot blow up every layer after it
+        # while the weights still adapt; the boundary loss pulls such inputs back inside.
+        self.clamp_in_training = False
 
     @classmethod
     def from_relu(cls, bound: float, degree: int = 2) -> "PolyAct":
@@ -81,6 +85,8 @@ class PolyAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x / self.bound
+        if self.clamp_in_training and self.training:
+            t = t.clamp(-1.0, 1.0)
         c = self.coefficients
         y = c[self.degree] * t + c[self.degree - 1]
         for k in range(self.degree - 2, -1, -1):

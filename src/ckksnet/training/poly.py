@@ -18,7 +18,11 @@ activations, initialised from a trained ReLU checkpoint, and what keeps its trai
 * a **ramp** (``ramp_epochs``, :func:`ramp_mix`, :func:`set_relu_mix`): each activation blends
   ReLU into its polynomial, ReLU's share falling from 1 to 0 over the first epochs. Replacing
   all 19 ReLUs of ResNet-20 at once leaves the network at chance accuracy (each replaced layer
-  costs a few points, and the errors compound); the ramp lets the weights follow the change.
+  costs a few points, and the errors compound); the ramp lets the weights follow the change;
+* a **training clamp** (``train_clamp``, :func:`set_train_clamp`): in training each polynomial
+  reads its input clipped to its bound, so one outlier cannot blow the whole batch up (without
+  it the ramp's end diverged to NaN); evaluation and the compiler never clip, and the boundary
+  loss keeps the inputs inside the bound, where clipped and unclipped agree.
 
 Distillation from a ReLU teacher is the ReLU path's (``--teacher``, ``--kd-weight``).
 """
@@ -120,6 +124,13 @@ def _sampler(out: list, samples: int, gen: torch.Generator):
         x = args[0].detach().reshape(-1)
         out.append(x[torch.randint(len(x), (min(samples, len(x)),), generator=gen)])
     return hook
+
+
+def set_train_clamp(model: nn.Module, on: bool) -> None:
+    """Every PolyAct of ``model`` clips its input to its bound in train mode (``on``) or not."""
+    for m in model.modules():
+        if isinstance(m, PolyAct):
+            m.clamp_in_training = bool(on)
 
 
 def set_relu_mix(model: nn.Module, mix: float) -> None:

@@ -31,7 +31,8 @@ from ckksnet.data import Split
 from ckksnet.errors import DataError, InputError
 from ckksnet.models import checkpoint_folder, load_checkpoint
 from ckksnet.models.resnet import ResNetCifar
-from ckksnet.training.poly import ActivationMonitor, build_student, check_divergence, ramp_mix, set_relu_mix
+from ckksnet.training.poly import (ActivationMonitor, build_student, check_divergence, ramp_mix, set_relu_mix,
+                                  set_train_clamp)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
     init_margin: float = 1.0  # the polynomials' bound: this x each ReLU's calibrated max |input|
     init_fit: str = "range"  # "range": least squares on [-B, B]; "data": on the inputs of training images
     ramp_epochs: float = 0.0  # blend ReLU into each polynomial, its share 1 -> 0 over these epochs
+    train_clamp: bool = False  # in training, each polynomial reads its input clipped to its bound
     boundary_weight: float = 0.0  # weight of the boundary loss (activation inputs beyond their bound)
     clip_grad: float = 0.0  # clip the gradients' global norm to this (0: off)
     diverge_ratio: float = 100.0  # stop, naming the layer, when an activation input passes this x its bound
@@ -201,6 +203,7 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"]
+    set_train_clamp(model, cfg.train_clamp)
     model.to(cfg.device)
     for group in opt.state.values():  # momentum buffers follow the model
         for k, v in group.items():
@@ -225,7 +228,8 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
                                  "optimizer": opt.state_dict(), "epoch": epoch + 1,
                                  "history": history})
     model.to(memory_format=torch.contiguous_format)
-    set_relu_mix(model, 0.0)  # the polynomials alone from here on
+    set_relu_mix(model, 0.0)  # the polynomials alone from here on, unclipped
+    set_train_clamp(model, False)
     return model.cpu().eval(), {"history": history, "config": asdict(cfg)}
 
 
