@@ -24,12 +24,12 @@ def test_cli_init_from_a_relu_checkpoint_with_a_teacher_then_plan(tmp_path, caps
     poly = tmp_path / "poly"
     assert cli(["train", *tiny, "--run-dir", str(tmp_path / "run_poly"), "--out", str(poly), "--activation", "poly2",
                 "--init-from", str(relu), "--teacher", str(relu), "--kd-weight", "0.5", "--clip-grad", "1",
-                "--init-fit", "data", "--ramp-epochs", "0.5", "--train-clamp"]) == 0
+                "--init-fit", "data", "--ramp-epochs", "0.5", "--train-clamp-epochs", "0.5"]) == 0
     model, meta = load_checkpoint(poly)
     relu_meta = json.loads((relu / "model.json").read_text())
     assert meta["training"]["config"]["init_from"] == str(relu) and meta["training"]["config"]["kd_weight"] == 0.5
     assert meta["training"]["config"]["init_fit"] == "data" and meta["training"]["config"]["ramp_epochs"] == 0.5
-    assert meta["training"]["config"]["train_clamp"] is True
+    assert meta["training"]["config"]["train_clamp_epochs"] == 0.5
     capsys.readouterr()
     assert cli(["plan", "--checkpoint", str(poly), "--preset", "test", "--image-size", "8", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -155,7 +155,7 @@ def test_ramp_blends_relu_in_train_mode_only_and_the_compiler_refuses_a_model_mi
                         input_shape=(1, 4, 4), preset="test")
     set_relu_mix(model, 0.0)
     assert not act.blending and torch.equal(act.train()(x), poly)
-    # --train-clamp: in train mode the polynomial reads its input clipped to [-B, B]; never in eval mode
+    # --train-clamp-epochs: in train mode the polynomial reads its input clipped to [-B, B]; never in eval mode
     set_train_clamp(model, True)
     y = 2 * x  # -6..6, beyond the bound 3
     assert torch.allclose(act.train()(y), act.eval()(y.clamp(-3, 3)))

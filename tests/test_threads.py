@@ -260,3 +260,26 @@ def test_serve_workers_share_the_free_cores(monkeypatch):
     assert (choice.threads, choice.processes) == (2, 4) and not choice.warning
     choice = threads.choose_threads(4, "--threads", processes=4)  # 16 threads on 8 cores
     assert choice.oversubscribed and "x 4 processes" in choice.warning and "--threads 2" in choice.warning
+
+
+def test_a_script_gets_the_thread_rule_when_openfhe_loads():
+    """A script that never calls set_threads (the examples, a notebook): when ckksnet first loads
+    OpenFHE it applies the thread rule, so $CKKSNET_THREADS and passive waiting hold there too
+    (before, such a script ran with OpenMP's one busy-waiting thread per core: 12x slower beside
+    other work). Fresh process; the key set is made, so OpenFHE really computed."""
+    code = ("import json, os, warnings; warnings.simplefilter('ignore'); import numpy as np, torch, ckksnet; "
+            "from ckksnet.core import threads; from ckksnet.core.backend import get_backend; "
+            "m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(32, 2)); "
+            "net = ckksnet.compile(m.eval(), calibration=np.random.default_rng(0).uniform(0, 1, (4, 1, 4, 4)).astype(np.float32), "
+            "input_shape=(1, 4, 4), preset='test'); c = ckksnet.Client(net); "
+            "print(json.dumps([threads.current().to_dict(), get_backend('openfhe').thread_report(), "
+            "os.environ.get('OMP_WAIT_POLICY')]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env[threads.ENV] = "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    choice, report, policy = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (choice["threads"], choice["threads_source"]) == (1, threads.ENV)
+    # the computing thread's OpenMP threads; OMP_WAIT_POLICY was set at `import ckksnet`, before
+    # torch loaded libgomp (the one OpenFHE uses)
+    assert report["openmp_threads"] == 1 and policy == "PASSIVE"

@@ -12,7 +12,9 @@ from ckksnet.errors import (ApproxError, BackendError, CkksnetError, CompileErro
                             PresetError, RangeError, SerializationError, ShapeError, UnknownBackendError,
                             VersionMismatchError, WrongFileTypeError)
 
-from ckksnet.core.threads import set_threads  # standard library only
+from ckksnet.core.threads import preset_wait_policy, set_threads  # standard library only
+
+preset_wait_policy()  # before torch or OpenFHE loads OpenMP (core/threads.py)
 
 __version__ = "0.1.0"
 

@@ -68,7 +68,9 @@ def _read_pil(path: Path, channels: int, height: int, width: int, resize) -> tup
         mode = "crop" if resize is True else resize
         if mode not in RESIZE_MODES:
             raise InputError(f"resize mode {resize!r} unknown; use one of {', '.join(RESIZE_MODES)}")
-        how = "centre-cropped to the model's aspect ratio and resized" if mode == "crop" else "stretched"
+        same_shape = im.size[0] * height == im.size[1] * width  # nothing to crop
+        how = "resized" if same_shape else \
+            "centre-cropped to the model's aspect ratio and resized" if mode == "crop" else "stretched"
         note = f"{path}: {how} from {im.size[0]}x{im.size[1]} to {width}x{height} pixels (Lanczos)"
         im = (ImageOps.fit(im, (width, height), Image.Resampling.LANCZOS) if mode == "crop"
               else im.resize((width, height), Image.Resampling.LANCZOS))

@@ -73,7 +73,7 @@ class PolyAct(nn.Module):
         # eval mode and the compiler always see the polynomial alone.
         self.register_buffer("relu_mix", torch.zeros(()), persistent=False)
         self.blending = False
-        # Training only (--train-clamp): in train mode the polynomial reads its input clipped to
+        # Training only (--train-clamp-epochs): in train mode the polynomial reads its input clipped to
         # [-B, B], so that one input far beyond the bound cannot blow up every layer after it
         # while the weights still adapt; the boundary loss pulls such inputs back inside.
         self.clamp_in_training = False

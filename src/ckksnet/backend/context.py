@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-import openfhe as ofhe
+from ckksnet.backend.ofhe import openfhe as ofhe
 
 from ckksnet.backend.headers import context_id_for, rotations_of_automorphisms
 from ckksnet.core.evaluator import Conformance, register_evaluator

@@ -51,7 +51,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-import openfhe as ofhe
+from ckksnet.backend.ofhe import openfhe as ofhe
 
 from ckksnet.backend.bundle import (attached_entries, bundle_folder, load_memory_gib, part_headers, read_envelope,
                                     require_files, require_keys)

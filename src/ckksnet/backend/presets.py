@@ -2,7 +2,7 @@
 themselves are numbers, in :mod:`ckksnet.core.preset`)."""
 from __future__ import annotations
 
-import openfhe as ofhe
+from ckksnet.backend.ofhe import openfhe as ofhe
 
 from ckksnet.core.preset import Preset
 from ckksnet.errors import PresetError

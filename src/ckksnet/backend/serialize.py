@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-import openfhe as ofhe
+from ckksnet.backend.ofhe import openfhe as ofhe
 
 from ckksnet.backend.context import CkksClient, CkksContext, CkksServer, Ciphertext, require_type
 from ckksnet.backend.headers import (bootstrap_automorphisms, context_id_for, openfhe_version, preset_from_header,

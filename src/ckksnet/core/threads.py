@@ -265,24 +265,47 @@ def _user_omp() -> bool:
     return os.environ.get(_OMP_BY_US) != os.environ.get("OMP_NUM_THREADS")
 
 
-def apply(choice: ThreadChoice, warn: bool = True) -> ThreadChoice:
+def apply(choice: ThreadChoice, warn: bool = True, torch: bool = True) -> ThreadChoice:
     """Use ``choice`` from now on: ``OMP_NUM_THREADS`` (and ``OMP_WAIT_POLICY`` where chosen) for
     OpenMP not loaded yet and for child processes; a loaded OpenFHE backend through
     :meth:`~ckksnet.core.backend.Backend.set_threads`; a loaded torch through
-    ``torch.set_num_threads``. Prints ``choice.warning`` once per process (stderr)."""
+    ``torch.set_num_threads`` (unless ``torch`` is False). Prints ``choice.warning`` once per
+    process (stderr)."""
     global _APPLIED, _WARNED
     os.environ["OMP_NUM_THREADS"] = os.environ[_OMP_BY_US] = str(choice.threads)
     if choice.wait_policy and not os.environ.get("OMP_WAIT_POLICY"):
         os.environ["OMP_WAIT_POLICY"] = choice.wait_policy.upper()  # read once, when libgomp loads
     for backend in _backends():
         backend.set_threads(choice.threads)
-    if "torch" in sys.modules:
+    if torch and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(choice.threads)
     _APPLIED = choice
     if warn and choice.warning and not _WARNED:
         _WARNED = True
         print(f"ckksnet: warning: {choice.warning}", file=sys.stderr, flush=True)
     return choice
+
+
+def preset_wait_policy() -> None:
+    """At ``import ckksnet``: ``OMP_WAIT_POLICY`` (unless set) while no OpenMP is loaded yet.
+    libgomp reads it once, when it loads, and torch, imported later, loads the very libgomp that
+    OpenFHE then uses; so a script's ``import ckksnet`` before ``import torch`` gets passive
+    waiting (imported after torch, only the thread count can still be set)."""
+    if os.environ.get("OMP_WAIT_POLICY") or "torch" in sys.modules or "openfhe" in sys.modules:
+        return
+    try:
+        policy = wait_policy()
+    except ThreadsError:
+        return  # said when the threads are applied
+    if policy:
+        os.environ["OMP_WAIT_POLICY"] = policy.upper()
+
+
+def ensure_applied() -> ThreadChoice:
+    """The choice applied in this process; where none was yet (a script or notebook), the default
+    rule (:func:`choose_threads`) applied now, for OpenMP only (a loaded torch keeps the user's
+    threads). Called right before OpenFHE loads (``ckksnet.backend.ofhe``)."""
+    return _APPLIED if _APPLIED is not None else apply(choose_threads(), torch=False)
 
 
 def set_threads(n: int | None = None) -> ThreadChoice:

@@ -85,7 +85,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       amp=args.amp, teacher=args.teacher, kd_weight=args.kd_weight,
                       kd_temperature=args.kd_temperature, graph=args.graph, activation=args.activation,
                       init_from=args.init_from, init_margin=args.init_margin, init_fit=args.init_fit,
-                      ramp_epochs=args.ramp_epochs, train_clamp=args.train_clamp,
+                      ramp_epochs=args.ramp_epochs, train_clamp_epochs=args.train_clamp_epochs,
                       boundary_weight=args.boundary_weight, clip_grad=args.clip_grad)
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
@@ -363,9 +363,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ramp-epochs", type=float, default=0.0,
                    help="blend ReLU into each polynomial, its share falling from 1 to 0 over these first epochs "
                         "(replacing every ReLU at once leaves a trained network near chance; 0 = off)")
-    p.add_argument("--train-clamp", action="store_true",
-                   help="in training, each polynomial reads its input clipped to its bound (one outlier cannot "
-                        "blow a batch up; evaluation never clips, the boundary loss keeps inputs inside)")
+    p.add_argument("--train-clamp-epochs", type=float, default=0.0,
+                   help="for these first epochs (the ramp and a little more), each polynomial reads its input "
+                        "clipped to its bound in training: one outlier cannot blow a batch up while the weights "
+                        "adapt; afterwards training sees the polynomials as inference does (0 = off)")
     p.add_argument("--boundary-weight", type=float, default=0.0,
                    help="weight of the boundary loss on polynomial inputs beyond their bound (0 = off)")
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' global norm (0 = off)")

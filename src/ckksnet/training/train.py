@@ -65,7 +65,7 @@ class TrainConfig:
     init_margin: float = 1.0  # the polynomials' bound: this x each ReLU's calibrated max |input|
     init_fit: str = "range"  # "range": least squares on [-B, B]; "data": on the inputs of training images
     ramp_epochs: float = 0.0  # blend ReLU into each polynomial, its share 1 -> 0 over these epochs
-    train_clamp: bool = False  # in training, each polynomial reads its input clipped to its bound
+    train_clamp_epochs: float = 0.0  # for these first epochs, each polynomial reads its input clipped to its bound
     boundary_weight: float = 0.0  # weight of the boundary loss (activation inputs beyond their bound)
     clip_grad: float = 0.0  # clip the gradients' global norm to this (0: off)
     diverge_ratio: float = 100.0  # stop, naming the layer, when an activation input passes this x its bound
@@ -203,7 +203,6 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"]
-    set_train_clamp(model, cfg.train_clamp)
     model.to(cfg.device)
     for group in opt.state.values():  # momentum buffers follow the model
         for k, v in group.items():
@@ -271,6 +270,8 @@ def _epoch(model: nn.Module, opt, data: _DeviceData, cfg: TrainConfig, epoch: in
             g["lr"] = lr_at(cfg, epoch * steps + s, steps)
         if cfg.ramp_epochs:
             set_relu_mix(model, ramp_mix(cfg.ramp_epochs, epoch * steps + s, steps))
+        if cfg.train_clamp_epochs:
+            set_train_clamp(model, epoch * steps + s < cfg.train_clamp_epochs * steps)
         loss, hit = step(x, data.labels[idx])
         opt.step()
         loss_sum += loss * len(idx)
