@@ -187,3 +187,19 @@ def test_data_fit_is_closer_to_relu_where_the_inputs_fall():
     assert err_data < 0.5 * err_range
     by_data = init_from_relu("resnet20", 2, images=images)
     assert torch.allclose(by_data.relu.coefficients.detach().double(), torch.as_tensor(fits["relu"]), rtol=0.05, atol=0.05)
+
+
+def test_a_polynomial_network_that_diverges_on_its_calibration_images_is_refused():
+    """A PolyAct whose inputs on the calibration images reach far beyond the bound it was trained
+    for (a diverging polynomial network) is refused at compile time, naming it, not compiled into
+    a plan whose encrypted run fails mid-way in OpenFHE ("Scaling factor too small")."""
+    import ckksnet
+    from ckksnet.errors import CompileError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), PolyAct(2, 0.001), nn.Flatten(), nn.Linear(32, 2)).eval()
+    images = np.random.default_rng(0).uniform(0, 1, (8, 1, 4, 4)).astype(np.float32)
+    with pytest.raises(CompileError, match=r"'1'.* x the bound B = 0.001 it was trained for"):
+        ckksnet.compile(model, calibration=images, input_shape=(1, 4, 4), preset="test")
+    model[1] = PolyAct(2, 2.0)  # a bound its inputs keep to: compiles
+    ckksnet.compile(model, calibration=images, input_shape=(1, 4, 4), preset="test")

@@ -106,4 +106,4 @@ def test_cli_train_writes_checkpoint_and_eval_reads_it(tmp_path, capsys, monkeyp
 
 def test_cli_reports_missing_data(tmp_path, capsys):
     rc = cli(["eval", "--checkpoint", str(tmp_path / "none")])
-    assert rc == 2 and "model.pt is missing" in capsys.readouterr().err
+    assert rc == 2 and "no such checkpoint folder" in capsys.readouterr().err

@@ -230,17 +230,31 @@ def check_classes(classes, outputs: int) -> None:
 # ------------------------------------------------------------------ calibrated ranges
 #: an activation's calibrated max |input| at or below this is no range (blank images, max_abs 0)
 MIN_RANGE = 1e-6
+#: a polynomial activation whose calibrated max |input| passes this x its trained bound B diverges:
+#: a degree-d polynomial grows like |x|^d beyond B, layer after layer (a partly trained polynomial
+#: ResNet-20 reached 5e28 x at its last activation on some training images)
+MAX_BOUND_RATIO = 100.0
 
 
 def check_ranges(steps, ranges: dict) -> None:
     """Refuse, naming the activation, a calibrated range that is zero, nearly zero or not finite
-    (its bound B would be 0: the twin NaN, the encrypted result undecryptable). ``steps``: the
+    (its bound B would be 0: the twin NaN, the encrypted result undecryptable), or, for a
+    polynomial activation, beyond :data:`MAX_BOUND_RATIO` x its trained bound (a diverging
+    network: OpenFHE then fails mid-run, "Scaling factor too small"). ``steps``: the
     plan's kernels; those with a calibrated bound (activations) are checked."""
     for step in steps:
         name = getattr(step, "name", None)
         if name not in ranges or not _is_activation(step):
             continue
         r = float(ranges[name])
+        trained = getattr(step, "bound", None) if getattr(step, "kind", "").startswith("poly") else None
+        if trained and np.isfinite(r) and r > MAX_BOUND_RATIO * float(trained):
+            raise CompileError(
+                f"polynomial activation {name!r}: its inputs on the calibration images reach max |x| = {r:.3g}, "
+                f"{r / float(trained):.3g} x the bound B = {float(trained):.4g} it was trained for: the network "
+                "diverges on some inputs (a polynomial grows without limit beyond its bound), and an encrypted "
+                "run would compute nothing usable. Train it further with a boundary loss (ckksnet train "
+                "--boundary-weight W --boundary-reduce max), or calibrate on inputs like the real ones")
         if not np.isfinite(r) or r <= MIN_RANGE:
             raise CompileError(
                 f"activation {name!r}: its calibrated input range is max |x| = {r:.3g} (blank or constant "

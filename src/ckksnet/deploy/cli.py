@@ -86,7 +86,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       kd_temperature=args.kd_temperature, graph=args.graph, activation=args.activation,
                       init_from=args.init_from, init_margin=args.init_margin, init_fit=args.init_fit,
                       ramp_epochs=args.ramp_epochs, train_clamp_epochs=args.train_clamp_epochs,
-                      boundary_weight=args.boundary_weight, clip_grad=args.clip_grad)
+                      boundary_weight=args.boundary_weight, clip_grad=args.clip_grad,
+                      diverge_ratio=args.diverge_ratio, boundary_reduce=args.boundary_reduce)
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
     if args.teacher_depth:  # a teacher first, same recipe, in RUN_DIR/teacher; then the distilled student
@@ -369,7 +370,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "adapt; afterwards training sees the polynomials as inference does (0 = off)")
     p.add_argument("--boundary-weight", type=float, default=0.0,
                    help="weight of the boundary loss on polynomial inputs beyond their bound (0 = off)")
+    p.add_argument("--boundary-reduce", choices=("mean", "max"), default="mean",
+                   help="boundary loss over all inputs (mean) or over each image's largest excess (max: rare "
+                        "outliers, which blow polynomial networks up, get a real gradient)")
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' global norm (0 = off)")
+    p.add_argument("--diverge-ratio", type=float, default=100.0,
+                   help="stop, naming the layer, when a polynomial's input passes this x its bound (default 100; "
+                        "a non-finite loss always stops; may change when resuming)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="epoch lines only, no bars")
     p.add_argument("--calibration-images", type=int, default=10000,
                    help="training images whose ReLU inputs set each bound")

@@ -9,6 +9,9 @@ activations, initialised from a trained ReLU checkpoint, and what keeps its trai
   (``init_fit`` "data", :func:`data_fits`) (:func:`init_from_relu`);
 * :class:`ActivationMonitor`: forward hooks on every PolyAct recording its input's peak
   |x| / B and the **boundary loss** sum_layers mean(relu(|x| / B - 1)^2) (arXiv 2505.11589:
+  with ``boundary_reduce`` "max" the mean is over each image's largest excess instead: a mean
+  over all inputs gives a rare outlier a gradient a million times smaller, and rare outliers are
+  what blow a polynomial network up;
   inputs beyond the bound are where a polynomial stops looking like the activation it replaced,
   and where encrypted bootstrapping breaks);
 * :func:`check_divergence`: before a step's backward pass, a non-finite loss or an activation
@@ -157,7 +160,10 @@ class ActivationMonitor:
     mean(relu(|x| / B - 1)^2), a differentiable tensor) and ``peaks`` (layer name -> max |x| / B,
     detached), in forward order. :meth:`boundary_loss` sums the penalties."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, reduce: str = "mean"):
+        if reduce not in ("mean", "max"):
+            raise DataError(f"boundary loss reduction {reduce!r}: expected 'mean' or 'max'")
+        self.reduce = reduce
         self.penalties: dict[str, torch.Tensor] = {}
         self.peaks: dict[str, torch.Tensor] = {}
         self.handles = []
@@ -169,7 +175,10 @@ class ActivationMonitor:
         def hook(module, args):
             x = args[0]
             ratio = x.float().abs() / module.bound
-            self.penalties[name] = torch.relu(ratio - 1).pow(2).mean()
+            excess = torch.relu(ratio - 1)
+            if self.reduce == "max" and excess.dim() > 1:  # each image's worst input: rare outliers count
+                excess = excess.flatten(1).amax(1)
+            self.penalties[name] = excess.pow(2).mean()
             self.peaks[name] = ratio.detach().amax()
         return hook
 

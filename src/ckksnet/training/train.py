@@ -67,12 +67,14 @@ class TrainConfig:
     ramp_epochs: float = 0.0  # blend ReLU into each polynomial, its share 1 -> 0 over these epochs
     train_clamp_epochs: float = 0.0  # for these first epochs, each polynomial reads its input clipped to its bound
     boundary_weight: float = 0.0  # weight of the boundary loss (activation inputs beyond their bound)
+    boundary_reduce: str = "mean"  # "mean" over all inputs, or "max": over each image's largest excess
     clip_grad: float = 0.0  # clip the gradients' global norm to this (0: off)
     diverge_ratio: float = 100.0  # stop, naming the layer, when an activation input passes this x its bound
 
 
-# Settings that may differ between the sessions of one resumed run (they change speed, not the run).
-_MACHINE_KEYS = ("threads", "device", "amp", "deterministic", "graph")
+# Settings that may differ between the sessions of one resumed run (they change speed, or where
+# a run stops, not what it computes until then).
+_MACHINE_KEYS = ("threads", "device", "amp", "deterministic", "graph", "diverge_ratio")
 
 
 def _differences(saved: dict, cfg: TrainConfig) -> str:
@@ -307,7 +309,7 @@ class _EagerStep:
         self.model, self.cfg, self.teacher = model, cfg, teacher
         self.monitor = None
         if cfg.activation != "relu":  # boundary loss and divergence check (ckksnet.training.poly)
-            self.monitor = ActivationMonitor(model)
+            self.monitor = ActivationMonitor(model, cfg.boundary_reduce)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         self.model.zero_grad(set_to_none=True)
