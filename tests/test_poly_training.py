@@ -203,3 +203,16 @@ def test_a_polynomial_network_that_diverges_on_its_calibration_images_is_refused
         ckksnet.compile(model, calibration=images, input_shape=(1, 4, 4), preset="test")
     model[1] = PolyAct(2, 2.0)  # a bound its inputs keep to: compiles
     ckksnet.compile(model, calibration=images, input_shape=(1, 4, 4), preset="test")
+
+
+def test_freeze_bn_keeps_the_batch_norm_statistics(tmp_path):
+    """--freeze-bn: batch norms run on their running statistics in training and keep them (a
+    fine-tune computes what inference computes); without it they move."""
+    data = synthetic_split(64)
+    cfg = replace(CFG, epochs=1)
+    frozen, _ = train(replace(cfg, freeze_bn=True), data, tmp_path / "frozen", progress=False)
+    moving, _ = train(cfg, data, tmp_path / "moving", progress=False)
+    bn = lambda m: [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]  # noqa: E731
+    assert all(torch.equal(b.running_mean, torch.zeros_like(b.running_mean)) and
+               torch.equal(b.running_var, torch.ones_like(b.running_var)) for b in bn(frozen))
+    assert not all(torch.equal(b.running_mean, torch.zeros_like(b.running_mean)) for b in bn(moving))

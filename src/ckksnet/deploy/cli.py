@@ -87,7 +87,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       init_from=args.init_from, init_margin=args.init_margin, init_fit=args.init_fit,
                       ramp_epochs=args.ramp_epochs, train_clamp_epochs=args.train_clamp_epochs,
                       boundary_weight=args.boundary_weight, clip_grad=args.clip_grad,
-                      diverge_ratio=args.diverge_ratio, boundary_reduce=args.boundary_reduce)
+                      diverge_ratio=args.diverge_ratio, boundary_reduce=args.boundary_reduce,
+                      freeze_bn=args.freeze_bn)
     train_split = load_cifar10("train", args.data)
     test_split = load_cifar10("test", args.data)
     if args.teacher_depth:  # a teacher first, same recipe, in RUN_DIR/teacher; then the distilled student
@@ -373,6 +374,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--boundary-reduce", choices=("mean", "max"), default="mean",
                    help="boundary loss over all inputs (mean) or over each image's largest excess (max: rare "
                         "outliers, which blow polynomial networks up, get a real gradient)")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="batch norms use (and keep) their running statistics in training too: a fine-tune then "
+                        "computes what inference computes (a polynomial network's batch statistics swing with "
+                        "its outliers)")
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' global norm (0 = off)")
     p.add_argument("--diverge-ratio", type=float, default=100.0,
                    help="stop, naming the layer, when a polynomial's input passes this x its bound (default 100; "

@@ -68,6 +68,7 @@ class TrainConfig:
     train_clamp_epochs: float = 0.0  # for these first epochs, each polynomial reads its input clipped to its bound
     boundary_weight: float = 0.0  # weight of the boundary loss (activation inputs beyond their bound)
     boundary_reduce: str = "mean"  # "mean" over all inputs, or "max": over each image's largest excess
+    freeze_bn: bool = False  # batch norms use their running statistics in training too (not updated)
     clip_grad: float = 0.0  # clip the gradients' global norm to this (0: off)
     diverge_ratio: float = 100.0  # stop, naming the layer, when an activation input passes this x its bound
 
@@ -259,6 +260,10 @@ def _epoch(model: nn.Module, opt, data: _DeviceData, cfg: TrainConfig, epoch: in
     order = torch.randperm(data.n, generator=gen, device=dev)
     steps = math.ceil(data.n / cfg.batch_size)
     model.train()
+    if cfg.freeze_bn:  # batch norms keep their statistics: training computes what inference does
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     t0 = time.time()
     loss_sum = torch.zeros((), device=dev)
     hits = torch.zeros((), dtype=torch.int64, device=dev)
