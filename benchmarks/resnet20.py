@@ -1,6 +1,6 @@
 """Full ResNet-20, encrypted, at the secure preset, on real CIFAR-10 test images.
 
-    python benchmarks/resnet20.py [--checkpoint resnet20-poly] [--images 3] [--alpha A --eps-bits E]
+    python benchmarks/resnet20.py [--checkpoint FOLDER] [--images 3] [--alpha A --eps-bits E]
                                   [--json [PATH]] [--store]
 Writes the totals and a per-layer table, with date and machine, to benchmarks/RESULTS.md
 (section "ResNet-20 encrypted inference", or "... encrypted inference, <checkpoint>" for another
@@ -115,8 +115,7 @@ def per_image(res: dict, argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", help="checkpoint folder, or a bundled one by name: resnet20 (the default, "
-                                         "ReLU) or resnet20-poly (polynomial activations)")
+    ap.add_argument("--checkpoint", help="checkpoint folder, or a bundled one by name (resnet20, the default)")
     ap.add_argument("--images", type=int, default=1)
     ap.add_argument("--alpha", type=int, default=DEFAULT_ALPHA)
     ap.add_argument("--eps-bits", type=int, default=DEFAULT_EPS_BITS)

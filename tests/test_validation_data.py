@@ -621,7 +621,7 @@ def test_missing_checkpoint_files(ck, tmp_path, monkeypatch):
     # a bundled checkpoint by name, where no folder of that name exists; a folder of that name wins
     model, meta = load_checkpoint("resnet20")
     assert meta["test"]["accuracy"] > 89 and model.config.get("activation", "relu") == "relu"
-    _raises(DataError, load_checkpoint, "resnet21", text="resnet20, resnet20-poly")
+    _raises(DataError, load_checkpoint, "resnet21", text="bundled checkpoints by name: resnet20")
     import shutil
     monkeypatch.chdir(tmp_path)
     shutil.copytree(folder, "resnet20")  # without its model.json (removed above)

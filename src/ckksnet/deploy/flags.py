@@ -25,7 +25,7 @@ def relu_sign_arg(text: str) -> tuple[str, tuple[int, int]]:
 #: name -> (flags, keyword arguments of add_argument)
 FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "json": (("--json",), {"action": "store_true", "help": "print the report as JSON"}),
-    "checkpoint": (("--checkpoint",), {"help": "checkpoint folder, or a bundled one by name: resnet20 (the default, ReLU) or resnet20-poly (polynomial activations)"}),
+    "checkpoint": (("--checkpoint",), {"help": "checkpoint folder, or a bundled one by name (resnet20, the default)"}),
     "preset": (("--preset",), {"default": "secure",
                                "help": "CKKS parameter preset: secure (128-bit, default) or test (INSECURE)"}),
     "backend": (("--backend",), {"default": "openfhe", "metavar": "NAME",

@@ -42,8 +42,9 @@ from ckksnet.models.resnet import build
 BUNDLED_ROOT = Path(__file__).resolve().parent / "bundled"
 BUNDLED_DIR = BUNDLED_ROOT / "resnet20"  #: the bundled ReLU ResNet-20 (the default everywhere)
 #: Bundled checkpoints by name ("bundled" is the ReLU ResNet-20's old name); any ``--checkpoint``
-#: takes one of these names where no folder of that name exists.
-BUNDLED = {"resnet20": BUNDLED_DIR, "resnet20-poly": BUNDLED_ROOT / "resnet20-poly", "bundled": BUNDLED_DIR}
+#: takes one of these names where no folder of that name exists. A trained polynomial ResNet-20
+#: (issue 37) joins as "resnet20-poly" when one reaches the ReLU model's accuracy.
+BUNDLED = {"resnet20": BUNDLED_DIR, "bundled": BUNDLED_DIR}
 CHECKSUM_FIELDS = ("tensors", "config", "calibration")
 _WHAT = {"tensors": "weights (model.pt)", "config": "config block", "calibration": "calibration block"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -319,7 +320,7 @@ def _load(folder: Path) -> tuple[torch.nn.Module, dict, dict[str, torch.Tensor]]
 
 def checkpoint_folder(folder: str | os.PathLike) -> Path:
     """The folder a ``--checkpoint`` names: the path itself when it exists, else the bundled
-    checkpoint of that name (:data:`BUNDLED`: ``resnet20``, ``resnet20-poly``), else the path (its
+    checkpoint of that name (:data:`BUNDLED`: ``resnet20``), else the path (its
     loading then says what is missing). A folder path always wins over a bundled name."""
     path = Path(folder)
     if not path.exists() and str(folder) in BUNDLED:
@@ -329,7 +330,7 @@ def checkpoint_folder(folder: str | os.PathLike) -> Path:
 
 def load_checkpoint(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from ``folder`` in eval mode; returns (model, metadata). ``folder`` may
-    name a bundled checkpoint (``resnet20``, ``resnet20-poly``; see :func:`checkpoint_folder`).
+    name a bundled checkpoint (``resnet20``; see :func:`checkpoint_folder`).
 
     Raises DataError (missing or unreadable files, malformed metadata naming the field, weights
     that do not fit the config) and ChecksumError (contents differ from the recorded checksum);
@@ -403,8 +404,7 @@ def add_checksum(folder: str | os.PathLike) -> dict:
 
 def load_bundled(name: str = "resnet20") -> tuple[torch.nn.Module, dict]:
     """A trained checkpoint shipped with the package, by name (:data:`BUNDLED`: ``resnet20``,
-    the ReLU ResNet-20, the default; ``resnet20-poly``, ResNet-20 with degree-2 polynomial
-    activations); see its ``model.json`` for provenance.
+    the ReLU ResNet-20, the default); see its ``model.json`` for provenance.
 
     Raises DataError for an unknown name or if the installed files are damaged, ChecksumError
     if they were altered.
