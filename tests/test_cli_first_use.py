@@ -133,7 +133,7 @@ def test_resize_centre_crops_by_default_and_stretches_on_request(tmp_path):
     assert "stretched" in note and stretch[:, 0, 0].min() > 200 and stretch[:, -1, 2].min() > 200
     Image.fromarray(bands[:, :32]).save(tmp_path / "square.png")  # same aspect: nothing is cropped
     _, note = read_image(tmp_path / "square.png", 3, 8, 8, resize=True)
-    assert "resized from 32x32 to 8x8" in note and "crop" not in note
+    assert "resized from 32x32 to 8x8" in note and "centre-cropped" not in note
 
 
 def test_training_threads_beyond_the_machine_are_clamped_with_a_warning():
