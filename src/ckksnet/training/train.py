@@ -189,8 +189,8 @@ def train(cfg: TrainConfig, train_split: Split, run_dir: str | os.PathLike,
     if cfg.activation == "relu" and not cfg.init_from:
         model = ResNetCifar(cfg.blocks, tuple(cfg.widths), len(train_split.classes))
     else:  # polynomial activations
-        fit_images = train_split.stratified(min(2000, len(train_split))).images  # for init_fit "data"
-        model = build_student(cfg, len(train_split.classes), fit_images)
+        fit_on = train_split.stratified(min(2000, len(train_split))).images if cfg.init_fit == "data" else None
+        model = build_student(cfg, len(train_split.classes), fit_on)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
