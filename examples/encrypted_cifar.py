@@ -34,7 +34,9 @@ def main() -> int:
     args = ap.parse_args()
     size = args.image_size or (8 if args.preset == "test" else 32)
     # a warning (the test preset's InsecurePresetWarning) as one line, without the library's source line
-    warnings.formatwarning = lambda message, category, *where, **kw: f"warning: {message}\n"
+    seen: set[str] = set()  # compile and key generation both warn about the test preset: say it once
+    warnings.formatwarning = lambda message, category, *where, **kw: (
+        "" if str(message) in seen or seen.add(str(message)) else f"warning: {message}\n")
     try:
         run(args.images, args.preset, size)
     except ckksnet.CkksnetError as exc:  # a clear line, not a traceback

@@ -103,7 +103,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (SECURE, TEST)}
 
 def get_preset(preset: "str | Preset" = "secure") -> Preset:
     """Look up a preset by name (or pass one through). Insecure presets warn every time
-    (InsecurePresetWarning; Python's default filter shows it once per process)."""
+    (InsecurePresetWarning; the CLI prints it once per command)."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise PresetError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -112,7 +112,7 @@ def get_preset(preset: "str | Preset" = "secure") -> Preset:
     if not preset.secure:
         warnings.warn(f"CKKS preset {preset.name!r} is NOT secure ({preset.security}, "
                       f"N={preset.ring_dim}); use it for tests only", InsecurePresetWarning,
-                      stacklevel=1)  # one source line: Python's default filter then shows it once
+                      stacklevel=2)
     return preset
 
 
