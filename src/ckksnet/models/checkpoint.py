@@ -43,7 +43,7 @@ BUNDLED_ROOT = Path(__file__).resolve().parent / "bundled"
 BUNDLED_DIR = BUNDLED_ROOT / "resnet20"  #: the bundled ReLU ResNet-20 (the default everywhere)
 #: Bundled checkpoints by name ("bundled" is the ReLU ResNet-20's old name); any ``--checkpoint``
 #: takes one of these names where no folder of that name exists. A trained polynomial ResNet-20
-#: (issue 37) joins as "resnet20-poly" when one reaches the ReLU model's accuracy.
+#: (issue 37) joins as "resnet20-poly" when one holds 89% with no input diverging.
 BUNDLED = {"resnet20": BUNDLED_DIR, "bundled": BUNDLED_DIR}
 CHECKSUM_FIELDS = ("tensors", "config", "calibration")
 _WHAT = {"tensors": "weights (model.pt)", "config": "config block", "calibration": "calibration block"}
