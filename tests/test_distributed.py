@@ -272,7 +272,7 @@ def test_use_ray_never_refuses_what_only_ray_does(setup, tmp_path):
 def test_ray_starts_only_when_its_workers_pay(monkeypatch):
     """The choice itself, by the plan's estimate: many images over 2 workers on 2 cores start Ray;
     a few do not; one worker, one image or one core never does."""
-    monkeypatch.setattr(runner_module, "free_cores", lambda: 2)
+    monkeypatch.setattr(runner_module, "affinity_cores", lambda: 2)
     pays = runner_module.by_estimate
     assert pays(100, 2, 1, 1.7).ray and "~92 s over 2 Ray workers" in pays(100, 2, 1, 1.7).reason
     assert not pays(2, 2, 1, 1.7).ray

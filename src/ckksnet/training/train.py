@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ckksnet.core.envelope import atomic_path
+from ckksnet.core.threads import affinity_cores
 from ckksnet.data import Split
 from ckksnet.errors import DataError, InputError
 from ckksnet.models import checkpoint_folder, load_checkpoint
@@ -162,7 +163,7 @@ def usable_threads(requested: int) -> int:
     """``requested`` torch threads, clamped with a ``RuntimeWarning`` to the cores this process may
     run on (``os.sched_getaffinity``): threads beyond them make every step several times slower,
     and the run would end as if nothing were wrong."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = affinity_cores()
     if requested > cores:
         warnings.warn(f"--threads {requested} exceeds the {cores} core(s) this process may use: threads "
                       f"beyond them slow training down several times; using {cores}", RuntimeWarning,

@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckksnet.core.artifact import plan_id as compute_plan_id
+from ckksnet.core.threads import affinity_cores
 from ckksnet.deploy import engine
 from ckksnet.deploy.distributed.batch import BatchReport, BatchState, list_inputs
 from ckksnet.deploy.distributed.local import keyset_error, run_here
-from ckksnet.deploy.distributed.runner import Runner, check_use_ray, choose_runner, free_cores
+from ckksnet.deploy.distributed.runner import Runner, check_use_ray, choose_runner
 from ckksnet.deploy.distributed.worker import InferenceWorker, say_warnings
 from ckksnet.errors import CkksnetError
 
@@ -215,7 +216,7 @@ def local_worker_cpus(cpus: int, address: str | None) -> int:
     cluster's nodes declare their own CPUs, which the placement already respects.)"""
     if address is not None or os.environ.get("RAY_ADDRESS"):
         return cpus
-    cores = free_cores()
+    cores = affinity_cores()
     if cpus > cores:
         warnings.warn(f"--worker-cpus {cpus} exceeds this machine's {cores} core(s): OpenMP threads beyond the "
                       f"free cores make OpenFHE 5-30x slower; each worker gets {cores}", RuntimeWarning, stacklevel=3)

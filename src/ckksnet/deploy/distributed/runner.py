@@ -15,6 +15,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from ckksnet.core.threads import affinity_cores
 from ckksnet.errors import CkksnetError
 
 USE_RAY = ("auto", "always", "never")
@@ -72,7 +73,7 @@ def choose_runner(use_ray: str, images: int, workers: int, worker_cpus: int, add
 
 def by_estimate(images: int, workers: int, worker_cpus: int, seconds: float | None) -> Runner:
     """Ray when ``workers`` side by side beat this process by more than Ray's start-up."""
-    cores = free_cores()
+    cores = affinity_cores()
     lanes = min(workers, images, max(cores // worker_cpus, 1))
     if lanes <= 1:
         why = ("1 worker (--workers)" if workers <= 1 else f"{images} image" if images <= 1
@@ -86,7 +87,3 @@ def by_estimate(images: int, workers: int, worker_cpus: int, seconds: float | No
                f"~{there:.0f} s over {lanes} Ray workers with Ray's ~{RAY_START_SECONDS:.0f} s start-up")
     return Runner(there < here, figures)
 
-
-def free_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -96,10 +96,15 @@ class InferenceWorker:
                 "peak_rss_gb": round(peak_rss_gb(), 3), "warnings": list(self.warnings)}
 
 
+def new_warnings(info: dict, said: set[str]) -> list[str]:
+    """The warnings in a worker's ``info`` (or result) that ``said`` lacks, now added to it: a
+    worker keeps its warnings rather than print them raw, and each is said once."""
+    new = [text for text in dict.fromkeys(info.get("warnings", ())) if text not in said]
+    said.update(new)
+    return new
+
+
 def say_warnings(worker: str, info: dict, said: set[str]) -> None:
-    """Warn once each of the warnings in a worker's ``info`` that ``said`` lacks (and add them):
-    a worker keeps its warnings rather than print them raw (module docstring)."""
-    for text in info.get("warnings", ()):
-        if text not in said:
-            said.add(text)
-            warnings.warn(f"worker {worker}: {text}", WorkerWarning, stacklevel=3)
+    """Warn (:class:`WorkerWarning`) once each of the warnings a worker kept (:func:`new_warnings`)."""
+    for text in new_warnings(info, said):
+        warnings.warn(f"worker {worker}: {text}", WorkerWarning, stacklevel=3)

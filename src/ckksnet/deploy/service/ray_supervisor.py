@@ -142,10 +142,10 @@ class RaySupervisor:
 
     def _say_warnings(self, slot: _RaySlot, res: dict) -> None:
         """Print once each warning an actor kept (it keeps them rather than print them raw)."""
-        for text in res.get("warnings", ()):
-            if text not in self._said:
-                self._said.add(text)
-                print(f"ckksnet serve: warning: Ray worker {slot.name}: {text}", file=sys.stderr)
+        from ckksnet.deploy.distributed.worker import new_warnings
+
+        for text in new_warnings(res, self._said):
+            print(f"ckksnet serve: warning: Ray worker {slot.name}: {text}", file=sys.stderr)
 
     def stop(self) -> None:
         """Stop the loop and the actors; a job that was running is marked failed."""
